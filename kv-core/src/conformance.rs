@@ -1,0 +1,238 @@
+//! The conformance suite every [`Storage`] engine must pass, written once.
+//!
+//! Engines call [`run_all`] from a `#[tokio::test]` (multi-threaded runtime recommended) and
+//! [`check_against_model`] from a proptest over [`ops_strategy`]. The model is a plain
+//! `BTreeMap<String, String>` with the semantics written out again, independently of
+//! [`crate::op::Op::apply`], so a mistake in one does not hide in the other.
+//!
+//! Failures panic: this module is test code, shipped in the library (behind the `conformance`
+//! feature) so that engines in other crates can use it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+
+use crate::{Error, Limits, Mutation, Output, Storage};
+
+/// Limits small enough that random sequences hit them.
+pub const MODEL_LIMITS: Limits = Limits { max_key_len: 8, max_value_len: 12 };
+
+/// One step of a random sequence.
+#[derive(Debug, Clone)]
+pub enum ModelOp {
+    /// `get(key)`.
+    Get(String),
+    /// A mutation.
+    Write(Mutation),
+}
+
+/// Random operations over a few keys (one over [`MODEL_LIMITS`]) with multi-byte characters.
+pub fn ops_strategy() -> impl Strategy<Value = Vec<ModelOp>> {
+    let key = prop_oneof![
+        Just("a".to_owned()),
+        Just("ключ".to_owned()),
+        Just("".to_owned()),
+        Just("toolongkey".to_owned()),
+    ];
+    let value = "[ab\u{e9}\u{20ac}\u{1f600}]{0,6}";
+    let op = (0..6u8, key, value).prop_map(|(kind, key, value)| match kind {
+        0 => ModelOp::Get(key),
+        1 => ModelOp::Write(Mutation::put(key, value)),
+        2 => ModelOp::Write(Mutation::append(key, value)),
+        3 => ModelOp::Write(Mutation::lpop(key)),
+        4 => ModelOp::Write(Mutation::rpop(key)),
+        _ => ModelOp::Write(Mutation::delete(key)),
+    });
+    proptest::collection::vec(op, 0..64)
+}
+
+/// Result of one step, comparable between engine and model.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    Read(Option<String>),
+    Wrote(Output),
+    Refused(Error),
+}
+
+fn model_step(model: &mut BTreeMap<String, String>, op: &ModelOp, limits: &Limits) -> Step {
+    let key = match op {
+        ModelOp::Get(key) => key,
+        ModelOp::Write(m) => &m.key,
+    };
+    if key.len() > limits.max_key_len {
+        return Step::Refused(Error::KeyTooLarge { len: key.len(), max: limits.max_key_len });
+    }
+    let too_large = |len: usize| Step::Refused(Error::ValueTooLarge { len, max: limits.max_value_len });
+    let ModelOp::Write(m) = op else {
+        return Step::Read(model.get(key).cloned());
+    };
+    match &m.op {
+        crate::op::Op::Put(value) => {
+            if value.len() > limits.max_value_len {
+                return too_large(value.len());
+            }
+            model.insert(key.clone(), value.clone());
+            Step::Wrote(Output::Unit)
+        }
+        crate::op::Op::Append(value) => {
+            let new = format!("{}{}", model.get(key).map_or("", String::as_str), value);
+            if new.len() > limits.max_value_len {
+                return too_large(new.len());
+            }
+            model.insert(key.clone(), new);
+            Step::Wrote(Output::Unit)
+        }
+        crate::op::Op::LPop | crate::op::Op::RPop => {
+            let Some(old) = model.get_mut(key) else {
+                return Step::Wrote(Output::Popped(None));
+            };
+            let mut chars: Vec<char> = old.chars().collect();
+            let popped = if chars.is_empty() {
+                String::new()
+            } else if matches!(m.op, crate::op::Op::LPop) {
+                chars.remove(0).to_string()
+            } else {
+                chars.pop().map(String::from).unwrap_or_default()
+            };
+            *old = chars.into_iter().collect();
+            Step::Wrote(Output::Popped(Some(popped)))
+        }
+        crate::op::Op::Delete => Step::Wrote(Output::Deleted(model.remove(key).is_some())),
+    }
+}
+
+/// Runs `ops` against `engine` (which must start empty and have [`MODEL_LIMITS`]) and against
+/// the model, and panics at the first step where they differ, or if the final contents differ.
+pub async fn check_against_model<S: Storage>(engine: &S, ops: Vec<ModelOp>) {
+    assert_eq!(engine.limits(), &MODEL_LIMITS, "the engine must use MODEL_LIMITS");
+    let mut model = BTreeMap::new();
+    let mut keys = std::collections::BTreeSet::new();
+    for (i, op) in ops.into_iter().enumerate() {
+        let expected = model_step(&mut model, &op, &MODEL_LIMITS);
+        let actual = match &op {
+            ModelOp::Get(key) => {
+                keys.insert(key.clone());
+                engine.get(key).await.map(Step::Read)
+            }
+            ModelOp::Write(m) => {
+                keys.insert(m.key.clone());
+                engine.apply(m.clone()).await.map(Step::Wrote)
+            }
+        }
+        .unwrap_or_else(Step::Refused);
+        assert_eq!(actual, expected, "step {i}: {op:?}");
+    }
+    for key in keys.iter().filter(|k| k.len() <= MODEL_LIMITS.max_key_len) {
+        assert_eq!(engine.get(key).await.ok().flatten(), model.get(key).cloned(), "final {key:?}");
+    }
+}
+
+/// Runs every scenario of the suite; `make` builds a fresh, empty engine with the given limits.
+pub async fn run_all<S, F>(make: F)
+where
+    S: Storage,
+    F: Fn(Limits) -> S,
+{
+    sequence(&make(Limits::default())).await;
+    limits_change_nothing(&make(Limits { max_key_len: 4, max_value_len: 8 })).await;
+    concurrent_appends_are_atomic(Arc::new(make(Limits::default()))).await;
+    concurrent_pops_return_each_character_once(Arc::new(make(Limits::default()))).await;
+}
+
+/// The course assignment's sequence test, plus delete.
+async fn sequence<S: Storage>(s: &S) {
+    let ok = "the engine refused a valid operation";
+    assert_eq!(s.get("10").await.expect(ok), None);
+    s.put("33".into(), "?!?!?".into()).await.expect(ok);
+    assert_eq!(s.get("33").await.expect(ok).as_deref(), Some("?!?!?"));
+    s.append("45".into(), "huh?".into()).await.expect(ok);
+    assert_eq!(s.get("45").await.expect(ok).as_deref(), Some("huh?"));
+    s.put("45".into(), "huh!".into()).await.expect(ok);
+    s.append("45".into(), "?".into()).await.expect(ok);
+    assert_eq!(s.get("45").await.expect(ok).as_deref(), Some("huh!?"));
+    assert_eq!(s.lpop("3".into()).await.expect(ok), None);
+    assert_eq!(s.get("3").await.expect(ok), None, "a pop of a missing key created it");
+    for (left, expected) in [(true, "h"), (false, "?"), (true, "u"), (false, "!"), (false, "h")] {
+        let popped = if left { s.lpop("45".into()).await } else { s.rpop("45".into()).await };
+        assert_eq!(popped.expect(ok).as_deref(), Some(expected));
+    }
+    assert_eq!(s.lpop("45".into()).await.expect(ok).as_deref(), Some(""));
+    assert_eq!(s.rpop("45".into()).await.expect(ok).as_deref(), Some(""));
+    assert_eq!(s.get("45").await.expect(ok).as_deref(), Some(""));
+    s.put("h".into(), "héllo".into()).await.expect(ok);
+    assert_eq!(s.lpop("h".into()).await.expect(ok).as_deref(), Some("h"));
+    assert_eq!(s.lpop("h".into()).await.expect(ok).as_deref(), Some("é"));
+    assert!(s.delete("h".into()).await.expect(ok));
+    assert!(!s.delete("h".into()).await.expect(ok));
+    assert_eq!(s.get("h").await.expect(ok), None);
+}
+
+async fn limits_change_nothing<S: Storage>(s: &S) {
+    let limits = *s.limits();
+    assert_eq!(limits, Limits { max_key_len: 4, max_value_len: 8 });
+    let too_long_key = "12345".to_owned();
+    assert_eq!(s.get(&too_long_key).await, Err(Error::KeyTooLarge { len: 5, max: 4 }));
+    assert!(s.put(too_long_key.clone(), "v".into()).await.is_err());
+    assert!(s.append(too_long_key.clone(), "v".into()).await.is_err());
+    s.put("k".into(), "1234567".into()).await.expect("within limits");
+    assert_eq!(
+        s.put("k".into(), "123456789".into()).await,
+        Err(Error::ValueTooLarge { len: 9, max: 8 })
+    );
+    assert_eq!(
+        s.append("k".into(), "89".into()).await,
+        Err(Error::ValueTooLarge { len: 9, max: 8 })
+    );
+    assert_eq!(s.get("k").await.expect("valid").as_deref(), Some("1234567"));
+    assert!(s.append("new".into(), "123456789".into()).await.is_err());
+    assert_eq!(s.get("new").await.expect("valid"), None, "a refused append created its key");
+    s.append("k".into(), "8".into()).await.expect("exactly at the limit");
+    assert_eq!(s.get("k").await.expect("valid").as_deref(), Some("12345678"));
+}
+
+async fn concurrent_appends_are_atomic<S: Storage>(s: Arc<S>) {
+    let tasks: Vec<_> = (0..3)
+        .map(|_| {
+            let s = Arc::clone(&s);
+            tokio::spawn(async move {
+                for _ in 0..5 {
+                    s.append("15".into(), "ORA ".into()).await.expect("valid append");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("appender panicked");
+    }
+    assert_eq!(s.get("15").await.expect("valid").as_deref(), Some("ORA ".repeat(15).as_str()));
+}
+
+async fn concurrent_pops_return_each_character_once<S: Storage>(s: Arc<S>) {
+    let original: String = ('a'..='z').chain('α'..='ω').collect();
+    s.put("p".into(), original.clone()).await.expect("valid put");
+    let tasks: Vec<_> = (0..4)
+        .map(|i| {
+            let s = Arc::clone(&s);
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                loop {
+                    let popped = if i % 2 == 0 { s.lpop("p".into()).await } else { s.rpop("p".into()).await };
+                    match popped.expect("valid pop") {
+                        Some(c) if !c.is_empty() => got.push(c),
+                        _ => return got,
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.expect("popper panicked"));
+    }
+    let mut expected: Vec<String> = original.chars().map(String::from).collect();
+    expected.sort();
+    all.sort();
+    assert_eq!(all, expected, "every character popped exactly once");
+    assert_eq!(s.get("p").await.expect("valid").as_deref(), Some(""));
+}

@@ -1,0 +1,45 @@
+//! Errors of the data model.
+
+/// Why an operation was refused. A refused operation changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The key is longer than [`crate::Limits::max_key_len`].
+    #[error("key is {len} bytes, over the limit of {max} bytes")]
+    KeyTooLarge {
+        /// Length of the key, in bytes.
+        len: usize,
+        /// The limit, in bytes.
+        max: usize,
+    },
+    /// The value (for `append`, the value it would produce) is longer than
+    /// [`crate::Limits::max_value_len`].
+    #[error("value would be {len} bytes, over the limit of {max} bytes")]
+    ValueTooLarge {
+        /// Length the value would have had, in bytes.
+        len: usize,
+        /// The limit, in bytes.
+        max: usize,
+    },
+    /// A request that is malformed in some other way.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The engine could not do the operation (for example an I/O failure of a durable engine).
+    #[error("storage failure: {0}")]
+    Storage(String),
+}
+
+impl Error {
+    /// Whether trying the same request again may succeed. Bad input never will; an engine
+    /// failure might.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::KeyTooLarge { .. } | Error::ValueTooLarge { .. } | Error::InvalidArgument(_) => {
+                false
+            }
+            Error::Storage(_) => true,
+        }
+    }
+}
+
+/// Result of a data-model operation.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

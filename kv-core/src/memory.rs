@@ -1,0 +1,99 @@
+//! The in-memory engine.
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+
+use crate::{Limits, Mutation, Output, Result, Storage};
+
+/// Keeps every value in memory, in a [`DashMap`]: the map is split into shards, each behind its
+/// own reader-writer lock, so operations on keys of different shards run in parallel and a
+/// mutation holds only its key's shard lock, for the few instructions [`crate::op::Op::apply`]
+/// takes. Nothing survives the process.
+#[derive(Debug, Default)]
+pub struct MemoryStorage {
+    map: DashMap<String, String>,
+    limits: Limits,
+}
+
+impl MemoryStorage {
+    /// An empty store with the default [`Limits`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An empty store with the given limits.
+    pub fn with_limits(limits: Limits) -> Self {
+        MemoryStorage { map: DashMap::new(), limits }
+    }
+
+    /// Number of keys held.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+#[async_trait]
+impl Storage for MemoryStorage {
+    fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<String>> {
+        self.limits.check_key(key)?;
+        Ok(self.map.get(key).map(|value| value.clone()))
+    }
+
+    async fn apply(&self, mutation: Mutation) -> Result<Output> {
+        let Mutation { key, op } = mutation;
+        self.limits.check_key(&key)?;
+        match self.map.entry(key) {
+            Entry::Occupied(mut entry) => {
+                // Move the value out, apply, and move it back: no copy, and `apply` leaves the
+                // slot untouched on error.
+                let mut slot = Some(std::mem::take(entry.get_mut()));
+                let output = op.apply(&mut slot, &self.limits);
+                match slot {
+                    Some(value) => *entry.get_mut() = value,
+                    None => {
+                        entry.remove();
+                    }
+                }
+                output
+            }
+            Entry::Vacant(entry) => {
+                let mut slot = None;
+                let output = op.apply(&mut slot, &self.limits)?;
+                if let Some(value) = slot {
+                    entry.insert(value);
+                }
+                Ok(output)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance;
+
+    #[tokio::test]
+    async fn conforms() {
+        conformance::run_all(|limits| MemoryStorage::with_limits(limits)).await;
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        #[test]
+        fn matches_the_model(ops in conformance::ops_strategy()) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            rt.block_on(conformance::check_against_model(&MemoryStorage::with_limits(conformance::MODEL_LIMITS), ops));
+        }
+    }
+}

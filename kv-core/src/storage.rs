@@ -1,0 +1,49 @@
+//! The storage engine interface.
+
+use async_trait::async_trait;
+
+use crate::{Limits, Mutation, Output, Result};
+
+/// A key-value storage engine.
+///
+/// Implementations apply each [`Mutation`] atomically with respect to every other operation on
+/// the same key, and must not serialise operations on different keys behind one lock. The
+/// meaning of every operation is [`crate::op::Op::apply`]'s; an engine only keeps the values.
+///
+/// The provided methods (`put`, `append`, ...) are shorthands over [`Storage::apply`].
+#[async_trait]
+pub trait Storage: Send + Sync + 'static {
+    /// The limits this engine enforces.
+    fn limits(&self) -> &Limits;
+
+    /// The value of `key`, or `None` if the key is missing.
+    async fn get(&self, key: &str) -> Result<Option<String>>;
+
+    /// Applies one mutation atomically. On error nothing changed.
+    async fn apply(&self, mutation: Mutation) -> Result<Output>;
+
+    /// Sets `key` to `value`.
+    async fn put(&self, key: String, value: String) -> Result<()> {
+        self.apply(Mutation::put(key, value)).await.map(drop)
+    }
+
+    /// Appends `value` to the right end of `key`'s value, creating the key.
+    async fn append(&self, key: String, value: String) -> Result<()> {
+        self.apply(Mutation::append(key, value)).await.map(drop)
+    }
+
+    /// Removes and returns the first character of `key`'s value.
+    async fn lpop(&self, key: String) -> Result<Option<String>> {
+        self.apply(Mutation::lpop(key)).await.map(Output::into_popped)
+    }
+
+    /// Removes and returns the last character of `key`'s value.
+    async fn rpop(&self, key: String) -> Result<Option<String>> {
+        self.apply(Mutation::rpop(key)).await.map(Output::into_popped)
+    }
+
+    /// Removes `key`; returns whether it existed.
+    async fn delete(&self, key: String) -> Result<bool> {
+        self.apply(Mutation::delete(key)).await.map(|out| out.deleted())
+    }
+}

@@ -1,0 +1,40 @@
+//! Wire requests to data-model values.
+
+use kv_core::Mutation;
+
+use crate::v1;
+
+/// The native key a compatibility `uint32` key stands for: its decimal digits (`42` → `"42"`).
+pub fn compat_key(key: u32) -> String {
+    key.to_string()
+}
+
+impl From<v1::PutRequest> for Mutation {
+    fn from(req: v1::PutRequest) -> Self {
+        Mutation::put(req.key, req.value)
+    }
+}
+
+impl From<v1::AppendRequest> for Mutation {
+    fn from(req: v1::AppendRequest) -> Self {
+        Mutation::append(req.key, req.value)
+    }
+}
+
+impl From<v1::DeleteRequest> for Mutation {
+    fn from(req: v1::DeleteRequest) -> Self {
+        Mutation::delete(req.key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compat_keys_are_decimal_strings() {
+        assert_eq!(compat_key(0), "0");
+        assert_eq!(compat_key(42), "42");
+        assert_eq!(compat_key(u32::MAX), "4294967295");
+    }
+}

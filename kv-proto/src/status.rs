@@ -1,0 +1,81 @@
+//! The mapping between data-model errors and gRPC statuses, both ways, in one place.
+//!
+//! | [`Error`]            | gRPC code          | detail ([`v1::ErrorDetail`]) |
+//! |----------------------|--------------------|------------------------------|
+//! | `KeyTooLarge`        | `INVALID_ARGUMENT` | `key_too_large`              |
+//! | `ValueTooLarge`      | `INVALID_ARGUMENT` | `value_too_large`            |
+//! | `InvalidArgument`    | `INVALID_ARGUMENT` | `invalid_argument`           |
+//! | `Storage`            | `UNAVAILABLE`      | `storage_failure`            |
+//!
+//! The detail travels encoded in the status details, so a client gets the typed error back
+//! with [`error_from_status`]; a client that knows nothing of it still gets a fitting code and a
+//! readable message.
+
+use kv_core::Error;
+use prost::Message;
+use tonic::{Code, Status};
+
+use crate::v1::{self, error_detail::Kind};
+
+/// The status a server returns for `err`.
+pub fn status_from_error(err: &Error) -> Status {
+    let (code, kind) = match err {
+        Error::KeyTooLarge { len, max } => (Code::InvalidArgument, Kind::KeyTooLarge(limit(*len, *max))),
+        Error::ValueTooLarge { len, max } => {
+            (Code::InvalidArgument, Kind::ValueTooLarge(limit(*len, *max)))
+        }
+        Error::InvalidArgument(reason) => (
+            Code::InvalidArgument,
+            Kind::InvalidArgument(v1::InvalidArgument { reason: reason.clone() }),
+        ),
+        Error::Storage(reason) => {
+            (Code::Unavailable, Kind::StorageFailure(v1::StorageFailure { reason: reason.clone() }))
+        }
+    };
+    let detail = v1::ErrorDetail { kind: Some(kind) };
+    Status::with_details(code, err.to_string(), detail.encode_to_vec().into())
+}
+
+/// The data-model error a status stands for, if it carries one of ours; `None` for statuses
+/// that did not come from the store's logic (transport failures, deadlines, ...).
+pub fn error_from_status(status: &Status) -> Option<Error> {
+    let detail = v1::ErrorDetail::decode(status.details()).ok()?;
+    let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    Some(match detail.kind? {
+        Kind::KeyTooLarge(l) => Error::KeyTooLarge { len: to_usize(l.len), max: to_usize(l.max) },
+        Kind::ValueTooLarge(l) => Error::ValueTooLarge { len: to_usize(l.len), max: to_usize(l.max) },
+        Kind::InvalidArgument(a) => Error::InvalidArgument(a.reason),
+        Kind::StorageFailure(f) => Error::Storage(f.reason),
+    })
+}
+
+fn limit(len: usize, max: usize) -> v1::LimitExceeded {
+    v1::LimitExceeded { len: len as u64, max: max as u64 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_survives_the_round_trip() {
+        for err in [
+            Error::KeyTooLarge { len: 2000, max: 1024 },
+            Error::ValueTooLarge { len: 5, max: 4 },
+            Error::InvalidArgument("empty".into()),
+            Error::Storage("disk full".into()),
+        ] {
+            let status = status_from_error(&err);
+            assert_eq!(error_from_status(&status), Some(err.clone()));
+            let expected = if err.is_retryable() { Code::Unavailable } else { Code::InvalidArgument };
+            assert_eq!(status.code(), expected);
+            assert_eq!(status.message(), err.to_string());
+        }
+    }
+
+    #[test]
+    fn foreign_statuses_are_not_ours() {
+        assert_eq!(error_from_status(&Status::unavailable("connection reset")), None);
+        assert_eq!(error_from_status(&Status::with_details(Code::Internal, "x", vec![0xff, 0x01].into())), None);
+    }
+}
