@@ -1,1 +1,28 @@
-//! placeholder
+//! The kv store's client library.
+//!
+//! A [`Client`] talks to one storage server over the native API (`kv.v1.KeyValue`) on a single
+//! HTTP/2 connection that carries any number of concurrent requests; it is cheap to clone, and
+//! clones share the connection. Every operation acts on one key, atomically.
+//!
+//! Missing keys are not errors: [`Client::get`], [`Client::lpop`] and [`Client::rpop`] return
+//! `Ok(None)` for them, and `Ok(Some(""))` for an empty value.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), kv_client::Error> {
+//! let client = kv_client::Client::connect("127.0.0.1:50051").await?;
+//! client.put("greeting", "héllo").await?;
+//! client.append("greeting", "!").await?;
+//! assert_eq!(client.lpop("greeting").await?.as_deref(), Some("h"));
+//! assert_eq!(client.get("greeting").await?.as_deref(), Some("éllo!"));
+//! assert_eq!(client.get("missing").await?, None);
+//! # Ok(())
+//! # }
+//! ```
+
+mod client;
+mod error;
+
+pub use client::{Client, ClientBuilder};
+pub use error::{Error, Result};

@@ -1,1 +1,20 @@
-//! placeholder
+//! The kv store's server: binds the data model (and later sharding and replication) to gRPC.
+//!
+//! This is the only crate that owns sockets. A storage server serves, on one port:
+//! - `kv.v1.KeyValue`, the native API ([`service::KeyValueService`]);
+//! - `KVStore`, the course assignment's API, for its clients ([`service::CompatKvService`]);
+//! - `grpc.health.v1.Health`, and server reflection (v1 and v1alpha), so that standard tools
+//!   (`grpcurl`, `grpc_health_probe`, load balancers) work against it.
+//!
+//! [`run_storage`] takes a bound listener and a shutdown future, so tests start servers on
+//! `127.0.0.1:0` and stop them on cue; the `kv-server` binary parses flags, binds, and calls it.
+//!
+//! Shutdown is graceful: when the shutdown future completes the health service reports
+//! `NOT_SERVING`, the listener stops accepting, requests in flight finish, and after
+//! [`StorageConfig::shutdown_grace`] whatever is left is dropped.
+
+pub mod service;
+
+mod server;
+
+pub use server::{ServeError, StorageConfig, run_storage};

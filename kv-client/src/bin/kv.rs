@@ -1,0 +1,155 @@
+//! `kv`: the kv store's command-line client.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use kv_client::{Client, Error};
+
+/// Command-line client of the kv store.
+///
+/// Output: `get`, `lpop` and `rpop` print the value followed by a newline on standard output. A
+/// missing key prints nothing on standard output and `(no value)` on standard error; an empty
+/// value prints an empty line. `put`, `append` and `delete` print nothing.
+///
+/// Exit codes: 0 success; 1 no value (the key is missing; for `delete`, it did not exist);
+/// 2 bad command line; 3 refused by the server (bad input: nothing changed); 4 the server could
+/// not be reached or the call failed (a write may or may not have been applied).
+#[derive(Debug, Parser)]
+#[command(name = "kv", version, about, long_about)]
+struct Cli {
+    /// Storage server address, `host:port`.
+    #[arg(long, short, env = "KV_ENDPOINT", default_value = "127.0.0.1:50051")]
+    endpoint: String,
+
+    /// Seconds before a call gives up.
+    #[arg(long, env = "KV_TIMEOUT_SECS", default_value_t = 10.0)]
+    timeout: f64,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the value of KEY.
+    Get {
+        /// The key.
+        key: String,
+    },
+    /// Set KEY to VALUE.
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+    },
+    /// Append VALUE to the right end of KEY's value, creating the key.
+    Append {
+        /// The key.
+        key: String,
+        /// The text to append.
+        value: String,
+    },
+    /// Remove and print the first character of KEY's value.
+    Lpop {
+        /// The key.
+        key: String,
+    },
+    /// Remove and print the last character of KEY's value.
+    Rpop {
+        /// The key.
+        key: String,
+    },
+    /// Remove KEY.
+    Delete {
+        /// The key.
+        key: String,
+    },
+}
+
+/// Exit codes a script can rely on.
+mod exit {
+    pub(super) const NO_VALUE: u8 = 1;
+    pub(super) const REFUSED: u8 = 3;
+    pub(super) const FAILED: u8 = 4;
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if !(cli.timeout.is_finite() && cli.timeout > 0.0) {
+        eprintln!("kv: --timeout must be a positive number of seconds");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("kv: cannot start the async runtime: {err}");
+            return ExitCode::from(exit::FAILED);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            let mut message = err.to_string();
+            let mut cause = std::error::Error::source(&err);
+            while let Some(inner) = cause {
+                let text = inner.to_string();
+                if !message.contains(&text) {
+                    message = format!("{message}: {text}");
+                }
+                cause = inner.source();
+            }
+            eprintln!("kv: {message}");
+            ExitCode::from(match err {
+                Error::Rejected(ref e) if !e.is_retryable() => exit::REFUSED,
+                Error::InvalidEndpoint { .. } => 2,
+                _ => exit::FAILED,
+            })
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, Error> {
+    let timeout = Duration::from_secs_f64(cli.timeout);
+    let client = Client::builder(cli.endpoint).timeout(timeout).connect_timeout(timeout).connect().await?;
+    let code = match cli.command {
+        Command::Get { key } => print_value(client.get(key).await?),
+        Command::Lpop { key } => print_value(client.lpop(key).await?),
+        Command::Rpop { key } => print_value(client.rpop(key).await?),
+        Command::Put { key, value } => {
+            client.put(key, value).await?;
+            ExitCode::SUCCESS
+        }
+        Command::Append { key, value } => {
+            client.append(key, value).await?;
+            ExitCode::SUCCESS
+        }
+        Command::Delete { key } => {
+            if client.delete(key).await? {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("(no such key)");
+                ExitCode::from(exit::NO_VALUE)
+            }
+        }
+    };
+    Ok(code)
+}
+
+fn print_value(value: Option<String>) -> ExitCode {
+    match value {
+        Some(value) => {
+            let mut out = std::io::stdout().lock();
+            if writeln!(out, "{value}").and_then(|()| out.flush()).is_err() {
+                return ExitCode::from(exit::FAILED);
+            }
+            ExitCode::SUCCESS
+        }
+        None => {
+            eprintln!("(no value)");
+            ExitCode::from(exit::NO_VALUE)
+        }
+    }
+}

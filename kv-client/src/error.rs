@@ -1,0 +1,65 @@
+//! Client errors.
+
+use tonic::Code;
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The endpoint is not a usable address.
+    #[error("invalid endpoint {endpoint:?}: {reason}")]
+    InvalidEndpoint {
+        /// The endpoint as given.
+        endpoint: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No connection could be made.
+    #[error("cannot connect to {endpoint}: {source}")]
+    Connect {
+        /// The endpoint dialled.
+        endpoint: String,
+        /// The transport's error.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// The server refused the operation; it changed nothing.
+    #[error("refused by the server: {0}")]
+    Rejected(#[source] kv_core::Error),
+    /// The call failed in transit or with a status the store does not describe (a deadline, a
+    /// broken connection, ...). For a write, it may or may not have been applied.
+    #[error("call failed: {}: {}", .0.code(), .0.message())]
+    Rpc(#[source] tonic::Status),
+}
+
+impl Error {
+    /// Whether the same call may succeed if tried again.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::InvalidEndpoint { .. } => false,
+            Error::Connect { .. } => true,
+            Error::Rejected(err) => err.is_retryable(),
+            Error::Rpc(status) => matches!(
+                status.code(),
+                Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Aborted
+            ),
+        }
+    }
+
+    /// Whether the operation is known not to have happened (the server refused it), as opposed
+    /// to a failure after which a write may or may not have been applied.
+    pub fn is_definite(&self) -> bool {
+        matches!(self, Error::InvalidEndpoint { .. } | Error::Connect { .. } | Error::Rejected(_))
+    }
+}
+
+impl From<tonic::Status> for Error {
+    fn from(status: tonic::Status) -> Self {
+        match kv_proto::status::error_from_status(&status) {
+            Some(err) => Error::Rejected(err),
+            None => Error::Rpc(status),
+        }
+    }
+}
+
+/// Result of a client call.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

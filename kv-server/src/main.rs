@@ -1,0 +1,144 @@
+//! The `kv-server` binary: parses flags, sets up logging and the runtime, binds, and runs.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use kv_core::Limits;
+use kv_server::StorageConfig;
+use tracing_subscriber::EnvFilter;
+
+/// A sharded, replicated key-value store: server.
+#[derive(Debug, Parser)]
+#[command(name = "kv-server", version, about)]
+struct Cli {
+    /// Log filter: a level (error, warn, info, debug, trace) or `tracing` directives such as
+    /// `kv_server=debug,tonic=info`. Logs go to standard error.
+    #[arg(long, env = "KV_LOG", default_value = "info", global = true)]
+    log: String,
+
+    /// Runtime worker threads (default: the number of cores).
+    #[arg(long, env = "KV_WORKERS", global = true)]
+    workers: Option<usize>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a storage server (standalone: it holds every key it is sent).
+    Storage(StorageArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct StorageArgs {
+    /// Address to listen on, `host:port`. Port 0 picks a free port; the address bound is printed
+    /// on standard output as `kv-server storage listening on HOST:PORT`.
+    #[arg(long, env = "KV_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: String,
+
+    /// Longest key accepted, in bytes.
+    #[arg(long, env = "KV_MAX_KEY_BYTES", default_value_t = Limits::DEFAULT_MAX_KEY_LEN)]
+    max_key_bytes: usize,
+
+    /// Longest value a key may hold, in bytes.
+    #[arg(long, env = "KV_MAX_VALUE_BYTES", default_value_t = Limits::DEFAULT_MAX_VALUE_LEN)]
+    max_value_bytes: usize,
+
+    /// Seconds that requests in flight may run on after SIGINT/SIGTERM.
+    #[arg(long, env = "KV_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    shutdown_grace_secs: u64,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("kv-server: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let filter = EnvFilter::try_new(&cli.log).with_context(|| format!("invalid --log filter {:?}", cli.log))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = cli.workers {
+        if workers == 0 {
+            bail!("--workers must be at least 1");
+        }
+        runtime.worker_threads(workers);
+    }
+    let runtime = runtime.enable_all().build().context("cannot start the async runtime")?;
+
+    match cli.command {
+        Command::Storage(args) => runtime.block_on(storage(args)),
+    }
+}
+
+async fn storage(args: StorageArgs) -> Result<()> {
+    let config = StorageConfig {
+        limits: Limits { max_key_len: args.max_key_bytes, max_value_len: args.max_value_bytes },
+        shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+    };
+    let listener = bind(&args.listen).await?;
+    let local = listener.local_addr().context("cannot read the bound address")?;
+    println!("kv-server storage listening on {local}");
+    tracing::info!(address = %local, "storage server listening");
+    kv_server::run_storage(listener, config, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Resolves `address` and binds the first address that works, with errors a person can act on.
+async fn bind(address: &str) -> Result<tokio::net::TcpListener> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(address)
+        .await
+        .with_context(|| format!("invalid listen address {address:?} (expected host:port)"))?
+        .collect();
+    let mut last_err = None;
+    for addr in &addrs {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => return Ok(listener),
+            Err(err) => last_err = Some(anyhow::Error::new(err).context(format!("cannot listen on {addr}"))),
+        }
+    }
+    Err(last_err.unwrap_or_else(|| anyhow::anyhow!("listen address {address:?} resolves to nothing")))
+}
+
+/// Completes on the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(cause = %err, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(cause = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("received SIGINT"),
+        () = term => tracing::info!("received SIGTERM"),
+    }
+}

@@ -1,0 +1,16 @@
+//! The gRPC services, one per file. Each converts wire to domain types at its edge, calls the
+//! engine, and maps errors with [`kv_proto::status::status_from_error`], the one mapping.
+
+mod compat_kv;
+mod key_value;
+
+pub use compat_kv::CompatKvService;
+pub use key_value::KeyValueService;
+
+use kv_core::Error;
+use tonic::Status;
+
+/// Maps a data-model error to the status the client gets.
+fn to_status(err: Error) -> Status {
+    kv_proto::status::status_from_error(&err)
+}
