@@ -1,0 +1,154 @@
+//! `kv-eval`: runs the evaluation subtasks against real server processes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use kv_eval::bench::{BenchConfig, Mix};
+use kv_eval::{report, single_node};
+use serde::Serialize;
+
+/// Evaluation runner of the kv store: functional checks and benchmarks of real server processes.
+///
+/// Exits 0 if every check passed, 1 if any failed, 2 on a bad command line.
+#[derive(Debug, Parser)]
+#[command(name = "kv-eval", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Subtask 1: one storage server; functional checks, then throughput and latency.
+    SingleNode(SingleNodeArgs),
+    /// Every subtask that exists (today: single-node).
+    All(SingleNodeArgs),
+}
+
+#[derive(Debug, Args)]
+struct SingleNodeArgs {
+    /// Run against this server (`host:port`) instead of starting one.
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// The `kv-server` binary to start (default: next to this executable, or $KV_SERVER_BIN).
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Runtime worker threads of the started server.
+    #[arg(long, default_value_t = 1)]
+    server_workers: usize,
+    /// Runtime worker threads of the load generator.
+    #[arg(long, default_value_t = 1)]
+    client_workers: usize,
+    /// HTTP/2 connections the benchmark's load is spread over.
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+    /// Requests in flight during the benchmark.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Distinct keys (all written before the run).
+    #[arg(long, default_value_t = 10_000)]
+    keys: usize,
+    /// Bytes per key.
+    #[arg(long, default_value_t = 16)]
+    key_size: usize,
+    /// Bytes per value written.
+    #[arg(long, default_value_t = 32)]
+    value_size: usize,
+    /// Operation mix, as weights: `get=50,put=50`; also append, lpop, rpop, delete.
+    #[arg(long, default_value = "get=50,put=50")]
+    mix: Mix,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Functional checks only; no benchmark.
+    #[arg(long)]
+    no_bench: bool,
+    /// No progress bar.
+    #[arg(long)]
+    no_progress: bool,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct AllReport {
+    single_node: single_node::Report,
+    passed: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("kv-eval: some checks FAILED");
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            eprintln!("kv-eval: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<bool> {
+    match cli.command {
+        Command::SingleNode(args) => {
+            let report = single_node::run(&options(&args)?)?;
+            if let Some(path) = &args.json {
+                report::write_json(path, &report)?;
+            }
+            Ok(report.passed)
+        }
+        Command::All(args) => {
+            println!("== subtask 1: single node ==");
+            let single_node = single_node::run(&options(&args)?)?;
+            let passed = single_node.passed;
+            if let Some(path) = &args.json {
+                report::write_json(path, &AllReport { single_node, passed })?;
+            }
+            Ok(passed)
+        }
+    }
+}
+
+fn options(args: &SingleNodeArgs) -> Result<single_node::Options> {
+    let seconds = |s: f64, what: &str| {
+        anyhow::ensure!(s.is_finite() && s >= 0.0, "--{what} must be a non-negative number of seconds");
+        Ok(Duration::from_secs_f64(s))
+    };
+    anyhow::ensure!(args.server_workers > 0, "--server-workers must be at least 1");
+    let bench = (!args.no_bench)
+        .then(|| {
+            Ok::<_, anyhow::Error>(BenchConfig {
+                concurrency: args.concurrency,
+                duration: seconds(args.duration, "duration")?,
+                warmup: seconds(args.warmup, "warmup")?,
+                keys: args.keys,
+                key_size: args.key_size,
+                value_size: args.value_size,
+                mix: args.mix.clone(),
+                seed: args.seed,
+            })
+        })
+        .transpose()?;
+    Ok(single_node::Options {
+        endpoint: args.endpoint.clone(),
+        server_bin: args.server_bin.clone(),
+        server_workers: args.server_workers,
+        client_workers: args.client_workers,
+        connections: args.connections,
+        bench,
+        progress: !args.no_progress,
+    })
+}

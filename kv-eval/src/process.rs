@@ -1,0 +1,129 @@
+//! Real `kv-server` processes, started on free loopback ports and always stopped.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// How long a server may take to bind and report its address.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Finds the binary `name` of this workspace: the environment variable `KV_SERVER_BIN` for
+/// `kv-server`, else beside the running executable (`target/<profile>/`), else one level up (for
+/// test executables in `target/<profile>/deps/`).
+pub fn find_binary(name: &str) -> Result<PathBuf> {
+    if name == "kv-server" {
+        if let Some(path) = std::env::var_os("KV_SERVER_BIN") {
+            return Ok(PathBuf::from(path));
+        }
+    }
+    let exe = std::env::current_exe().context("cannot locate the running executable")?;
+    let mut dir = exe.parent();
+    for _ in 0..2 {
+        let Some(d) = dir else { break };
+        let candidate = d.join(name);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+        dir = d.parent();
+    }
+    bail!(
+        "cannot find the `{name}` binary next to {}: build it first (`cargo build --release`), \
+         or point KV_SERVER_BIN at it",
+        exe.display()
+    )
+}
+
+/// A running `kv-server` process. Dropping it kills the process (SIGKILL) and reaps it.
+#[derive(Debug)]
+pub struct ServerProcess {
+    child: Child,
+    addr: SocketAddr,
+    log_path: PathBuf,
+    // Owns the folder the log is in; removed on drop.
+    _dir: tempfile::TempDir,
+}
+
+impl ServerProcess {
+    /// Starts `kv-server storage --listen 127.0.0.1:0 <extra>` and waits until it reports the
+    /// address it bound. Its log (standard error) goes to a file in a fresh temporary folder.
+    pub fn start_storage(bin: &Path, extra: &[String]) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("kv-eval-").tempdir().context("cannot create a temporary folder")?;
+        let log_path = dir.path().join("server.log");
+        let log = std::fs::File::create(&log_path).context("cannot create the server log")?;
+        let mut child = Command::new(bin)
+            .args(["storage", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no standard output from the server"))?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let _ = tx.send(lines.next());
+            // Keep draining, so the server never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let mut server = ServerProcess { child, addr: SocketAddr::from(([127, 0, 0, 1], 0)), log_path, _dir: dir };
+        let line = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(Some(Ok(line))) => line,
+            Ok(_) | Err(_) => bail!("the server did not report its address; its log:\n{}", server.log()),
+        };
+        server.addr = line
+            .rsplit(' ')
+            .next()
+            .and_then(|addr| addr.parse().ok())
+            .ok_or_else(|| anyhow!("unexpected first line from the server: {line:?}"))?;
+        Ok(server)
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What the server has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_else(|err| format!("(cannot read the log: {err})"))
+    }
+
+    /// Asks the server to shut down gracefully (SIGTERM) and waits up to `timeout` for it to exit;
+    /// kills it if it does not. Returns how it exited, or an error if it had to be killed.
+    pub fn stop(mut self, timeout: Duration) -> Result<ExitStatus> {
+        let pid = Pid::from_raw(i32::try_from(self.child.id()).context("pid out of range")?);
+        kill(pid, Signal::SIGTERM).context("cannot signal the server")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().context("cannot wait for the server")? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                bail!("the server did not exit within {timeout:?} of SIGTERM; killed it");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
