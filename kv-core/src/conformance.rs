@@ -176,14 +176,8 @@ async fn limits_change_nothing<S: Storage>(s: &S) {
     assert!(s.put(too_long_key.clone(), "v".into()).await.is_err());
     assert!(s.append(too_long_key.clone(), "v".into()).await.is_err());
     s.put("k".into(), "1234567".into()).await.expect("within limits");
-    assert_eq!(
-        s.put("k".into(), "123456789".into()).await,
-        Err(Error::ValueTooLarge { len: 9, max: 8 })
-    );
-    assert_eq!(
-        s.append("k".into(), "89".into()).await,
-        Err(Error::ValueTooLarge { len: 9, max: 8 })
-    );
+    assert_eq!(s.put("k".into(), "123456789".into()).await, Err(Error::ValueTooLarge { len: 9, max: 8 }));
+    assert_eq!(s.append("k".into(), "89".into()).await, Err(Error::ValueTooLarge { len: 9, max: 8 }));
     assert_eq!(s.get("k").await.expect("valid").as_deref(), Some("1234567"));
     assert!(s.append("new".into(), "123456789".into()).await.is_err());
     assert_eq!(s.get("new").await.expect("valid"), None, "a refused append created its key");

@@ -33,9 +33,7 @@ impl Error {
     /// failure might.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::KeyTooLarge { .. } | Error::ValueTooLarge { .. } | Error::InvalidArgument(_) => {
-                false
-            }
+            Error::KeyTooLarge { .. } | Error::ValueTooLarge { .. } | Error::InvalidArgument(_) => false,
             Error::Storage(_) => true,
         }
     }

@@ -37,9 +37,6 @@ impl Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_key_len: Self::DEFAULT_MAX_KEY_LEN,
-            max_value_len: Self::DEFAULT_MAX_VALUE_LEN,
-        }
+        Limits { max_key_len: Self::DEFAULT_MAX_KEY_LEN, max_value_len: Self::DEFAULT_MAX_VALUE_LEN }
     }
 }

@@ -101,11 +101,9 @@ impl Op {
                 }
                 Ok(Output::Unit)
             }
-            Op::LPop => Ok(Output::Popped(slot.as_mut().map(|value| {
-                match value.chars().next() {
-                    Some(first) => value.drain(..first.len_utf8()).collect(),
-                    None => String::new(),
-                }
+            Op::LPop => Ok(Output::Popped(slot.as_mut().map(|value| match value.chars().next() {
+                Some(first) => value.drain(..first.len_utf8()).collect(),
+                None => String::new(),
             }))),
             Op::RPop => Ok(Output::Popped(
                 slot.as_mut().map(|value| value.pop().map(String::from).unwrap_or_default()),

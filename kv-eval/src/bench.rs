@@ -39,7 +39,8 @@ pub enum OpKind {
 }
 
 impl OpKind {
-    const ALL: [OpKind; 6] = [OpKind::Get, OpKind::Put, OpKind::Append, OpKind::Lpop, OpKind::Rpop, OpKind::Delete];
+    const ALL: [OpKind; 6] =
+        [OpKind::Get, OpKind::Put, OpKind::Append, OpKind::Lpop, OpKind::Rpop, OpKind::Delete];
 
     fn index(self) -> usize {
         self as usize
@@ -83,11 +84,11 @@ impl FromStr for Mix {
     fn from_str(s: &str) -> Result<Self> {
         let mut weights = Vec::new();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (name, weight) = part.split_once('=').with_context(|| format!("expected op=weight, got {part:?}"))?;
-            let op = OpKind::ALL
-                .into_iter()
-                .find(|op| op.name() == name.trim())
-                .with_context(|| format!("unknown operation {name:?} (get, put, append, lpop, rpop, delete)"))?;
+            let (name, weight) =
+                part.split_once('=').with_context(|| format!("expected op=weight, got {part:?}"))?;
+            let op = OpKind::ALL.into_iter().find(|op| op.name() == name.trim()).with_context(|| {
+                format!("unknown operation {name:?} (get, put, append, lpop, rpop, delete)")
+            })?;
             let weight: u32 = weight.trim().parse().with_context(|| format!("bad weight in {part:?}"))?;
             if weight > 0 {
                 weights.push((op, weight));
@@ -205,12 +206,16 @@ pub async fn preload(clients: &[Client], config: &BenchConfig) -> Result<()> {
     let workers = config.concurrency.max(1);
     for w in 0..workers {
         let client = clients[w % clients.len()].clone();
-        let (keys, key_size, value_size, seed) = (config.keys, config.key_size, config.value_size, config.seed);
+        let (keys, key_size, value_size, seed) =
+            (config.keys, config.key_size, config.value_size, config.seed);
         tasks.spawn(async move {
             let mut rng = SmallRng::seed_from_u64(seed ^ 0x5eed_0000 ^ w as u64);
             let value = random_value(&mut rng, value_size);
             for i in (w..keys).step_by(workers) {
-                client.put(bench_key(i, key_size), value.clone()).await.with_context(|| format!("preloading key {i}"))?;
+                client
+                    .put(bench_key(i, key_size), value.clone())
+                    .await
+                    .with_context(|| format!("preloading key {i}"))?;
             }
             Ok::<_, anyhow::Error>(())
         });

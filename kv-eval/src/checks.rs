@@ -80,8 +80,11 @@ pub async fn sequence(client: &Client, keys: &Keys) -> Result<()> {
     expect_value("lpop(3) of a missing key", c.lpop(k(3)).await, None)?;
     expect_value("rpop(3) of a missing key", c.rpop(k(3)).await, None)?;
     expect_value("get(3) after popping it while missing", c.get(k(3)).await, None)?;
-    for (left, want) in [(true, "h"), (false, "?"), (true, "u"), (false, "!"), (false, "h"), (true, ""), (false, "")] {
-        let (what, got) = if left { ("lpop(45)", c.lpop(k(45)).await) } else { ("rpop(45)", c.rpop(k(45)).await) };
+    for (left, want) in
+        [(true, "h"), (false, "?"), (true, "u"), (false, "!"), (false, "h"), (true, ""), (false, "")]
+    {
+        let (what, got) =
+            if left { ("lpop(45)", c.lpop(k(45)).await) } else { ("rpop(45)", c.rpop(k(45)).await) };
         expect_value(what, got, Some(want))?;
     }
     expect_value("get(45) after popping it empty", c.get(k(45)).await, Some(""))?;

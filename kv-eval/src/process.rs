@@ -54,7 +54,10 @@ impl ServerProcess {
     /// Starts `kv-server storage --listen 127.0.0.1:0 <extra>` and waits until it reports the
     /// address it bound. Its log (standard error) goes to a file in a fresh temporary folder.
     pub fn start_storage(bin: &Path, extra: &[String]) -> Result<Self> {
-        let dir = tempfile::Builder::new().prefix("kv-eval-").tempdir().context("cannot create a temporary folder")?;
+        let dir = tempfile::Builder::new()
+            .prefix("kv-eval-")
+            .tempdir()
+            .context("cannot create a temporary folder")?;
         let log_path = dir.path().join("server.log");
         let log = std::fs::File::create(&log_path).context("cannot create the server log")?;
         let mut child = Command::new(bin)
@@ -73,7 +76,8 @@ impl ServerProcess {
             // Keep draining, so the server never blocks on a full pipe.
             for _ in lines {}
         });
-        let mut server = ServerProcess { child, addr: SocketAddr::from(([127, 0, 0, 1], 0)), log_path, _dir: dir };
+        let mut server =
+            ServerProcess { child, addr: SocketAddr::from(([127, 0, 0, 1], 0)), log_path, _dir: dir };
         let line = match rx.recv_timeout(START_TIMEOUT) {
             Ok(Some(Ok(line))) => line,
             Ok(_) | Err(_) => bail!("the server did not report its address; its log:\n{}", server.log()),

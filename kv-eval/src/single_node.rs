@@ -65,9 +65,19 @@ pub fn run(options: &Options) -> Result<Report> {
                 Some(bin) => bin.clone(),
                 None => process::find_binary("kv-server")?,
             };
-            let args = vec!["--workers".to_owned(), options.server_workers.to_string(), "--log".to_owned(), "warn".to_owned()];
+            let args = vec![
+                "--workers".to_owned(),
+                options.server_workers.to_string(),
+                "--log".to_owned(),
+                "warn".to_owned(),
+            ];
             let server = ServerProcess::start_storage(&bin, &args)?;
-            println!("started kv-server (pid {}) on {} with {} runtime worker(s)", server.pid(), server.addr(), options.server_workers);
+            println!(
+                "started kv-server (pid {}) on {} with {} runtime worker(s)",
+                server.pid(),
+                server.addr(),
+                options.server_workers
+            );
             Some(server)
         }
     };
@@ -100,7 +110,10 @@ pub fn run(options: &Options) -> Result<Report> {
             },
             seconds: 0.0,
         };
-        println!("{}", report::checks_table(std::slice::from_ref(&outcome)).lines().nth(1).unwrap_or_default());
+        println!(
+            "{}",
+            report::checks_table(std::slice::from_ref(&outcome)).lines().nth(1).unwrap_or_default()
+        );
         checks.push(outcome);
     }
     let passed = checks.iter().all(|c| c.passed) && benchmark.as_ref().is_none_or(|b| b.total.errors == 0);
@@ -116,11 +129,15 @@ pub fn run(options: &Options) -> Result<Report> {
     })
 }
 
-async fn checks_and_bench(endpoint: &str, options: &Options) -> Result<(Vec<CheckOutcome>, Option<BenchReport>)> {
+async fn checks_and_bench(
+    endpoint: &str,
+    options: &Options,
+) -> Result<(Vec<CheckOutcome>, Option<BenchReport>)> {
     let connect = || async {
         Client::connect(endpoint.to_owned()).await.with_context(|| format!("cannot connect to {endpoint}"))
     };
-    let run_id = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let run_id =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     let keys = Keys::new(format!("eval-{run_id}-"));
     println!("\nfunctional checks");
     let one = connect().await?;

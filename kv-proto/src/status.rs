@@ -21,13 +21,10 @@ use crate::v1::{self, error_detail::Kind};
 pub fn status_from_error(err: &Error) -> Status {
     let (code, kind) = match err {
         Error::KeyTooLarge { len, max } => (Code::InvalidArgument, Kind::KeyTooLarge(limit(*len, *max))),
-        Error::ValueTooLarge { len, max } => {
-            (Code::InvalidArgument, Kind::ValueTooLarge(limit(*len, *max)))
+        Error::ValueTooLarge { len, max } => (Code::InvalidArgument, Kind::ValueTooLarge(limit(*len, *max))),
+        Error::InvalidArgument(reason) => {
+            (Code::InvalidArgument, Kind::InvalidArgument(v1::InvalidArgument { reason: reason.clone() }))
         }
-        Error::InvalidArgument(reason) => (
-            Code::InvalidArgument,
-            Kind::InvalidArgument(v1::InvalidArgument { reason: reason.clone() }),
-        ),
         Error::Storage(reason) => {
             (Code::Unavailable, Kind::StorageFailure(v1::StorageFailure { reason: reason.clone() }))
         }
@@ -76,6 +73,9 @@ mod tests {
     #[test]
     fn foreign_statuses_are_not_ours() {
         assert_eq!(error_from_status(&Status::unavailable("connection reset")), None);
-        assert_eq!(error_from_status(&Status::with_details(Code::Internal, "x", vec![0xff, 0x01].into())), None);
+        assert_eq!(
+            error_from_status(&Status::with_details(Code::Internal, "x", vec![0xff, 0x01].into())),
+            None
+        );
     }
 }
