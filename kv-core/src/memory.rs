@@ -85,7 +85,7 @@ mod tests {
 
     #[tokio::test]
     async fn conforms() {
-        conformance::run_all(|limits| MemoryStorage::with_limits(limits)).await;
+        conformance::run_all(MemoryStorage::with_limits).await;
     }
 
     proptest::proptest! {

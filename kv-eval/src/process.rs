@@ -18,10 +18,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// `kv-server`, else beside the running executable (`target/<profile>/`), else one level up (for
 /// test executables in `target/<profile>/deps/`).
 pub fn find_binary(name: &str) -> Result<PathBuf> {
-    if name == "kv-server" {
-        if let Some(path) = std::env::var_os("KV_SERVER_BIN") {
-            return Ok(PathBuf::from(path));
-        }
+    if let Some(path) = std::env::var_os("KV_SERVER_BIN").filter(|_| name == "kv-server") {
+        return Ok(PathBuf::from(path));
     }
     let exe = std::env::current_exe().context("cannot locate the running executable")?;
     let mut dir = exe.parent();

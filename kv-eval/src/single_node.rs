@@ -99,6 +99,7 @@ pub fn run(options: &Options) -> Result<Report> {
     drop(runtime);
 
     if let Some(server) = server {
+        let started = std::time::Instant::now();
         let stopped = server.stop(Duration::from_secs(15));
         let outcome = CheckOutcome {
             name: "graceful shutdown (SIGTERM)".to_owned(),
@@ -108,12 +109,10 @@ pub fn run(options: &Options) -> Result<Report> {
                 Ok(status) => format!("the server exited with {status}"),
                 Err(err) => format!("{err:#}"),
             },
-            seconds: 0.0,
+            seconds: started.elapsed().as_secs_f64(),
         };
-        println!(
-            "{}",
-            report::checks_table(std::slice::from_ref(&outcome)).lines().nth(1).unwrap_or_default()
-        );
+        let verdict = if outcome.passed { "pass".to_owned() } else { format!("FAIL: {}", outcome.detail) };
+        println!("\n{}: {verdict}", outcome.name);
         checks.push(outcome);
     }
     let passed = checks.iter().all(|c| c.passed) && benchmark.as_ref().is_none_or(|b| b.total.errors == 0);
