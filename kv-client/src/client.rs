@@ -44,7 +44,10 @@ impl ClientBuilder {
             format!("http://{}", self.endpoint)
         };
         let endpoint = Endpoint::from_shared(uri)
-            .map_err(|err| Error::InvalidEndpoint { endpoint: self.endpoint.clone(), reason: err.to_string() })?
+            .map_err(|err| Error::InvalidEndpoint {
+                endpoint: self.endpoint.clone(),
+                reason: err.to_string(),
+            })?
             .timeout(self.timeout)
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true);
@@ -52,7 +55,9 @@ impl ClientBuilder {
             .connect()
             .await
             .map_err(|source| Error::Connect { endpoint: self.endpoint.clone(), source })?;
-        Ok(Client { kv: KeyValueClient::new(channel) })
+        // No client-side cap on responses (tonic's default is 4 MiB): the server enforces the
+        // value limit, which may be set above that, and a value it accepted must be readable.
+        Ok(Client { kv: KeyValueClient::new(channel).max_decoding_message_size(usize::MAX) })
     }
 }
 

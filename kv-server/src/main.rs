@@ -65,7 +65,8 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let filter = EnvFilter::try_new(&cli.log).with_context(|| format!("invalid --log filter {:?}", cli.log))?;
+    let filter =
+        EnvFilter::try_new(&cli.log).with_context(|| format!("invalid --log filter {:?}", cli.log))?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -93,9 +94,10 @@ async fn storage(args: StorageArgs) -> Result<()> {
     };
     let listener = bind(&args.listen).await?;
     let local = listener.local_addr().context("cannot read the bound address")?;
+    let shutdown = shutdown_signal();
     println!("kv-server storage listening on {local}");
     tracing::info!(address = %local, "storage server listening");
-    kv_server::run_storage(listener, config, shutdown_signal()).await?;
+    kv_server::run_storage(listener, config, shutdown).await?;
     Ok(())
 }
 
@@ -115,30 +117,43 @@ async fn bind(address: &str) -> Result<tokio::net::TcpListener> {
     Err(last_err.unwrap_or_else(|| anyhow::anyhow!("listen address {address:?} resolves to nothing")))
 }
 
-/// Completes on the first SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(err) = tokio::signal::ctrl_c().await {
-            tracing::error!(cause = %err, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
-        }
-    };
+/// Completes on the first SIGINT or SIGTERM. The handlers are installed when this is called, not
+/// when the future is first polled: a signal sent as soon as the address is printed must shut the
+/// server down gracefully, not kill it with the default action.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                term.recv().await;
+    let (ctrl_c, term) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listen = |kind: SignalKind, name: &'static str| {
+            let stream = signal(kind);
+            async move {
+                match stream {
+                    Ok(mut stream) => {
+                        stream.recv().await;
+                    }
+                    Err(err) => {
+                        tracing::error!(cause = %err, "cannot listen for {name}");
+                        std::future::pending::<()>().await;
+                    }
+                }
             }
-            Err(err) => {
-                tracing::error!(cause = %err, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
+        };
+        (listen(SignalKind::interrupt(), "SIGINT"), listen(SignalKind::terminate(), "SIGTERM"))
     };
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("received SIGINT"),
-        () = term => tracing::info!("received SIGTERM"),
+    let (ctrl_c, term) = (
+        async {
+            if let Err(err) = tokio::signal::ctrl_c().await {
+                tracing::error!(cause = %err, "cannot listen for SIGINT");
+                std::future::pending::<()>().await;
+            }
+        },
+        std::future::pending::<()>(),
+    );
+    async move {
+        tokio::select! {
+            () = ctrl_c => tracing::info!("received SIGINT"),
+            () = term => tracing::info!("received SIGTERM"),
+        }
     }
 }

@@ -66,9 +66,10 @@ pub async fn run_storage(
         .build_v1alpha()?;
 
     // Room for the largest request the limits allow, plus framing; larger messages are refused
-    // by the transport (RESOURCE_EXHAUSTED) before they are read into memory.
+    // by the transport (OUT_OF_RANGE) before they are read into memory.
     let max_message = (config.limits.max_key_len + config.limits.max_value_len + 64 * 1024).max(4 << 20);
-    let key_value = KeyValueService::new(Arc::clone(&storage)).into_server().max_decoding_message_size(max_message);
+    let key_value =
+        KeyValueService::new(Arc::clone(&storage)).into_server().max_decoding_message_size(max_message);
     let compat_kv = CompatKvService::new(storage).into_server().max_decoding_message_size(max_message);
 
     let (draining_tx, mut draining_rx) = tokio::sync::watch::channel(false);
