@@ -14,6 +14,9 @@
 
 pub mod bench;
 pub mod checks;
+pub mod history;
+pub mod linearizability;
 pub mod process;
+pub mod proxy;
 pub mod report;
 pub mod single_node;

@@ -1,0 +1,1 @@
+//! A linearizability checker for the store's per-key register model (being written).

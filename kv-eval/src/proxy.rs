@@ -1,0 +1,1 @@
+//! Fault-injecting TCP proxies on loopback (being written).
