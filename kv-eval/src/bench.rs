@@ -66,7 +66,8 @@ pub struct Mix {
 }
 
 impl Mix {
-    fn pick(&self, rng: &mut SmallRng) -> OpKind {
+    /// Draws an operation with the mix's weights.
+    pub fn pick(&self, rng: &mut SmallRng) -> OpKind {
         let mut roll = rng.random_range(0..self.total);
         for &(op, weight) in &self.weights {
             if roll < weight {

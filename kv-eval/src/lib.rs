@@ -13,10 +13,13 @@
 //! Anything that makes or reads randomness takes an explicit seed.
 
 pub mod bench;
+pub mod chaos;
 pub mod checks;
+pub mod cluster;
 pub mod history;
 pub mod linearizability;
 pub mod process;
 pub mod proxy;
+pub mod recorder;
 pub mod report;
 pub mod single_node;

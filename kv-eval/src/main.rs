@@ -7,6 +7,8 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use kv_eval::bench::{BenchConfig, Mix};
+use kv_eval::chaos::{ChaosConfig, FaultKind};
+use kv_eval::cluster::ClusterConfig;
 use kv_eval::{report, single_node};
 use serde::Serialize;
 
@@ -26,6 +28,52 @@ enum Command {
     SingleNode(SingleNodeArgs),
     /// Every subtask that exists (today: single-node).
     All(SingleNodeArgs),
+    /// A workload under faults (kill/restart, pause, partition, flaky network) with a
+    /// linearizability check of the recorded history.
+    Chaos(ChaosArgs),
+}
+
+#[derive(Debug, Args)]
+struct ChaosArgs {
+    /// The `kv-server` binary to start (default: next to this executable, or $KV_SERVER_BIN).
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Seconds the clients run.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Distinct keys (few, so that operations conflict).
+    #[arg(long, default_value_t = 5)]
+    keys: usize,
+    /// Operation mix, as weights: get, put, append, lpop, rpop, delete.
+    #[arg(long, default_value = kv_eval::chaos::DEFAULT_MIX)]
+    mix: Mix,
+    /// Seconds a call may take before its outcome counts as unknown.
+    #[arg(long, default_value_t = 0.5)]
+    timeout: f64,
+    /// Faults to draw from, comma-separated: kill, pause, partition, flaky; `none` for none.
+    #[arg(long, default_value = "pause,partition,flaky")]
+    faults: String,
+    /// Seconds from one fault's start to the next's.
+    #[arg(long, default_value_t = 2.0)]
+    interval: f64,
+    /// Seconds each fault lasts.
+    #[arg(long, default_value_t = 1.0)]
+    fault_duration: f64,
+    /// Seconds the linearizability check may take before it answers unknown.
+    #[arg(long, default_value_t = 60.0)]
+    check_budget: f64,
+    /// Seed of the workload and the nemesis.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Also write the report (verdict, counts, schedule) as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Also write the recorded history as JSON to this file.
+    #[arg(long)]
+    history: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -110,6 +158,7 @@ fn run(cli: Cli) -> Result<bool> {
             }
             Ok(report.passed)
         }
+        Command::Chaos(args) => chaos(&args),
         Command::All(args) => {
             println!("== subtask 1: single node ==");
             let single_node = single_node::run(&options(&args)?)?;
@@ -120,6 +169,51 @@ fn run(cli: Cli) -> Result<bool> {
             Ok(passed)
         }
     }
+}
+
+fn chaos(args: &ChaosArgs) -> Result<bool> {
+    let seconds = |s: f64, what: &str| {
+        anyhow::ensure!(s.is_finite() && s > 0.0, "--{what} must be a positive number of seconds");
+        Ok(Duration::from_secs_f64(s))
+    };
+    let faults = match args.faults.trim() {
+        "none" | "" => Vec::new(),
+        list => list.split(',').map(str::parse).collect::<Result<Vec<FaultKind>>>()?,
+    };
+    anyhow::ensure!(args.clients > 0, "--clients must be at least 1");
+    let config = ChaosConfig {
+        clients: args.clients,
+        duration: seconds(args.duration, "duration")?,
+        keys: args.keys.max(1),
+        mix: args.mix.clone(),
+        timeout: seconds(args.timeout, "timeout")?,
+        faults,
+        interval: seconds(args.interval, "interval")?,
+        fault_duration: seconds(args.fault_duration, "fault-duration")?,
+        check_budget: seconds(args.check_budget, "check-budget")?,
+        seed: args.seed,
+    };
+    let mut cluster = ClusterConfig::new(1)?;
+    cluster.seed = args.seed;
+    if let Some(bin) = &args.server_bin {
+        cluster.server_bin = bin.clone();
+    }
+    println!(
+        "chaos: 1 storage server, {} clients on {} keys for {:.1} s, faults: {}",
+        config.clients,
+        config.keys,
+        config.duration.as_secs_f64(),
+        if config.faults.is_empty() { "none".to_owned() } else { args.faults.clone() }
+    );
+    let report = kv_eval::chaos::run(&cluster, &config)?;
+    print!("{report}");
+    if let Some(path) = &args.json {
+        report::write_json(path, &report)?;
+    }
+    if let Some(path) = &args.history {
+        report::write_json(path, &report.history)?;
+    }
+    Ok(report.passed)
 }
 
 fn options(args: &SingleNodeArgs) -> Result<single_node::Options> {

@@ -38,6 +38,55 @@ pub fn find_binary(name: &str) -> Result<PathBuf> {
     )
 }
 
+/// Starts `bin args..` in `cwd` with its standard error appended to `log_path`, and waits until
+/// its first line of standard output reports the address it listens on (`... HOST:PORT`). The
+/// rest of its output is drained in the background. On any failure the process is killed.
+pub fn spawn_server(bin: &Path, args: &[String], log_path: &Path, cwd: &Path) -> Result<(Child, SocketAddr)> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .with_context(|| format!("cannot open the server log {}", log_path.display()))?;
+    let mut child = Command::new(bin)
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    let fail = |child: &mut Child, err: anyhow::Error| {
+        let _ = child.kill();
+        let _ = child.wait();
+        let log = std::fs::read_to_string(log_path).unwrap_or_default();
+        Err(err.context(format!("the server's log:\n{log}")))
+    };
+    let Some(stdout) = child.stdout.take() else {
+        return fail(&mut child, anyhow!("no standard output from the server"));
+    };
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let _ = tx.send(lines.next());
+        // Keep draining, so the server never blocks on a full pipe.
+        for _ in lines {}
+    });
+    let line = match rx.recv_timeout(START_TIMEOUT) {
+        Ok(Some(Ok(line))) => line,
+        Ok(_) | Err(_) => return fail(&mut child, anyhow!("the server did not report its address")),
+    };
+    match line.rsplit(' ').next().and_then(|addr| addr.parse().ok()) {
+        Some(addr) => Ok((child, addr)),
+        None => fail(&mut child, anyhow!("unexpected first line from the server: {line:?}")),
+    }
+}
+
+/// Sends `signal` to the process `child`.
+pub fn signal(child: &Child, signal: Signal) -> Result<()> {
+    let pid = Pid::from_raw(i32::try_from(child.id()).context("pid out of range")?);
+    kill(pid, signal).with_context(|| format!("cannot send {signal} to process {pid}"))
+}
+
 /// A running `kv-server` process. Dropping it kills the process (SIGKILL) and reaps it.
 #[derive(Debug)]
 pub struct ServerProcess {
@@ -57,35 +106,10 @@ impl ServerProcess {
             .tempdir()
             .context("cannot create a temporary folder")?;
         let log_path = dir.path().join("server.log");
-        let log = std::fs::File::create(&log_path).context("cannot create the server log")?;
-        let mut child = Command::new(bin)
-            .args(["storage", "--listen", "127.0.0.1:0"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("cannot start {}", bin.display()))?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no standard output from the server"))?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let _ = tx.send(lines.next());
-            // Keep draining, so the server never blocks on a full pipe.
-            for _ in lines {}
-        });
-        let mut server =
-            ServerProcess { child, addr: SocketAddr::from(([127, 0, 0, 1], 0)), log_path, _dir: dir };
-        let line = match rx.recv_timeout(START_TIMEOUT) {
-            Ok(Some(Ok(line))) => line,
-            Ok(_) | Err(_) => bail!("the server did not report its address; its log:\n{}", server.log()),
-        };
-        server.addr = line
-            .rsplit(' ')
-            .next()
-            .and_then(|addr| addr.parse().ok())
-            .ok_or_else(|| anyhow!("unexpected first line from the server: {line:?}"))?;
-        Ok(server)
+        let mut args = vec!["storage".to_owned(), "--listen".to_owned(), "127.0.0.1:0".to_owned()];
+        args.extend_from_slice(extra);
+        let (child, addr) = spawn_server(bin, &args, &log_path, dir.path())?;
+        Ok(ServerProcess { child, addr, log_path, _dir: dir })
     }
 
     /// The address the server listens on.
@@ -106,8 +130,7 @@ impl ServerProcess {
     /// Asks the server to shut down gracefully (SIGTERM) and waits up to `timeout` for it to exit;
     /// kills it if it does not. Returns how it exited, or an error if it had to be killed.
     pub fn stop(mut self, timeout: Duration) -> Result<ExitStatus> {
-        let pid = Pid::from_raw(i32::try_from(self.child.id()).context("pid out of range")?);
-        kill(pid, Signal::SIGTERM).context("cannot signal the server")?;
+        signal(&self.child, Signal::SIGTERM)?;
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().context("cannot wait for the server")? {

@@ -1,0 +1,325 @@
+//! A cluster of real `kv-server` processes on loopback that a test can break.
+//!
+//! Each [`Node`] is one server process with its own folder (a data directory, its working
+//! directory, and its log file, kept across restarts), listening on a fixed loopback port so
+//! that a restart comes back at the same address. Ports are picked below Linux's ephemeral range
+//! (32768 and up), so no outgoing connection can take a node's port while the node is down.
+//!
+//! Faults on a node: [`Node::kill`] (SIGKILL), [`Node::restart`] (same address and folder),
+//! [`Node::pause`] / [`Node::resume`] (SIGSTOP / SIGCONT). Network faults go through the
+//! fault-injecting proxy in front of each node ([`Node::proxy`], see [`crate::proxy`]): clients
+//! dial [`Node::client_addr`], the proxy's address, and the harness partitions, delays or resets
+//! that path at will. (Node-to-node paths get proxies of their own once nodes talk to each
+//! other, with the sharding and replication issues.)
+//!
+//! Dropping the [`Cluster`] kills and reaps every process it started — also when a test fails or
+//! panics — and removes its folders, unless [`Cluster::keep_files`] was called.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use nix::sys::signal::Signal;
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+
+use crate::process::{signal, spawn_server};
+use crate::proxy::Proxy;
+
+/// Ports are drawn from here: below the ephemeral range, above well-known services.
+const PORT_RANGE: std::ops::Range<u16> = 20_000..32_000;
+
+/// How to start a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Number of storage servers.
+    pub nodes: usize,
+    /// The `kv-server` binary.
+    pub server_bin: PathBuf,
+    /// Extra arguments for every `kv-server storage`.
+    pub server_args: Vec<String>,
+    /// Put a fault-injecting proxy in front of every node.
+    pub proxies: bool,
+    /// Seed of the port choice and of the proxies' randomness.
+    pub seed: u64,
+}
+
+impl ClusterConfig {
+    /// `nodes` storage servers of the `kv-server` found by [`crate::process::find_binary`],
+    /// each behind a proxy.
+    pub fn new(nodes: usize) -> Result<Self> {
+        Ok(ClusterConfig {
+            nodes,
+            server_bin: crate::process::find_binary("kv-server")?,
+            server_args: vec!["--log".into(), "info".into(), "--workers".into(), "1".into()],
+            proxies: true,
+            seed: 0,
+        })
+    }
+}
+
+/// One server process of a cluster.
+#[derive(Debug)]
+pub struct Node {
+    id: usize,
+    addr: SocketAddr,
+    dir: PathBuf,
+    bin: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+    paused: bool,
+    proxy: Option<Proxy>,
+}
+
+impl Node {
+    /// The node's index in its cluster.
+    pub fn id(&self) -> usize {
+        self.id
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The address clients should dial: the node's proxy if it has one.
+    pub fn client_addr(&self) -> SocketAddr {
+        self.proxy.as_ref().map_or(self.addr, Proxy::addr)
+    }
+
+    /// The proxy in front of the node, if any.
+    pub fn proxy(&self) -> Option<&Proxy> {
+        self.proxy.as_ref()
+    }
+
+    /// The node's folder: its working directory, `data/`, and `server.log`.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The node's data directory (kept across restarts).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// What the node has logged, over all its runs.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    /// Whether the process is running (possibly paused).
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Whether the process is stopped by [`Node::pause`].
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let mut args = vec!["storage".to_owned(), "--listen".to_owned(), self.addr.to_string()];
+        args.extend(self.args.iter().cloned());
+        // A port just freed by a killed process can be busy for a moment; retry briefly.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match spawn_server(&self.bin, &args, &self.dir.join("server.log"), &self.data_dir()) {
+                Ok((child, _)) => {
+                    self.child = Some(child);
+                    self.paused = false;
+                    return Ok(());
+                }
+                Err(err) if Instant::now() < deadline && format!("{err:#}").contains("in use") => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(err) => return Err(err.context(format!("cannot start node {}", self.id))),
+            }
+        }
+    }
+
+    /// Kills the process with SIGKILL (it gets no chance to clean up) and reaps it. A no-op if
+    /// it is not running.
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            if self.paused {
+                // A stopped process dies of SIGKILL too, but resume it so nothing lingers.
+                let _ = signal(&child, Signal::SIGCONT);
+            }
+            let _ = child.kill();
+            child.wait().with_context(|| format!("cannot reap node {}", self.id))?;
+        }
+        self.paused = false;
+        Ok(())
+    }
+
+    /// Starts the process again, at the same address with the same folder. Kills it first if it
+    /// is still running.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill()?;
+        self.spawn()
+    }
+
+    /// Stops the process with SIGSTOP: it holds its connections but answers nothing.
+    pub fn pause(&mut self) -> Result<()> {
+        let Some(child) = &self.child else { bail!("node {} is not running", self.id) };
+        signal(child, Signal::SIGSTOP)?;
+        self.paused = true;
+        Ok(())
+    }
+
+    /// Lets a paused process run again with SIGCONT.
+    pub fn resume(&mut self) -> Result<()> {
+        if let Some(child) = &self.child {
+            signal(child, Signal::SIGCONT)?;
+        }
+        self.paused = false;
+        Ok(())
+    }
+
+    /// Stops the process gracefully (SIGTERM), waiting up to `timeout`; kills it after that.
+    /// Returns whether it exited on its own with status 0.
+    pub fn stop(&mut self, timeout: Duration) -> Result<bool> {
+        let Some(mut child) = self.child.take() else { return Ok(false) };
+        if self.paused {
+            signal(&child, Signal::SIGCONT)?;
+            self.paused = false;
+        }
+        signal(&child, Signal::SIGTERM)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status.success());
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.kill();
+    }
+}
+
+/// A set of nodes, and the folder that holds theirs.
+#[derive(Debug)]
+pub struct Cluster {
+    nodes: Vec<Node>,
+    // Declared after `nodes`: the processes die before their folders are removed.
+    dir: Option<tempfile::TempDir>,
+    kept: Option<PathBuf>,
+}
+
+impl Cluster {
+    /// Starts every node and its proxy; returns once all of them listen.
+    pub fn start(config: &ClusterConfig) -> Result<Self> {
+        let dir =
+            tempfile::Builder::new().prefix("kv-cluster-").tempdir().context("cannot create a folder")?;
+        // Clusters started at once (tests in one process, or in several) probe different ports.
+        static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let nth = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut rng = SmallRng::seed_from_u64(
+            config.seed ^ (u64::from(std::process::id()) << 20) ^ nth.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        );
+        let mut cluster = Cluster { nodes: Vec::new(), dir: Some(dir), kept: None };
+        for id in 0..config.nodes {
+            let node_dir = cluster.root().join(format!("node-{id}"));
+            std::fs::create_dir_all(node_dir.join("data")).context("cannot create a node folder")?;
+            let mut node = Node {
+                id,
+                addr: free_port(&mut rng)?,
+                dir: node_dir,
+                bin: config.server_bin.clone(),
+                args: config.server_args.clone(),
+                child: None,
+                paused: false,
+                proxy: None,
+            };
+            // Another process may take the port between the probe and the bind: pick again.
+            let mut attempts = 0;
+            loop {
+                match node.spawn() {
+                    Ok(()) => break,
+                    Err(err) if attempts < 5 && format!("{err:#}").contains("in use") => {
+                        attempts += 1;
+                        node.addr = free_port(&mut rng)?;
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+            if config.proxies {
+                let proxy = Proxy::start(node.addr, config.seed.wrapping_add(id as u64))
+                    .with_context(|| format!("cannot start the proxy of node {id}"))?;
+                node.proxy = Some(proxy);
+            }
+            cluster.nodes.push(node);
+        }
+        Ok(cluster)
+    }
+
+    /// The cluster's folder.
+    pub fn root(&self) -> &Path {
+        match (&self.dir, &self.kept) {
+            (Some(dir), _) => dir.path(),
+            (None, Some(kept)) => kept,
+            (None, None) => Path::new("."),
+        }
+    }
+
+    /// Keeps the cluster's folder (logs, data) after the cluster is dropped; returns its path.
+    pub fn keep_files(&mut self) -> PathBuf {
+        if let Some(dir) = self.dir.take() {
+            self.kept = Some(dir.keep());
+        }
+        self.root().to_path_buf()
+    }
+
+    /// The nodes.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// One node, to break.
+    pub fn node_mut(&mut self, id: usize) -> &mut Node {
+        &mut self.nodes[id]
+    }
+
+    /// Ends every fault: resumes paused nodes, restarts dead ones, heals every proxy.
+    pub fn heal(&mut self) -> Result<()> {
+        for node in &mut self.nodes {
+            if node.paused {
+                node.resume()?;
+            }
+            if !node.is_running() {
+                node.restart()?;
+            }
+            if let Some(proxy) = &node.proxy {
+                proxy.heal();
+            }
+        }
+        Ok(())
+    }
+
+    /// Every node's log, each under a header: for a failing test's output.
+    pub fn logs(&self) -> String {
+        self.nodes.iter().map(|n| format!("---- node {} ({}) ----\n{}", n.id, n.addr, n.log())).collect()
+    }
+}
+
+/// A loopback address with a port below the ephemeral range that nothing listens on right now.
+fn free_port(rng: &mut SmallRng) -> Result<SocketAddr> {
+    for _ in 0..1000 {
+        let addr = SocketAddr::from(([127, 0, 0, 1], rng.random_range(PORT_RANGE)));
+        if TcpListener::bind(addr).is_ok() {
+            return Ok(addr);
+        }
+    }
+    bail!("no free loopback port in {PORT_RANGE:?}")
+}

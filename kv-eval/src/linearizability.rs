@@ -1,1 +1,0 @@
-//! A linearizability checker for the store's per-key register model (being written).

@@ -1,0 +1,144 @@
+//! The cluster harness against real `kv-server` processes: node faults, network faults through
+//! the proxies, and the chaos runner's verdicts on a single in-memory server.
+//!
+//! These need the `kv-server` binary beside the test executables (`cargo test --workspace`
+//! builds it; or set `KV_SERVER_BIN`).
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use kv_client::Client;
+use kv_eval::chaos::{self, ChaosConfig, FaultKind};
+use kv_eval::cluster::{Cluster, ClusterConfig};
+use kv_eval::linearizability::Verdict;
+use kv_eval::proxy::Faults;
+
+const TIMEOUT: Duration = Duration::from_millis(300);
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+async fn client(addr: std::net::SocketAddr) -> Client {
+    Client::builder(addr.to_string()).timeout(TIMEOUT).connect_timeout(TIMEOUT).connect().await.unwrap()
+}
+
+/// Retries `get` until the node answers (bounded), for the moments after a heal.
+async fn get_eventually(client: &Client, key: &str) -> Option<String> {
+    for _ in 0..200 {
+        if let Ok(value) = client.get(key).await {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the node did not answer within 10 s");
+}
+
+#[test]
+fn nodes_can_be_killed_restarted_paused_and_resumed() {
+    let mut cluster = Cluster::start(&ClusterConfig::new(2).unwrap()).unwrap();
+    let rt = runtime();
+    let addr = cluster.nodes()[0].addr();
+    let pid_dir = cluster.nodes()[0].data_dir();
+    assert!(pid_dir.is_dir());
+    assert_ne!(cluster.nodes()[0].addr(), cluster.nodes()[1].addr());
+    rt.block_on(async {
+        let c = client(cluster.nodes()[0].client_addr()).await;
+        c.put("k", "v").await.unwrap();
+        assert_eq!(c.get("k").await.unwrap().as_deref(), Some("v"));
+    });
+
+    // Kill: the node stops answering; the other node is unaffected.
+    cluster.node_mut(0).kill().unwrap();
+    assert!(!cluster.node_mut(0).is_running());
+    rt.block_on(async {
+        let c = client(cluster.nodes()[1].client_addr()).await;
+        c.put("other", "x").await.unwrap();
+        let dead = Client::builder(cluster.nodes()[0].addr().to_string()).timeout(TIMEOUT).connect().await;
+        assert!(dead.is_err(), "a killed node accepted a connection");
+    });
+
+    // Restart: same address; the in-memory data is gone.
+    cluster.node_mut(0).restart().unwrap();
+    assert_eq!(cluster.nodes()[0].addr(), addr);
+    rt.block_on(async {
+        let c = client(cluster.nodes()[0].client_addr()).await;
+        assert_eq!(get_eventually(&c, "k").await, None, "an in-memory server kept data over a restart");
+        c.put("k", "v2").await.unwrap();
+
+        // Pause: calls time out instead of failing fast; resume: they work again.
+        cluster.node_mut(0).pause().unwrap();
+        let err = c.get("k").await.unwrap_err();
+        assert!(!err.is_definite(), "a call to a paused node must be of unknown outcome: {err}");
+        cluster.node_mut(0).resume().unwrap();
+        assert_eq!(get_eventually(&c, "k").await.as_deref(), Some("v2"));
+    });
+    assert!(cluster.nodes()[0].log().contains("listening"), "the node's log is kept across restarts");
+}
+
+#[test]
+fn proxies_partition_and_heal_the_path_to_a_node() {
+    let mut cluster = Cluster::start(&ClusterConfig::new(1).unwrap()).unwrap();
+    let rt = runtime();
+    rt.block_on(async {
+        let node = &cluster.nodes()[0];
+        assert_ne!(node.client_addr(), node.addr(), "clients go through the proxy");
+        let c = client(node.client_addr()).await;
+        c.put("k", "before").await.unwrap();
+
+        node.proxy().unwrap().set_faults(Faults::partition());
+        let err = c.put("k", "during").await.unwrap_err();
+        assert!(!err.is_definite(), "a call across a partition must be of unknown outcome: {err}");
+        // The node itself is fine: only the path is cut.
+        let direct = client(node.addr()).await;
+        assert_eq!(direct.get("k").await.unwrap().as_deref(), Some("before"), "a black-holed write arrived");
+
+        node.proxy().unwrap().heal();
+        assert_eq!(get_eventually(&c, "k").await.as_deref(), Some("before"));
+        c.put("k", "after").await.unwrap();
+        assert_eq!(direct.get("k").await.unwrap().as_deref(), Some("after"));
+    });
+    cluster.heal().unwrap();
+}
+
+fn chaos_config(faults: Vec<FaultKind>, seed: u64) -> ChaosConfig {
+    ChaosConfig {
+        mix: chaos::DEFAULT_MIX.parse().unwrap(),
+        clients: 6,
+        duration: Duration::from_secs(4),
+        keys: 4,
+        timeout: Duration::from_millis(400),
+        faults,
+        interval: Duration::from_millis(1000),
+        fault_duration: Duration::from_millis(500),
+        check_budget: Duration::from_secs(120),
+        seed,
+    }
+}
+
+/// The proof that the checker bites: restarting an in-memory server loses every acknowledged
+/// write, and the history must say so.
+#[test]
+fn chaos_flags_the_data_loss_of_restarting_an_in_memory_server() {
+    let report =
+        chaos::run(&ClusterConfig::new(1).unwrap(), &chaos_config(vec![FaultKind::Kill], 11)).unwrap();
+    assert!(report.schedule.iter().any(|e| e.event.starts_with("kill")), "{report}");
+    assert!(report.ok > 100, "too little happened to judge: {report}");
+    assert!(!report.passed, "the data loss went unnoticed:\n{report}");
+    match &report.linearizability.verdict {
+        Verdict::NotLinearizable { window, .. } => assert!(!window.is_empty(), "{report}"),
+        other => panic!("expected a violation, got {other:?}\n{report}"),
+    }
+}
+
+/// Faults that lose nothing (a pause, a partition, a flaky path) leave a single server's history
+/// linearizable, with the unknown outcomes they cause.
+#[test]
+fn chaos_without_data_loss_stays_linearizable() {
+    let config = chaos_config(vec![FaultKind::Pause, FaultKind::Partition, FaultKind::Flaky], 12);
+    let report = chaos::run(&ClusterConfig::new(1).unwrap(), &config).unwrap();
+    assert!(report.schedule.len() >= 4, "faults were injected and ended: {report}");
+    assert!(report.ok > 100, "too little happened to judge: {report}");
+    assert!(report.passed, "a correct single server was judged not linearizable:\n{report}");
+}
