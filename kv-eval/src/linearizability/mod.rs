@@ -151,7 +151,9 @@ fn run(history: &History, budget: Option<Duration>) -> Report {
     let started = Instant::now();
     let deadline = budget.and_then(|b| started.checked_add(b));
     let keys = partition(history);
-    // Keys are handed out in order; once key `i` is found wrong, keys after it are pointless.
+    // Keys are handed out in order. One violation settles the verdict, so once any key is found
+    // wrong the others stop (a key whose search explodes must not hold up a violation found
+    // elsewhere); the lowest wrong key among those decided is reported.
     let first_violation = AtomicUsize::new(usize::MAX);
     let next_key = AtomicUsize::new(0);
     let work = || {
@@ -159,10 +161,10 @@ fn run(history: &History, budget: Option<Duration>) -> Report {
         loop {
             let i = next_key.fetch_add(1, Ordering::Relaxed);
             let Some(key) = keys.get(i) else { break };
-            if i > first_violation.load(Ordering::Relaxed) {
-                continue;
+            if first_violation.load(Ordering::Relaxed) != usize::MAX {
+                break;
             }
-            let cancelled = || first_violation.load(Ordering::Relaxed) < i;
+            let cancelled = || first_violation.load(Ordering::Relaxed) != usize::MAX;
             let verdict = check_key(key, &Limit { deadline, cancelled: &cancelled });
             if matches!(verdict, KeyVerdict::Violation(_)) {
                 first_violation.fetch_min(i, Ordering::Relaxed);
