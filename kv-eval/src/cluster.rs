@@ -6,11 +6,21 @@
 //! (32768 and up), so no outgoing connection can take a node's port while the node is down.
 //!
 //! Faults on a node: [`Node::kill`] (SIGKILL), [`Node::restart`] (same address and folder),
-//! [`Node::pause`] / [`Node::resume`] (SIGSTOP / SIGCONT). Network faults go through the
-//! fault-injecting proxy in front of each node ([`Node::proxy`], see [`crate::proxy`]): clients
-//! dial [`Node::client_addr`], the proxy's address, and the harness partitions, delays or resets
-//! that path at will. (Node-to-node paths get proxies of their own once nodes talk to each
-//! other, with the sharding and replication issues.)
+//! [`Node::pause`] / [`Node::resume`] (SIGSTOP / SIGCONT).
+//!
+//! Network faults go through fault-injecting TCP proxies on loopback ([`crate::proxy`]), so they
+//! need no privileges and work in CI:
+//! - in front of each node, the *client path* ([`Node::proxy`]): clients dial
+//!   [`Node::client_addr`], and the harness partitions, delays or resets that path at will;
+//! - between every ordered pair of nodes, a *link* ([`Cluster::link`]): node `a` must reach node
+//!   `b` at [`Cluster::peer_addr`]`(a, b)`, never at `b`'s own address, so that the harness can
+//!   cut `a → b` alone (a one-way fault), both ways, or whole groups apart
+//!   ([`Cluster::partition`], [`Cluster::isolate`]). Nodes learn their peers' addresses from the
+//!   harness (a flag naming the peer map, once servers talk to each other: sharding and
+//!   replication bring that).
+//!
+//! A proxy only knows TCP: "drop" is a black hole per direction, and a connection that lost
+//! bytes is reset when healed (see [`crate::proxy`] for why).
 //!
 //! Dropping the [`Cluster`] kills and reaps every process it started — also when a test fails or
 //! panics — and removes its folders, unless [`Cluster::keep_files`] was called.
@@ -26,7 +36,7 @@ use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
 use crate::process::{signal, spawn_server};
-use crate::proxy::Proxy;
+use crate::proxy::{Faults, Proxy};
 
 /// Ports are drawn from here: below the ephemeral range, above well-known services.
 const PORT_RANGE: std::ops::Range<u16> = 20_000..32_000;
@@ -40,7 +50,7 @@ pub struct ClusterConfig {
     pub server_bin: PathBuf,
     /// Extra arguments for every `kv-server storage`.
     pub server_args: Vec<String>,
-    /// Put a fault-injecting proxy in front of every node.
+    /// Put a fault-injecting proxy in front of every node, and on every node-to-node link.
     pub proxies: bool,
     /// Seed of the port choice and of the proxies' randomness.
     pub seed: u64,
@@ -166,13 +176,18 @@ impl Node {
         let Some(child) = &self.child else { bail!("node {} is not running", self.id) };
         signal(child, Signal::SIGSTOP)?;
         self.paused = true;
-        Ok(())
+        // A signal is delivered asynchronously: wait until the process has really stopped, so
+        // that nothing the caller sends next is answered.
+        wait_for_state(child.id(), |state| state == 'T' || state == 't')
+            .with_context(|| format!("node {} did not stop", self.id))
     }
 
     /// Lets a paused process run again with SIGCONT.
     pub fn resume(&mut self) -> Result<()> {
         if let Some(child) = &self.child {
             signal(child, Signal::SIGCONT)?;
+            wait_for_state(child.id(), |state| state != 'T' && state != 't')
+                .with_context(|| format!("node {} did not resume", self.id))?;
         }
         self.paused = false;
         Ok(())
@@ -212,6 +227,8 @@ impl Drop for Node {
 #[derive(Debug)]
 pub struct Cluster {
     nodes: Vec<Node>,
+    /// `links[a][b]`: the proxy node `a` uses to reach node `b` (none for `a == b`).
+    links: Vec<Vec<Option<Proxy>>>,
     // Declared after `nodes`: the processes die before their folders are removed.
     dir: Option<tempfile::TempDir>,
     kept: Option<PathBuf>,
@@ -228,7 +245,7 @@ impl Cluster {
         let mut rng = SmallRng::seed_from_u64(
             config.seed ^ (u64::from(std::process::id()) << 20) ^ nth.wrapping_mul(0x9e37_79b9_7f4a_7c15),
         );
-        let mut cluster = Cluster { nodes: Vec::new(), dir: Some(dir), kept: None };
+        let mut cluster = Cluster { nodes: Vec::new(), links: Vec::new(), dir: Some(dir), kept: None };
         for id in 0..config.nodes {
             let node_dir = cluster.root().join(format!("node-{id}"));
             std::fs::create_dir_all(node_dir.join("data")).context("cannot create a node folder")?;
@@ -261,6 +278,22 @@ impl Cluster {
             }
             cluster.nodes.push(node);
         }
+        if config.proxies {
+            for a in 0..config.nodes {
+                let mut row = Vec::new();
+                for b in 0..config.nodes {
+                    row.push(if a == b {
+                        None
+                    } else {
+                        let seed = config.seed.wrapping_add((1 + a * config.nodes + b) as u64 * 7919);
+                        let proxy = Proxy::start(cluster.nodes[b].addr, seed)
+                            .with_context(|| format!("cannot start the proxy of link {a} -> {b}"))?;
+                        Some(proxy)
+                    });
+                }
+                cluster.links.push(row);
+            }
+        }
         Ok(cluster)
     }
 
@@ -291,6 +324,41 @@ impl Cluster {
         &mut self.nodes[id]
     }
 
+    /// The proxy on the link from node `from` to node `to`, if the cluster has proxies and
+    /// `from != to`.
+    pub fn link(&self, from: usize, to: usize) -> Option<&Proxy> {
+        self.links.get(from)?.get(to)?.as_ref()
+    }
+
+    /// The address node `from` must use to reach node `to`: the link's proxy, or `to`'s own
+    /// address where there is none.
+    pub fn peer_addr(&self, from: usize, to: usize) -> SocketAddr {
+        self.link(from, to).map_or(self.nodes[to].addr, Proxy::addr)
+    }
+
+    /// Cuts every link between a node of `side_a` and a node of `side_b`, both ways. Client
+    /// paths are untouched (cut them with [`Node::proxy`] or [`Cluster::isolate`]).
+    pub fn partition(&self, side_a: &[usize], side_b: &[usize]) {
+        for &a in side_a {
+            for &b in side_b {
+                for (from, to) in [(a, b), (b, a)] {
+                    if let Some(link) = self.link(from, to) {
+                        link.set_faults(Faults::partition());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Cuts node `id` off from everything: every link to and from it, and its client path.
+    pub fn isolate(&self, id: usize) {
+        let others: Vec<usize> = (0..self.nodes.len()).filter(|&n| n != id).collect();
+        self.partition(&[id], &others);
+        if let Some(proxy) = &self.nodes[id].proxy {
+            proxy.set_faults(Faults::partition());
+        }
+    }
+
     /// Ends every fault: resumes paused nodes, restarts dead ones, heals every proxy.
     pub fn heal(&mut self) -> Result<()> {
         for node in &mut self.nodes {
@@ -304,12 +372,33 @@ impl Cluster {
                 proxy.heal();
             }
         }
+        for link in self.links.iter().flatten().flatten() {
+            link.heal();
+        }
         Ok(())
     }
 
     /// Every node's log, each under a header: for a failing test's output.
     pub fn logs(&self) -> String {
         self.nodes.iter().map(|n| format!("---- node {} ({}) ----\n{}", n.id, n.addr, n.log())).collect()
+    }
+}
+
+/// Waits (up to 10 s) until the state letter of process `pid` in `/proc/<pid>/stat` satisfies
+/// `ok`. A process that is gone counts as satisfying it.
+fn wait_for_state(pid: u32, ok: impl Fn(char) -> bool) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return Ok(()) };
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+        if state.is_none_or(&ok) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("process {pid} is still in state {state:?} after 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
