@@ -6,9 +6,17 @@
 //! - [`checks`]: the functional checks of the course assignment, through [`kv_client`], each
 //!   returning a verdict rather than panicking, so that a failure is reported and the run
 //!   exits non-zero;
-//! - [`bench`]: a closed-loop load generator (a fixed number of requests in flight) that
+//! - [`bench`](mod@bench): a closed-loop load generator (a fixed number of requests in flight) that
 //!   reports throughput and latency percentiles per operation;
 //! - [`single_node`]: subtask 1, which runs both against one storage server.
+//!
+//! And the cluster test harness, with which the distributed parts are checked:
+//! - [`cluster`]: nodes to kill, restart, pause and resume, each behind fault-injecting
+//!   [`proxy`]s (client paths and node-to-node links) to partition, delay and reset;
+//! - [`recorder`] and [`history`]: every operation of every client, with invocation and
+//!   completion times and an `ok` / `fail` / `unknown` outcome;
+//! - [`linearizability`]: a checker of such histories against the store's per-key model;
+//! - [`chaos`]: workloads under a nemesis schedule, healed, read back and checked.
 //!
 //! Anything that makes or reads randomness takes an explicit seed.
 
