@@ -21,10 +21,10 @@
 //! [`Limits`] bound key and value sizes. An operation that would break a limit — including an
 //! `append` that would grow a value past it — fails with [`Error`] and changes nothing.
 //!
-//! The semantics live once, in [`Mutation::apply`], a pure function over `Option<String>`;
+//! The semantics live once, in [`Op::apply`], a pure function over `Option<String>`;
 //! engines ([`MemoryStorage`], and later durable ones) only decide where values are kept and how
-//! a key is locked while a mutation runs. The conformance suite in [`conformance`] holds every
-//! engine to the same behaviour.
+//! a key is locked while a mutation runs. The conformance suite in `kv_core::conformance`
+//! (feature `conformance`) holds every engine to the same behaviour.
 
 mod error;
 mod limits;
