@@ -1,0 +1,368 @@
+//! Hash slots and numbered configurations that assign them to servers.
+
+use std::collections::BTreeMap;
+
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::{Error, Result};
+
+/// Number of hash slots. Each member holds `⌊SLOTS / N⌋` or `⌈SLOTS / N⌉` of them.
+pub const SLOTS: usize = 4096;
+
+/// A hash slot, `0..SLOTS`.
+pub type Slot = u16;
+
+/// The slot of `key`: `xxh3_64(key) mod SLOTS`. Stable: it depends on the key's bytes only.
+pub fn slot_of(key: &str) -> Slot {
+    // SLOTS fits in a u16, so the remainder does too.
+    (xxh3_64(key.as_bytes()) % SLOTS as u64) as Slot
+}
+
+/// A member's identity within a configuration history: assigned in join order, never reused,
+/// so a server that leaves and joins again is a new member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServerId(pub u64);
+
+/// One slot changing owner between two configurations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotMove {
+    /// The slot.
+    pub slot: Slot,
+    /// Its owner before (none if there was no member).
+    pub from: Option<ServerId>,
+    /// Its owner after (none if no member is left).
+    pub to: Option<ServerId>,
+}
+
+/// A numbered assignment of every slot to a member (or to none, when there are no members).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    epoch: u64,
+    /// Members by id; ids grow with join order, so iteration is oldest first.
+    members: BTreeMap<ServerId, String>,
+    slots: Vec<Option<ServerId>>,
+    next_id: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Config {
+    /// Epoch 0: no members, no slot assigned.
+    pub fn new() -> Self {
+        Config { epoch: 0, members: BTreeMap::new(), slots: vec![None; SLOTS], next_id: 0 }
+    }
+
+    /// The configuration's number; it grows by one at every change.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The members, oldest first, with their addresses.
+    pub fn members(&self) -> impl Iterator<Item = (ServerId, &str)> {
+        self.members.iter().map(|(id, addr)| (*id, addr.as_str()))
+    }
+
+    /// Number of members.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether there is no member.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// The member with address `addr`.
+    pub fn id_of(&self, addr: &str) -> Option<ServerId> {
+        self.members.iter().find(|(_, a)| a.as_str() == addr).map(|(id, _)| *id)
+    }
+
+    /// The address of member `id`.
+    pub fn address(&self, id: ServerId) -> Option<&str> {
+        self.members.get(&id).map(String::as_str)
+    }
+
+    /// The owner of every slot, indexed by slot.
+    pub fn slots(&self) -> &[Option<ServerId>] {
+        &self.slots
+    }
+
+    /// The owner of `slot`.
+    pub fn owner_of_slot(&self, slot: Slot) -> Option<ServerId> {
+        self.slots.get(usize::from(slot)).copied().flatten()
+    }
+
+    /// The owner of `key`, with its address.
+    pub fn owner(&self, key: &str) -> Option<(ServerId, &str)> {
+        let id = self.owner_of_slot(slot_of(key))?;
+        Some((id, self.address(id)?))
+    }
+
+    /// How many slots each member holds.
+    pub fn slot_counts(&self) -> BTreeMap<ServerId, usize> {
+        let mut counts: BTreeMap<ServerId, usize> = self.members.keys().map(|id| (*id, 0)).collect();
+        for owner in self.slots.iter().flatten() {
+            *counts.entry(*owner).or_default() += 1;
+        }
+        counts
+    }
+
+    /// The configuration after `addr` joins: the next epoch, with the new member holding
+    /// `⌊SLOTS / (N+1)⌋` slots taken from the members holding the most.
+    pub fn join(&self, addr: &str) -> Result<Config> {
+        if addr.is_empty() {
+            return Err(Error::EmptyAddress);
+        }
+        if self.id_of(addr).is_some() {
+            return Err(Error::AlreadyMember(addr.to_owned()));
+        }
+        let mut next = self.clone();
+        next.epoch += 1;
+        let id = ServerId(next.next_id);
+        next.next_id += 1;
+        next.members.insert(id, addr.to_owned());
+        if self.members.is_empty() {
+            next.slots = vec![Some(id); SLOTS];
+            return Ok(next);
+        }
+        let mut owned = self.owned_slots();
+        let target = SLOTS / next.members.len();
+        for _ in 0..target {
+            // The member holding the most slots; ties to the oldest.
+            let Some((_, donor_slots)) =
+                owned.iter_mut().max_by(|(a_id, a), (b_id, b)| a.len().cmp(&b.len()).then(b_id.cmp(a_id)))
+            else {
+                break;
+            };
+            let Some(slot) = donor_slots.pop() else { break };
+            next.slots[usize::from(slot)] = Some(id);
+        }
+        Ok(next)
+    }
+
+    /// The configuration after `addr` leaves: the next epoch, with each of its slots given to a
+    /// member holding the fewest. When the last member leaves, no slot has an owner.
+    pub fn leave(&self, addr: &str) -> Result<Config> {
+        let Some(id) = self.id_of(addr) else {
+            return Err(Error::NotMember(addr.to_owned()));
+        };
+        let mut next = self.clone();
+        next.epoch += 1;
+        next.members.remove(&id);
+        let mut owned = self.owned_slots();
+        let leaving = owned.remove(&id).unwrap_or_default();
+        let mut counts: BTreeMap<ServerId, usize> = owned.iter().map(|(m, s)| (*m, s.len())).collect();
+        for slot in leaving {
+            // The member holding the fewest slots; ties to the oldest.
+            let heir =
+                counts.iter().min_by(|(a_id, a), (b_id, b)| a.cmp(b).then(a_id.cmp(b_id))).map(|(m, _)| *m);
+            if let Some(heir) = heir {
+                *counts.entry(heir).or_default() += 1;
+            }
+            next.slots[usize::from(slot)] = heir;
+        }
+        Ok(next)
+    }
+
+    /// The slots whose owner differs between `self` and `next`, in slot order.
+    pub fn moves_to(&self, next: &Config) -> Vec<SlotMove> {
+        self.slots
+            .iter()
+            .zip(&next.slots)
+            .enumerate()
+            .filter(|(_, (from, to))| from != to)
+            .map(|(slot, (from, to))| SlotMove { slot: slot as Slot, from: *from, to: *to })
+            .collect()
+    }
+
+    /// Each member's slots, ascending.
+    fn owned_slots(&self) -> BTreeMap<ServerId, Vec<Slot>> {
+        let mut owned: BTreeMap<ServerId, Vec<Slot>> =
+            self.members.keys().map(|id| (*id, Vec::new())).collect();
+        for (slot, owner) in self.slots.iter().enumerate() {
+            if let Some(owner) = owner {
+                owned.entry(*owner).or_default().push(slot as Slot);
+            }
+        }
+        owned
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+    use rand::rngs::SmallRng;
+    use rand::{RngExt, SeedableRng};
+
+    use super::*;
+
+    fn server(i: usize) -> String {
+        format!("10.0.0.{i}:7000")
+    }
+
+    fn with_members(n: usize) -> Config {
+        (0..n).fold(Config::new(), |c, i| c.join(&server(i)).unwrap())
+    }
+
+    fn random_keys(count: usize, seed: u64) -> Vec<String> {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        (0..count)
+            .map(|_| {
+                // Long enough to be distinct: 100,000 draws of short keys would repeat.
+                let len = rng.random_range(8..24);
+                (0..len).map(|_| char::from(rng.random_range(b'!'..=b'~'))).collect()
+            })
+            .collect()
+    }
+
+    fn owners(config: &Config, keys: &[String]) -> Vec<Option<ServerId>> {
+        keys.iter().map(|k| config.owner(k).map(|(id, _)| id)).collect()
+    }
+
+    #[test]
+    fn slots_are_a_stable_function_of_the_key() {
+        // Pinned: changing the hash would move every key of every running cluster.
+        assert_eq!(slot_of(""), (xxh3_64(b"") % 4096) as Slot);
+        assert_eq!(slot_of("42"), slot_of(&42u32.to_string()));
+        let pinned: Vec<Slot> = ["", "a", "42", "user:7"].iter().map(|k| slot_of(k)).collect();
+        assert_eq!(pinned, [1218, 3615, 401, 1716], "the slot function changed");
+        assert!(random_keys(10_000, 1).iter().all(|k| usize::from(slot_of(k)) < SLOTS));
+    }
+
+    #[test]
+    fn the_first_member_holds_everything_and_the_last_to_leave_leaves_nothing() {
+        let empty = Config::new();
+        assert_eq!(empty.owner("k"), None);
+        let one = empty.join("a:1").unwrap();
+        assert_eq!(one.epoch(), 1);
+        assert_eq!(one.owner("k"), Some((ServerId(0), "a:1")));
+        assert_eq!(one.slot_counts()[&ServerId(0)], SLOTS);
+        let none = one.leave("a:1").unwrap();
+        assert_eq!(none.epoch(), 2);
+        assert!(none.is_empty());
+        assert!(none.slots().iter().all(Option::is_none));
+        assert_eq!(none.owner("k"), None);
+    }
+
+    #[test]
+    fn refused_changes_are_clear_errors() {
+        let c = with_members(2);
+        assert_eq!(c.join(&server(1)), Err(Error::AlreadyMember(server(1))));
+        assert_eq!(c.leave("nobody:1"), Err(Error::NotMember("nobody:1".into())));
+        assert_eq!(c.join(""), Err(Error::EmptyAddress));
+    }
+
+    #[test]
+    fn a_member_that_rejoins_is_a_new_member() {
+        let c = with_members(3).leave(&server(1)).unwrap().join(&server(1)).unwrap();
+        assert_eq!(c.id_of(&server(1)), Some(ServerId(3)));
+        assert_eq!(c.epoch(), 5);
+    }
+
+    /// With N = 2..16 servers, the most loaded holds at most 1.10 × the mean of 100,000 keys.
+    #[test]
+    fn keys_spread_evenly() {
+        let keys = random_keys(100_000, 7);
+        for n in 2..=16 {
+            let config = with_members(n);
+            let mut load: HashMap<ServerId, usize> = HashMap::new();
+            for owner in owners(&config, &keys) {
+                *load.entry(owner.unwrap()).or_default() += 1;
+            }
+            assert_eq!(load.len(), n, "every member holds keys");
+            let mean = keys.len() as f64 / n as f64;
+            let max = *load.values().max().unwrap() as f64;
+            println!("n={n}: most loaded holds {:.3} x the mean", max / mean);
+            assert!(max <= 1.10 * mean, "n={n}: max {max} vs mean {mean:.0}");
+        }
+    }
+
+    /// A join moves at most 1.2 × K/(N+1) keys, all of them to the new server.
+    #[test]
+    fn a_join_moves_little_and_only_to_the_new_server() {
+        let keys = random_keys(100_000, 8);
+        for n in 1..=16 {
+            let before = with_members(n);
+            let after = before.join("new:1").unwrap();
+            let new = after.id_of("new:1").unwrap();
+            let (a, b) = (owners(&before, &keys), owners(&after, &keys));
+            let moved: Vec<_> = a.iter().zip(&b).filter(|(x, y)| x != y).collect();
+            assert!(moved.iter().all(|(_, to)| **to == Some(new)), "n={n}: a key moved elsewhere");
+            let ideal = keys.len() as f64 / (n + 1) as f64;
+            println!("n={n} -> {}: moved {:.3} x the ideal share", n + 1, moved.len() as f64 / ideal);
+            assert!(moved.len() as f64 <= 1.2 * ideal, "n={n}: moved {} vs ideal {ideal:.0}", moved.len());
+            for m in before.moves_to(&after) {
+                assert_eq!(m.to, Some(new));
+            }
+        }
+    }
+
+    /// A leave moves only the leaving server's keys.
+    #[test]
+    fn a_leave_moves_only_the_leavers_keys() {
+        let keys = random_keys(100_000, 9);
+        for n in 2..=16 {
+            let before = with_members(n);
+            for leaver in [0, n / 2, n - 1] {
+                let gone = before.id_of(&server(leaver)).unwrap();
+                let after = before.leave(&server(leaver)).unwrap();
+                for (x, y) in owners(&before, &keys).iter().zip(&owners(&after, &keys)) {
+                    if x != y {
+                        assert_eq!(*x, Some(gone), "n={n}: a key of a staying member moved");
+                    }
+                    assert_ne!(*y, Some(gone));
+                }
+            }
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Change {
+        Join(u8),
+        Leave(u8),
+    }
+
+    proptest! {
+        /// Over any membership history: every slot is owned iff there is a member, counts differ
+        /// by at most one, the epoch counts the changes, and replaying gives the same result.
+        #[test]
+        fn any_history_stays_balanced_and_deterministic(
+            changes in proptest::collection::vec(
+                prop_oneof![(0u8..12).prop_map(Change::Join), (0u8..12).prop_map(Change::Leave)],
+                0..40,
+            )
+        ) {
+            let apply = |changes: &[Change]| {
+                let mut config = Config::new();
+                let mut applied = 0;
+                for change in changes {
+                    let next = match change {
+                        Change::Join(i) => config.join(&server(usize::from(*i))),
+                        Change::Leave(i) => config.leave(&server(usize::from(*i))),
+                    };
+                    if let Ok(next) = next {
+                        let moves = config.moves_to(&next);
+                        prop_assert!(moves.iter().all(|m| m.from != m.to));
+                        config = next;
+                        applied += 1;
+                    }
+                }
+                Ok((config, applied))
+            };
+            let (config, applied) = apply(&changes)?;
+            prop_assert_eq!(config.epoch(), applied);
+            prop_assert_eq!(config.slots().iter().all(Option::is_some), !config.is_empty());
+            let counts = config.slot_counts();
+            if let (Some(min), Some(max)) = (counts.values().min(), counts.values().max()) {
+                prop_assert!(max - min <= 1, "counts {:?}", counts);
+            }
+            prop_assert_eq!(apply(&changes)?.0, config);
+        }
+    }
+}
