@@ -5,7 +5,12 @@ use std::path::PathBuf;
 
 use prost::Message;
 
-const PROTOS: &[&str] = &["proto/kv/v1/kv.proto", "proto/kvstore.proto"];
+const PROTOS: &[&str] = &[
+    "proto/kv/v1/kv.proto",
+    "proto/kv/v1/shardmaster.proto",
+    "proto/kvstore.proto",
+    "proto/shardmaster.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {

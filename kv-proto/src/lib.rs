@@ -5,7 +5,8 @@
 //! - [`v1`]: the native API, package `kv.v1`.
 //! - [`compat`]: the course assignment's services, without a package, served for its clients.
 //! - [`status`]: [`kv_core::Error`] ⇄ [`tonic::Status`], in one pair of functions.
-//! - [`convert`]: requests to [`kv_core::Mutation`]s, and compatibility keys to native keys.
+//! - [`convert`]: requests to [`kv_core::Mutation`]s, compatibility keys to native keys, and
+//!   cluster configurations ([`kv_shard::Config`]) both ways.
 //!
 //! Domain crates never see these types: servers and clients convert at their edge.
 

@@ -111,6 +111,38 @@ impl Config {
         counts
     }
 
+    /// A configuration from its parts (as received over the wire), checked: `slots` has
+    /// [`SLOTS`] entries, every owner is a member, and every slot has an owner iff there is a
+    /// member. `next_id`, the id the next member will get ([`Config::next_id`]), must be above
+    /// every member's.
+    pub fn from_parts(
+        epoch: u64,
+        members: impl IntoIterator<Item = (ServerId, String)>,
+        slots: Vec<Option<ServerId>>,
+        next_id: u64,
+    ) -> Result<Config> {
+        let members: BTreeMap<ServerId, String> = members.into_iter().collect();
+        let invalid = |reason: String| Err(Error::InvalidConfig(reason));
+        if slots.len() != SLOTS {
+            return invalid(format!("{} slots, expected {SLOTS}", slots.len()));
+        }
+        if let Some(owner) = slots.iter().flatten().find(|owner| !members.contains_key(owner)) {
+            return invalid(format!("slot owner {} is not a member", owner.0));
+        }
+        if slots.iter().any(Option::is_none) != members.is_empty() {
+            return invalid("slots must be owned exactly when there are members".to_owned());
+        }
+        if members.keys().next_back().is_some_and(|id| id.0 >= next_id) {
+            return invalid(format!("next member id {next_id} is taken"));
+        }
+        Ok(Config { epoch, members, slots, next_id })
+    }
+
+    /// The id the next member to join will get.
+    pub fn next_id(&self) -> u64 {
+        self.next_id
+    }
+
     /// The configuration after `addr` joins: the next epoch, with the new member holding
     /// `⌊SLOTS / (N+1)⌋` slots taken from the members holding the most.
     pub fn join(&self, addr: &str) -> Result<Config> {
@@ -256,6 +288,21 @@ mod tests {
         assert_eq!(c.join(&server(1)), Err(Error::AlreadyMember(server(1))));
         assert_eq!(c.leave("nobody:1"), Err(Error::NotMember("nobody:1".into())));
         assert_eq!(c.join(""), Err(Error::EmptyAddress));
+    }
+
+    #[test]
+    fn a_config_rebuilt_from_its_parts_is_the_same_and_bad_parts_are_refused() {
+        let c = with_members(3).leave(&server(0)).unwrap();
+        let members: Vec<_> = c.members().map(|(id, a)| (id, a.to_owned())).collect();
+        let rebuilt =
+            Config::from_parts(c.epoch(), members.clone(), c.slots().to_vec(), c.next_id()).unwrap();
+        assert_eq!(rebuilt, c);
+        assert_eq!(rebuilt.join("x:1").unwrap(), c.join("x:1").unwrap());
+        assert!(Config::from_parts(1, members.clone(), vec![None; SLOTS], 3).is_err());
+        assert!(Config::from_parts(1, members.clone(), vec![Some(ServerId(0)); SLOTS], 3).is_err());
+        assert!(Config::from_parts(1, members.clone(), vec![Some(ServerId(1)); 3], 3).is_err());
+        assert!(Config::from_parts(1, members, c.slots().to_vec(), 2).is_err(), "next id taken");
+        assert_eq!(Config::from_parts(0, [], vec![None; SLOTS], 0).unwrap(), Config::new());
     }
 
     #[test]

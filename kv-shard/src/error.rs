@@ -9,6 +9,9 @@ pub enum Error {
     /// The server is not a member.
     #[error("{0} is not a member")]
     NotMember(String),
+    /// A configuration's parts do not fit together.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
     /// The server address is empty.
     #[error("a server address must not be empty")]
     EmptyAddress,

@@ -1,4 +1,8 @@
-//! Wire requests to data-model values.
+//! Wire requests to data-model values, and cluster configurations both ways.
+
+mod shard;
+
+pub use shard::{config_from_wire, config_to_wire};
 
 use kv_core::Mutation;
 

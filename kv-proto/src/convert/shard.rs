@@ -1,0 +1,84 @@
+//! Cluster configurations: [`kv_shard::Config`] ⇄ [`v1::ClusterConfig`].
+//!
+//! On the wire the slot map travels as maximal runs of consecutive slots with one owner, so a
+//! configuration of N members is about N ranges rather than one entry per slot.
+
+use kv_shard::{Config, SLOTS, ServerId};
+
+use crate::v1;
+
+/// The wire form of `config`.
+pub fn config_to_wire(config: &Config) -> v1::ClusterConfig {
+    let mut ranges: Vec<v1::SlotRange> = Vec::new();
+    for (slot, owner) in config.slots().iter().enumerate() {
+        let Some(owner) = owner else { continue };
+        let slot = slot as u32;
+        match ranges.last_mut() {
+            Some(last) if last.end == slot && last.owner == owner.0 => last.end += 1,
+            _ => ranges.push(v1::SlotRange { start: slot, end: slot + 1, owner: owner.0 }),
+        }
+    }
+    v1::ClusterConfig {
+        epoch: config.epoch(),
+        slots: SLOTS as u32,
+        members: config
+            .members()
+            .map(|(id, address)| v1::Member { id: id.0, address: address.to_owned() })
+            .collect(),
+        ranges,
+        next_member_id: config.next_id(),
+    }
+}
+
+/// The configuration `wire` describes, checked as [`Config::from_parts`] does.
+pub fn config_from_wire(wire: &v1::ClusterConfig) -> kv_shard::Result<Config> {
+    let invalid = |reason: String| Err(kv_shard::Error::InvalidConfig(reason));
+    if wire.slots as usize != SLOTS {
+        return invalid(format!("{} slots, this client knows {SLOTS}", wire.slots));
+    }
+    let mut slots = vec![None; SLOTS];
+    for range in &wire.ranges {
+        let (start, end) = (range.start as usize, range.end as usize);
+        if start >= end || end > SLOTS {
+            return invalid(format!("slot range {start}..{end}"));
+        }
+        for slot in &mut slots[start..end] {
+            *slot = Some(ServerId(range.owner));
+        }
+    }
+    let members = wire.members.iter().map(|m| (ServerId(m.id), m.address.clone()));
+    Config::from_parts(wire.epoch, members, slots, wire.next_member_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configurations_survive_the_round_trip_in_few_ranges() {
+        let mut config = Config::new();
+        assert_eq!(config_from_wire(&config_to_wire(&config)).unwrap(), config);
+        for i in 0..5 {
+            config = config.join(&format!("127.0.0.1:{}", 7000 + i)).unwrap();
+            let wire = config_to_wire(&config);
+            assert_eq!(config_from_wire(&wire).unwrap(), config);
+            assert!(wire.ranges.len() <= SLOTS / 8, "{} ranges", wire.ranges.len());
+        }
+        config = config.leave("127.0.0.1:7002").unwrap();
+        assert_eq!(config_from_wire(&config_to_wire(&config)).unwrap(), config);
+    }
+
+    #[test]
+    fn malformed_configurations_are_refused() {
+        let config = Config::new().join("a:1").unwrap();
+        let mut wire = config_to_wire(&config);
+        wire.ranges[0].end = SLOTS as u32 + 1;
+        assert!(config_from_wire(&wire).is_err());
+        let mut wire = config_to_wire(&config);
+        wire.ranges[0].owner = 99;
+        assert!(config_from_wire(&wire).is_err());
+        let mut wire = config_to_wire(&config);
+        wire.slots = 16;
+        assert!(config_from_wire(&wire).is_err());
+    }
+}
