@@ -33,6 +33,17 @@ pub fn status_from_error(err: &Error) -> Status {
     Status::with_details(code, err.to_string(), detail.encode_to_vec().into())
 }
 
+/// The status a shard master returns for a refused membership change.
+pub fn status_from_shard_error(err: &kv_shard::Error) -> Status {
+    let code = match err {
+        kv_shard::Error::AlreadyMember(_) => Code::AlreadyExists,
+        kv_shard::Error::NotMember(_) => Code::NotFound,
+        kv_shard::Error::InvalidAddress(_) => Code::InvalidArgument,
+        kv_shard::Error::InvalidConfig(_) => Code::Internal,
+    };
+    Status::new(code, err.to_string())
+}
+
 /// The data-model error a status stands for, if it carries one of ours; `None` for statuses
 /// that did not come from the store's logic (transport failures, deadlines, ...).
 pub fn error_from_status(status: &Status) -> Option<Error> {

@@ -6,7 +6,11 @@
 //! - `grpc.health.v1.Health`, and server reflection (v1 and v1alpha), so that standard tools
 //!   (`grpcurl`, `grpc_health_probe`, load balancers) work against it.
 //!
-//! [`run_storage`] takes a bound listener and a shutdown future, so tests start servers on
+//! A shard master serves `kv.v1.ShardMaster` and the assignment's `ShardMaster`
+//! ([`service::ShardMasterService`], [`service::CompatShardMasterService`]) over one
+//! [`service::Membership`], with the same health and reflection services.
+//!
+//! [`run_storage`] and [`run_shardmaster`] take a bound listener and a shutdown future, so tests start servers on
 //! `127.0.0.1:0` and stop them on cue; the `kv-server` binary parses flags, binds, and calls it.
 //!
 //! Shutdown is graceful: when the shutdown future completes the health service reports
@@ -15,6 +19,7 @@
 
 pub mod service;
 
+mod membership;
 mod server;
 
-pub use server::{ServeError, StorageConfig, run_storage};
+pub use server::{ServeError, ShardMasterConfig, StorageConfig, run_shardmaster, run_storage};

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use kv_core::Limits;
-use kv_server::StorageConfig;
+use kv_server::{ShardMasterConfig, StorageConfig};
 use tracing_subscriber::EnvFilter;
 
 /// A sharded, replicated key-value store: server.
@@ -31,6 +31,20 @@ struct Cli {
 enum Command {
     /// Run a storage server (standalone: it holds every key it is sent).
     Storage(StorageArgs),
+    /// Run a shard master: cluster membership (join, leave) and the placement of keys (query).
+    Shardmaster(ShardMasterArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ShardMasterArgs {
+    /// Address to listen on, `host:port`. Port 0 picks a free port; the address bound is printed
+    /// on standard output as `kv-server shardmaster listening on HOST:PORT`.
+    #[arg(long, env = "KV_LISTEN", default_value = "127.0.0.1:50050")]
+    listen: String,
+
+    /// Seconds that requests in flight may run on after SIGINT/SIGTERM.
+    #[arg(long, env = "KV_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    shutdown_grace_secs: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -84,6 +98,7 @@ fn run(cli: Cli) -> Result<()> {
 
     match cli.command {
         Command::Storage(args) => runtime.block_on(storage(args)),
+        Command::Shardmaster(args) => runtime.block_on(shardmaster(args)),
     }
 }
 
@@ -98,6 +113,17 @@ async fn storage(args: StorageArgs) -> Result<()> {
     println!("kv-server storage listening on {local}");
     tracing::info!(address = %local, "storage server listening");
     kv_server::run_storage(listener, config, shutdown).await?;
+    Ok(())
+}
+
+async fn shardmaster(args: ShardMasterArgs) -> Result<()> {
+    let config = ShardMasterConfig { shutdown_grace: Duration::from_secs(args.shutdown_grace_secs) };
+    let listener = bind(&args.listen).await?;
+    let local = listener.local_addr().context("cannot read the bound address")?;
+    let shutdown = shutdown_signal();
+    println!("kv-server shardmaster listening on {local}");
+    tracing::info!(address = %local, "shard master listening");
+    kv_server::run_shardmaster(listener, config, shutdown).await?;
     Ok(())
 }
 

@@ -146,8 +146,11 @@ impl Config {
     /// The configuration after `addr` joins: the next epoch, with the new member holding
     /// `⌊SLOTS / (N+1)⌋` slots taken from the members holding the most.
     pub fn join(&self, addr: &str) -> Result<Config> {
-        if addr.is_empty() {
-            return Err(Error::EmptyAddress);
+        let valid = addr
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+        if !valid {
+            return Err(Error::InvalidAddress(addr.to_owned()));
         }
         if self.id_of(addr).is_some() {
             return Err(Error::AlreadyMember(addr.to_owned()));
@@ -287,7 +290,10 @@ mod tests {
         let c = with_members(2);
         assert_eq!(c.join(&server(1)), Err(Error::AlreadyMember(server(1))));
         assert_eq!(c.leave("nobody:1"), Err(Error::NotMember("nobody:1".into())));
-        assert_eq!(c.join(""), Err(Error::EmptyAddress));
+        for bad in ["", "host", "host:", ":7000", "host:0", "host:70000", "host:x"] {
+            assert_eq!(c.join(bad), Err(Error::InvalidAddress(bad.into())), "{bad:?}");
+        }
+        assert!(c.join("[::1]:7000").is_ok());
     }
 
     #[test]

@@ -12,9 +12,9 @@ pub enum Error {
     /// A configuration's parts do not fit together.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
-    /// The server address is empty.
-    #[error("a server address must not be empty")]
-    EmptyAddress,
+    /// The server address is not `host:port`.
+    #[error("invalid server address {0:?}: expected host:port")]
+    InvalidAddress(String),
 }
 
 /// Result of a placement operation.

@@ -2,10 +2,16 @@
 //! engine, and maps errors with [`kv_proto::status::status_from_error`], the one mapping.
 
 mod compat_kv;
+mod compat_shard_master;
 mod key_value;
+mod shard_master;
 
 pub use compat_kv::CompatKvService;
+pub use compat_shard_master::CompatShardMasterService;
 pub use key_value::KeyValueService;
+pub use shard_master::ShardMasterService;
+
+pub use crate::membership::Membership;
 
 use kv_core::Error;
 use tonic::Status;

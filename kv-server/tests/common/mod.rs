@@ -29,8 +29,6 @@ pub(crate) const RPC_TIMEOUT: Duration = Duration::from_secs(30);
 /// Upper bound for a whole test body.
 pub(crate) const TEST_TIMEOUT: Duration = Duration::from_secs(180);
 
-const LISTENING_PREFIX: &str = "kv-server storage listening on ";
-
 /// Environment variables the server reads; cleared so that the caller's environment cannot
 /// change what a test runs.
 const SERVER_ENV: &[&str] = &[
@@ -152,8 +150,19 @@ impl ServerProcess {
 
     /// Starts a server with extra `storage` flags (`--max-value-bytes 16`, ...).
     pub(crate) fn start_with(flags: &[&str]) -> Self {
+        Self::start_role("storage", flags)
+    }
+
+    /// Starts a shard master.
+    #[allow(dead_code)] // Not every test crate that includes this module starts one.
+    pub(crate) fn start_shardmaster() -> Self {
+        Self::start_role("shardmaster", &[])
+    }
+
+    /// Starts `kv-server <role> --listen 127.0.0.1:0 <flags>`.
+    fn start_role(role: &str, flags: &[&str]) -> Self {
         let mut command = server_command();
-        command.args(["storage", "--listen", "127.0.0.1:0"]).args(flags);
+        command.args([role, "--listen", "127.0.0.1:0"]).args(flags);
         let mut child = ChildGuard(command.spawn().expect("cannot spawn kv-server"));
         let stderr = drain(child.0.stderr.take().unwrap());
 
@@ -175,10 +184,13 @@ impl ServerProcess {
                 panic!("kv-server printed no address within {STARTUP_TIMEOUT:?}; stderr: {}", text(&stderr))
             }
         };
-        let addr =
-            line.trim_end().strip_prefix(LISTENING_PREFIX).and_then(|addr| addr.parse().ok()).unwrap_or_else(
-                || panic!("unexpected first line from kv-server: {line:?}; stderr: {}", text(&stderr)),
-            );
+        let addr = line
+            .trim_end()
+            .strip_prefix(&format!("kv-server {role} listening on "))
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| {
+                panic!("unexpected first line from kv-server: {line:?}; stderr: {}", text(&stderr))
+            });
         ServerProcess { child, addr, stderr }
     }
 

@@ -1,0 +1,58 @@
+//! `ShardMaster`: the course assignment's shard master API, served for its clients.
+//!
+//! Same state and rules as the native service; `uint32` keys are the native keys of their
+//! decimal digits, and `Query` answers the owner's `host:port` as clients dial it.
+
+use std::sync::Arc;
+
+use kv_proto::compat::{self, shard_master_server::ShardMaster};
+use kv_proto::convert::compat_key;
+use kv_proto::status::status_from_shard_error;
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use super::shard_master::no_member;
+use crate::membership::Membership;
+
+/// Serves the course assignment's `ShardMaster` over the shared [`Membership`].
+#[derive(Debug, Clone)]
+pub struct CompatShardMasterService {
+    membership: Arc<Membership>,
+}
+
+impl CompatShardMasterService {
+    /// Serves `membership`.
+    pub fn new(membership: Arc<Membership>) -> Self {
+        CompatShardMasterService { membership }
+    }
+
+    /// The tonic server for this service.
+    pub fn into_server(self) -> compat::shard_master_server::ShardMasterServer<Self> {
+        compat::shard_master_server::ShardMasterServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl ShardMaster for CompatShardMasterService {
+    #[instrument(skip_all, fields(server = %request.get_ref().server))]
+    async fn join(&self, request: Request<compat::JoinRequest>) -> Result<Response<()>, Status> {
+        self.membership.join(&request.get_ref().server).await.map_err(|e| status_from_shard_error(&e))?;
+        Ok(Response::new(()))
+    }
+
+    #[instrument(skip_all, fields(server = %request.get_ref().server))]
+    async fn leave(&self, request: Request<compat::LeaveRequest>) -> Result<Response<()>, Status> {
+        self.membership.leave(&request.get_ref().server).await.map_err(|e| status_from_shard_error(&e))?;
+        Ok(Response::new(()))
+    }
+
+    #[instrument(level = "debug", skip_all, fields(key = request.get_ref().key))]
+    async fn query(
+        &self,
+        request: Request<compat::QueryRequest>,
+    ) -> Result<Response<compat::QueryResponse>, Status> {
+        let config = self.membership.current();
+        let (_, server) = config.owner(&compat_key(request.get_ref().key)).ok_or_else(no_member)?;
+        Ok(Response::new(compat::QueryResponse { server: server.to_owned() }))
+    }
+}
