@@ -1,17 +1,29 @@
 //! The client of one storage server.
+//!
+//! Writes are exactly-once across retries: a client picks a random id, numbers its writes, and
+//! sends a retry with the same number, so a server that applied the first attempt answers the
+//! retry from memory (see `kv_core::session`). Calls that fail with a retryable error are tried
+//! again with exponential backoff and jitter, up to the configured number of attempts.
 
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kv_proto::v1::{self, key_value_client::KeyValueClient};
+use rand::RngExt;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::{Error, Result};
 
-/// A connection to one storage server. Clone it freely: clones share the connection, and
-/// requests from all of them run concurrently over it.
+/// A connection to one storage server. Clone it freely: clones share the connection and the
+/// client's identity, and requests from all of them run concurrently over it.
 #[derive(Debug, Clone)]
 pub struct Client {
     kv: KeyValueClient<Channel>,
+    writes: Arc<WriteIds>,
+    retry: Retry,
 }
 
 /// Options for a [`Client`], from [`Client::builder`].
@@ -20,9 +32,81 @@ pub struct ClientBuilder {
     endpoint: String,
     timeout: Duration,
     connect_timeout: Duration,
+    retry: Retry,
+}
+
+/// How calls that fail with a retryable error are tried again.
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    /// Attempts in all, the first included.
+    attempts: u32,
+    /// Pause before the first retry; it doubles, up to `max_backoff`, with random jitter.
+    backoff: Duration,
+    max_backoff: Duration,
+}
+
+/// The client's identity for exactly-once writes, and the numbers of its writes in flight.
+#[derive(Debug)]
+struct WriteIds {
+    client: u64,
+    next: AtomicU64,
+    in_flight: Mutex<BTreeSet<u64>>,
+}
+
+impl WriteIds {
+    fn new() -> Self {
+        // Nonzero: 0 means "no id" on the wire.
+        let client = rand::random::<u64>().max(1);
+        WriteIds { client, next: AtomicU64::new(1), in_flight: Mutex::new(BTreeSet::new()) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<u64>> {
+        self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Numbers a new write; it counts as in flight until the returned guard is dropped.
+    fn start(&self) -> WriteGuard<'_> {
+        let seq = self.next.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(seq);
+        WriteGuard { ids: self, seq }
+    }
+}
+
+/// A write in flight; dropping it tells the server, with the next write, that its answer is in.
+struct WriteGuard<'a> {
+    ids: &'a WriteIds,
+    seq: u64,
+}
+
+impl WriteGuard<'_> {
+    /// The id to send with this write (or its retry) now.
+    fn id(&self) -> Option<v1::RequestId> {
+        let first_unanswered = self.ids.lock().first().copied().unwrap_or(self.seq);
+        Some(v1::RequestId { client: self.ids.client, seq: self.seq, first_unanswered })
+    }
+}
+
+impl Drop for WriteGuard<'_> {
+    fn drop(&mut self) {
+        self.ids.lock().remove(&self.seq);
+    }
 }
 
 impl ClientBuilder {
+    /// How many times a call is tried in all before a retryable error is returned (default 4;
+    /// 1 turns retries off). Writes are retried exactly-once.
+    pub fn attempts(mut self, attempts: u32) -> Self {
+        self.retry.attempts = attempts.max(1);
+        self
+    }
+
+    /// The pause before the first retry (default 20 ms); it doubles at each retry, up to 1 s,
+    /// with random jitter.
+    pub fn backoff(mut self, backoff: Duration) -> Self {
+        self.retry.backoff = backoff;
+        self
+    }
+
     /// The longest any one call may take before it fails with `DEADLINE_EXCEEDED`
     /// (default 10 s).
     pub fn timeout(mut self, timeout: Duration) -> Self {
@@ -57,7 +141,11 @@ impl ClientBuilder {
             .map_err(|source| Error::Connect { endpoint: self.endpoint.clone(), source })?;
         // No client-side cap on responses (tonic's default is 4 MiB): the server enforces the
         // value limit, which may be set above that, and a value it accepted must be readable.
-        Ok(Client { kv: KeyValueClient::new(channel).max_decoding_message_size(usize::MAX) })
+        Ok(Client {
+            kv: KeyValueClient::new(channel).max_decoding_message_size(usize::MAX),
+            writes: Arc::new(WriteIds::new()),
+            retry: self.retry,
+        })
     }
 }
 
@@ -96,6 +184,37 @@ impl Client {
             endpoint: endpoint.into(),
             timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
+            retry: Retry {
+                attempts: 4,
+                backoff: Duration::from_millis(20),
+                max_backoff: Duration::from_secs(1),
+            },
+        }
+    }
+
+    /// This client's id for exactly-once writes (shared by its clones).
+    pub fn id(&self) -> u64 {
+        self.writes.client
+    }
+
+    /// Runs `call` until it succeeds, fails for good, or runs out of attempts.
+    async fn with_retries<T, F, Fut>(&self, mut call: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let mut backoff = self.retry.backoff;
+        let mut attempt = 1;
+        loop {
+            match call().await {
+                Err(err) if err.is_retryable() && attempt < self.retry.attempts => {
+                    let jitter = rand::rng().random_range(0.5..1.5);
+                    tokio::time::sleep(backoff.mul_f64(jitter)).await;
+                    backoff = (backoff * 2).min(self.retry.max_backoff);
+                    attempt += 1;
+                }
+                result => return result,
+            }
         }
     }
 
@@ -113,8 +232,11 @@ impl Client {
     /// # }
     /// ```
     pub async fn get(&self, key: impl Into<String>) -> Result<Option<String>> {
-        let response = self.kv.clone().get(v1::GetRequest { key: key.into() }).await?;
-        Ok(response.into_inner().value)
+        let key = key.into();
+        self.with_retries(|| async {
+            Ok(self.kv.clone().get(v1::GetRequest { key: key.clone() }).await?.into_inner().value)
+        })
+        .await
     }
 
     /// Sets `key` to `value`, creating the key.
@@ -128,8 +250,13 @@ impl Client {
     /// # }
     /// ```
     pub async fn put(&self, key: impl Into<String>, value: impl Into<String>) -> Result<()> {
-        self.kv.clone().put(v1::PutRequest { key: key.into(), value: value.into() }).await?;
-        Ok(())
+        let (key, value, write) = (key.into(), value.into(), self.writes.start());
+        self.with_retries(|| async {
+            let request = v1::PutRequest { key: key.clone(), value: value.clone(), id: write.id() };
+            self.kv.clone().put(request).await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Appends `value` to the right end of `key`'s value, creating the key.
@@ -145,8 +272,13 @@ impl Client {
     /// # }
     /// ```
     pub async fn append(&self, key: impl Into<String>, value: impl Into<String>) -> Result<()> {
-        self.kv.clone().append(v1::AppendRequest { key: key.into(), value: value.into() }).await?;
-        Ok(())
+        let (key, value, write) = (key.into(), value.into(), self.writes.start());
+        self.with_retries(|| async {
+            let request = v1::AppendRequest { key: key.clone(), value: value.clone(), id: write.id() };
+            self.kv.clone().append(request).await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Removes and returns the first character of `key`'s value: `Some("")` if the value is
@@ -162,8 +294,12 @@ impl Client {
     /// # }
     /// ```
     pub async fn lpop(&self, key: impl Into<String>) -> Result<Option<String>> {
-        let response = self.kv.clone().l_pop(v1::PopRequest { key: key.into() }).await?;
-        Ok(response.into_inner().value)
+        let (key, write) = (key.into(), self.writes.start());
+        self.with_retries(|| async {
+            let request = v1::PopRequest { key: key.clone(), id: write.id() };
+            Ok(self.kv.clone().l_pop(request).await?.into_inner().value)
+        })
+        .await
     }
 
     /// Removes and returns the last character of `key`'s value; as [`Client::lpop`] otherwise.
@@ -178,8 +314,12 @@ impl Client {
     /// # }
     /// ```
     pub async fn rpop(&self, key: impl Into<String>) -> Result<Option<String>> {
-        let response = self.kv.clone().r_pop(v1::PopRequest { key: key.into() }).await?;
-        Ok(response.into_inner().value)
+        let (key, write) = (key.into(), self.writes.start());
+        self.with_retries(|| async {
+            let request = v1::PopRequest { key: key.clone(), id: write.id() };
+            Ok(self.kv.clone().r_pop(request).await?.into_inner().value)
+        })
+        .await
     }
 
     /// Removes `key`; returns whether it existed.
@@ -193,7 +333,11 @@ impl Client {
     /// # }
     /// ```
     pub async fn delete(&self, key: impl Into<String>) -> Result<bool> {
-        let response = self.kv.clone().delete(v1::DeleteRequest { key: key.into() }).await?;
-        Ok(response.into_inner().existed)
+        let (key, write) = (key.into(), self.writes.start());
+        self.with_retries(|| async {
+            let request = v1::DeleteRequest { key: key.clone(), id: write.id() };
+            Ok(self.kv.clone().delete(request).await?.into_inner().existed)
+        })
+        .await
     }
 }

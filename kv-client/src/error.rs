@@ -38,9 +38,16 @@ impl Error {
             Error::InvalidEndpoint { .. } => false,
             Error::Connect { .. } => true,
             Error::Rejected(err) => err.is_retryable(),
+            // A broken connection: tonic reports it as UNKNOWN with the transport's error inside.
+            Error::Rpc(status) if is_transport_failure(status) => true,
+            // tonic reports its own client-side timeout as CANCELLED ("Timeout expired").
             Error::Rpc(status) => matches!(
                 status.code(),
-                Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Aborted
+                Code::Unavailable
+                    | Code::DeadlineExceeded
+                    | Code::Cancelled
+                    | Code::ResourceExhausted
+                    | Code::Aborted
             ),
         }
     }
@@ -50,6 +57,11 @@ impl Error {
     pub fn is_definite(&self) -> bool {
         matches!(self, Error::InvalidEndpoint { .. } | Error::Connect { .. } | Error::Rejected(_))
     }
+}
+
+/// Whether `status` stands for a failure of the connection rather than an answer.
+fn is_transport_failure(status: &tonic::Status) -> bool {
+    std::error::Error::source(status).is_some_and(|source| source.is::<tonic::transport::Error>())
 }
 
 impl From<tonic::Status> for Error {

@@ -23,6 +23,22 @@ pub enum Error {
     /// A request that is malformed in some other way.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A retry of a write whose answer was already forgotten: the client said it had it.
+    #[error("write {seq} of client {client} was answered and forgotten; it cannot be retried")]
+    StaleRetry {
+        /// The client.
+        client: u64,
+        /// The write's number.
+        seq: u64,
+    },
+    /// The same write is being applied right now; retry once it is done.
+    #[error("write {seq} of client {client} is in progress; retry")]
+    InProgress {
+        /// The client.
+        client: u64,
+        /// The write's number.
+        seq: u64,
+    },
     /// The engine could not do the operation (for example an I/O failure of a durable engine).
     #[error("storage failure: {0}")]
     Storage(String),
@@ -33,8 +49,11 @@ impl Error {
     /// failure might.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::KeyTooLarge { .. } | Error::ValueTooLarge { .. } | Error::InvalidArgument(_) => false,
-            Error::Storage(_) => true,
+            Error::KeyTooLarge { .. }
+            | Error::ValueTooLarge { .. }
+            | Error::InvalidArgument(_)
+            | Error::StaleRetry { .. } => false,
+            Error::Storage(_) | Error::InProgress { .. } => true,
         }
     }
 }

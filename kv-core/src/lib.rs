@@ -29,6 +29,7 @@
 mod error;
 mod limits;
 mod memory;
+pub mod session;
 mod storage;
 
 #[cfg(any(test, feature = "conformance"))]
@@ -39,4 +40,5 @@ pub use error::{Error, Result};
 pub use limits::Limits;
 pub use memory::MemoryStorage;
 pub use op::{Mutation, Op, Output};
+pub use session::{RequestId, Sessions};
 pub use storage::Storage;

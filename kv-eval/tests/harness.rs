@@ -163,6 +163,39 @@ fn chaos_config(faults: Vec<FaultKind>, seed: u64) -> ChaosConfig {
     }
 }
 
+/// The client retries a write whose answer was lost, and the server applies it once: the answers
+/// are black-holed (the write itself gets through), the client times out and retries with the
+/// same id, and after the heal the retry is answered from the server's memory.
+#[test]
+fn a_write_whose_answer_was_lost_is_retried_and_applied_once() {
+    let cluster = Cluster::start(&ClusterConfig::new(1).unwrap()).unwrap();
+    let rt = runtime();
+    let node = &cluster.nodes()[0];
+    let proxy = node.proxy().unwrap();
+    rt.block_on(async {
+        let c = Client::builder(node.client_addr().to_string())
+            .timeout(TIMEOUT)
+            .attempts(20)
+            .connect()
+            .await
+            .unwrap();
+        c.put("k", "a").await.unwrap();
+        let mut answers_lost = Faults::default();
+        answers_lost.downstream.drop = true;
+        proxy.set_faults(answers_lost);
+        let append = c.append("k", "b");
+        let heal = async {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            proxy.heal();
+        };
+        let (result, ()) = tokio::join!(append, heal);
+        result.unwrap();
+        assert!(proxy.stats().downstream.bytes_dropped > 0, "no answer was lost: the test proved nothing");
+        let direct = client(node.addr()).await;
+        assert_eq!(direct.get("k").await.unwrap().as_deref(), Some("ab"), "the retried append ran twice");
+    });
+}
+
 /// The proof that the checker bites, step by step: acknowledged writes, a restart of an
 /// in-memory server, reads that find nothing. The recorded history must be flagged.
 #[test]

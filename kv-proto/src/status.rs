@@ -6,6 +6,8 @@
 //! | `ValueTooLarge`      | `INVALID_ARGUMENT` | `value_too_large`            |
 //! | `InvalidArgument`    | `INVALID_ARGUMENT` | `invalid_argument`           |
 //! | `Storage`            | `UNAVAILABLE`      | `storage_failure`            |
+//! | `StaleRetry`         | `FAILED_PRECONDITION` | `stale_retry`             |
+//! | `InProgress`         | `ABORTED`          | `in_progress`                |
 //!
 //! The detail travels encoded in the status details, so a client gets the typed error back
 //! with [`error_from_status`]; a client that knows nothing of it still gets a fitting code and a
@@ -27,6 +29,12 @@ pub fn status_from_error(err: &Error) -> Status {
         }
         Error::Storage(reason) => {
             (Code::Unavailable, Kind::StorageFailure(v1::StorageFailure { reason: reason.clone() }))
+        }
+        Error::StaleRetry { client, seq } => {
+            (Code::FailedPrecondition, Kind::StaleRetry(v1::StaleRetry { client: *client, seq: *seq }))
+        }
+        Error::InProgress { client, seq } => {
+            (Code::Aborted, Kind::InProgress(v1::InProgress { client: *client, seq: *seq }))
         }
     };
     let detail = v1::ErrorDetail { kind: Some(kind) };
@@ -54,6 +62,8 @@ pub fn error_from_status(status: &Status) -> Option<Error> {
         Kind::ValueTooLarge(l) => Error::ValueTooLarge { len: to_usize(l.len), max: to_usize(l.max) },
         Kind::InvalidArgument(a) => Error::InvalidArgument(a.reason),
         Kind::StorageFailure(f) => Error::Storage(f.reason),
+        Kind::StaleRetry(r) => Error::StaleRetry { client: r.client, seq: r.seq },
+        Kind::InProgress(r) => Error::InProgress { client: r.client, seq: r.seq },
     })
 }
 
@@ -72,10 +82,17 @@ mod tests {
             Error::ValueTooLarge { len: 5, max: 4 },
             Error::InvalidArgument("empty".into()),
             Error::Storage("disk full".into()),
+            Error::StaleRetry { client: 3, seq: 9 },
+            Error::InProgress { client: 3, seq: 10 },
         ] {
             let status = status_from_error(&err);
             assert_eq!(error_from_status(&status), Some(err.clone()));
-            let expected = if err.is_retryable() { Code::Unavailable } else { Code::InvalidArgument };
+            let expected = match err {
+                Error::Storage(_) => Code::Unavailable,
+                Error::StaleRetry { .. } => Code::FailedPrecondition,
+                Error::InProgress { .. } => Code::Aborted,
+                _ => Code::InvalidArgument,
+            };
             assert_eq!(status.code(), expected);
             assert_eq!(status.message(), err.to_string());
         }

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kv_core::{Limits, MemoryStorage, Storage};
+use kv_core::{Limits, MemoryStorage, Sessions, Storage};
 use tokio::net::TcpListener;
 use tonic::server::NamedService;
 use tonic::service::Routes;
@@ -67,8 +67,9 @@ pub async fn run_storage(
     // Room for the largest request the limits allow, plus framing; larger messages are refused
     // by the transport (OUT_OF_RANGE) before they are read into memory.
     let max_message = (config.limits.max_key_len + config.limits.max_value_len + 64 * 1024).max(4 << 20);
-    let key_value =
-        KeyValueService::new(Arc::clone(&storage)).into_server().max_decoding_message_size(max_message);
+    let key_value = KeyValueService::new(Arc::clone(&storage), Arc::new(Sessions::default()))
+        .into_server()
+        .max_decoding_message_size(max_message);
     let compat_kv = CompatKvService::new(storage).into_server().max_decoding_message_size(max_message);
     let names = [service_name(&key_value), service_name(&compat_kv)];
     let routes = Routes::new(key_value).add_service(compat_kv);

@@ -13,6 +13,15 @@ pub fn compat_key(key: u32) -> String {
     key.to_string()
 }
 
+/// The exactly-once identity of a write, if it has one (client 0 means none).
+pub fn request_id(id: Option<&v1::RequestId>) -> Option<kv_core::RequestId> {
+    id.filter(|id| id.client != 0).map(|id| kv_core::RequestId {
+        client: id.client,
+        seq: id.seq,
+        first_unanswered: id.first_unanswered,
+    })
+}
+
 impl From<v1::PutRequest> for Mutation {
     fn from(req: v1::PutRequest) -> Self {
         Mutation::put(req.key, req.value)

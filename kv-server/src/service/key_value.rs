@@ -2,23 +2,45 @@
 
 use std::sync::Arc;
 
-use kv_core::{Mutation, Storage};
+use std::time::Instant;
+
+use kv_core::session::Begin;
+use kv_core::{Mutation, Output, RequestId, Sessions, Storage};
+use kv_proto::convert::request_id;
 use kv_proto::v1::{self, key_value_server::KeyValue};
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use super::to_status;
 
-/// Serves the native API over a storage engine.
+/// Serves the native API over a storage engine, applying identified writes exactly once.
 #[derive(Clone)]
 pub struct KeyValueService {
     storage: Arc<dyn Storage>,
+    sessions: Arc<Sessions>,
 }
 
 impl KeyValueService {
-    /// Serves `storage`.
-    pub fn new(storage: Arc<dyn Storage>) -> Self {
-        KeyValueService { storage }
+    /// Serves `storage`, remembering the answers of identified writes in `sessions`.
+    pub fn new(storage: Arc<dyn Storage>, sessions: Arc<Sessions>) -> Self {
+        KeyValueService { storage, sessions }
+    }
+
+    /// Applies `mutation`; if it carries an id, at most once (see [`kv_core::session`]).
+    async fn write(&self, id: Option<RequestId>, mutation: Mutation) -> Result<Output, Status> {
+        let Some(id) = id else {
+            return self.storage.apply(mutation).await.map_err(to_status);
+        };
+        match self.sessions.begin(id, Instant::now()).map_err(to_status)? {
+            Begin::Answered(output) => Ok(output),
+            Begin::Apply(ticket) => {
+                // No await point between the engine applying the write and the ticket recording
+                // it: the in-memory engine completes `apply` without yielding.
+                let output = self.storage.apply(mutation).await.map_err(to_status)?;
+                ticket.finish(&output);
+                Ok(output)
+            }
+        }
     }
 
     /// The tonic server for this service.
@@ -37,7 +59,8 @@ impl KeyValue for KeyValueService {
 
     #[instrument(level = "debug", skip_all, fields(key = %request.get_ref().key))]
     async fn put(&self, request: Request<v1::PutRequest>) -> Result<Response<v1::PutResponse>, Status> {
-        self.storage.apply(request.into_inner().into()).await.map_err(to_status)?;
+        let request = request.into_inner();
+        self.write(request_id(request.id.as_ref()), request.into()).await?;
         Ok(Response::new(v1::PutResponse {}))
     }
 
@@ -46,20 +69,23 @@ impl KeyValue for KeyValueService {
         &self,
         request: Request<v1::AppendRequest>,
     ) -> Result<Response<v1::AppendResponse>, Status> {
-        self.storage.apply(request.into_inner().into()).await.map_err(to_status)?;
+        let request = request.into_inner();
+        self.write(request_id(request.id.as_ref()), request.into()).await?;
         Ok(Response::new(v1::AppendResponse {}))
     }
 
     #[instrument(level = "debug", skip_all, fields(key = %request.get_ref().key))]
     async fn l_pop(&self, request: Request<v1::PopRequest>) -> Result<Response<v1::PopResponse>, Status> {
-        let output = self.storage.apply(Mutation::lpop(request.into_inner().key)).await;
-        Ok(Response::new(v1::PopResponse { value: output.map_err(to_status)?.into_popped() }))
+        let request = request.into_inner();
+        let output = self.write(request_id(request.id.as_ref()), Mutation::lpop(request.key)).await?;
+        Ok(Response::new(v1::PopResponse { value: output.into_popped() }))
     }
 
     #[instrument(level = "debug", skip_all, fields(key = %request.get_ref().key))]
     async fn r_pop(&self, request: Request<v1::PopRequest>) -> Result<Response<v1::PopResponse>, Status> {
-        let output = self.storage.apply(Mutation::rpop(request.into_inner().key)).await;
-        Ok(Response::new(v1::PopResponse { value: output.map_err(to_status)?.into_popped() }))
+        let request = request.into_inner();
+        let output = self.write(request_id(request.id.as_ref()), Mutation::rpop(request.key)).await?;
+        Ok(Response::new(v1::PopResponse { value: output.into_popped() }))
     }
 
     #[instrument(level = "debug", skip_all, fields(key = %request.get_ref().key))]
@@ -67,7 +93,8 @@ impl KeyValue for KeyValueService {
         &self,
         request: Request<v1::DeleteRequest>,
     ) -> Result<Response<v1::DeleteResponse>, Status> {
-        let output = self.storage.apply(request.into_inner().into()).await.map_err(to_status)?;
+        let request = request.into_inner();
+        let output = self.write(request_id(request.id.as_ref()), request.into()).await?;
         Ok(Response::new(v1::DeleteResponse { existed: output.deleted() }))
     }
 }

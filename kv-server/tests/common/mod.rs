@@ -285,25 +285,25 @@ impl Native {
     }
 
     pub(crate) async fn try_put(&self, key: &str, value: &str) -> Result<(), Status> {
-        self.0.clone().put(v1::PutRequest { key: key.into(), value: value.into() }).await?;
+        self.0.clone().put(v1::PutRequest { key: key.into(), value: value.into(), id: None }).await?;
         Ok(())
     }
 
     pub(crate) async fn try_append(&self, key: &str, value: &str) -> Result<(), Status> {
-        self.0.clone().append(v1::AppendRequest { key: key.into(), value: value.into() }).await?;
+        self.0.clone().append(v1::AppendRequest { key: key.into(), value: value.into(), id: None }).await?;
         Ok(())
     }
 
     pub(crate) async fn try_lpop(&self, key: &str) -> Result<Option<String>, Status> {
-        Ok(self.0.clone().l_pop(v1::PopRequest { key: key.into() }).await?.into_inner().value)
+        Ok(self.0.clone().l_pop(v1::PopRequest { key: key.into(), id: None }).await?.into_inner().value)
     }
 
     pub(crate) async fn try_rpop(&self, key: &str) -> Result<Option<String>, Status> {
-        Ok(self.0.clone().r_pop(v1::PopRequest { key: key.into() }).await?.into_inner().value)
+        Ok(self.0.clone().r_pop(v1::PopRequest { key: key.into(), id: None }).await?.into_inner().value)
     }
 
     pub(crate) async fn try_delete(&self, key: &str) -> Result<bool, Status> {
-        Ok(self.0.clone().delete(v1::DeleteRequest { key: key.into() }).await?.into_inner().existed)
+        Ok(self.0.clone().delete(v1::DeleteRequest { key: key.into(), id: None }).await?.into_inner().existed)
     }
 
     pub(crate) async fn get(&self, key: &str) -> Option<String> {

@@ -1,0 +1,254 @@
+//! Exactly-once writes: the answers of recent writes, remembered per client.
+//!
+//! A client that retries a write it got no answer for cannot tell whether the first attempt was
+//! applied. So every write may carry a [`RequestId`]: a client id, the write's number within that
+//! client, and the lowest number the client still awaits an answer for. [`Sessions`] remembers
+//! the output of every identified write until the client says it has the answer, and a retry is
+//! answered from that memory instead of being applied again.
+//!
+//! Invariants:
+//! - **At most once.** Between [`Sessions::begin`] and the end of its [`Ticket`], a write is *in
+//!   progress*: a concurrent retry of it is told to try again later ([`Error::InProgress`]),
+//!   never applied alongside it. Once finished, a retry gets the recorded output.
+//! - **A refused write is forgotten.** If the engine refuses the write (or the ticket is dropped
+//!   before it is finished, say because the request was cancelled before it reached the engine),
+//!   nothing changed, so nothing is recorded and a retry is applied afresh.
+//! - **Bounded memory.** Answers below a client's `first_unanswered` are dropped. A retry of one
+//!   of those is refused ([`Error::StaleRetry`]): a well-behaved client never sends it. A client
+//!   idle for longer than the expiry loses its session, and at most
+//!   [`Sessions::MAX_ANSWERS_PER_CLIENT`] answers are kept per client.
+//!
+//! The caller must make the write and [`Ticket::finish`] happen together: nothing may cancel it
+//! between the engine applying the write and the ticket recording its output (the in-memory
+//! engine applies without yielding, so a handler calling `finish` right after `apply` is safe).
+//!
+//! Sessions are plain data with an explicit clock, so that later layers can move them with the
+//! keys they cover and tests can drive time.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use dashmap::DashMap;
+use std::time::{Duration, Instant};
+
+use crate::{Error, Output, Result};
+
+/// Identifies a write for exactly-once retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequestId {
+    /// The client, a random nonzero number it picked.
+    pub client: u64,
+    /// The write's number within the client.
+    pub seq: u64,
+    /// The lowest number the client still awaits an answer for: the answers below it may be
+    /// forgotten.
+    pub first_unanswered: u64,
+}
+
+#[derive(Debug, Clone)]
+enum Entry {
+    InProgress,
+    Answered(Output),
+}
+
+#[derive(Debug)]
+struct Session {
+    /// Every number below this has been forgotten.
+    floor: u64,
+    entries: BTreeMap<u64, Entry>,
+    last_seen: Instant,
+}
+
+/// What [`Sessions::begin`] says about a write.
+#[derive(Debug)]
+pub enum Begin<'s> {
+    /// Not seen before (or refused before): apply it, then [`Ticket::finish`] it.
+    Apply(Ticket<'s>),
+    /// Applied before: this is its output.
+    Answered(Output),
+}
+
+/// The right to apply one write. Dropping it unfinished forgets the write.
+#[derive(Debug)]
+#[must_use = "an unfinished ticket forgets its write"]
+pub struct Ticket<'s> {
+    sessions: &'s Sessions,
+    id: RequestId,
+    finished: bool,
+}
+
+impl Ticket<'_> {
+    /// Records the write's output, for its retries.
+    pub fn finish(mut self, output: &Output) {
+        self.finished = true;
+        self.sessions.with_session(self.id.client, |session| {
+            if let Some(entry) = session.entries.get_mut(&self.id.seq) {
+                *entry = Entry::Answered(output.clone());
+            }
+        });
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.sessions.with_session(self.id.client, |session| {
+                if matches!(session.entries.get(&self.id.seq), Some(Entry::InProgress)) {
+                    session.entries.remove(&self.id.seq);
+                }
+            });
+        }
+    }
+}
+
+/// The answers of recent identified writes, per client. Clients are spread over the shards of a
+/// [`DashMap`], so writes of different clients do not wait on one lock.
+#[derive(Debug)]
+pub struct Sessions {
+    clients: DashMap<u64, Session>,
+    expiry: Duration,
+    last_sweep: Mutex<Option<Instant>>,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Self::new(Self::DEFAULT_EXPIRY)
+    }
+}
+
+impl Sessions {
+    /// How long an idle client's session is kept by default.
+    pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(600);
+
+    /// The most answers kept per client; past it the oldest are forgotten.
+    pub const MAX_ANSWERS_PER_CLIENT: usize = 100_000;
+
+    /// Sessions that expire after `expiry` without a write.
+    pub fn new(expiry: Duration) -> Self {
+        Sessions { clients: DashMap::new(), expiry, last_sweep: Mutex::new(None) }
+    }
+
+    /// Number of clients with a session.
+    pub fn clients(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Starts the write `id` at `now`: either it must be applied (with the returned ticket), or
+    /// it was already and this is its output.
+    pub fn begin(&self, id: RequestId, now: Instant) -> Result<Begin<'_>> {
+        self.sweep(now);
+        let mut session = self.clients.entry(id.client).or_insert_with(|| Session {
+            floor: 0,
+            entries: BTreeMap::new(),
+            last_seen: now,
+        });
+        session.last_seen = now;
+        // Forget what the client has its answers for.
+        if id.first_unanswered > session.floor {
+            session.floor = id.first_unanswered;
+            session.entries = session.entries.split_off(&id.first_unanswered);
+        }
+        if id.seq < session.floor {
+            return Err(Error::StaleRetry { client: id.client, seq: id.seq });
+        }
+        match session.entries.get(&id.seq) {
+            Some(Entry::Answered(output)) => return Ok(Begin::Answered(output.clone())),
+            Some(Entry::InProgress) => return Err(Error::InProgress { client: id.client, seq: id.seq }),
+            None => {}
+        }
+        session.entries.insert(id.seq, Entry::InProgress);
+        while session.entries.len() > Self::MAX_ANSWERS_PER_CLIENT {
+            let Some((&oldest, _)) = session.entries.first_key_value() else { break };
+            session.entries.remove(&oldest);
+            session.floor = oldest + 1;
+        }
+        Ok(Begin::Apply(Ticket { sessions: self, id, finished: false }))
+    }
+
+    /// Drops the sessions idle for longer than the expiry, at most once per expiry period.
+    fn sweep(&self, now: Instant) {
+        {
+            let mut last = self.last_sweep.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match *last {
+                Some(at) if now.saturating_duration_since(at) < self.expiry => return,
+                _ => *last = Some(now),
+            }
+        }
+        self.clients.retain(|_, s| now.saturating_duration_since(s.last_seen) <= self.expiry);
+    }
+
+    fn with_session(&self, client: u64, f: impl FnOnce(&mut Session)) {
+        if let Some(mut session) = self.clients.get_mut(&client) {
+            f(&mut session);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(seq: u64, first_unanswered: u64) -> RequestId {
+        RequestId { client: 7, seq, first_unanswered }
+    }
+
+    fn apply<'s>(begin: Result<Begin<'s>>) -> Ticket<'s> {
+        match begin {
+            Ok(Begin::Apply(ticket)) => ticket,
+            other => panic!("expected to apply, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_retry_of_a_finished_write_gets_its_answer() {
+        let s = Sessions::default();
+        let now = Instant::now();
+        apply(s.begin(id(1, 1), now)).finish(&Output::Popped(Some("a".into())));
+        match s.begin(id(1, 1), now) {
+            Ok(Begin::Answered(out)) => assert_eq!(out, Output::Popped(Some("a".into()))),
+            other => panic!("{other:?}"),
+        }
+        // Another number is another write.
+        drop(apply(s.begin(id(2, 1), now)));
+    }
+
+    #[test]
+    fn a_retry_during_the_write_is_told_to_wait_and_a_dropped_ticket_forgets() {
+        let s = Sessions::default();
+        let now = Instant::now();
+        let ticket = apply(s.begin(id(1, 1), now));
+        assert_eq!(s.begin(id(1, 1), now).unwrap_err(), Error::InProgress { client: 7, seq: 1 });
+        drop(ticket);
+        let again = apply(s.begin(id(1, 1), now));
+        again.finish(&Output::Unit);
+        assert!(matches!(s.begin(id(1, 1), now), Ok(Begin::Answered(Output::Unit))));
+    }
+
+    #[test]
+    fn answers_the_client_has_are_forgotten_and_their_retries_refused() {
+        let s = Sessions::default();
+        let now = Instant::now();
+        for seq in 1..=3 {
+            apply(s.begin(id(seq, 1), now)).finish(&Output::Unit);
+        }
+        apply(s.begin(id(4, 3), now)).finish(&Output::Unit);
+        assert_eq!(s.begin(id(2, 3), now).unwrap_err(), Error::StaleRetry { client: 7, seq: 2 });
+        assert!(matches!(s.begin(id(3, 3), now), Ok(Begin::Answered(_))));
+        // A client id is its own session.
+        let other = RequestId { client: 8, seq: 2, first_unanswered: 1 };
+        drop(apply(s.begin(other, now)));
+    }
+
+    #[test]
+    fn idle_sessions_expire() {
+        let s = Sessions::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        apply(s.begin(id(1, 1), t0)).finish(&Output::Unit);
+        let other = RequestId { client: 9, seq: 1, first_unanswered: 1 };
+        apply(s.begin(other, t0 + Duration::from_secs(5))).finish(&Output::Unit);
+        assert_eq!(s.clients(), 2);
+        apply(s.begin(RequestId { client: 9, seq: 2, first_unanswered: 2 }, t0 + Duration::from_secs(12)))
+            .finish(&Output::Unit);
+        assert_eq!(s.clients(), 1, "client 7 was idle for 12 s");
+    }
+}
