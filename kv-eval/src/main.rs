@@ -206,7 +206,7 @@ fn chaos(args: &ChaosArgs) -> Result<bool> {
         if config.faults.is_empty() { "none".to_owned() } else { args.faults.clone() }
     );
     let report = kv_eval::chaos::run(&cluster, &config)?;
-    print!("{report}");
+    println!("{report}");
     if let Some(path) = &args.json {
         report::write_json(path, &report)?;
     }
