@@ -1,6 +1,6 @@
 //! The course assignment's own kind of client: `tests/compat_python.py`, a plain Python grpcio
 //! client of `KVStore`, runs the assignment's sequence, parallel and race tests against the real
-//! binary.
+//! binary; `tests/compat_python_shardmaster.py` does the same for the `ShardMaster` service.
 //!
 //! Needs `python3` with `grpcio` and `grpcio-tools`. Without them the test is skipped with a
 //! message, unless `KV_REQUIRE_PYTHON=1` (as in CI), where it fails.
@@ -52,6 +52,36 @@ fn a_python_grpcio_client_passes_the_assignments_tests() {
         server.stderr()
     );
     for test in ["sequence test", "parallel test", "race test", "limits test"] {
+        assert!(stdout.contains(&format!("ok   {test}")), "{test} did not report success:\n{stdout}");
+    }
+}
+
+/// The assignment's shard master interface from Python grpcio: join, query, leave.
+#[test]
+fn a_python_grpcio_client_uses_the_shard_master() {
+    if let Err(reason) = python_grpc_available() {
+        assert!(
+            std::env::var("KV_REQUIRE_PYTHON").as_deref() != Ok("1"),
+            "KV_REQUIRE_PYTHON=1 but python3 cannot import grpc and grpc_tools: {reason}"
+        );
+        println!("skipping: grpcio not installed (pip install grpcio grpcio-tools): {reason}");
+        return;
+    }
+    let master = ServerProcess::start_shardmaster();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("compat_python_shardmaster.py");
+    let mut command = Command::new("python3");
+    command.arg(&script).arg(master.addr().to_string());
+    let output = run_to_exit(command);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{}\n--- server log\n{}",
+        script.display(),
+        output.status,
+        String::from_utf8_lossy(&output.stderr),
+        master.stderr()
+    );
+    for test in ["join and query", "leave"] {
         assert!(stdout.contains(&format!("ok   {test}")), "{test} did not report success:\n{stdout}");
     }
 }
