@@ -4,6 +4,8 @@
 //! HTTP/2 connection that carries any number of concurrent requests; it is cheap to clone, and
 //! clones share the connection. Every operation acts on one key, atomically.
 //!
+//! A [`ShardMaster`] client reads the cluster's configuration and changes its membership.
+//!
 //! Missing keys are not errors: [`Client::get`], [`Client::lpop`] and [`Client::rpop`] return
 //! `Ok(None)` for them, and `Ok(Some(""))` for an empty value.
 //!
@@ -23,6 +25,8 @@
 
 mod client;
 mod error;
+mod shardmaster;
 
 pub use client::{Client, ClientBuilder};
 pub use error::{Error, Result};
+pub use shardmaster::ShardMaster;

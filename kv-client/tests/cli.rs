@@ -189,3 +189,42 @@ fn the_endpoint_comes_from_the_flag_or_kv_endpoint() {
     let out = kv(&format!("http://{endpoint}"), &["get", "k"]);
     assert_eq!((out.code, out.stdout.as_str()), (Some(0), "v\n"), "http:// endpoint: {out:?}");
 }
+
+/// `kv cluster join|leave|status` against a shard master: the configuration as a table, refused
+/// changes with exit 3, an unreachable master with exit 4.
+#[test]
+fn cluster_commands_show_and_change_the_membership() {
+    let master = InProcessServer::start_shardmaster();
+    let cluster = |args: &[&str]| {
+        let mut command = kv_command();
+        command.args(["--shardmaster", &master.endpoint(), "cluster"]).args(args);
+        run(command)
+    };
+    let empty = cluster(&["status"]);
+    assert_eq!(empty.code, Some(0), "{empty:?}");
+    assert!(empty.stdout.starts_with("epoch 0, 0 server(s), 4096 slots\n"), "{empty:?}");
+    assert!(empty.stdout.contains("no server"), "{empty:?}");
+
+    assert_eq!(cluster(&["join", "127.0.0.1:7001"]).code, Some(0));
+    let two = cluster(&["join", "127.0.0.1:7002"]);
+    assert_eq!(two.code, Some(0), "{two:?}");
+    assert!(two.stdout.starts_with("epoch 2, 2 server(s)"), "{two:?}");
+    let rows: Vec<&str> = two.stdout.lines().filter(|l| l.contains("127.0.0.1:700")).collect();
+    assert_eq!(rows.len(), 2, "{two:?}");
+    assert!(rows.iter().all(|row| row.contains("2048") && row.contains("50.0%")), "{two:?}");
+
+    let again = cluster(&["join", "127.0.0.1:7002"]);
+    assert_eq!(again.code, Some(3), "a refused change exits 3: {again:?}");
+    assert!(again.stderr.contains("already a member"), "{again:?}");
+    let unknown = cluster(&["leave", "127.0.0.1:9"]);
+    assert_eq!(unknown.code, Some(3), "{unknown:?}");
+
+    let one = cluster(&["leave", "127.0.0.1:7001"]);
+    assert_eq!(one.code, Some(0), "{one:?}");
+    assert!(one.stdout.contains("4096  100.0%") && !one.stdout.contains("7001"), "{one:?}");
+    assert_eq!(cluster(&["status"]).stdout, one.stdout, "status shows the current configuration");
+
+    let mut command = kv_command();
+    command.args(["--shardmaster", &unused_endpoint(), "cluster", "status"]);
+    assert_eq!(run(command).code, Some(4), "an unreachable shard master exits 4");
+}

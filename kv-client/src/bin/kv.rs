@@ -5,13 +5,15 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use kv_client::{Client, Error};
+use kv_client::{Client, Error, ShardMaster};
 
 /// Command-line client of the kv store.
 ///
 /// Output: `get`, `lpop` and `rpop` print the value followed by a newline on standard output. A
 /// missing key prints nothing on standard output and `(no value)` on standard error; an empty
 /// value prints an empty line. `put`, `append` and `delete` print nothing.
+///
+/// `cluster status|join|leave` talk to the shard master and print the configuration as a table.
 ///
 /// Exit codes: 0 success; 1 no value (the key is missing; for `delete`, it did not exist);
 /// 2 bad command line; 3 refused by the server (bad input: nothing changed); 4 the server could
@@ -22,6 +24,10 @@ struct Cli {
     /// Storage server address, `host:port`.
     #[arg(long, short, env = "KV_ENDPOINT", default_value = "127.0.0.1:50051")]
     endpoint: String,
+
+    /// Shard master address, `host:port`, for the `cluster` commands.
+    #[arg(long, env = "KV_SHARDMASTER", default_value = "127.0.0.1:50050")]
+    shardmaster: String,
 
     /// Seconds before a call gives up.
     #[arg(long, env = "KV_TIMEOUT_SECS", default_value_t = 10.0)]
@@ -66,6 +72,25 @@ enum Command {
     Delete {
         /// The key.
         key: String,
+    },
+    /// The cluster, through its shard master (`--shardmaster`).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Print the configuration: epoch, servers, and the slots each holds.
+    Status,
+    /// Add the storage server SERVER (`host:port`).
+    Join {
+        /// The server's address, as clients should dial it.
+        server: String,
+    },
+    /// Remove the storage server SERVER.
+    Leave {
+        /// The server's address.
+        server: String,
     },
 }
 
@@ -112,6 +137,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, Error> {
+    if let Command::Cluster(command) = &cli.command {
+        return cluster(&cli.shardmaster, command).await;
+    }
     let timeout = Duration::from_secs_f64(cli.timeout);
     let client = Client::builder(cli.endpoint).timeout(timeout).connect_timeout(timeout).connect().await?;
     let code = match cli.command {
@@ -134,8 +162,38 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 ExitCode::from(exit::NO_VALUE)
             }
         }
+        Command::Cluster(_) => unreachable!("handled above"),
     };
     Ok(code)
+}
+
+async fn cluster(shardmaster: &str, command: &ClusterCommand) -> Result<ExitCode, Error> {
+    let master = ShardMaster::connect(shardmaster).await?;
+    let config = match command {
+        ClusterCommand::Status => master.config().await?,
+        ClusterCommand::Join { server } => master.join(server.clone()).await?,
+        ClusterCommand::Leave { server } => master.leave(server.clone()).await?,
+    };
+    let mut out = std::io::stdout().lock();
+    let printed = print_config(&mut out, &config).and_then(|()| out.flush());
+    Ok(if printed.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(exit::FAILED) })
+}
+
+/// The configuration as a table: one line per server with the slots it holds.
+fn print_config(out: &mut impl Write, config: &kv_shard::Config) -> std::io::Result<()> {
+    let counts = config.slot_counts();
+    writeln!(out, "epoch {}, {} server(s), {} slots", config.epoch(), config.len(), kv_shard::SLOTS)?;
+    if config.is_empty() {
+        return writeln!(out, "no server: no key is served");
+    }
+    let width = config.members().map(|(_, a)| a.len()).max().unwrap_or(0).max("server".len());
+    writeln!(out, "{:>4}  {:<width$}  {:>6}  {:>6}", "id", "server", "slots", "share")?;
+    for (id, address) in config.members() {
+        let slots = counts.get(&id).copied().unwrap_or(0);
+        let share = 100.0 * slots as f64 / kv_shard::SLOTS as f64;
+        writeln!(out, "{:>4}  {:<width$}  {:>6}  {:>5.1}%", id.0, address, slots, share)?;
+    }
+    Ok(())
 }
 
 fn print_value(value: Option<String>) -> ExitCode {

@@ -25,7 +25,7 @@ pub(crate) async fn within<T>(what: &str, future: impl std::future::Future<Outpu
 
 /// Environment variables `kv` reads; cleared so that the caller's environment cannot change what
 /// a test runs.
-const KV_ENV: &[&str] = &["KV_ENDPOINT", "KV_TIMEOUT_SECS"];
+const KV_ENV: &[&str] = &["KV_ENDPOINT", "KV_SHARDMASTER", "KV_TIMEOUT_SECS"];
 
 /// A storage server (`kv_server::run_storage`) on `127.0.0.1:0`, on a thread with its own
 /// single-threaded runtime. Dropping it starts the server's shutdown.
@@ -41,6 +41,30 @@ impl InProcessServer {
     }
 
     pub(crate) fn start_with(config: StorageConfig) -> Self {
+        Self::spawn(move |listener, stopped| async move {
+            kv_server::run_storage(listener, config, stopped).await.expect("the server failed");
+        })
+    }
+
+    /// A shard master (`kv_server::run_shardmaster`).
+    #[allow(dead_code)] // Not every test crate that includes this module starts one.
+    pub(crate) fn start_shardmaster() -> Self {
+        Self::spawn(|listener, stopped| async move {
+            let config = kv_server::ShardMasterConfig::default();
+            kv_server::run_shardmaster(listener, config, stopped).await.expect("the shard master failed");
+        })
+    }
+
+    fn spawn<F, Fut>(serve: F) -> Self
+    where
+        F: FnOnce(
+                tokio::net::TcpListener,
+                std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+            ) -> Fut
+            + Send
+            + 'static,
+        Fut: std::future::Future<Output = ()>,
+    {
         let (addr_tx, addr_rx) = mpsc::channel();
         let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
         std::thread::spawn(move || {
@@ -48,11 +72,11 @@ impl InProcessServer {
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 addr_tx.send(listener.local_addr().unwrap()).unwrap();
-                let stopped = async {
+                let stopped = Box::pin(async {
                     // An error means the sender was dropped: stop then too.
                     let _ = stop.await;
-                };
-                kv_server::run_storage(listener, config, stopped).await.expect("the server failed");
+                });
+                serve(listener, stopped).await;
             });
         });
         let addr = addr_rx.recv_timeout(TIMEOUT).expect("the in-process server did not start");

@@ -1,0 +1,84 @@
+//! The client of a shard master: membership changes and the cluster's configuration.
+
+use std::time::Duration;
+
+use kv_proto::convert::config_from_wire;
+use kv_proto::v1::{self, shard_master_client::ShardMasterClient};
+use kv_shard::Config;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{Error, Result};
+
+/// A connection to a shard master.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn example() -> Result<(), kv_client::Error> {
+/// let master = kv_client::ShardMaster::connect("127.0.0.1:50050").await?;
+/// master.join("127.0.0.1:50051").await?;
+/// let config = master.config().await?;
+/// println!("epoch {}, {} servers", config.epoch(), config.len());
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ShardMaster {
+    inner: ShardMasterClient<Channel>,
+}
+
+impl ShardMaster {
+    /// Connects to the shard master at `endpoint` (`host:port`, or a `http://` URI).
+    pub async fn connect(endpoint: impl Into<String>) -> Result<Self> {
+        let endpoint = endpoint.into();
+        let uri = if endpoint.contains("://") { endpoint.clone() } else { format!("http://{endpoint}") };
+        let channel = Endpoint::from_shared(uri)
+            .map_err(|err| Error::InvalidEndpoint { endpoint: endpoint.clone(), reason: err.to_string() })?
+            .timeout(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .map_err(|source| Error::Connect { endpoint, source })?;
+        Ok(ShardMaster { inner: ShardMasterClient::new(channel) })
+    }
+
+    /// The current configuration.
+    pub async fn config(&self) -> Result<Config> {
+        let wire = self.inner.clone().get_config(v1::GetConfigRequest {}).await?.into_inner();
+        decode(&wire)
+    }
+
+    /// Adds the storage server `server` (`host:port`); returns the new configuration.
+    pub async fn join(&self, server: impl Into<String>) -> Result<Config> {
+        let answer = self.inner.clone().join(v1::JoinRequest { server: server.into() }).await;
+        decode(&answer.map_err(refused)?.into_inner())
+    }
+
+    /// Removes the storage server `server`; returns the new configuration.
+    pub async fn leave(&self, server: impl Into<String>) -> Result<Config> {
+        let answer = self.inner.clone().leave(v1::LeaveRequest { server: server.into() }).await;
+        decode(&answer.map_err(refused)?.into_inner())
+    }
+
+    /// The owner of `key` and the epoch of the answer.
+    pub async fn query(&self, key: impl Into<String>) -> Result<(String, u64)> {
+        let answer = self.inner.clone().query(v1::QueryRequest { key: key.into() }).await?.into_inner();
+        Ok((answer.server, answer.epoch))
+    }
+}
+
+/// A membership change the shard master refused (a member already, not a member, a malformed
+/// address) is [`Error::Rejected`]: it changed nothing, and trying again will not help.
+fn refused(status: tonic::Status) -> Error {
+    match status.code() {
+        Code::AlreadyExists | Code::NotFound | Code::InvalidArgument => {
+            Error::Rejected(kv_core::Error::InvalidArgument(status.message().to_owned()))
+        }
+        _ => Error::from(status),
+    }
+}
+
+fn decode(wire: &v1::ClusterConfig) -> Result<Config> {
+    config_from_wire(wire).map_err(|err| Error::Rpc(tonic::Status::internal(err.to_string())))
+}
