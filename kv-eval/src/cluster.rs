@@ -1,5 +1,8 @@
 //! A cluster of real `kv-server` processes on loopback that a test can break.
 //!
+//! A cluster may include a shard master ([`ClusterConfig::shardmaster`]), a node like the others,
+//! to kill, pause or cut off.
+//!
 //! Each [`Node`] is one server process with its own folder (a data directory, its working
 //! directory, and its log file, kept across restarts), listening on a fixed loopback port so
 //! that a restart comes back at the same address. Ports are picked below Linux's ephemeral range
@@ -52,6 +55,8 @@ pub struct ClusterConfig {
     pub server_args: Vec<String>,
     /// Put a fault-injecting proxy in front of every node, and on every node-to-node link.
     pub proxies: bool,
+    /// Also start a shard master (`kv-server shardmaster`), behind a proxy of its own.
+    pub shardmaster: bool,
     /// Seed of the port choice and of the proxies' randomness.
     pub seed: u64,
 }
@@ -65,6 +70,7 @@ impl ClusterConfig {
             server_bin: crate::process::find_binary("kv-server")?,
             server_args: vec!["--log".into(), "info".into(), "--workers".into(), "1".into()],
             proxies: true,
+            shardmaster: false,
             seed: 0,
         })
     }
@@ -74,6 +80,8 @@ impl ClusterConfig {
 #[derive(Debug)]
 pub struct Node {
     id: usize,
+    /// The `kv-server` subcommand: `storage` or `shardmaster`.
+    role: &'static str,
     addr: SocketAddr,
     dir: PathBuf,
     bin: PathBuf,
@@ -130,7 +138,7 @@ impl Node {
     }
 
     fn spawn(&mut self) -> Result<()> {
-        let mut args = vec!["storage".to_owned(), "--listen".to_owned(), self.addr.to_string()];
+        let mut args = vec![self.role.to_owned(), "--listen".to_owned(), self.addr.to_string()];
         args.extend(self.args.iter().cloned());
         // A port just freed by a killed process can be busy for a moment; retry briefly.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -227,6 +235,7 @@ impl Drop for Node {
 #[derive(Debug)]
 pub struct Cluster {
     nodes: Vec<Node>,
+    shardmaster: Option<Node>,
     /// `links[a][b]`: the proxy node `a` uses to reach node `b` (none for `a == b`).
     links: Vec<Vec<Option<Proxy>>>,
     // Declared after `nodes`: the processes die before their folders are removed.
@@ -245,37 +254,14 @@ impl Cluster {
         let mut rng = SmallRng::seed_from_u64(
             config.seed ^ (u64::from(std::process::id()) << 20) ^ nth.wrapping_mul(0x9e37_79b9_7f4a_7c15),
         );
-        let mut cluster = Cluster { nodes: Vec::new(), links: Vec::new(), dir: Some(dir), kept: None };
+        let mut cluster =
+            Cluster { nodes: Vec::new(), shardmaster: None, links: Vec::new(), dir: Some(dir), kept: None };
+        if config.shardmaster {
+            let master = start_node(cluster.root(), "shardmaster", 0, config, &mut rng)?;
+            cluster.shardmaster = Some(master);
+        }
         for id in 0..config.nodes {
-            let node_dir = cluster.root().join(format!("node-{id}"));
-            std::fs::create_dir_all(node_dir.join("data")).context("cannot create a node folder")?;
-            let mut node = Node {
-                id,
-                addr: free_port(&mut rng)?,
-                dir: node_dir,
-                bin: config.server_bin.clone(),
-                args: config.server_args.clone(),
-                child: None,
-                paused: false,
-                proxy: None,
-            };
-            // Another process may take the port between the probe and the bind: pick again.
-            let mut attempts = 0;
-            loop {
-                match node.spawn() {
-                    Ok(()) => break,
-                    Err(err) if attempts < 5 && format!("{err:#}").contains("in use") => {
-                        attempts += 1;
-                        node.addr = free_port(&mut rng)?;
-                    }
-                    Err(err) => return Err(err),
-                }
-            }
-            if config.proxies {
-                let proxy = Proxy::start(node.addr, config.seed.wrapping_add(id as u64))
-                    .with_context(|| format!("cannot start the proxy of node {id}"))?;
-                node.proxy = Some(proxy);
-            }
+            let node = start_node(cluster.root(), "storage", id, config, &mut rng)?;
             cluster.nodes.push(node);
         }
         if config.proxies {
@@ -317,6 +303,16 @@ impl Cluster {
     /// The nodes.
     pub fn nodes(&self) -> &[Node] {
         &self.nodes
+    }
+
+    /// The shard master, if the cluster has one.
+    pub fn shardmaster(&self) -> Option<&Node> {
+        self.shardmaster.as_ref()
+    }
+
+    /// The shard master, to break.
+    pub fn shardmaster_mut(&mut self) -> Option<&mut Node> {
+        self.shardmaster.as_mut()
     }
 
     /// One node, to break.
@@ -361,7 +357,7 @@ impl Cluster {
 
     /// Ends every fault: resumes paused nodes, restarts dead ones, heals every proxy.
     pub fn heal(&mut self) -> Result<()> {
-        for node in &mut self.nodes {
+        for node in self.nodes.iter_mut().chain(self.shardmaster.as_mut()) {
             if node.paused {
                 node.resume()?;
             }
@@ -380,8 +376,62 @@ impl Cluster {
 
     /// Every node's log, each under a header: for a failing test's output.
     pub fn logs(&self) -> String {
-        self.nodes.iter().map(|n| format!("---- node {} ({}) ----\n{}", n.id, n.addr, n.log())).collect()
+        self.shardmaster
+            .iter()
+            .chain(&self.nodes)
+            .map(|n| format!("---- {} {} ({}) ----\n{}", n.role, n.id, n.addr, n.log()))
+            .collect()
     }
+}
+
+/// Starts one server process of role `role` (`storage` or `shardmaster`) in `root`, on a free
+/// port, behind a proxy if the cluster has proxies.
+fn start_node(
+    root: &Path,
+    role: &'static str,
+    id: usize,
+    config: &ClusterConfig,
+    rng: &mut SmallRng,
+) -> Result<Node> {
+    let dir = match role {
+        "storage" => root.join(format!("node-{id}")),
+        _ => root.join(role),
+    };
+    std::fs::create_dir_all(dir.join("data")).context("cannot create a node folder")?;
+    let args = match role {
+        "storage" => config.server_args.clone(),
+        _ => vec!["--log".into(), "info".into(), "--workers".into(), "1".into()],
+    };
+    let mut node = Node {
+        id,
+        role,
+        addr: free_port(rng)?,
+        dir,
+        bin: config.server_bin.clone(),
+        args,
+        child: None,
+        paused: false,
+        proxy: None,
+    };
+    // Another process may take the port between the probe and the bind: pick again.
+    let mut attempts = 0;
+    loop {
+        match node.spawn() {
+            Ok(()) => break,
+            Err(err) if attempts < 5 && format!("{err:#}").contains("in use") => {
+                attempts += 1;
+                node.addr = free_port(rng)?;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    if config.proxies {
+        let seed = config.seed.wrapping_add(id as u64).wrapping_add(u64::from(role == "shardmaster") << 32);
+        let proxy = Proxy::start(node.addr, seed)
+            .with_context(|| format!("cannot start the proxy of the {role} node {id}"))?;
+        node.proxy = Some(proxy);
+    }
+    Ok(node)
 }
 
 /// Waits (up to 10 s) until the state letter of process `pid` in `/proc/<pid>/stat` satisfies

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use kv_client::Client;
+use kv_client::{Client, ShardMaster};
 use kv_eval::chaos::{self, ChaosConfig, FaultKind};
 use kv_eval::cluster::{Cluster, ClusterConfig};
 use kv_eval::history::{Input, Outcome, Output};
@@ -102,6 +102,36 @@ fn proxies_partition_and_heal_the_path_to_a_node() {
         assert_eq!(direct.get("k").await.unwrap().as_deref(), Some("after"));
     });
     cluster.heal().unwrap();
+}
+
+/// A cluster with a shard master: storage nodes join it; the master can be paused, cut off and
+/// restarted like any node (today it keeps its membership in memory, so a restart forgets it).
+#[test]
+fn a_cluster_can_include_a_shard_master_to_break() {
+    let config = ClusterConfig { shardmaster: true, ..ClusterConfig::new(2).unwrap() };
+    let mut cluster = Cluster::start(&config).unwrap();
+    let rt = runtime();
+    let master_addr = cluster.shardmaster().unwrap().client_addr().to_string();
+    rt.block_on(async {
+        let master = ShardMaster::connect(master_addr.clone()).await.unwrap();
+        for node in cluster.nodes() {
+            master.join(node.addr().to_string()).await.unwrap();
+        }
+        let config = master.config().await.unwrap();
+        assert_eq!((config.epoch(), config.len()), (2, 2));
+        let owner = master.query("k").await.unwrap().0;
+        assert!(cluster.nodes().iter().any(|n| n.addr().to_string() == owner));
+
+        cluster.shardmaster().unwrap().proxy().unwrap().set_faults(Faults::partition());
+        let cut_off = tokio::time::timeout(Duration::from_secs(2), master.config()).await;
+        assert!(!matches!(cut_off, Ok(Ok(_))), "a partitioned shard master answered");
+        cluster.heal().unwrap();
+
+        cluster.shardmaster_mut().unwrap().restart().unwrap();
+        let master = ShardMaster::connect(master_addr).await.unwrap();
+        assert_eq!(master.config().await.unwrap().epoch(), 0, "an in-memory master forgets on restart");
+    });
+    assert!(cluster.logs().contains("shard master listening"));
 }
 
 /// Node-to-node links: each ordered pair has its own proxy, so the harness can cut one direction,
