@@ -205,13 +205,19 @@ impl Client {
     {
         let mut backoff = self.retry.backoff;
         let mut attempt = 1;
+        let mut unknown_before = false;
         loop {
             match call().await {
                 Err(err) if err.is_retryable() && attempt < self.retry.attempts => {
+                    unknown_before |= !err.is_definite();
                     let jitter = rand::rng().random_range(0.5..1.5);
                     tokio::time::sleep(backoff.mul_f64(jitter)).await;
                     backoff = (backoff * 2).min(self.retry.max_backoff);
                     attempt += 1;
+                }
+                // A definite last answer does not undo an earlier attempt that may have landed.
+                Err(err) if unknown_before && err.is_definite() => {
+                    return Err(Error::AfterUnknown(Box::new(err)));
                 }
                 result => return result,
             }

@@ -25,6 +25,11 @@ pub enum Error {
     /// The server refused the operation; it changed nothing.
     #[error("refused by the server: {0}")]
     Rejected(#[source] kv_core::Error),
+    /// The last attempt failed, but an earlier attempt of the same call ended with an unknown
+    /// outcome (a timeout, a broken connection): a write may have been applied by it, even if the
+    /// last attempt was refused (the earlier one may still arrive).
+    #[error("{0} (after an earlier attempt whose outcome is unknown)")]
+    AfterUnknown(#[source] Box<Error>),
     /// The call failed in transit or with a status the store does not describe (a deadline, a
     /// broken connection, ...). For a write, it may or may not have been applied.
     #[error("call failed: {}: {}", .0.code(), .0.message())]
@@ -35,7 +40,7 @@ impl Error {
     /// Whether the same call may succeed if tried again.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::InvalidEndpoint { .. } => false,
+            Error::InvalidEndpoint { .. } | Error::AfterUnknown(_) => false,
             Error::Connect { .. } => true,
             Error::Rejected(err) => err.is_retryable(),
             // A broken connection: tonic reports it as UNKNOWN with the transport's error inside.
@@ -55,7 +60,13 @@ impl Error {
     /// Whether the operation is known not to have happened (the server refused it), as opposed
     /// to a failure after which a write may or may not have been applied.
     pub fn is_definite(&self) -> bool {
-        matches!(self, Error::InvalidEndpoint { .. } | Error::Connect { .. } | Error::Rejected(_))
+        match self {
+            Error::InvalidEndpoint { .. } | Error::Connect { .. } => true,
+            // The same write is being applied by an earlier attempt: it may well happen.
+            Error::Rejected(kv_core::Error::InProgress { .. }) => false,
+            Error::Rejected(_) => true,
+            Error::Rpc(_) | Error::AfterUnknown(_) => false,
+        }
     }
 }
 
@@ -75,3 +86,22 @@ impl From<tonic::Status> for Error {
 
 /// Result of a client call.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_refusals_that_settle_the_outcome_are_definite() {
+        let too_large = Error::Rejected(kv_core::Error::KeyTooLarge { len: 2, max: 1 });
+        assert!(too_large.is_definite() && !too_large.is_retryable());
+        let in_progress = Error::Rejected(kv_core::Error::InProgress { client: 1, seq: 2 });
+        assert!(!in_progress.is_definite(), "an earlier attempt is being applied");
+        assert!(in_progress.is_retryable());
+        let after = Error::AfterUnknown(Box::new(too_large));
+        assert!(!after.is_definite() && !after.is_retryable());
+        assert!(after.to_string().contains("earlier attempt"));
+        let timeout = Error::Rpc(tonic::Status::cancelled("Timeout expired"));
+        assert!(!timeout.is_definite() && timeout.is_retryable());
+    }
+}
