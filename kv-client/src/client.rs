@@ -66,8 +66,11 @@ impl WriteIds {
 
     /// Numbers a new write; it counts as in flight until the returned guard is dropped.
     fn start(&self) -> WriteGuard<'_> {
+        // Numbered under the lock: a number taken but not yet in flight would let a concurrent
+        // write report a `first_unanswered` above it, and the server would refuse it as stale.
+        let mut in_flight = self.lock();
         let seq = self.next.fetch_add(1, Ordering::Relaxed);
-        self.lock().insert(seq);
+        in_flight.insert(seq);
         WriteGuard { ids: self, seq }
     }
 }
@@ -107,8 +110,10 @@ impl ClientBuilder {
         self
     }
 
-    /// The longest any one call may take before it fails with `DEADLINE_EXCEEDED`
-    /// (default 10 s).
+    /// The longest one attempt of a call may take (default 10 s); tonic reports a timeout as
+    /// `CANCELLED`. A call takes at most about `attempts` times this, plus the backoff: keep that
+    /// well under the server's session expiry (10 minutes), past which a retry of a write that
+    /// landed could land again.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self

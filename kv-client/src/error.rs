@@ -62,8 +62,9 @@ impl Error {
     pub fn is_definite(&self) -> bool {
         match self {
             Error::InvalidEndpoint { .. } | Error::Connect { .. } => true,
-            // The same write is being applied by an earlier attempt: it may well happen.
-            Error::Rejected(kv_core::Error::InProgress { .. }) => false,
+            // The same write is being applied by an earlier attempt (in progress), or was applied
+            // and its answer forgotten (stale retry): either way it may well have happened.
+            Error::Rejected(kv_core::Error::InProgress { .. } | kv_core::Error::StaleRetry { .. }) => false,
             Error::Rejected(_) => true,
             Error::Rpc(_) | Error::AfterUnknown(_) => false,
         }
@@ -101,6 +102,7 @@ mod tests {
         let after = Error::AfterUnknown(Box::new(too_large));
         assert!(!after.is_definite() && !after.is_retryable());
         assert!(after.to_string().contains("earlier attempt"));
+        assert!(!Error::Rejected(kv_core::Error::StaleRetry { client: 1, seq: 2 }).is_definite());
         let timeout = Error::Rpc(tonic::Status::cancelled("Timeout expired"));
         assert!(!timeout.is_definite() && timeout.is_retryable());
     }

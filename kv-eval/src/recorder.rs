@@ -2,14 +2,15 @@
 //!
 //! Each [`RecordingClient`] is one *process* of the history: it runs one operation at a time.
 //! Times come from one monotonic clock ([`Instant`]) shared by all the clients of a
-//! [`Recorder`]. The outcome of a call is classified conservatively: `fail` only when the server
-//! said it refused the operation (so it is known not to have happened); any other error — a
-//! timeout, a broken connection, an unexpected status — is `unknown`.
+//! [`Recorder`]. The outcome of a call is classified conservatively, by
+//! [`kv_client::Error::is_definite`]: `fail` only when the operation is known not to have happened
+//! (the server refused it, and no earlier attempt of it may have landed); any other error — a
+//! timeout, a broken connection, a write still in progress — is `unknown`.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use kv_client::{Client, Error};
+use kv_client::Client;
 
 use crate::history::{History, Input, Operation, Outcome, Output};
 
@@ -80,7 +81,7 @@ impl RecordingClient {
         let completed = self.recorder.start.elapsed();
         let outcome = match result {
             Ok(output) => Outcome::Ok(output),
-            Err(Error::Rejected(_) | Error::InvalidEndpoint { .. }) => Outcome::Fail,
+            Err(err) if err.is_definite() => Outcome::Fail,
             Err(_) => Outcome::Unknown,
         };
         self.recorder.record(Operation {

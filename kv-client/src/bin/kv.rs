@@ -128,7 +128,7 @@ fn main() -> ExitCode {
             }
             eprintln!("kv: {message}");
             ExitCode::from(match err {
-                Error::Rejected(ref e) if !e.is_retryable() => exit::REFUSED,
+                Error::Rejected(_) if err.is_definite() && !err.is_retryable() => exit::REFUSED,
                 Error::InvalidEndpoint { .. } => 2,
                 _ => exit::FAILED,
             })
