@@ -18,6 +18,21 @@ pub fn slot_of(key: &str) -> Slot {
     (xxh3_64(key.as_bytes()) % SLOTS as u64) as Slot
 }
 
+/// Whether `addr` is `host:port` written one way only, so that one server cannot join twice
+/// under two spellings: a port of decimal digits without a sign or leading zero, in 1..=65535; a
+/// host without spaces, in lower case, with an IPv6 address in brackets.
+fn is_canonical_address(addr: &str) -> bool {
+    let Some((host, port)) = addr.rsplit_once(':') else { return false };
+    let port_ok = !port.is_empty()
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && !port.starts_with('0')
+        && port.parse::<u16>().is_ok();
+    let host_ok = !host.is_empty()
+        && !host.chars().any(|c| c.is_whitespace() || c.is_uppercase())
+        && (host.contains(':') == (host.starts_with('[') && host.ends_with(']')));
+    port_ok && host_ok
+}
+
 /// A member's identity within a configuration history: assigned in join order, never reused,
 /// so a server that leaves and joins again is a new member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -132,6 +147,9 @@ impl Config {
         if slots.iter().any(Option::is_none) != members.is_empty() {
             return invalid("slots must be owned exactly when there are members".to_owned());
         }
+        if epoch == 0 && !members.is_empty() {
+            return invalid("epoch 0 has no member".to_owned());
+        }
         if members.keys().next_back().is_some_and(|id| id.0 >= next_id) {
             return invalid(format!("next member id {next_id} is taken"));
         }
@@ -146,10 +164,7 @@ impl Config {
     /// The configuration after `addr` joins: the next epoch, with the new member holding
     /// `⌊SLOTS / (N+1)⌋` slots taken from the members holding the most.
     pub fn join(&self, addr: &str) -> Result<Config> {
-        let valid = addr
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
-        if !valid {
+        if !is_canonical_address(addr) {
             return Err(Error::InvalidAddress(addr.to_owned()));
         }
         if self.id_of(addr).is_some() {
@@ -290,7 +305,20 @@ mod tests {
         let c = with_members(2);
         assert_eq!(c.join(&server(1)), Err(Error::AlreadyMember(server(1))));
         assert_eq!(c.leave("nobody:1"), Err(Error::NotMember("nobody:1".into())));
-        for bad in ["", "host", "host:", ":7000", "host:0", "host:70000", "host:x"] {
+        for bad in [
+            "",
+            "host",
+            "host:",
+            ":7000",
+            "host:0",
+            "host:70000",
+            "host:x",
+            "host:+7000",
+            "host:07000",
+            "Host:7000",
+            "::1:7000",
+            "a b:7000",
+        ] {
             assert_eq!(c.join(bad), Err(Error::InvalidAddress(bad.into())), "{bad:?}");
         }
         assert!(c.join("[::1]:7000").is_ok());

@@ -37,13 +37,23 @@ pub fn config_from_wire(wire: &v1::ClusterConfig) -> kv_shard::Result<Config> {
         return invalid(format!("{} slots, this client knows {SLOTS}", wire.slots));
     }
     let mut slots = vec![None; SLOTS];
+    let mut covered = 0;
     for range in &wire.ranges {
         let (start, end) = (range.start as usize, range.end as usize);
-        if start >= end || end > SLOTS {
-            return invalid(format!("slot range {start}..{end}"));
+        // In slot order, without overlaps or gaps.
+        if start != covered || start >= end || end > SLOTS {
+            return invalid(format!("slot range {start}..{end} after {covered} slots"));
         }
+        covered = end;
         for slot in &mut slots[start..end] {
             *slot = Some(ServerId(range.owner));
+        }
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    let mut addresses = std::collections::BTreeSet::new();
+    for m in &wire.members {
+        if !ids.insert(m.id) || !addresses.insert(m.address.as_str()) {
+            return invalid(format!("member {} ({}) listed twice", m.id, m.address));
         }
     }
     let members = wire.members.iter().map(|m| (ServerId(m.id), m.address.clone()));
@@ -80,5 +90,18 @@ mod tests {
         let mut wire = config_to_wire(&config);
         wire.slots = 16;
         assert!(config_from_wire(&wire).is_err());
+        let two = Config::new().join("a:1").unwrap().join("b:1").unwrap();
+        let mut wire = config_to_wire(&two);
+        wire.ranges.swap(0, 1);
+        assert!(config_from_wire(&wire).is_err(), "ranges out of order");
+        let mut wire = config_to_wire(&two);
+        wire.ranges[1].start -= 1;
+        assert!(config_from_wire(&wire).is_err(), "overlapping ranges");
+        let mut wire = config_to_wire(&two);
+        wire.members[1].id = wire.members[0].id;
+        assert!(config_from_wire(&wire).is_err(), "a member id twice");
+        let mut wire = config_to_wire(&two);
+        wire.epoch = 0;
+        assert!(config_from_wire(&wire).is_err(), "epoch 0 with members");
     }
 }
