@@ -12,43 +12,15 @@ Run by tests/compat_python.rs against a fresh server: it assumes the keys it use
 Needs the grpcio and grpcio-tools packages.
 """
 
-import importlib
-import pathlib
-import subprocess
 import sys
 import tempfile
 import threading
 
 import grpc
 
-PROTO_DIR = pathlib.Path(__file__).resolve().parents[2] / "kv-proto" / "proto"
-RPC_TIMEOUT = 30  # seconds; an upper bound against hangs, never a speed check
+from compat_common import RPC_TIMEOUT, Mismatch, check, generate_stubs
+
 THREAD_TIMEOUT = 120
-
-
-class Mismatch(Exception):
-    pass
-
-
-def check(actual, expected, what):
-    if actual != expected:
-        raise Mismatch(f"{what}: expected {expected!r}, got {actual!r}")
-
-
-def generate_stubs(out_dir):
-    """Compiles kvstore.proto into out_dir and imports the generated modules."""
-    command = [
-        sys.executable, "-m", "grpc_tools.protoc",
-        f"-I{PROTO_DIR}",
-        f"--python_out={out_dir}",
-        f"--grpc_python_out={out_dir}",
-        str(PROTO_DIR / "kvstore.proto"),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    if result.returncode != 0:
-        raise RuntimeError(f"protoc failed ({result.returncode}): {result.stderr}")
-    sys.path.insert(0, str(out_dir))
-    return importlib.import_module("kvstore_pb2"), importlib.import_module("kvstore_pb2_grpc")
 
 
 class Client:
@@ -194,7 +166,7 @@ def main():
         return 2
     addr = sys.argv[1]
     with tempfile.TemporaryDirectory(prefix="kv-compat-stubs-") as out_dir:
-        pb2, pb2_grpc = generate_stubs(out_dir)
+        pb2, pb2_grpc = generate_stubs(out_dir, "kvstore")
         client = Client(addr, pb2, pb2_grpc)
         try:
             for name, run in [

@@ -13,41 +13,14 @@ move; Leave of a non-member fails with NOT_FOUND. Exits non-zero with a message 
 Needs the grpcio and grpcio-tools packages.
 """
 
-import importlib
-import pathlib
-import subprocess
 import sys
 import tempfile
 
 import grpc
 
-PROTO_DIR = pathlib.Path(__file__).resolve().parents[2] / "kv-proto" / "proto"
-RPC_TIMEOUT = 30  # seconds; an upper bound against hangs, never a speed check
+from compat_common import RPC_TIMEOUT, Mismatch, check, generate_stubs
+
 SERVERS = ["127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103"]
-
-
-class Mismatch(Exception):
-    pass
-
-
-def check(actual, expected, what):
-    if actual != expected:
-        raise Mismatch(f"{what}: expected {expected!r}, got {actual!r}")
-
-
-def generate_stubs(out_dir):
-    command = [
-        sys.executable, "-m", "grpc_tools.protoc",
-        f"-I{PROTO_DIR}",
-        f"--python_out={out_dir}",
-        f"--grpc_python_out={out_dir}",
-        str(PROTO_DIR / "shardmaster.proto"),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    if result.returncode != 0:
-        raise RuntimeError(f"protoc failed ({result.returncode}): {result.stderr}")
-    sys.path.insert(0, str(out_dir))
-    return importlib.import_module("shardmaster_pb2"), importlib.import_module("shardmaster_pb2_grpc")
 
 
 def expect_error(call, code, what):
@@ -64,7 +37,7 @@ def main():
         print(__doc__, file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as out_dir:
-        pb2, pb2_grpc = generate_stubs(out_dir)
+        pb2, pb2_grpc = generate_stubs(out_dir, "shardmaster")
         channel = grpc.insecure_channel(sys.argv[1])
         grpc.channel_ready_future(channel).result(timeout=RPC_TIMEOUT)
         master = pb2_grpc.ShardMasterStub(channel)
