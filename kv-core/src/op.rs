@@ -81,6 +81,26 @@ impl Mutation {
     }
 }
 
+impl Mutation {
+    /// A hash of everything the mutation does (operation, key, value), the same in every process
+    /// and version: a retry of a write must have the fingerprint of the first attempt.
+    pub fn fingerprint(&self) -> u64 {
+        let (tag, value): (u8, &str) = match &self.op {
+            Op::Put(v) => (1, v),
+            Op::Append(v) => (2, v),
+            Op::LPop => (3, ""),
+            Op::RPop => (4, ""),
+            Op::Delete => (5, ""),
+        };
+        let mut bytes = Vec::with_capacity(9 + self.key.len() + value.len());
+        bytes.push(tag);
+        bytes.extend_from_slice(&(self.key.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(self.key.as_bytes());
+        bytes.extend_from_slice(value.as_bytes());
+        xxhash_rust::xxh3::xxh3_64(&bytes)
+    }
+}
+
 impl Op {
     /// Applies the operation to a key's slot (`None`: the key is missing) and returns its output.
     ///
@@ -161,6 +181,25 @@ mod tests {
         assert_eq!(slot.as_deref(), Some("abcd"));
         assert!(Op::Put("abcde".into()).apply(&mut slot, &limits).is_err());
         assert_eq!(slot.as_deref(), Some("abcd"));
+    }
+
+    #[test]
+    fn fingerprints_tell_writes_apart() {
+        let all = [
+            Mutation::put("k", "v"),
+            Mutation::put("k", "w"),
+            Mutation::put("kv", ""),
+            Mutation::append("k", "v"),
+            Mutation::lpop("k"),
+            Mutation::rpop("k"),
+            Mutation::delete("k"),
+        ];
+        for (i, a) in all.iter().enumerate() {
+            assert_eq!(a.fingerprint(), a.clone().fingerprint());
+            for b in &all[i + 1..] {
+                assert_ne!(a.fingerprint(), b.fingerprint(), "{a:?} vs {b:?}");
+            }
+        }
     }
 
     #[test]

@@ -45,10 +45,20 @@ pub struct RequestId {
     pub first_unanswered: u64,
 }
 
+/// A remembered write: its fingerprint ([`crate::Mutation::fingerprint`]), and its answer once
+/// it has one.
 #[derive(Debug, Clone)]
 enum Entry {
-    InProgress,
-    Answered(Output),
+    InProgress(u64),
+    Answered(u64, Output),
+}
+
+impl Entry {
+    fn fingerprint(&self) -> u64 {
+        match self {
+            Entry::InProgress(f) | Entry::Answered(f, _) => *f,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -74,6 +84,7 @@ pub enum Begin<'s> {
 pub struct Ticket<'s> {
     sessions: &'s Sessions,
     id: RequestId,
+    fingerprint: u64,
     finished: bool,
 }
 
@@ -83,7 +94,7 @@ impl Ticket<'_> {
         self.finished = true;
         self.sessions.with_session(self.id.client, |session| {
             if let Some(entry) = session.entries.get_mut(&self.id.seq) {
-                *entry = Entry::Answered(output.clone());
+                *entry = Entry::Answered(self.fingerprint, output.clone());
             }
         });
     }
@@ -93,7 +104,7 @@ impl Drop for Ticket<'_> {
     fn drop(&mut self) {
         if !self.finished {
             self.sessions.with_session(self.id.client, |session| {
-                if matches!(session.entries.get(&self.id.seq), Some(Entry::InProgress)) {
+                if matches!(session.entries.get(&self.id.seq), Some(Entry::InProgress(_))) {
                     session.entries.remove(&self.id.seq);
                 }
             });
@@ -134,8 +145,10 @@ impl Sessions {
     }
 
     /// Starts the write `id` at `now`: either it must be applied (with the returned ticket), or
-    /// it was already and this is its output.
-    pub fn begin(&self, id: RequestId, now: Instant) -> Result<Begin<'_>> {
+    /// it was already and this is its output. `fingerprint` identifies what the write does
+    /// ([`crate::Mutation::fingerprint`]): a retry must be the same write, and an id reused for
+    /// another write is refused rather than answered with the first one's output.
+    pub fn begin(&self, id: RequestId, fingerprint: u64, now: Instant) -> Result<Begin<'_>> {
         self.sweep(now);
         let mut session = self.clients.entry(id.client).or_insert_with(|| Session {
             floor: 0,
@@ -152,17 +165,23 @@ impl Sessions {
             return Err(Error::StaleRetry { client: id.client, seq: id.seq });
         }
         match session.entries.get(&id.seq) {
-            Some(Entry::Answered(output)) => return Ok(Begin::Answered(output.clone())),
-            Some(Entry::InProgress) => return Err(Error::InProgress { client: id.client, seq: id.seq }),
+            Some(entry) if entry.fingerprint() != fingerprint => {
+                return Err(Error::InvalidArgument(format!(
+                    "write {} of client {} was another write: a retry must repeat it exactly",
+                    id.seq, id.client
+                )));
+            }
+            Some(Entry::Answered(_, output)) => return Ok(Begin::Answered(output.clone())),
+            Some(Entry::InProgress(_)) => return Err(Error::InProgress { client: id.client, seq: id.seq }),
             None => {}
         }
-        session.entries.insert(id.seq, Entry::InProgress);
+        session.entries.insert(id.seq, Entry::InProgress(fingerprint));
         while session.entries.len() > Self::MAX_ANSWERS_PER_CLIENT {
             let Some((&oldest, _)) = session.entries.first_key_value() else { break };
             session.entries.remove(&oldest);
             session.floor = oldest + 1;
         }
-        Ok(Begin::Apply(Ticket { sessions: self, id, finished: false }))
+        Ok(Begin::Apply(Ticket { sessions: self, id, fingerprint, finished: false }))
     }
 
     /// Drops the sessions idle for longer than the expiry, at most once per expiry period.
@@ -203,25 +222,25 @@ mod tests {
     fn a_retry_of_a_finished_write_gets_its_answer() {
         let s = Sessions::default();
         let now = Instant::now();
-        apply(s.begin(id(1, 1), now)).finish(&Output::Popped(Some("a".into())));
-        match s.begin(id(1, 1), now) {
+        apply(s.begin(id(1, 1), 0, now)).finish(&Output::Popped(Some("a".into())));
+        match s.begin(id(1, 1), 0, now) {
             Ok(Begin::Answered(out)) => assert_eq!(out, Output::Popped(Some("a".into()))),
             other => panic!("{other:?}"),
         }
         // Another number is another write.
-        drop(apply(s.begin(id(2, 1), now)));
+        drop(apply(s.begin(id(2, 1), 0, now)));
     }
 
     #[test]
     fn a_retry_during_the_write_is_told_to_wait_and_a_dropped_ticket_forgets() {
         let s = Sessions::default();
         let now = Instant::now();
-        let ticket = apply(s.begin(id(1, 1), now));
-        assert_eq!(s.begin(id(1, 1), now).unwrap_err(), Error::InProgress { client: 7, seq: 1 });
+        let ticket = apply(s.begin(id(1, 1), 0, now));
+        assert_eq!(s.begin(id(1, 1), 0, now).unwrap_err(), Error::InProgress { client: 7, seq: 1 });
         drop(ticket);
-        let again = apply(s.begin(id(1, 1), now));
+        let again = apply(s.begin(id(1, 1), 0, now));
         again.finish(&Output::Unit);
-        assert!(matches!(s.begin(id(1, 1), now), Ok(Begin::Answered(Output::Unit))));
+        assert!(matches!(s.begin(id(1, 1), 0, now), Ok(Begin::Answered(Output::Unit))));
     }
 
     #[test]
@@ -229,25 +248,34 @@ mod tests {
         let s = Sessions::default();
         let now = Instant::now();
         for seq in 1..=3 {
-            apply(s.begin(id(seq, 1), now)).finish(&Output::Unit);
+            apply(s.begin(id(seq, 1), 0, now)).finish(&Output::Unit);
         }
-        apply(s.begin(id(4, 3), now)).finish(&Output::Unit);
-        assert_eq!(s.begin(id(2, 3), now).unwrap_err(), Error::StaleRetry { client: 7, seq: 2 });
-        assert!(matches!(s.begin(id(3, 3), now), Ok(Begin::Answered(_))));
+        apply(s.begin(id(4, 3), 0, now)).finish(&Output::Unit);
+        assert_eq!(s.begin(id(2, 3), 0, now).unwrap_err(), Error::StaleRetry { client: 7, seq: 2 });
+        assert!(matches!(s.begin(id(3, 3), 0, now), Ok(Begin::Answered(_))));
         // A client id is its own session.
         let other = RequestId { client: 8, seq: 2, first_unanswered: 1 };
-        drop(apply(s.begin(other, now)));
+        drop(apply(s.begin(other, 0, now)));
+    }
+
+    #[test]
+    fn an_id_reused_for_another_write_is_refused() {
+        let s = Sessions::default();
+        let now = Instant::now();
+        apply(s.begin(id(1, 1), 11, now)).finish(&Output::Unit);
+        assert!(matches!(s.begin(id(1, 1), 22, now), Err(Error::InvalidArgument(_))));
+        assert!(matches!(s.begin(id(1, 1), 11, now), Ok(Begin::Answered(Output::Unit))));
     }
 
     #[test]
     fn idle_sessions_expire() {
         let s = Sessions::new(Duration::from_secs(10));
         let t0 = Instant::now();
-        apply(s.begin(id(1, 1), t0)).finish(&Output::Unit);
+        apply(s.begin(id(1, 1), 0, t0)).finish(&Output::Unit);
         let other = RequestId { client: 9, seq: 1, first_unanswered: 1 };
-        apply(s.begin(other, t0 + Duration::from_secs(5))).finish(&Output::Unit);
+        apply(s.begin(other, 0, t0 + Duration::from_secs(5))).finish(&Output::Unit);
         assert_eq!(s.clients(), 2);
-        apply(s.begin(RequestId { client: 9, seq: 2, first_unanswered: 2 }, t0 + Duration::from_secs(12)))
+        apply(s.begin(RequestId { client: 9, seq: 2, first_unanswered: 2 }, 0, t0 + Duration::from_secs(12)))
             .finish(&Output::Unit);
         assert_eq!(s.clients(), 1, "client 7 was idle for 12 s");
     }

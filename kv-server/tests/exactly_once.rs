@@ -84,3 +84,17 @@ async fn a_refused_write_is_not_remembered() {
     })
     .await;
 }
+
+/// An id reused for a different write is refused, not answered with the first write's output.
+#[tokio::test]
+async fn an_id_reused_for_another_write_is_refused() {
+    let server = ServerProcess::start();
+    within("reused id", async {
+        let mut kv = KeyValueClient::new(server.unary_channel().await);
+        kv.put(v1::PutRequest { key: "k".into(), value: "abc".into(), id: id(5, 1, 1) }).await.unwrap();
+        let other = kv.l_pop(v1::PopRequest { key: "k".into(), id: id(5, 1, 1) }).await.unwrap_err();
+        assert_eq!(other.code(), Code::InvalidArgument);
+        assert_eq!(get(&mut kv, "k").await.as_deref(), Some("abc"), "the refused pop changed nothing");
+    })
+    .await;
+}
