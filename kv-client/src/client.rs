@@ -127,23 +127,7 @@ impl ClientBuilder {
 
     /// Connects, failing at once if the server cannot be reached.
     pub async fn connect(self) -> Result<Client> {
-        let uri = if self.endpoint.contains("://") {
-            self.endpoint.clone()
-        } else {
-            format!("http://{}", self.endpoint)
-        };
-        let endpoint = Endpoint::from_shared(uri)
-            .map_err(|err| Error::InvalidEndpoint {
-                endpoint: self.endpoint.clone(),
-                reason: err.to_string(),
-            })?
-            .timeout(self.timeout)
-            .connect_timeout(self.connect_timeout)
-            .tcp_nodelay(true);
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|source| Error::Connect { endpoint: self.endpoint.clone(), source })?;
+        let channel = dial(&self.endpoint, self.timeout, self.connect_timeout).await?;
         // No client-side cap on responses (tonic's default is 4 MiB): the server enforces the
         // value limit, which may be set above that, and a value it accepted must be readable.
         Ok(Client {
@@ -152,6 +136,20 @@ impl ClientBuilder {
             retry: self.retry,
         })
     }
+}
+
+/// Opens a channel to `endpoint` (`host:port`, or a `http://` URI), failing at once if it
+/// cannot be reached; calls on it fail after `timeout`.
+pub(crate) async fn dial(endpoint: &str, timeout: Duration, connect_timeout: Duration) -> Result<Channel> {
+    let uri = if endpoint.contains("://") { endpoint.to_owned() } else { format!("http://{endpoint}") };
+    Endpoint::from_shared(uri)
+        .map_err(|err| Error::InvalidEndpoint { endpoint: endpoint.to_owned(), reason: err.to_string() })?
+        .timeout(timeout)
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|source| Error::Connect { endpoint: endpoint.to_owned(), source })
 }
 
 impl Client {

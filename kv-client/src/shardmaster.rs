@@ -6,8 +6,9 @@ use kv_proto::convert::config_from_wire;
 use kv_proto::v1::{self, shard_master_client::ShardMasterClient};
 use kv_shard::Config;
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
+use crate::client::dial;
 use crate::{Error, Result};
 
 /// A connection to a shard master.
@@ -31,15 +32,7 @@ pub struct ShardMaster {
 impl ShardMaster {
     /// Connects to the shard master at `endpoint` (`host:port`, or a `http://` URI).
     pub async fn connect(endpoint: impl Into<String>) -> Result<Self> {
-        let endpoint = endpoint.into();
-        let uri = if endpoint.contains("://") { endpoint.clone() } else { format!("http://{endpoint}") };
-        let channel = Endpoint::from_shared(uri)
-            .map_err(|err| Error::InvalidEndpoint { endpoint: endpoint.clone(), reason: err.to_string() })?
-            .timeout(Duration::from_secs(30))
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
-            .await
-            .map_err(|source| Error::Connect { endpoint, source })?;
+        let channel = dial(&endpoint.into(), Duration::from_secs(30), Duration::from_secs(5)).await?;
         Ok(ShardMaster { inner: ShardMasterClient::new(channel) })
     }
 

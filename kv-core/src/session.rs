@@ -159,7 +159,12 @@ impl Sessions {
         // Forget what the client has its answers for.
         if id.first_unanswered > session.floor {
             session.floor = id.first_unanswered;
-            session.entries = session.entries.split_off(&id.first_unanswered);
+            while let Some(oldest) = session.entries.first_entry() {
+                if *oldest.key() >= id.first_unanswered {
+                    break;
+                }
+                oldest.remove();
+            }
         }
         if id.seq < session.floor {
             return Err(Error::StaleRetry { client: id.client, seq: id.seq });

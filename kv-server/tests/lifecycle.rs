@@ -45,6 +45,18 @@ async fn a_signal_right_after_startup_is_a_clean_shutdown() {
     }
 }
 
+/// A watch of the server's overall health, once it has reported `SERVING`.
+async fn serving_health_watch(channel: tonic::transport::Channel) -> Streaming<HealthCheckResponse> {
+    let mut watch = HealthClient::new(channel)
+        .watch(HealthCheckRequest { service: String::new() })
+        .await
+        .expect("health watch failed")
+        .into_inner();
+    let first = watch.message().await.expect("health watch failed").expect("health watch ended");
+    assert_eq!(first.status(), ServingStatus::Serving);
+    watch
+}
+
 /// The next status a health watch reports other than `SERVING`.
 async fn next_change(watch: &mut Streaming<HealthCheckResponse>) -> ServingStatus {
     loop {
@@ -82,13 +94,7 @@ async fn requests_in_flight_complete_after_sigterm() {
     let addr = server.addr();
     within("graceful shutdown", async {
         let channel = server.channel().await;
-        let mut watch = HealthClient::new(channel.clone())
-            .watch(HealthCheckRequest { service: String::new() })
-            .await
-            .expect("health watch failed")
-            .into_inner();
-        let first = watch.message().await.expect("health watch failed").expect("health watch ended");
-        assert_eq!(first.status(), ServingStatus::Serving);
+        let mut watch = serving_health_watch(channel.clone()).await;
 
         let (questions, question_stream) = tokio::sync::mpsc::channel(4);
         questions.send(list_services()).await.unwrap();
@@ -131,13 +137,7 @@ async fn the_grace_period_bounds_the_shutdown() {
     within("grace period", async {
         let channel = server.channel().await;
         // A health watch never ends by itself: it holds the connection open.
-        let mut watch = HealthClient::new(channel.clone())
-            .watch(HealthCheckRequest { service: String::new() })
-            .await
-            .expect("health watch failed")
-            .into_inner();
-        let first = watch.message().await.expect("health watch failed").expect("health watch ended");
-        assert_eq!(first.status(), ServingStatus::Serving);
+        let watch = serving_health_watch(channel.clone()).await;
 
         server.signal("TERM");
         let status = server.wait_exit().await;
