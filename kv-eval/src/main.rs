@@ -172,10 +172,7 @@ fn run(cli: Cli) -> Result<bool> {
 }
 
 fn chaos(args: &ChaosArgs) -> Result<bool> {
-    let seconds = |s: f64, what: &str| {
-        anyhow::ensure!(s.is_finite() && s > 0.0, "--{what} must be a positive number of seconds");
-        Ok(Duration::from_secs_f64(s))
-    };
+    let seconds = |s: f64, what: &str| seconds(s, what, false);
     let faults = match args.faults.trim() {
         "none" | "" => Vec::new(),
         list => list.split(',').map(str::parse).collect::<Result<Vec<FaultKind>>>()?,
@@ -217,10 +214,7 @@ fn chaos(args: &ChaosArgs) -> Result<bool> {
 }
 
 fn options(args: &SingleNodeArgs) -> Result<single_node::Options> {
-    let seconds = |s: f64, what: &str| {
-        anyhow::ensure!(s.is_finite() && s >= 0.0, "--{what} must be a non-negative number of seconds");
-        Ok(Duration::from_secs_f64(s))
-    };
+    let seconds = |s: f64, what: &str| seconds(s, what, true);
     anyhow::ensure!(args.server_workers > 0, "--server-workers must be at least 1");
     let bench = (!args.no_bench)
         .then(|| {
@@ -245,4 +239,16 @@ fn options(args: &SingleNodeArgs) -> Result<single_node::Options> {
         bench,
         progress: !args.no_progress,
     })
+}
+
+/// The duration a `--what` flag gives in seconds, refused unless finite and positive (or zero,
+/// where `zero_ok`).
+fn seconds(value: f64, what: &str, zero_ok: bool) -> Result<Duration> {
+    let ok = value.is_finite() && (value > 0.0 || (zero_ok && value == 0.0));
+    anyhow::ensure!(
+        ok,
+        "--{what} must be a {} number of seconds",
+        if zero_ok { "non-negative" } else { "positive" }
+    );
+    Ok(Duration::from_secs_f64(value))
 }
