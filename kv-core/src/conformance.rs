@@ -138,6 +138,37 @@ where
     limits_change_nothing(&make(Limits { max_key_len: 4, max_value_len: 8 })).await;
     concurrent_appends_are_atomic(Arc::new(make(Limits::default()))).await;
     concurrent_pops_return_each_character_once(Arc::new(make(Limits::default()))).await;
+    export_import_and_remove(&make(Limits::default()), &make(Limits::default())).await;
+}
+
+/// Moving keys between engines: export what a predicate picks, import it elsewhere, remove it.
+async fn export_import_and_remove<S: Storage>(from: &S, to: &S) {
+    let ok = "the engine refused a valid operation";
+    for i in 0..50 {
+        from.put(format!("k{i}"), format!("v{i}")).await.expect(ok);
+    }
+    from.put("empty".into(), String::new()).await.expect(ok);
+    let moving = |key: &str| key.ends_with('7') || key == "empty";
+    let mut exported = from.export(&moving).await.expect(ok);
+    exported.sort();
+    let expected: Vec<(String, String)> = [7, 17, 27, 37, 47]
+        .iter()
+        .map(|i| (format!("k{i}"), format!("v{i}")))
+        .chain([("empty".to_owned(), String::new())])
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(exported, expected);
+    to.put("k7".into(), "stale".into()).await.expect(ok);
+    to.import(exported).await.expect(ok);
+    assert_eq!(to.get("k7").await.expect(ok).as_deref(), Some("v7"), "import overwrites");
+    assert_eq!(to.get("empty").await.expect(ok).as_deref(), Some(""), "an empty value is a value");
+    assert_eq!(to.key_count().await.expect(ok), 6);
+    assert_eq!(from.remove_where(&moving).await.expect(ok), 6);
+    assert_eq!(from.get("k17").await.expect(ok), None);
+    assert_eq!(from.get("k16").await.expect(ok).as_deref(), Some("v16"));
+    assert_eq!(from.key_count().await.expect(ok), 45);
+    assert_eq!(from.remove_where(&moving).await.expect(ok), 0);
 }
 
 /// The course assignment's sequence test, plus delete.

@@ -42,18 +42,48 @@ pub enum Error {
     /// The engine could not do the operation (for example an I/O failure of a durable engine).
     #[error("storage failure: {0}")]
     Storage(String),
+    /// In a sharded cluster: the key's slot is not served by this server at its epoch. `owner`
+    /// is the server that serves it, where known; a client should refresh its map and go there.
+    #[error("wrong shard: slot {slot} is not served here at epoch {epoch}{}", owner_hint(owner))]
+    WrongShard {
+        /// The key's hash slot.
+        slot: u16,
+        /// The epoch of the configuration the server holds.
+        epoch: u64,
+        /// The address of the slot's owner in that configuration, if it has one.
+        owner: Option<String>,
+    },
+    /// In a sharded cluster: the key's slot is moving to this server and its data has not all
+    /// arrived yet; retry shortly.
+    #[error("slot {slot} is moving to this server at epoch {epoch}; retry shortly")]
+    Moving {
+        /// The key's hash slot.
+        slot: u16,
+        /// The epoch of the configuration the server holds.
+        epoch: u64,
+    },
+}
+
+fn owner_hint(owner: &Option<String>) -> String {
+    match owner {
+        Some(owner) => format!(" (its owner is {owner})"),
+        None => " (no server owns it)".to_owned(),
+    }
 }
 
 impl Error {
     /// Whether trying the same request again may succeed. Bad input never will; an engine
-    /// failure might.
+    /// failure might, and a request sent to the wrong shard will once sent to the right one.
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::KeyTooLarge { .. }
             | Error::ValueTooLarge { .. }
             | Error::InvalidArgument(_)
             | Error::StaleRetry { .. } => false,
-            Error::Storage(_) | Error::InProgress { .. } => true,
+            Error::Storage(_)
+            | Error::InProgress { .. }
+            | Error::WrongShard { .. }
+            | Error::Moving { .. } => true,
         }
     }
 }

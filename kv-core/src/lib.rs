@@ -40,5 +40,5 @@ pub use error::{Error, Result};
 pub use limits::Limits;
 pub use memory::MemoryStorage;
 pub use op::{Mutation, Op, Output};
-pub use session::{RequestId, Sessions};
+pub use session::{Answer, RequestId, SessionRecord, Sessions};
 pub use storage::Storage;

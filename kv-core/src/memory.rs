@@ -76,6 +76,35 @@ impl Storage for MemoryStorage {
             }
         }
     }
+
+    async fn export(
+        &self,
+        select: &(dyn for<'k> Fn(&'k str) -> bool + Sync),
+    ) -> Result<Vec<(String, String)>> {
+        Ok(self
+            .map
+            .iter()
+            .filter(|entry| select(entry.key()))
+            .map(|entry| (entry.key().clone(), entry.value().clone()))
+            .collect())
+    }
+
+    async fn import(&self, entries: Vec<(String, String)>) -> Result<()> {
+        for (key, value) in entries {
+            self.map.insert(key, value);
+        }
+        Ok(())
+    }
+
+    async fn remove_where(&self, select: &(dyn for<'k> Fn(&'k str) -> bool + Sync)) -> Result<usize> {
+        let before = self.map.len();
+        self.map.retain(|key, _| !select(key));
+        Ok(before.saturating_sub(self.map.len()))
+    }
+
+    async fn key_count(&self) -> Result<usize> {
+        Ok(self.map.len())
+    }
 }
 
 #[cfg(test)]

@@ -22,8 +22,12 @@
 //! between the engine applying the write and the ticket recording its output (the in-memory
 //! engine applies without yielding, so a handler calling `finish` right after `apply` is safe).
 //!
-//! Sessions are plain data with an explicit clock, so that later layers can move them with the
-//! keys they cover and tests can drive time.
+//! Sessions are plain data with an explicit clock, so that tests can drive time, and they can move
+//! with the keys they cover: every answer is tagged with the partition (the hash slot, in a
+//! sharded cluster) of the key it wrote, and [`Sessions::export`], [`Sessions::import`] and
+//! [`Sessions::forget`] hand the answers of some partitions to another server. A client's floor
+//! (what it has answers for) holds for all of its writes, wherever they went, so an import merges
+//! floors by taking the larger.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -50,15 +54,39 @@ pub struct RequestId {
 #[derive(Debug, Clone)]
 enum Entry {
     InProgress(u64),
-    Answered(u64, Output),
+    Answered { fingerprint: u64, output: Output, tag: u16 },
 }
 
 impl Entry {
     fn fingerprint(&self) -> u64 {
         match self {
-            Entry::InProgress(f) | Entry::Answered(f, _) => *f,
+            Entry::InProgress(f) | Entry::Answered { fingerprint: f, .. } => *f,
         }
     }
+}
+
+/// One client's remembered answers for some partitions, as [`Sessions::export`] hands them over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// The client.
+    pub client: u64,
+    /// Every write of the client numbered below this has been answered and forgotten.
+    pub floor: u64,
+    /// The remembered answers.
+    pub answers: Vec<Answer>,
+}
+
+/// The answer of one applied write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The write's number.
+    pub seq: u64,
+    /// What the write did ([`crate::Mutation::fingerprint`]).
+    pub fingerprint: u64,
+    /// Its output.
+    pub output: Output,
+    /// The partition of the key it wrote.
+    pub tag: u16,
 }
 
 #[derive(Debug)]
@@ -85,6 +113,7 @@ pub struct Ticket<'s> {
     sessions: &'s Sessions,
     id: RequestId,
     fingerprint: u64,
+    tag: u16,
     finished: bool,
 }
 
@@ -94,7 +123,8 @@ impl Ticket<'_> {
         self.finished = true;
         self.sessions.with_session(self.id.client, |session| {
             if let Some(entry) = session.entries.get_mut(&self.id.seq) {
-                *entry = Entry::Answered(self.fingerprint, output.clone());
+                *entry =
+                    Entry::Answered { fingerprint: self.fingerprint, output: output.clone(), tag: self.tag };
             }
         });
     }
@@ -147,8 +177,9 @@ impl Sessions {
     /// Starts the write `id` at `now`: either it must be applied (with the returned ticket), or
     /// it was already and this is its output. `fingerprint` identifies what the write does
     /// ([`crate::Mutation::fingerprint`]): a retry must be the same write, and an id reused for
-    /// another write is refused rather than answered with the first one's output.
-    pub fn begin(&self, id: RequestId, fingerprint: u64, now: Instant) -> Result<Begin<'_>> {
+    /// another write is refused rather than answered with the first one's output. `tag` is the
+    /// partition of the key written (0 where nothing is partitioned).
+    pub fn begin(&self, id: RequestId, fingerprint: u64, tag: u16, now: Instant) -> Result<Begin<'_>> {
         self.sweep(now);
         let mut session = self.clients.entry(id.client).or_insert_with(|| Session {
             floor: 0,
@@ -176,7 +207,7 @@ impl Sessions {
                     id.seq, id.client
                 )));
             }
-            Some(Entry::Answered(_, output)) => return Ok(Begin::Answered(output.clone())),
+            Some(Entry::Answered { output, .. }) => return Ok(Begin::Answered(output.clone())),
             Some(Entry::InProgress(_)) => return Err(Error::InProgress { client: id.client, seq: id.seq }),
             None => {}
         }
@@ -186,7 +217,64 @@ impl Sessions {
             session.entries.remove(&oldest);
             session.floor = oldest + 1;
         }
-        Ok(Begin::Apply(Ticket { sessions: self, id, fingerprint, finished: false }))
+        Ok(Begin::Apply(Ticket { sessions: self, id, fingerprint, tag, finished: false }))
+    }
+
+    /// The answers of the partitions `select` picks, per client, with the client's floor. Writes
+    /// in progress are not exported: the caller exports partitions it has stopped writing to, once
+    /// the writes in flight have finished.
+    pub fn export(&self, select: impl Fn(u16) -> bool) -> Vec<SessionRecord> {
+        let mut records = Vec::new();
+        for session in &self.clients {
+            let answers: Vec<Answer> = session
+                .entries
+                .iter()
+                .filter_map(|(&seq, entry)| match entry {
+                    Entry::Answered { fingerprint, output, tag } if select(*tag) => {
+                        Some(Answer { seq, fingerprint: *fingerprint, output: output.clone(), tag: *tag })
+                    }
+                    _ => None,
+                })
+                .collect();
+            if !answers.is_empty() {
+                records.push(SessionRecord { client: *session.key(), floor: session.floor, answers });
+            }
+        }
+        records
+    }
+
+    /// Merges records exported by another server: floors by the larger, answers by union (an
+    /// answer already here is kept).
+    pub fn import(&self, records: Vec<SessionRecord>, now: Instant) {
+        for record in records {
+            let mut session = self.clients.entry(record.client).or_insert_with(|| Session {
+                floor: 0,
+                entries: BTreeMap::new(),
+                last_seen: now,
+            });
+            session.last_seen = now;
+            if record.floor > session.floor {
+                session.floor = record.floor;
+                session.entries = session.entries.split_off(&record.floor);
+            }
+            for answer in record.answers {
+                if answer.seq < session.floor {
+                    continue;
+                }
+                session.entries.entry(answer.seq).or_insert(Entry::Answered {
+                    fingerprint: answer.fingerprint,
+                    output: answer.output,
+                    tag: answer.tag,
+                });
+            }
+        }
+    }
+
+    /// Drops the answers of the partitions `select` picks (once they are safe elsewhere).
+    pub fn forget(&self, select: impl Fn(u16) -> bool) {
+        for mut session in self.clients.iter_mut() {
+            session.entries.retain(|_, entry| !matches!(entry, Entry::Answered { tag, .. } if select(*tag)));
+        }
     }
 
     /// Drops the sessions idle for longer than the expiry, at most once per expiry period.
@@ -227,25 +315,25 @@ mod tests {
     fn a_retry_of_a_finished_write_gets_its_answer() {
         let s = Sessions::default();
         let now = Instant::now();
-        apply(s.begin(id(1, 1), 0, now)).finish(&Output::Popped(Some("a".into())));
-        match s.begin(id(1, 1), 0, now) {
+        apply(s.begin(id(1, 1), 0, 0, now)).finish(&Output::Popped(Some("a".into())));
+        match s.begin(id(1, 1), 0, 0, now) {
             Ok(Begin::Answered(out)) => assert_eq!(out, Output::Popped(Some("a".into()))),
             other => panic!("{other:?}"),
         }
         // Another number is another write.
-        drop(apply(s.begin(id(2, 1), 0, now)));
+        drop(apply(s.begin(id(2, 1), 0, 0, now)));
     }
 
     #[test]
     fn a_retry_during_the_write_is_told_to_wait_and_a_dropped_ticket_forgets() {
         let s = Sessions::default();
         let now = Instant::now();
-        let ticket = apply(s.begin(id(1, 1), 0, now));
-        assert_eq!(s.begin(id(1, 1), 0, now).unwrap_err(), Error::InProgress { client: 7, seq: 1 });
+        let ticket = apply(s.begin(id(1, 1), 0, 0, now));
+        assert_eq!(s.begin(id(1, 1), 0, 0, now).unwrap_err(), Error::InProgress { client: 7, seq: 1 });
         drop(ticket);
-        let again = apply(s.begin(id(1, 1), 0, now));
+        let again = apply(s.begin(id(1, 1), 0, 0, now));
         again.finish(&Output::Unit);
-        assert!(matches!(s.begin(id(1, 1), 0, now), Ok(Begin::Answered(Output::Unit))));
+        assert!(matches!(s.begin(id(1, 1), 0, 0, now), Ok(Begin::Answered(Output::Unit))));
     }
 
     #[test]
@@ -253,35 +341,71 @@ mod tests {
         let s = Sessions::default();
         let now = Instant::now();
         for seq in 1..=3 {
-            apply(s.begin(id(seq, 1), 0, now)).finish(&Output::Unit);
+            apply(s.begin(id(seq, 1), 0, 0, now)).finish(&Output::Unit);
         }
-        apply(s.begin(id(4, 3), 0, now)).finish(&Output::Unit);
-        assert_eq!(s.begin(id(2, 3), 0, now).unwrap_err(), Error::StaleRetry { client: 7, seq: 2 });
-        assert!(matches!(s.begin(id(3, 3), 0, now), Ok(Begin::Answered(_))));
+        apply(s.begin(id(4, 3), 0, 0, now)).finish(&Output::Unit);
+        assert_eq!(s.begin(id(2, 3), 0, 0, now).unwrap_err(), Error::StaleRetry { client: 7, seq: 2 });
+        assert!(matches!(s.begin(id(3, 3), 0, 0, now), Ok(Begin::Answered(_))));
         // A client id is its own session.
         let other = RequestId { client: 8, seq: 2, first_unanswered: 1 };
-        drop(apply(s.begin(other, 0, now)));
+        drop(apply(s.begin(other, 0, 0, now)));
     }
 
     #[test]
     fn an_id_reused_for_another_write_is_refused() {
         let s = Sessions::default();
         let now = Instant::now();
-        apply(s.begin(id(1, 1), 11, now)).finish(&Output::Unit);
-        assert!(matches!(s.begin(id(1, 1), 22, now), Err(Error::InvalidArgument(_))));
-        assert!(matches!(s.begin(id(1, 1), 11, now), Ok(Begin::Answered(Output::Unit))));
+        apply(s.begin(id(1, 1), 11, 0, now)).finish(&Output::Unit);
+        assert!(matches!(s.begin(id(1, 1), 22, 0, now), Err(Error::InvalidArgument(_))));
+        assert!(matches!(s.begin(id(1, 1), 11, 0, now), Ok(Begin::Answered(Output::Unit))));
     }
 
     #[test]
     fn idle_sessions_expire() {
         let s = Sessions::new(Duration::from_secs(10));
         let t0 = Instant::now();
-        apply(s.begin(id(1, 1), 0, t0)).finish(&Output::Unit);
+        apply(s.begin(id(1, 1), 0, 0, t0)).finish(&Output::Unit);
         let other = RequestId { client: 9, seq: 1, first_unanswered: 1 };
-        apply(s.begin(other, 0, t0 + Duration::from_secs(5))).finish(&Output::Unit);
+        apply(s.begin(other, 0, 0, t0 + Duration::from_secs(5))).finish(&Output::Unit);
         assert_eq!(s.clients(), 2);
-        apply(s.begin(RequestId { client: 9, seq: 2, first_unanswered: 2 }, 0, t0 + Duration::from_secs(12)))
-            .finish(&Output::Unit);
+        apply(s.begin(
+            RequestId { client: 9, seq: 2, first_unanswered: 2 },
+            0,
+            0,
+            t0 + Duration::from_secs(12),
+        ))
+        .finish(&Output::Unit);
         assert_eq!(s.clients(), 1, "client 7 was idle for 12 s");
+    }
+
+    #[test]
+    fn answers_move_with_their_partition_and_floors_merge_by_the_larger() {
+        let (a, b) = (Sessions::default(), Sessions::default());
+        let now = Instant::now();
+        apply(a.begin(id(1, 1), 10, 5, now)).finish(&Output::Popped(Some("x".into())));
+        apply(a.begin(id(2, 1), 20, 6, now)).finish(&Output::Unit);
+        apply(a.begin(id(3, 1), 30, 5, now)).finish(&Output::Deleted(true));
+        let in_progress = apply(a.begin(id(4, 1), 40, 5, now));
+        let records = a.export(|tag| tag == 5);
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].floor, 1);
+        let seqs: Vec<u64> = records[0].answers.iter().map(|answer| answer.seq).collect();
+        assert_eq!(seqs, [1, 3], "only partition 5's answers, and no write in progress");
+        drop(in_progress);
+
+        // b already knows the client has its answers below 2.
+        apply(b.begin(id(9, 2), 90, 1, now)).finish(&Output::Unit);
+        b.import(records.clone(), now);
+        assert_eq!(b.begin(id(1, 2), 10, 5, now).unwrap_err(), Error::StaleRetry { client: 7, seq: 1 });
+        assert!(matches!(b.begin(id(3, 2), 30, 5, now), Ok(Begin::Answered(Output::Deleted(true)))));
+        assert!(matches!(b.begin(id(9, 2), 90, 1, now), Ok(Begin::Answered(Output::Unit))));
+        // Importing twice changes nothing.
+        b.import(records, now);
+        assert!(matches!(b.begin(id(3, 2), 30, 5, now), Ok(Begin::Answered(Output::Deleted(true)))));
+
+        a.forget(|tag| tag == 5);
+        assert!(a.export(|tag| tag == 5).is_empty());
+        assert!(matches!(a.begin(id(2, 1), 20, 6, now), Ok(Begin::Answered(Output::Unit))));
+        drop(apply(a.begin(id(3, 1), 30, 5, now)));
     }
 }

@@ -22,6 +22,25 @@ pub trait Storage: Send + Sync + 'static {
     /// Applies one mutation atomically. On error nothing changed.
     async fn apply(&self, mutation: Mutation) -> Result<Output>;
 
+    /// Every key `select` picks, with its value. Each pair is a value the key held; the pairs
+    /// are not one atomic snapshot, so callers export keys no one is writing (a slot that has
+    /// stopped being served, when moving data between servers).
+    async fn export(
+        &self,
+        select: &(dyn for<'k> Fn(&'k str) -> bool + Sync),
+    ) -> Result<Vec<(String, String)>>;
+
+    /// Sets every key of `entries` to its value, as they came from another server's
+    /// [`Storage::export`] (so the size limits, checked when the values were written, are not
+    /// checked again).
+    async fn import(&self, entries: Vec<(String, String)>) -> Result<()>;
+
+    /// Removes every key `select` picks; returns how many there were.
+    async fn remove_where(&self, select: &(dyn for<'k> Fn(&'k str) -> bool + Sync)) -> Result<usize>;
+
+    /// How many keys are held.
+    async fn key_count(&self) -> Result<usize>;
+
     /// Sets `key` to `value`.
     async fn put(&self, key: String, value: String) -> Result<()> {
         self.apply(Mutation::put(key, value)).await.map(drop)

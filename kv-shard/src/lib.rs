@@ -69,6 +69,8 @@
 
 mod config;
 mod error;
+mod ownership;
 
 pub use config::{Config, SLOTS, ServerId, Slot, SlotMove, slot_of};
 pub use error::{Error, Result};
+pub use ownership::{Accept, Handoff, Ownership, Refused};

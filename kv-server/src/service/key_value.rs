@@ -31,7 +31,7 @@ impl KeyValueService {
         let Some(id) = id else {
             return self.storage.apply(mutation).await.map_err(to_status);
         };
-        match self.sessions.begin(id, mutation.fingerprint(), Instant::now()).map_err(to_status)? {
+        match self.sessions.begin(id, mutation.fingerprint(), 0, Instant::now()).map_err(to_status)? {
             Begin::Answered(output) => Ok(output),
             Begin::Apply(ticket) => {
                 // No await point between the engine applying the write and the ticket recording
