@@ -8,6 +8,7 @@ use prost::Message;
 const PROTOS: &[&str] = &[
     "proto/kv/v1/kv.proto",
     "proto/kv/v1/shardmaster.proto",
+    "proto/kv/v1/node.proto",
     "proto/kvstore.proto",
     "proto/shardmaster.proto",
 ];

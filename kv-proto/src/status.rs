@@ -8,6 +8,8 @@
 //! | `Storage`            | `UNAVAILABLE`      | `storage_failure`            |
 //! | `StaleRetry`         | `FAILED_PRECONDITION` | `stale_retry`             |
 //! | `InProgress`         | `ABORTED`          | `in_progress`                |
+//! | `WrongShard`         | `FAILED_PRECONDITION` | `wrong_shard`             |
+//! | `Moving`             | `UNAVAILABLE`      | `moving`                     |
 //!
 //! The detail travels encoded in the status details, so a client gets the typed error back
 //! with [`error_from_status`]; a client that knows nothing of it still gets a fitting code and a
@@ -35,6 +37,13 @@ pub fn status_from_error(err: &Error) -> Status {
         }
         Error::InProgress { client, seq } => {
             (Code::Aborted, Kind::InProgress(v1::InProgress { client: *client, seq: *seq }))
+        }
+        Error::WrongShard { slot, epoch, owner } => (
+            Code::FailedPrecondition,
+            Kind::WrongShard(v1::WrongShard { slot: u32::from(*slot), epoch: *epoch, owner: owner.clone() }),
+        ),
+        Error::Moving { slot, epoch } => {
+            (Code::Unavailable, Kind::Moving(v1::Moving { slot: u32::from(*slot), epoch: *epoch }))
         }
     };
     let detail = v1::ErrorDetail { kind: Some(kind) };
@@ -64,7 +73,13 @@ pub fn error_from_status(status: &Status) -> Option<Error> {
         Kind::StorageFailure(f) => Error::Storage(f.reason),
         Kind::StaleRetry(r) => Error::StaleRetry { client: r.client, seq: r.seq },
         Kind::InProgress(r) => Error::InProgress { client: r.client, seq: r.seq },
+        Kind::WrongShard(w) => Error::WrongShard { slot: slot(w.slot)?, epoch: w.epoch, owner: w.owner },
+        Kind::Moving(m) => Error::Moving { slot: slot(m.slot)?, epoch: m.epoch },
     })
+}
+
+fn slot(wire: u32) -> Option<u16> {
+    u16::try_from(wire).ok()
 }
 
 fn limit(len: usize, max: usize) -> v1::LimitExceeded {
@@ -84,12 +99,16 @@ mod tests {
             Error::Storage("disk full".into()),
             Error::StaleRetry { client: 3, seq: 9 },
             Error::InProgress { client: 3, seq: 10 },
+            Error::WrongShard { slot: 4095, epoch: 7, owner: Some("127.0.0.1:5".into()) },
+            Error::WrongShard { slot: 0, epoch: 0, owner: None },
+            Error::Moving { slot: 12, epoch: 3 },
         ] {
             let status = status_from_error(&err);
             assert_eq!(error_from_status(&status), Some(err.clone()));
             let expected = match err {
                 Error::Storage(_) => Code::Unavailable,
-                Error::StaleRetry { .. } => Code::FailedPrecondition,
+                Error::StaleRetry { .. } | Error::WrongShard { .. } => Code::FailedPrecondition,
+                Error::Moving { .. } => Code::Unavailable,
                 Error::InProgress { .. } => Code::Aborted,
                 _ => Code::InvalidArgument,
             };

@@ -17,9 +17,13 @@
 //! `NOT_SERVING`, the listener stops accepting, requests in flight finish, and after
 //! [`StorageConfig::shutdown_grace`] whatever is left is dropped.
 
+pub mod node;
 pub mod service;
 
 mod membership;
+mod peers;
 mod server;
 
-pub use server::{ServeError, ShardMasterConfig, StorageConfig, run_shardmaster, run_storage};
+pub use server::{
+    ClusterMembership, ServeError, ShardMasterConfig, StorageConfig, run_shardmaster, run_storage,
+};

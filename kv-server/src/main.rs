@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use kv_core::Limits;
-use kv_server::{ShardMasterConfig, StorageConfig};
+use kv_server::{ClusterMembership, ShardMasterConfig, StorageConfig};
 use tracing_subscriber::EnvFilter;
 
 /// A sharded, replicated key-value store: server.
@@ -29,7 +29,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a storage server (standalone: it holds every key it is sent).
+    /// Run a storage server: a member of the cluster of `--shardmaster`, or standalone (it holds
+    /// every key it is sent, until a shard master makes it a member).
     Storage(StorageArgs),
     /// Run a shard master: cluster membership (join, leave) and the placement of keys (query).
     Shardmaster(ShardMasterArgs),
@@ -45,6 +46,11 @@ struct ShardMasterArgs {
     /// Seconds that requests in flight may run on after SIGINT/SIGTERM.
     #[arg(long, env = "KV_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     shutdown_grace_secs: u64,
+
+    /// Seconds the data moves of one join or leave may take before the change is reported as
+    /// incomplete (and the slots of a server that cannot be reached are given up as lost).
+    #[arg(long, env = "KV_MOVE_TIMEOUT_SECS", default_value_t = 30)]
+    move_timeout_secs: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -65,6 +71,20 @@ struct StorageArgs {
     /// Seconds that requests in flight may run on after SIGINT/SIGTERM.
     #[arg(long, env = "KV_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     shutdown_grace_secs: u64,
+
+    /// The shard master (`host:port`) of the cluster to join at start-up. The server leaves at
+    /// SIGINT/SIGTERM, handing its data to the other members, before it stops.
+    #[arg(long, env = "KV_SHARDMASTER")]
+    shardmaster: Option<String>,
+
+    /// The address the cluster knows this server by, `host:port` (default: the address it
+    /// listens on). Clients and other servers dial it.
+    #[arg(long, env = "KV_ADVERTISE", requires = "shardmaster")]
+    advertise: Option<String>,
+
+    /// Seconds a hand-off of slots to another server may keep retrying it.
+    #[arg(long, env = "KV_HANDOFF_TIMEOUT_SECS", default_value_t = 30)]
+    handoff_timeout_secs: u64,
 }
 
 fn main() -> std::process::ExitCode {
@@ -106,6 +126,11 @@ async fn storage(args: StorageArgs) -> Result<()> {
     let config = StorageConfig {
         limits: Limits { max_key_len: args.max_key_bytes, max_value_len: args.max_value_bytes },
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+        cluster: args.shardmaster.map(|shardmaster| ClusterMembership {
+            advertise: args.advertise,
+            ..ClusterMembership::new(shardmaster)
+        }),
+        handoff_timeout: Duration::from_secs(args.handoff_timeout_secs),
     };
     let listener = bind(&args.listen).await?;
     let local = listener.local_addr().context("cannot read the bound address")?;
@@ -117,7 +142,10 @@ async fn storage(args: StorageArgs) -> Result<()> {
 }
 
 async fn shardmaster(args: ShardMasterArgs) -> Result<()> {
-    let config = ShardMasterConfig { shutdown_grace: Duration::from_secs(args.shutdown_grace_secs) };
+    let config = ShardMasterConfig {
+        shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+        move_timeout: Duration::from_secs(args.move_timeout_secs),
+    };
     let listener = bind(&args.listen).await?;
     let local = listener.local_addr().context("cannot read the bound address")?;
     let shutdown = shutdown_signal();

@@ -1,25 +1,88 @@
-//! The shard master's state: the current configuration, changed one step at a time.
+//! The shard master's state: the current configuration, changed one step at a time, and the
+//! driving of each step's data moves (the protocol is in `kv_shard`'s docs).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
-use kv_shard::Config;
-use tracing::info;
+use futures_util::future::join_all;
+use kv_proto::convert::config_to_wire;
+use kv_proto::v1;
+use kv_shard::{Config, Slot};
+use tonic::{Code, Status};
+use tracing::{info, warn};
+
+use crate::node::retryable;
+use crate::peers::Peers;
+
+/// Why a membership change failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// Refused by the placement rules (a member already, not a member, a bad address); nothing
+    /// changed.
+    #[error(transparent)]
+    Refused(#[from] kv_shard::Error),
+    /// Refused because of the server's state (unreachable, holding data it cannot bring);
+    /// nothing changed.
+    #[error("{0}")]
+    Precondition(String, Code),
+    /// The new configuration is in place, but some of its moves did not finish; the message says
+    /// which, and where the data is.
+    #[error("epoch {epoch} is in place, but {reason}")]
+    Incomplete {
+        /// The epoch now in place.
+        epoch: u64,
+        /// What did not finish.
+        reason: String,
+        /// Whether data was lost (a server that had to hand off slots is gone).
+        lost: bool,
+    },
+}
+
+impl ChangeError {
+    /// The status a client gets for this error.
+    pub fn to_status(&self) -> Status {
+        match self {
+            ChangeError::Refused(err) => kv_proto::status::status_from_shard_error(err),
+            ChangeError::Precondition(message, code) => Status::new(*code, message.clone()),
+            ChangeError::Incomplete { lost: true, .. } => Status::data_loss(self.to_string()),
+            ChangeError::Incomplete { lost: false, .. } => Status::aborted(self.to_string()),
+        }
+    }
+}
 
 /// The sequence of cluster configurations, as the shard master keeps it.
 ///
-/// Changes (joins and leaves) are serialised by an async lock held for the whole change, so the
-/// next starts only after the last has finished; reads of the current configuration never wait
-/// for a change in progress.
-#[derive(Debug, Default)]
+/// Changes (joins and leaves) are serialised by an async lock held for the whole change,
+/// including its data moves, so the next starts only after the last has finished; reads of the
+/// current configuration never wait for a change in progress.
+#[derive(Debug)]
 pub struct Membership {
     current: RwLock<Arc<Config>>,
     changes: tokio::sync::Mutex<()>,
+    peers: Peers,
+    move_timeout: Duration,
+}
+
+enum Change<'a> {
+    Join(&'a str),
+    Leave(&'a str),
 }
 
 impl Membership {
-    /// Epoch 0: no member.
-    pub fn new() -> Self {
-        Self::default()
+    /// How long the shard master waits for a server's answer before deciding it cannot reach
+    /// it, when it checks a joiner or a leaver.
+    const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+    /// Epoch 0: no member. A change whose moves have not finished after `move_timeout` is
+    /// reported as incomplete.
+    pub fn new(move_timeout: Duration) -> Self {
+        Membership {
+            current: RwLock::new(Arc::new(Config::new())),
+            changes: tokio::sync::Mutex::new(()),
+            peers: Peers::new(),
+            move_timeout,
+        }
     }
 
     /// The current configuration.
@@ -30,29 +93,165 @@ impl Membership {
         }
     }
 
-    /// Adds `server`; returns the new configuration.
-    pub async fn join(&self, server: &str) -> kv_shard::Result<Arc<Config>> {
-        self.change(|config| config.join(server)).await
+    /// Adds `server`, moves its share of the slots to it, and returns the new configuration.
+    /// The server must answer, and must hold no data unless it is the first member.
+    pub async fn join(&self, server: &str) -> Result<Arc<Config>, ChangeError> {
+        self.change(Change::Join(server)).await
     }
 
-    /// Removes `server`; returns the new configuration.
-    pub async fn leave(&self, server: &str) -> kv_shard::Result<Arc<Config>> {
-        self.change(|config| config.leave(server)).await
+    /// Hands `server`'s slots to the others, removes it, and returns the new configuration. The
+    /// last member may leave only if it holds no keys, since nothing could take them.
+    pub async fn leave(&self, server: &str) -> Result<Arc<Config>, ChangeError> {
+        self.change(Change::Leave(server)).await
     }
 
-    async fn change(
-        &self,
-        step: impl FnOnce(&Config) -> kv_shard::Result<Config>,
-    ) -> kv_shard::Result<Arc<Config>> {
+    async fn change(&self, change: Change<'_>) -> Result<Arc<Config>, ChangeError> {
         let _serialised = self.changes.lock().await;
         let before = self.current();
-        let next = Arc::new(step(&before)?);
-        let moved = before.moves_to(&next).len();
-        info!(epoch = next.epoch(), members = next.len(), slots_moved = moved, "configuration changed");
+        let next = match change {
+            Change::Join(server) => {
+                let next = before.join(server)?;
+                let status = self.status_of(server).await.map_err(|status| {
+                    ChangeError::Precondition(
+                        format!("cannot reach storage server {server}: {}", status.message()),
+                        Code::Unavailable,
+                    )
+                })?;
+                if status.keys > 0 && !before.is_empty() {
+                    return Err(ChangeError::Precondition(
+                        format!(
+                            "{server} holds {} keys of its own; only the first member of a cluster may bring data",
+                            status.keys
+                        ),
+                        Code::FailedPrecondition,
+                    ));
+                }
+                next
+            }
+            Change::Leave(server) => {
+                let next = before.leave(server)?;
+                if next.is_empty()
+                    && let Ok(status) = self.status_of(server).await
+                    && status.keys > 0
+                {
+                    return Err(ChangeError::Precondition(
+                        format!(
+                            "{server} is the last member and holds {} keys: no server could take them \
+                             (join another server first, or delete them)",
+                            status.keys
+                        ),
+                        Code::FailedPrecondition,
+                    ));
+                }
+                next
+            }
+        };
+        let next = Arc::new(next);
+        let moves = before.moves_to(&next);
+        info!(
+            epoch = next.epoch(),
+            members = next.len(),
+            slots_moving = moves.len(),
+            "configuration changed"
+        );
         match self.current.write() {
             Ok(mut current) => *current = Arc::clone(&next),
             Err(poisoned) => *poisoned.into_inner() = Arc::clone(&next),
         }
+        self.apply(&before, &next).await?;
         Ok(next)
+    }
+
+    /// Installs `next` everywhere: first at the servers that send nothing (so every receiver
+    /// expects its slots), then at the servers that lose slots, which return once their slots are
+    /// at the new owners.
+    async fn apply(&self, before: &Config, next: &Config) -> Result<(), ChangeError> {
+        let started = Instant::now();
+        let deadline = started + self.move_timeout;
+        let moves = before.moves_to(next);
+        let senders: BTreeSet<&str> =
+            moves.iter().filter_map(|m| m.from.and_then(|id| before.address(id))).collect();
+        let receivers: Vec<&str> =
+            next.members().map(|(_, addr)| addr).filter(|a| !senders.contains(a)).collect();
+        let installs = receivers.iter().map(|addr| self.install(addr, before, next, &[], deadline));
+        for (addr, result) in receivers.iter().zip(join_all(installs).await) {
+            if let Err(status) = result {
+                warn!(server = addr, cause = %status.message(), "could not install the configuration");
+            }
+        }
+
+        let installs = senders.iter().map(|addr| self.install(addr, before, next, &[], deadline));
+        let mut problems = Vec::new();
+        let mut lost = false;
+        for (&sender, result) in senders.iter().zip(join_all(installs).await) {
+            let Err(status) = result else { continue };
+            if self.status_of(sender).await.is_ok() {
+                // The sender is there and keeps the data; installing this epoch again resumes.
+                problems.push(format!("{sender} could not hand off its slots ({})", status.message()));
+                continue;
+            }
+            // The sender is gone, and its slots' data with it: let the receivers serve them.
+            lost = true;
+            let mut abandoned: BTreeMap<&str, Vec<Slot>> = BTreeMap::new();
+            for m in moves.iter().filter(|m| m.from.and_then(|id| before.address(id)) == Some(sender)) {
+                if let Some(to) = m.to.and_then(|id| next.address(id)) {
+                    abandoned.entry(to).or_default().push(m.slot);
+                }
+            }
+            let slots: usize = abandoned.values().map(Vec::len).sum();
+            problems.push(format!(
+                "{sender} is unreachable ({}): the data of its {slots} slots is lost",
+                status.message()
+            ));
+            for (to, slots) in abandoned {
+                let deadline = Instant::now() + self.move_timeout;
+                if let Err(status) = self.install(to, before, next, &slots, deadline).await {
+                    problems.push(format!("{to} did not take over the lost slots ({})", status.message()));
+                }
+            }
+        }
+        info!(epoch = next.epoch(), slots = moves.len(), took = ?started.elapsed(), ok = problems.is_empty(), "moves done");
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ChangeError::Incomplete { epoch: next.epoch(), reason: problems.join("; "), lost })
+        }
+    }
+
+    /// Installs `next` at `server`, retrying while it is unreachable or busy, until `deadline`.
+    async fn install(
+        &self,
+        server: &str,
+        before: &Config,
+        next: &Config,
+        abandoned: &[Slot],
+        deadline: Instant,
+    ) -> Result<v1::InstallResponse, Status> {
+        let request = v1::InstallRequest {
+            config: Some(config_to_wire(next)),
+            previous: Some(config_to_wire(before)),
+            abandoned: abandoned.iter().map(|&s| u32::from(s)).collect(),
+        };
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let mut call = tonic::Request::new(request.clone());
+            call.set_timeout(remaining.max(Duration::from_millis(1)));
+            match self.peers.node(server)?.install(call).await {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) if retryable(&status) && Instant::now() + backoff < deadline => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                Err(status) => return Err(status),
+            }
+        }
+    }
+
+    /// What `server` holds, if it answers within the probe timeout.
+    pub async fn status_of(&self, server: &str) -> Result<v1::StatusResponse, Status> {
+        let mut call = tonic::Request::new(v1::StatusRequest {});
+        call.set_timeout(Self::PROBE_TIMEOUT);
+        Ok(self.peers.node(server)?.status(call).await?.into_inner())
     }
 }

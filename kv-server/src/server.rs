@@ -4,8 +4,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kv_core::{Limits, MemoryStorage, Sessions, Storage};
+use kv_core::{Limits, MemoryStorage, Storage};
+use kv_proto::v1::{self, shard_master_client::ShardMasterClient};
 use tokio::net::TcpListener;
+use tonic::Code;
 use tonic::server::NamedService;
 use tonic::service::Routes;
 use tonic::transport::Server;
@@ -13,8 +15,10 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
+use crate::node::Node;
+use crate::peers::Peers;
 use crate::service::{
-    CompatKvService, CompatShardMasterService, KeyValueService, Membership, ShardMasterService,
+    CompatKvService, CompatShardMasterService, KeyValueService, Membership, NodeService, ShardMasterService,
 };
 
 /// How a storage server is set up.
@@ -24,11 +28,47 @@ pub struct StorageConfig {
     pub limits: Limits,
     /// How long requests in flight may run on after shutdown begins, before they are dropped.
     pub shutdown_grace: Duration,
+    /// The cluster to join at start-up and leave at shutdown; `None` for a server that is
+    /// standalone until a shard master makes it a member.
+    pub cluster: Option<ClusterMembership>,
+    /// How long a hand-off of slots may keep retrying a peer that does not answer.
+    pub handoff_timeout: Duration,
+}
+
+/// A storage server's membership of a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterMembership {
+    /// The shard master's address, `host:port`.
+    pub shardmaster: String,
+    /// The address the server is known by (clients and peers dial it); by default the address it
+    /// listens on.
+    pub advertise: Option<String>,
+    /// How long joining may keep retrying a shard master that does not answer yet.
+    pub join_timeout: Duration,
+    /// How long leaving, with the hand-off of all this server's data, may take at shutdown.
+    pub leave_timeout: Duration,
+}
+
+impl ClusterMembership {
+    /// Joins the cluster of the shard master at `shardmaster`, with default timeouts.
+    pub fn new(shardmaster: impl Into<String>) -> Self {
+        ClusterMembership {
+            shardmaster: shardmaster.into(),
+            advertise: None,
+            join_timeout: Duration::from_secs(30),
+            leave_timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { limits: Limits::default(), shutdown_grace: Duration::from_secs(10) }
+        StorageConfig {
+            limits: Limits::default(),
+            shutdown_grace: Duration::from_secs(10),
+            cluster: None,
+            handoff_timeout: Duration::from_secs(30),
+        }
     }
 }
 
@@ -37,11 +77,14 @@ impl Default for StorageConfig {
 pub struct ShardMasterConfig {
     /// How long requests in flight may run on after shutdown begins, before they are dropped.
     pub shutdown_grace: Duration,
+    /// How long the data moves of one membership change may take before the change is reported
+    /// as incomplete.
+    pub move_timeout: Duration,
 }
 
 impl Default for ShardMasterConfig {
     fn default() -> Self {
-        ShardMasterConfig { shutdown_grace: Duration::from_secs(10) }
+        ShardMasterConfig { shutdown_grace: Duration::from_secs(10), move_timeout: Duration::from_secs(30) }
     }
 }
 
@@ -54,26 +97,121 @@ pub enum ServeError {
     /// The reflection service could not be built from the descriptors.
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The listener's address could not be read.
+    #[error("cannot read the listening address: {0}")]
+    Address(#[from] std::io::Error),
+    /// The server could not join its cluster.
+    #[error("cannot join the cluster of shard master {shardmaster}: {reason}")]
+    Join {
+        /// The shard master.
+        shardmaster: String,
+        /// Why.
+        reason: String,
+    },
 }
 
-/// Serves a standalone storage server, with an in-memory engine, on `listener` until
-/// `shutdown` completes; then drains as the crate docs say.
+/// Serves a storage server, with an in-memory engine, on `listener` until `shutdown` completes;
+/// then drains as the crate docs say. With [`StorageConfig::cluster`], it joins the cluster once
+/// it serves, and at shutdown leaves it (handing its data off) before it stops serving.
 pub async fn run_storage(
     listener: TcpListener,
     config: StorageConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::with_limits(config.limits));
+    let cluster = config.cluster.clone();
+    let me = match cluster.as_ref().and_then(|c| c.advertise.clone()) {
+        Some(advertise) => advertise,
+        None => listener.local_addr()?.to_string(),
+    };
+    let node = Arc::new(Node::new(storage, me.clone(), Peers::new(), config.handoff_timeout));
     // Room for the largest request the limits allow, plus framing; larger messages are refused
     // by the transport (OUT_OF_RANGE) before they are read into memory.
     let max_message = (config.limits.max_key_len + config.limits.max_value_len + 64 * 1024).max(4 << 20);
-    let key_value = KeyValueService::new(Arc::clone(&storage), Arc::new(Sessions::default()))
-        .into_server()
-        .max_decoding_message_size(max_message);
-    let compat_kv = CompatKvService::new(storage).into_server().max_decoding_message_size(max_message);
-    let names = [service_name(&key_value), service_name(&compat_kv)];
-    let routes = Routes::new(key_value).add_service(compat_kv);
-    serve(listener, routes, &names, config.shutdown_grace, shutdown).await
+    let key_value =
+        KeyValueService::new(Arc::clone(&node)).into_server().max_decoding_message_size(max_message);
+    let compat_kv =
+        CompatKvService::new(Arc::clone(&node)).into_server().max_decoding_message_size(max_message);
+    // Transfer batches hold up to 1 MiB of keys plus one value, and the exactly-once records.
+    let node_rpc = NodeService::new(node).into_server().max_decoding_message_size(max_message.max(256 << 20));
+    let names = [service_name(&key_value), service_name(&compat_kv), service_name(&node_rpc)];
+    let routes = Routes::new(key_value).add_service(compat_kv).add_service(node_rpc);
+    let Some(cluster) = cluster else {
+        return serve(listener, routes, &names, config.shutdown_grace, shutdown).await;
+    };
+
+    let leave = {
+        let (cluster, me) = (cluster.clone(), me.clone());
+        async move {
+            shutdown.await;
+            leave_cluster(&cluster, &me).await;
+        }
+    };
+    let serving = serve(listener, routes, &names, config.shutdown_grace, leave);
+    tokio::pin!(serving);
+    tokio::select! {
+        result = &mut serving => return result,
+        joined = join_cluster(&cluster, &me) => joined?,
+    }
+    serving.await
+}
+
+/// Joins the cluster, retrying while the shard master cannot be reached (or cannot reach us).
+async fn join_cluster(cluster: &ClusterMembership, me: &str) -> Result<(), ServeError> {
+    let deadline = tokio::time::Instant::now() + cluster.join_timeout;
+    let failed = |reason: String| ServeError::Join { shardmaster: cluster.shardmaster.clone(), reason };
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let answer = match Peers::new().channel(&cluster.shardmaster) {
+            Ok(channel) => {
+                let mut request = tonic::Request::new(v1::JoinRequest { server: me.to_owned() });
+                request.set_timeout(cluster.join_timeout);
+                ShardMasterClient::new(channel).join(request).await
+            }
+            Err(status) => return Err(failed(status.message().to_owned())),
+        };
+        match answer {
+            Ok(config) => {
+                let epoch = config.into_inner().epoch;
+                info!(epoch, address = me, "joined the cluster");
+                println!("kv-server storage joined the cluster as {me} at epoch {epoch}");
+                return Ok(());
+            }
+            Err(status) if status.code() == Code::AlreadyExists => {
+                return Err(failed(format!(
+                    "{me} is a member already: it stopped without leaving, and the data it held is lost; \
+                     remove it (kv cluster leave {me}) before starting it again"
+                )));
+            }
+            Err(status)
+                if matches!(status.code(), Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded)
+                    && tokio::time::Instant::now() + backoff < deadline =>
+            {
+                warn!(cause = %status.message(), "cannot join yet; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            Err(status) => return Err(failed(status.message().to_owned())),
+        }
+    }
+}
+
+/// Leaves the cluster, handing this server's data to the others; logs what went wrong.
+async fn leave_cluster(cluster: &ClusterMembership, me: &str) {
+    info!(shardmaster = %cluster.shardmaster, "leaving the cluster: handing off this server's data");
+    let answer = match Peers::new().channel(&cluster.shardmaster) {
+        Ok(channel) => {
+            let mut request = tonic::Request::new(v1::LeaveRequest { server: me.to_owned() });
+            request.set_timeout(cluster.leave_timeout);
+            ShardMasterClient::new(channel).leave(request).await
+        }
+        Err(status) => Err(status),
+    };
+    match answer {
+        Ok(config) => info!(epoch = config.get_ref().epoch, "left the cluster"),
+        Err(status) if status.code() == Code::NotFound => info!("not a member any more"),
+        Err(status) => warn!(code = ?status.code(), cause = %status.message(), "could not leave the cluster"),
+    }
 }
 
 /// Serves a shard master on `listener` until `shutdown` completes.
@@ -82,7 +220,7 @@ pub async fn run_shardmaster(
     config: ShardMasterConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let membership = Arc::new(Membership::new());
+    let membership = Arc::new(Membership::new(config.move_timeout));
     let native = ShardMasterService::new(Arc::clone(&membership)).into_server();
     let compat = CompatShardMasterService::new(membership).into_server();
     let names = [service_name(&native), service_name(&compat)];

@@ -68,9 +68,11 @@ fn a_python_grpcio_client_uses_the_shard_master() {
         return;
     }
     let master = ServerProcess::start_shardmaster();
+    let servers = [ServerProcess::start(), ServerProcess::start(), ServerProcess::start()];
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("compat_python_shardmaster.py");
     let mut command = Command::new("python3");
     command.arg(&script).arg(master.addr().to_string());
+    command.args(servers.iter().map(|server| server.addr().to_string()));
     let output = run_to_exit(command);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(

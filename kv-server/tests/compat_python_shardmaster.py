@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """The course assignment's shard master interface, as a plain grpcio client.
 
-Usage: compat_python_shardmaster.py HOST:PORT
+Usage: compat_python_shardmaster.py SHARDMASTER STORAGE STORAGE STORAGE
+
+The storage servers must be running (a shard master only accepts servers that answer).
 
 Generates the Python stubs from kv-proto/proto/shardmaster.proto with grpc_tools.protoc, then, on
 a fresh shard master: Query with no member fails with UNAVAILABLE; Join of 3 servers; every key of
@@ -20,7 +22,7 @@ import grpc
 
 from compat_common import RPC_TIMEOUT, Mismatch, check, generate_stubs
 
-SERVERS = ["127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103"]
+SERVERS = []
 
 
 def expect_error(call, code, what):
@@ -33,9 +35,10 @@ def expect_error(call, code, what):
 
 
 def main():
-    if len(sys.argv) != 2:
+    if len(sys.argv) != 5:
         print(__doc__, file=sys.stderr)
         return 2
+    SERVERS.extend(sys.argv[2:])
     with tempfile.TemporaryDirectory() as out_dir:
         pb2, pb2_grpc = generate_stubs(out_dir, "shardmaster")
         channel = grpc.insecure_channel(sys.argv[1])

@@ -10,8 +10,42 @@ use kv_proto::convert::config_from_wire;
 use kv_proto::v1::shard_master_client::ShardMasterClient;
 use kv_proto::{compat, v1};
 use kv_shard::{Config, slot_of};
+use tokio::net::TcpListener;
 use tonic::Code;
 use tonic::transport::Channel;
+
+/// Storage servers in this process, on `127.0.0.1:0`, stopped when dropped.
+struct StorageServers {
+    addrs: Vec<String>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl StorageServers {
+    async fn start(n: usize) -> Self {
+        let (mut addrs, mut tasks) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addrs.push(listener.local_addr().unwrap().to_string());
+            let config = kv_server::StorageConfig::default();
+            tasks.push(tokio::spawn(async move {
+                kv_server::run_storage(listener, config, std::future::pending()).await.unwrap();
+            }));
+        }
+        StorageServers { addrs, tasks }
+    }
+
+    fn addr(&self, i: usize) -> &str {
+        &self.addrs[i]
+    }
+}
+
+impl Drop for StorageServers {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
 
 async fn clients(master: &ServerProcess) -> (ShardMasterClient<Channel>, CompatClient<Channel>) {
     let channel = master.unary_channel().await;
@@ -41,12 +75,14 @@ async fn joins_leaves_and_queries_follow_the_placement() {
     let master = ServerProcess::start_shardmaster();
     within("membership", async {
         let (sm, _) = clients(&master).await;
+        let servers = StorageServers::start(3).await;
+        let (s1, s2, s3) = (servers.addr(0), servers.addr(1), servers.addr(2));
         assert_eq!(current(&sm).await, Config::new());
         assert_eq!(query(&sm, "k").await.unwrap_err().code(), Code::Unavailable, "no member, no owner");
 
         // The master's configurations are the placement's, step by step.
         let mut expected = Config::new();
-        for server in ["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"] {
+        for server in [s1, s2, s3] {
             expected = expected.join(server).unwrap();
             assert_eq!(join(&sm, server).await.unwrap(), expected);
         }
@@ -60,16 +96,18 @@ async fn joins_leaves_and_queries_follow_the_placement() {
         }
 
         // Refused changes change nothing.
-        assert_eq!(join(&sm, "127.0.0.1:7002").await.unwrap_err().code(), Code::AlreadyExists);
+        assert_eq!(join(&sm, s2).await.unwrap_err().code(), Code::AlreadyExists);
         assert_eq!(leave(&sm, "127.0.0.1:9999").await.unwrap_err().code(), Code::NotFound);
         assert_eq!(join(&sm, "not an address").await.unwrap_err().code(), Code::InvalidArgument);
+        let unreachable = join(&sm, "127.0.0.1:1").await.unwrap_err();
+        assert_eq!(unreachable.code(), Code::Unavailable, "a server that does not answer cannot join");
         assert_eq!(current(&sm).await, expected);
 
-        expected = expected.leave("127.0.0.1:7001").unwrap();
-        assert_eq!(leave(&sm, "127.0.0.1:7001").await.unwrap(), expected);
-        expected = expected.leave("127.0.0.1:7002").unwrap().leave("127.0.0.1:7003").unwrap();
-        leave(&sm, "127.0.0.1:7002").await.unwrap();
-        assert_eq!(leave(&sm, "127.0.0.1:7003").await.unwrap(), expected);
+        expected = expected.leave(s1).unwrap();
+        assert_eq!(leave(&sm, s1).await.unwrap(), expected);
+        expected = expected.leave(s2).unwrap().leave(s3).unwrap();
+        leave(&sm, s2).await.unwrap();
+        assert_eq!(leave(&sm, s3).await.unwrap(), expected);
         assert!(expected.is_empty());
         assert_eq!(query(&sm, "k").await.unwrap_err().code(), Code::Unavailable, "the last member left");
     })
@@ -81,20 +119,21 @@ async fn the_compatibility_service_shares_the_state_and_decimal_keys() {
     let master = ServerProcess::start_shardmaster();
     within("compat", async {
         let (sm, mut compat) = clients(&master).await;
+        let servers = StorageServers::start(4).await;
         let q = |key: u32| compat::QueryRequest { key };
         assert_eq!(compat.query(q(42)).await.unwrap_err().code(), Code::Unavailable);
-        for port in 7001..=7004 {
-            compat.join(compat::JoinRequest { server: format!("127.0.0.1:{port}") }).await.unwrap();
+        for server in &servers.addrs {
+            compat.join(compat::JoinRequest { server: server.clone() }).await.unwrap();
         }
         assert_eq!(current(&sm).await.len(), 4, "joins through the compatibility API are members");
         for key in [0u32, 15, 42, 81, 100, u32::MAX] {
             let owner = compat.query(q(key)).await.unwrap().into_inner().server;
             assert_eq!(owner, query(&sm, &key.to_string()).await.unwrap().server, "key {key}");
         }
-        let err = compat.join(compat::JoinRequest { server: "127.0.0.1:7001".into() }).await.unwrap_err();
+        let err = compat.join(compat::JoinRequest { server: servers.addr(0).into() }).await.unwrap_err();
         assert_eq!(err.code(), Code::AlreadyExists);
-        compat.leave(compat::LeaveRequest { server: "127.0.0.1:7001".into() }).await.unwrap();
-        assert!(current(&sm).await.id_of("127.0.0.1:7001").is_none());
+        compat.leave(compat::LeaveRequest { server: servers.addr(0).into() }).await.unwrap();
+        assert!(current(&sm).await.id_of(servers.addr(0)).is_none());
     })
     .await;
 }
@@ -106,10 +145,11 @@ async fn concurrent_changes_are_serialised() {
     let master = ServerProcess::start_shardmaster();
     within("concurrent joins", async {
         let (sm, _) = clients(&master).await;
+        let servers = StorageServers::start(17).await;
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..16 {
-            let sm = sm.clone();
-            tasks.spawn(async move { join(&sm, &format!("10.0.0.{i}:7000")).await.map(|c| c.epoch()) });
+            let (sm, server) = (sm.clone(), servers.addr(i).to_owned());
+            tasks.spawn(async move { join(&sm, &server).await.map(|c| c.epoch()) });
         }
         let mut epochs: Vec<u64> = Vec::new();
         while let Some(result) = tasks.join_next().await {
@@ -124,8 +164,8 @@ async fn concurrent_changes_are_serialised() {
 
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..8 {
-            let sm = sm.clone();
-            tasks.spawn(async move { join(&sm, "10.0.1.1:7000").await.is_ok() });
+            let (sm, server) = (sm.clone(), servers.addr(16).to_owned());
+            tasks.spawn(async move { join(&sm, &server).await.is_ok() });
         }
         let mut successes = 0;
         while let Some(ok) = tasks.join_next().await {

@@ -1,7 +1,9 @@
 //! Wire requests to data-model values, and cluster configurations both ways.
 
+mod node;
 mod shard;
 
+pub use node::{session_from_wire, session_to_wire};
 pub use shard::{config_from_wire, config_to_wire};
 
 use kv_core::Mutation;

@@ -5,24 +5,26 @@
 
 use std::sync::Arc;
 
-use kv_core::{Mutation, Storage};
+use kv_core::Mutation;
 use kv_proto::compat::{self, kv_store_server::KvStore};
 use kv_proto::convert::compat_key;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use super::to_status;
+use crate::node::Node;
 
-/// Serves the course assignment's `KVStore` over a storage engine.
-#[derive(Clone)]
+/// Serves the course assignment's `KVStore` over a storage server's [`Node`] (so it serves the
+/// same slots as the native API, and refuses the others the same way).
+#[derive(Debug, Clone)]
 pub struct CompatKvService {
-    storage: Arc<dyn Storage>,
+    node: Arc<Node>,
 }
 
 impl CompatKvService {
-    /// Serves `storage`.
-    pub fn new(storage: Arc<dyn Storage>) -> Self {
-        CompatKvService { storage }
+    /// Serves `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        CompatKvService { node }
     }
 
     /// The tonic server for this service.
@@ -31,7 +33,7 @@ impl CompatKvService {
     }
 
     async fn pop(&self, mutation: Mutation) -> Result<Response<compat::GetResponse>, Status> {
-        let output = self.storage.apply(mutation).await.map_err(to_status)?;
+        let output = self.node.write(None, mutation).await.map_err(to_status)?;
         Ok(Response::new(compat::GetResponse { value: output.into_popped() }))
     }
 }
@@ -44,7 +46,7 @@ impl KvStore for CompatKvService {
         request: Request<compat::GetRequest>,
     ) -> Result<Response<compat::GetResponse>, Status> {
         let key = compat_key(request.get_ref().key);
-        let value = self.storage.get(&key).await.map_err(to_status)?;
+        let value = self.node.get(&key).await.map_err(to_status)?;
         Ok(Response::new(compat::GetResponse { value }))
     }
 
@@ -67,14 +69,14 @@ impl KvStore for CompatKvService {
     #[instrument(level = "debug", skip_all, fields(key = request.get_ref().key))]
     async fn put(&self, request: Request<compat::PutRequest>) -> Result<Response<()>, Status> {
         let compat::PutRequest { key, value } = request.into_inner();
-        self.storage.apply(Mutation::put(compat_key(key), value)).await.map_err(to_status)?;
+        self.node.write(None, Mutation::put(compat_key(key), value)).await.map_err(to_status)?;
         Ok(Response::new(()))
     }
 
     #[instrument(level = "debug", skip_all, fields(key = request.get_ref().key))]
     async fn append(&self, request: Request<compat::AppendRequest>) -> Result<Response<()>, Status> {
         let compat::AppendRequest { key, value } = request.into_inner();
-        self.storage.apply(Mutation::append(compat_key(key), value)).await.map_err(to_status)?;
+        self.node.write(None, Mutation::append(compat_key(key), value)).await.map_err(to_status)?;
         Ok(Response::new(()))
     }
 }

@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use kv_proto::compat::{self, shard_master_server::ShardMaster};
 use kv_proto::convert::compat_key;
-use kv_proto::status::status_from_shard_error;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
@@ -36,13 +35,13 @@ impl CompatShardMasterService {
 impl ShardMaster for CompatShardMasterService {
     #[instrument(skip_all, fields(server = %request.get_ref().server))]
     async fn join(&self, request: Request<compat::JoinRequest>) -> Result<Response<()>, Status> {
-        self.membership.join(&request.get_ref().server).await.map_err(|e| status_from_shard_error(&e))?;
+        self.membership.join(&request.get_ref().server).await.map_err(|e| e.to_status())?;
         Ok(Response::new(()))
     }
 
     #[instrument(skip_all, fields(server = %request.get_ref().server))]
     async fn leave(&self, request: Request<compat::LeaveRequest>) -> Result<Response<()>, Status> {
-        self.membership.leave(&request.get_ref().server).await.map_err(|e| status_from_shard_error(&e))?;
+        self.membership.leave(&request.get_ref().server).await.map_err(|e| e.to_status())?;
         Ok(Response::new(()))
     }
 

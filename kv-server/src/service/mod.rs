@@ -4,14 +4,16 @@
 mod compat_kv;
 mod compat_shard_master;
 mod key_value;
+mod node;
 mod shard_master;
 
 pub use compat_kv::CompatKvService;
 pub use compat_shard_master::CompatShardMasterService;
 pub use key_value::KeyValueService;
+pub use node::NodeService;
 pub use shard_master::ShardMasterService;
 
-pub use crate::membership::Membership;
+pub use crate::membership::{ChangeError, Membership};
 
 use kv_core::Error;
 use tonic::Status;

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use kv_proto::convert::config_to_wire;
-use kv_proto::status::status_from_shard_error;
 use kv_proto::v1::{self, shard_master_server::ShardMaster};
 use kv_shard::slot_of;
 use tonic::{Request, Response, Status};
@@ -34,14 +33,14 @@ impl ShardMaster for ShardMasterService {
     #[instrument(skip_all, fields(server = %request.get_ref().server))]
     async fn join(&self, request: Request<v1::JoinRequest>) -> Result<Response<v1::ClusterConfig>, Status> {
         let config = self.membership.join(&request.get_ref().server).await;
-        let config = config.map_err(|e| status_from_shard_error(&e))?;
+        let config = config.map_err(|e| e.to_status())?;
         Ok(Response::new(config_to_wire(&config)))
     }
 
     #[instrument(skip_all, fields(server = %request.get_ref().server))]
     async fn leave(&self, request: Request<v1::LeaveRequest>) -> Result<Response<v1::ClusterConfig>, Status> {
         let config = self.membership.leave(&request.get_ref().server).await;
-        let config = config.map_err(|e| status_from_shard_error(&e))?;
+        let config = config.map_err(|e| e.to_status())?;
         Ok(Response::new(config_to_wire(&config)))
     }
 

@@ -1,0 +1,381 @@
+//! A storage server's core: the engine, the exactly-once sessions, and the slots it serves.
+//!
+//! Every request passes [`Node::admit`], which checks under a read lock that the key's slot is
+//! served here, and keeps the lock until the operation is done. Installing a configuration takes
+//! the write lock: it waits for the operations already admitted, switches, and from then on
+//! requests for the slots it lost are refused. So by the time a lost slot is exported, every
+//! write that was applied to it (answered or not) is in the engine and in the sessions, which is
+//! what makes the hand-off lose nothing (the protocol is in `kv_shard`'s docs).
+//!
+//! A server that has never installed a configuration is *standalone*: it serves every key. The
+//! first configuration installed makes it a cluster member for good.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use kv_core::session::Begin;
+use kv_core::{Error, Mutation, Output, RequestId, Sessions, Storage};
+use kv_proto::convert::{session_from_wire, session_to_wire};
+use kv_proto::v1::{self, node_client::NodeClient};
+use kv_shard::{Accept, Config, Ownership, Refused, SLOTS, Slot, slot_of};
+use tokio::sync::{Mutex, RwLock, RwLockReadGuard};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use tracing::{info, warn};
+
+use crate::peers::Peers;
+
+/// Largest transfer batch, in bytes of keys and values (a batch holds at least one key).
+const BATCH_BYTES: usize = 1 << 20;
+
+/// The routing state behind the lock every request reads.
+#[derive(Debug)]
+struct Routing {
+    /// No configuration installed yet: every key is served.
+    standalone: bool,
+    ownership: Ownership,
+}
+
+/// Hand-offs this server owes: slots it stopped serving whose data is still here, per new owner.
+#[derive(Debug, Default)]
+struct Outgoing {
+    epoch: u64,
+    to: BTreeMap<String, Vec<Slot>>,
+}
+
+/// What an install did.
+#[derive(Debug, Default)]
+pub struct InstallReport {
+    /// Slots handed off, and the keys in them.
+    pub slots_sent: u64,
+    /// Keys handed off.
+    pub keys_sent: u64,
+    /// Slots lost before their data arrived here.
+    pub never_arrived: Vec<Slot>,
+}
+
+/// One storage server.
+pub struct Node {
+    storage: Arc<dyn Storage>,
+    sessions: Sessions,
+    routing: RwLock<Routing>,
+    /// Serialises installs, and holds the hand-offs still owed.
+    outgoing: Mutex<Outgoing>,
+    peers: Peers,
+    /// How long one hand-off may keep retrying a peer that does not answer.
+    handoff_timeout: Duration,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("routing", &self.routing).finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// A standalone server over `storage`, that will call itself `me` if it joins a cluster.
+    pub fn new(storage: Arc<dyn Storage>, me: String, peers: Peers, handoff_timeout: Duration) -> Self {
+        Node {
+            storage,
+            sessions: Sessions::default(),
+            routing: RwLock::new(Routing { standalone: true, ownership: Ownership::new(me) }),
+            outgoing: Mutex::new(Outgoing::default()),
+            peers,
+            handoff_timeout,
+        }
+    }
+
+    /// Admits a request for `key`: the returned guard must be held until the operation is done.
+    async fn admit(&self, key: &str) -> Result<(RwLockReadGuard<'_, Routing>, Slot), Error> {
+        let slot = slot_of(key);
+        let routing = self.routing.read().await;
+        if !routing.standalone {
+            routing.ownership.check(slot).map_err(|refused| match refused {
+                Refused::WrongShard { epoch, owner } => Error::WrongShard { slot, epoch, owner },
+                Refused::Moving { epoch } => Error::Moving { slot, epoch },
+            })?;
+        }
+        Ok((routing, slot))
+    }
+
+    /// The value of `key`.
+    pub async fn get(&self, key: &str) -> Result<Option<String>, Error> {
+        self.storage.limits().check_key(key)?;
+        let (_admitted, _) = self.admit(key).await?;
+        self.storage.get(key).await
+    }
+
+    /// Applies `mutation`; if it carries an id, at most once (see [`kv_core::session`]).
+    pub async fn write(&self, id: Option<RequestId>, mutation: Mutation) -> Result<Output, Error> {
+        self.storage.limits().check_key(&mutation.key)?;
+        let (_admitted, slot) = self.admit(&mutation.key).await?;
+        let Some(id) = id else {
+            return self.storage.apply(mutation).await;
+        };
+        match self.sessions.begin(id, mutation.fingerprint(), slot, Instant::now())? {
+            Begin::Answered(output) => Ok(output),
+            Begin::Apply(ticket) => {
+                // No await point between the engine applying the write and the ticket recording
+                // it: the in-memory engine completes `apply` without yielding.
+                let output = self.storage.apply(mutation).await?;
+                ticket.finish(&output);
+                Ok(output)
+            }
+        }
+    }
+
+    /// What this server holds, for `Status`.
+    pub async fn status(&self) -> Result<v1::StatusResponse, Error> {
+        let keys = self.storage.key_count().await? as u64;
+        let routing = self.routing.read().await;
+        let incoming = routing.ownership.incoming().values().map(Vec::len).sum::<usize>();
+        Ok(v1::StatusResponse {
+            address: routing.ownership.me().to_owned(),
+            epoch: routing.ownership.epoch(),
+            serving_slots: if routing.standalone { SLOTS } else { routing.ownership.serving() } as u32,
+            incoming_slots: incoming as u32,
+            keys,
+            standalone: routing.standalone,
+        })
+    }
+
+    /// Switches to `next` (whose predecessor at the shard master is `previous`), then hands off
+    /// the slots this server lost; see the `Node.Install` RPC.
+    pub async fn install(
+        &self,
+        previous: Config,
+        next: Config,
+        abandoned: Vec<Slot>,
+    ) -> Result<InstallReport, Status> {
+        let mut outgoing = self.outgoing.lock().await;
+        let mut report = InstallReport::default();
+        {
+            // Waits for every request admitted so far to finish.
+            let mut routing = self.routing.write().await;
+            if next.epoch() == routing.ownership.epoch() && !routing.standalone {
+                for slot in abandoned {
+                    warn!(slot, "serving a slot whose data was lost with its sender");
+                    routing.ownership.complete(slot);
+                }
+            } else {
+                if !routing.standalone && next.epoch() < routing.ownership.epoch() {
+                    return Err(Status::failed_precondition(format!(
+                        "this server is at epoch {}, past {}",
+                        routing.ownership.epoch(),
+                        next.epoch()
+                    )));
+                }
+                let handoff = routing
+                    .ownership
+                    .install(&previous, next)
+                    .map_err(|err| Status::invalid_argument(err.to_string()))?;
+                routing.standalone = false;
+                let epoch = routing.ownership.epoch();
+                info!(
+                    epoch,
+                    outgoing = handoff.outgoing.values().map(Vec::len).sum::<usize>(),
+                    incoming = handoff.incoming.values().map(Vec::len).sum::<usize>(),
+                    "installed configuration"
+                );
+                if !outgoing.to.is_empty() {
+                    warn!(
+                        epoch = outgoing.epoch,
+                        slots = outgoing.to.values().map(Vec::len).sum::<usize>(),
+                        "hand-offs of an earlier epoch never finished; their data stays here, unserved"
+                    );
+                }
+                if !handoff.never_arrived.is_empty() {
+                    warn!(slots = handoff.never_arrived.len(), "lost slots whose data never arrived here");
+                }
+                report.never_arrived = handoff.never_arrived;
+                *outgoing = Outgoing { epoch, to: handoff.outgoing };
+                if !handoff.orphaned.is_empty() {
+                    let orphaned = slot_set(&handoff.orphaned);
+                    let dropped = self
+                        .storage
+                        .remove_where(&|key| orphaned[usize::from(slot_of(key))])
+                        .await
+                        .map_err(|err| Status::internal(err.to_string()))?;
+                    self.sessions.forget(|slot| orphaned[usize::from(slot)]);
+                    warn!(
+                        slots = handoff.orphaned.len(),
+                        keys = dropped,
+                        "no server owns our slots any more"
+                    );
+                }
+            }
+        }
+        let epoch = outgoing.epoch;
+        let me = self.routing.read().await.ownership.me().to_owned();
+        let sends = outgoing.to.iter().map(|(to, slots)| {
+            let me = me.as_str();
+            async move { (to.clone(), slots.len(), self.hand_off(me, to, epoch, slots).await) }
+        });
+        let mut failures = Vec::new();
+        for (to, slots, result) in join_all(sends).await {
+            match result {
+                Ok(keys) => {
+                    report.slots_sent += slots as u64;
+                    report.keys_sent += keys;
+                    outgoing.to.remove(&to);
+                }
+                Err(status) => failures.push(format!("to {to}: {}", status.message())),
+            }
+        }
+        if failures.is_empty() {
+            Ok(report)
+        } else {
+            Err(Status::unavailable(format!(
+                "hand-off incomplete (the data stays here; installing epoch {epoch} again resumes it): {}",
+                failures.join("; ")
+            )))
+        }
+    }
+
+    /// Sends `slots` to `to` in batches, then drops them here; returns the keys sent.
+    async fn hand_off(&self, me: &str, to: &str, epoch: u64, slots: &[Slot]) -> Result<u64, Status> {
+        let started = Instant::now();
+        let set = slot_set(slots);
+        let internal = |err: Error| Status::internal(err.to_string());
+        let entries = self.storage.export(&|key| set[usize::from(slot_of(key))]).await.map_err(internal)?;
+        let keys = entries.len() as u64;
+        let mut by_slot: BTreeMap<Slot, Vec<(String, String)>> = BTreeMap::new();
+        for (key, value) in entries {
+            by_slot.entry(slot_of(&key)).or_default().push((key, value));
+        }
+        // The first batch carries the exactly-once records, and completes the empty slots.
+        let mut batch = v1::TransferRequest {
+            epoch,
+            from: me.to_owned(),
+            entries: Vec::new(),
+            sessions: self
+                .sessions
+                .export(|slot| set[usize::from(slot)])
+                .iter()
+                .map(session_to_wire)
+                .collect(),
+            complete: slots.iter().filter(|s| !by_slot.contains_key(s)).map(|&s| u32::from(s)).collect(),
+        };
+        let mut bytes = 0;
+        let mut batches = 0;
+        for (slot, entries) in by_slot {
+            for (key, value) in entries {
+                if bytes > 0 && bytes + key.len() + value.len() > BATCH_BYTES {
+                    self.send(to, std::mem::replace(&mut batch, empty_batch(epoch, me))).await?;
+                    batches += 1;
+                    bytes = 0;
+                }
+                bytes += key.len() + value.len();
+                batch.entries.push(v1::Entry { key, value });
+            }
+            batch.complete.push(u32::from(slot));
+        }
+        self.send(to, batch).await?;
+        batches += 1;
+        // Everything is at `to`: drop our copy.
+        self.storage.remove_where(&|key| set[usize::from(slot_of(key))]).await.map_err(internal)?;
+        self.sessions.forget(|slot| set[usize::from(slot)]);
+        info!(to, epoch, slots = slots.len(), keys, batches, took = ?started.elapsed(), "handed off slots");
+        Ok(keys)
+    }
+
+    /// Sends one batch, retrying while `to` is unreachable or not yet at `epoch`.
+    async fn send(&self, to: &str, batch: v1::TransferRequest) -> Result<(), Status> {
+        let deadline = Instant::now() + self.handoff_timeout;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let mut client: NodeClient<Channel> = self.peers.node(to)?;
+            let mut request = tonic::Request::new(batch.clone());
+            request.set_timeout(self.handoff_timeout);
+            match client.transfer(request).await {
+                Ok(_) => return Ok(()),
+                Err(status) if retryable(&status) && Instant::now() + backoff < deadline => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                Err(status) => return Err(status),
+            }
+        }
+    }
+
+    /// Installs one batch from the slots' previous owner.
+    pub async fn transfer(&self, batch: v1::TransferRequest) -> Result<(), Status> {
+        let v1::TransferRequest { epoch, from, entries, sessions, complete } = batch;
+        let to_slot = |wire: u32| {
+            u16::try_from(wire)
+                .ok()
+                .filter(|&s| usize::from(s) < SLOTS)
+                .ok_or_else(|| Status::invalid_argument(format!("no slot {wire}")))
+        };
+        let complete = complete.into_iter().map(to_slot).collect::<Result<Vec<_>, _>>()?;
+        let sessions = sessions
+            .into_iter()
+            .map(|record| {
+                session_from_wire(record).ok_or_else(|| Status::invalid_argument("malformed record"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        // Decide per slot, under the lock, what to do with it.
+        let mut take = vec![false; SLOTS];
+        {
+            let routing = self.routing.read().await;
+            if routing.standalone {
+                return Err(Status::failed_precondition("a standalone server takes no transfers"));
+            }
+            let slots = entries.iter().map(|e| slot_of(&e.key)).chain(complete.iter().copied());
+            let slots = slots.chain(sessions.iter().flat_map(|r| r.answers.iter().map(|a| a.tag)));
+            for slot in slots {
+                match routing.ownership.accept(epoch, &from, slot) {
+                    Accept::Take => take[usize::from(slot)] = true,
+                    Accept::Done => {}
+                    Accept::Later => {
+                        return Err(Status::unavailable(format!(
+                            "this server has not installed epoch {epoch} yet; retry"
+                        )));
+                    }
+                    Accept::Refuse(reason) => return Err(Status::failed_precondition(reason)),
+                }
+            }
+        }
+        let entries: Vec<(String, String)> = entries
+            .into_iter()
+            .filter(|e| take[usize::from(slot_of(&e.key))])
+            .map(|e| (e.key, e.value))
+            .collect();
+        self.storage.import(entries).await.map_err(|err| Status::internal(err.to_string()))?;
+        let sessions = sessions
+            .into_iter()
+            .map(|mut record| {
+                record.answers.retain(|a| take[usize::from(a.tag)]);
+                record
+            })
+            .collect();
+        self.sessions.import(sessions, Instant::now());
+        let mut routing = self.routing.write().await;
+        for slot in complete {
+            if take[usize::from(slot)] && routing.ownership.accept(epoch, &from, slot) == Accept::Take {
+                routing.ownership.complete(slot);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn empty_batch(epoch: u64, from: &str) -> v1::TransferRequest {
+    v1::TransferRequest { epoch, from: from.to_owned(), ..Default::default() }
+}
+
+/// A membership table over all slots.
+fn slot_set(slots: &[Slot]) -> Vec<bool> {
+    let mut set = vec![false; SLOTS];
+    for &slot in slots {
+        set[usize::from(slot)] = true;
+    }
+    set
+}
+
+/// Whether a peer's answer means "try again later": it is unreachable, or not ready yet.
+pub(crate) fn retryable(status: &Status) -> bool {
+    matches!(status.code(), Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded | Code::Unknown)
+}

@@ -1,0 +1,80 @@
+//! `kv.v1.Node`: the storage server's side of resharding (see [`crate::node`]).
+
+use std::sync::Arc;
+
+use kv_proto::convert::config_from_wire;
+use kv_proto::v1::{self, node_server::Node as NodeRpc};
+use kv_shard::{SLOTS, Slot};
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use super::to_status;
+use crate::node::Node;
+
+/// Serves the resharding RPCs of one storage server.
+#[derive(Debug, Clone)]
+pub struct NodeService {
+    node: Arc<Node>,
+}
+
+impl NodeService {
+    /// Serves `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        NodeService { node }
+    }
+
+    /// The tonic server for this service.
+    pub fn into_server(self) -> v1::node_server::NodeServer<Self> {
+        v1::node_server::NodeServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl NodeRpc for NodeService {
+    #[instrument(skip_all, fields(epoch = request.get_ref().config.as_ref().map(|c| c.epoch)))]
+    async fn install(
+        &self,
+        request: Request<v1::InstallRequest>,
+    ) -> Result<Response<v1::InstallResponse>, Status> {
+        let request = request.into_inner();
+        let config = |wire: Option<v1::ClusterConfig>, what: &str| {
+            let wire = wire.ok_or_else(|| Status::invalid_argument(format!("no {what} configuration")))?;
+            config_from_wire(&wire).map_err(|err| Status::invalid_argument(format!("{what}: {err}")))
+        };
+        let next = config(request.config, "new")?;
+        let previous = config(request.previous, "previous")?;
+        let abandoned = request
+            .abandoned
+            .into_iter()
+            .map(|s| {
+                Slot::try_from(s)
+                    .ok()
+                    .filter(|&s| usize::from(s) < SLOTS)
+                    .ok_or_else(|| Status::invalid_argument(format!("no slot {s}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let report = self.node.install(previous, next, abandoned).await?;
+        Ok(Response::new(v1::InstallResponse {
+            slots_sent: report.slots_sent,
+            keys_sent: report.keys_sent,
+            never_arrived: report.never_arrived.into_iter().map(u32::from).collect(),
+        }))
+    }
+
+    #[instrument(skip_all, fields(from = %request.get_ref().from, epoch = request.get_ref().epoch))]
+    async fn transfer(
+        &self,
+        request: Request<v1::TransferRequest>,
+    ) -> Result<Response<v1::TransferResponse>, Status> {
+        self.node.transfer(request.into_inner()).await?;
+        Ok(Response::new(v1::TransferResponse {}))
+    }
+
+    #[instrument(level = "debug", skip_all)]
+    async fn status(
+        &self,
+        _request: Request<v1::StatusRequest>,
+    ) -> Result<Response<v1::StatusResponse>, Status> {
+        Ok(Response::new(self.node.status().await.map_err(to_status)?))
+    }
+}
