@@ -1,9 +1,16 @@
-//! The client of one storage server.
+//! The client of one storage server, or of a sharded cluster.
 //!
 //! Writes are exactly-once across retries: a client picks a random id, numbers its writes, and
 //! sends a retry with the same number, so a server that applied the first attempt answers the
-//! retry from memory (see `kv_core::session`). Calls that fail with a retryable error are tried
-//! again with exponential backoff and jitter, up to the configured number of attempts.
+//! retry from memory (see `kv_core::session`), even if the key has moved to another server since
+//! (the memory moves with the keys). Calls that fail with a retryable error are tried again with
+//! exponential backoff and jitter, up to the configured number of attempts.
+//!
+//! Against a cluster, the client caches the shard master's configuration and sends each request
+//! straight to the owner of its key's slot ([`crate::route`]). A *wrong shard* answer from a
+//! server at least as recent as the cached map means the map is stale: the client refreshes it
+//! and follows at once, without counting an attempt; a *moving* answer, a server behind the map,
+//! or an unreachable server is retried with backoff (the latter two after a refresh).
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -15,25 +22,37 @@ use kv_proto::v1::{self, key_value_client::KeyValueClient};
 use rand::RngExt;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::route::Route;
 use crate::{Error, Result};
 
-/// A connection to one storage server. Clone it freely: clones share the connection and the
-/// client's identity, and requests from all of them run concurrently over it.
+/// A connection to one storage server, or to a cluster. Clone it freely: clones share the
+/// connections and the client's identity, and requests from all of them run concurrently.
 #[derive(Debug, Clone)]
 pub struct Client {
-    kv: KeyValueClient<Channel>,
+    route: Route,
     writes: Arc<WriteIds>,
     retry: Retry,
 }
 
-/// Options for a [`Client`], from [`Client::builder`].
+/// What a [`ClientBuilder`] connects to.
+#[derive(Debug, Clone)]
+enum Target {
+    Server(String),
+    Cluster(String),
+}
+
+/// Options for a [`Client`], from [`Client::builder`] or [`Client::cluster_builder`].
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
-    endpoint: String,
+    target: Target,
     timeout: Duration,
     connect_timeout: Duration,
     retry: Retry,
 }
+
+/// A wrong-shard answer is followed at once, after refreshing the map, at most this many times
+/// per call (then it counts as an attempt, with backoff).
+const MAX_REDIRECTS: u32 = 8;
 
 /// How calls that fail with a retryable error are tried again.
 #[derive(Debug, Clone, Copy)]
@@ -96,8 +115,9 @@ impl Drop for WriteGuard<'_> {
 }
 
 impl ClientBuilder {
-    /// How many times a call is tried in all before a retryable error is returned (default 4;
-    /// 1 turns retries off). Writes are retried exactly-once.
+    /// How many times a call is tried in all before a retryable error is returned (default 4
+    /// for one server, 10 for a cluster, where a key's slot may be moving; 1 turns retries off).
+    /// Writes are retried exactly-once.
     pub fn attempts(mut self, attempts: u32) -> Self {
         self.retry.attempts = attempts.max(1);
         self
@@ -125,31 +145,47 @@ impl ClientBuilder {
         self
     }
 
-    /// Connects, failing at once if the server cannot be reached.
+    /// Connects, failing at once if the server (or, for a cluster, the shard master) cannot be
+    /// reached. A cluster client reads the configuration here, and connects to storage servers
+    /// when it first needs them.
     pub async fn connect(self) -> Result<Client> {
-        let channel = dial(&self.endpoint, self.timeout, self.connect_timeout).await?;
-        // No client-side cap on responses (tonic's default is 4 MiB): the server enforces the
-        // value limit, which may be set above that, and a value it accepted must be readable.
-        Ok(Client {
-            kv: KeyValueClient::new(channel).max_decoding_message_size(usize::MAX),
-            writes: Arc::new(WriteIds::new()),
-            retry: self.retry,
-        })
+        let route = match &self.target {
+            Target::Server(endpoint) => {
+                let channel = dial(endpoint, self.timeout, self.connect_timeout).await?;
+                Route::Server(kv_client(channel))
+            }
+            Target::Cluster(shardmaster) => {
+                Route::cluster(shardmaster, self.timeout, self.connect_timeout).await?
+            }
+        };
+        Ok(Client { route, writes: Arc::new(WriteIds::new()), retry: self.retry })
     }
+}
+
+/// The native API over `channel`. No client-side cap on responses (tonic's default is 4 MiB):
+/// the server enforces the value limit, which may be set above that, and a value it accepted
+/// must be readable.
+pub(crate) fn kv_client(channel: Channel) -> KeyValueClient<Channel> {
+    KeyValueClient::new(channel).max_decoding_message_size(usize::MAX)
+}
+
+/// The endpoint for `address` (`host:port`, or a `http://` URI).
+pub(crate) fn endpoint(address: &str, timeout: Duration, connect_timeout: Duration) -> Result<Endpoint> {
+    let uri = if address.contains("://") { address.to_owned() } else { format!("http://{address}") };
+    Ok(Endpoint::from_shared(uri)
+        .map_err(|err| Error::InvalidEndpoint { endpoint: address.to_owned(), reason: err.to_string() })?
+        .timeout(timeout)
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true))
 }
 
 /// Opens a channel to `endpoint` (`host:port`, or a `http://` URI), failing at once if it
 /// cannot be reached; calls on it fail after `timeout`.
-pub(crate) async fn dial(endpoint: &str, timeout: Duration, connect_timeout: Duration) -> Result<Channel> {
-    let uri = if endpoint.contains("://") { endpoint.to_owned() } else { format!("http://{endpoint}") };
-    Endpoint::from_shared(uri)
-        .map_err(|err| Error::InvalidEndpoint { endpoint: endpoint.to_owned(), reason: err.to_string() })?
-        .timeout(timeout)
-        .connect_timeout(connect_timeout)
-        .tcp_nodelay(true)
+pub(crate) async fn dial(address: &str, timeout: Duration, connect_timeout: Duration) -> Result<Channel> {
+    endpoint(address, timeout, connect_timeout)?
         .connect()
         .await
-        .map_err(|source| Error::Connect { endpoint: endpoint.to_owned(), source })
+        .map_err(|source| Error::Connect { endpoint: address.to_owned(), source })
 }
 
 impl Client {
@@ -184,7 +220,7 @@ impl Client {
     /// ```
     pub fn builder(endpoint: impl Into<String>) -> ClientBuilder {
         ClientBuilder {
-            endpoint: endpoint.into(),
+            target: Target::Server(endpoint.into()),
             timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             retry: Retry {
@@ -195,35 +231,86 @@ impl Client {
         }
     }
 
+    /// Connects to the cluster of the shard master at `shardmaster` with the default options:
+    /// requests go straight to the server that owns their key.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), kv_client::Error> {
+    /// let client = kv_client::Client::connect_cluster("127.0.0.1:50050").await?;
+    /// client.put("user:7", "ada").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect_cluster(shardmaster: impl Into<String>) -> Result<Self> {
+        Self::cluster_builder(shardmaster).connect().await
+    }
+
+    /// Options for connecting to the cluster of the shard master at `shardmaster`.
+    pub fn cluster_builder(shardmaster: impl Into<String>) -> ClientBuilder {
+        let mut builder = Self::builder(String::new());
+        builder.target = Target::Cluster(shardmaster.into());
+        builder.retry.attempts = 10;
+        builder
+    }
+
     /// This client's id for exactly-once writes (shared by its clones).
     pub fn id(&self) -> u64 {
         self.writes.client
     }
 
-    /// Runs `call` until it succeeds, fails for good, or runs out of attempts.
-    async fn with_retries<T, F, Fut>(&self, mut call: F) -> Result<T>
+    /// Runs `call` against the server that owns `key` until it succeeds, fails for good, or
+    /// runs out of attempts.
+    async fn call<T, F, Fut>(&self, key: &str, mut call: F) -> Result<T>
     where
-        F: FnMut() -> Fut,
+        F: FnMut(KeyValueClient<Channel>) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
         let mut backoff = self.retry.backoff;
         let mut attempt = 1;
+        let mut redirects = 0;
         let mut unknown_before = false;
         loop {
-            match call().await {
-                Err(err) if err.is_retryable() && attempt < self.retry.attempts => {
-                    unknown_before |= !err.is_definite();
-                    let jitter = rand::rng().random_range(0.5..1.5);
-                    tokio::time::sleep(backoff.mul_f64(jitter)).await;
-                    backoff = (backoff * 2).min(self.retry.max_backoff);
-                    attempt += 1;
+            let (server, epoch) = self.route.server_for(key);
+            let result = match server {
+                Ok(server) => call(server).await,
+                Err(err) => Err(err),
+            };
+            let err = match result {
+                Ok(value) => return Ok(value),
+                Err(err) => err,
+            };
+            if let Route::Cluster(cluster) = &self.route {
+                match &err {
+                    // The map is stale: refresh it and follow at once.
+                    Error::Rejected(kv_core::Error::WrongShard { epoch: at, .. })
+                        if *at >= epoch && redirects < MAX_REDIRECTS =>
+                    {
+                        redirects += 1;
+                        cluster.refresh(epoch).await;
+                        continue;
+                    }
+                    // The server is behind the map (it will catch up), or the slot is moving.
+                    Error::Rejected(kv_core::Error::WrongShard { .. } | kv_core::Error::Moving { .. }) => {}
+                    // Unreachable, or no owner: the map may be stale too.
+                    err if err.is_retryable() => cluster.refresh(epoch).await,
+                    _ => {}
                 }
-                // A definite last answer does not undo an earlier attempt that may have landed.
-                Err(err) if unknown_before && err.is_definite() => {
-                    return Err(Error::AfterUnknown(Box::new(err)));
-                }
-                result => return result,
             }
+            if err.is_retryable() && attempt < self.retry.attempts {
+                unknown_before |= !err.is_definite();
+                let jitter = rand::rng().random_range(0.5..1.5);
+                tokio::time::sleep(backoff.mul_f64(jitter)).await;
+                backoff = (backoff * 2).min(self.retry.max_backoff);
+                attempt += 1;
+                continue;
+            }
+            // A definite last answer does not undo an earlier attempt that may have landed.
+            if unknown_before && err.is_definite() {
+                return Err(Error::AfterUnknown(Box::new(err)));
+            }
+            return Err(err);
         }
     }
 
@@ -242,8 +329,9 @@ impl Client {
     /// ```
     pub async fn get(&self, key: impl Into<String>) -> Result<Option<String>> {
         let key = key.into();
-        self.with_retries(|| async {
-            Ok(self.kv.clone().get(v1::GetRequest { key: key.clone() }).await?.into_inner().value)
+        self.call(&key, |mut kv| {
+            let request = v1::GetRequest { key: key.clone() };
+            async move { Ok(kv.get(request).await?.into_inner().value) }
         })
         .await
     }
@@ -260,10 +348,9 @@ impl Client {
     /// ```
     pub async fn put(&self, key: impl Into<String>, value: impl Into<String>) -> Result<()> {
         let (key, value, write) = (key.into(), value.into(), self.writes.start());
-        self.with_retries(|| async {
+        self.call(&key, |mut kv| {
             let request = v1::PutRequest { key: key.clone(), value: value.clone(), id: write.id() };
-            self.kv.clone().put(request).await?;
-            Ok(())
+            async move { kv.put(request).await.map(drop).map_err(Error::from) }
         })
         .await
     }
@@ -282,10 +369,9 @@ impl Client {
     /// ```
     pub async fn append(&self, key: impl Into<String>, value: impl Into<String>) -> Result<()> {
         let (key, value, write) = (key.into(), value.into(), self.writes.start());
-        self.with_retries(|| async {
+        self.call(&key, |mut kv| {
             let request = v1::AppendRequest { key: key.clone(), value: value.clone(), id: write.id() };
-            self.kv.clone().append(request).await?;
-            Ok(())
+            async move { kv.append(request).await.map(drop).map_err(Error::from) }
         })
         .await
     }
@@ -304,9 +390,9 @@ impl Client {
     /// ```
     pub async fn lpop(&self, key: impl Into<String>) -> Result<Option<String>> {
         let (key, write) = (key.into(), self.writes.start());
-        self.with_retries(|| async {
+        self.call(&key, |mut kv| {
             let request = v1::PopRequest { key: key.clone(), id: write.id() };
-            Ok(self.kv.clone().l_pop(request).await?.into_inner().value)
+            async move { Ok(kv.l_pop(request).await?.into_inner().value) }
         })
         .await
     }
@@ -324,9 +410,9 @@ impl Client {
     /// ```
     pub async fn rpop(&self, key: impl Into<String>) -> Result<Option<String>> {
         let (key, write) = (key.into(), self.writes.start());
-        self.with_retries(|| async {
+        self.call(&key, |mut kv| {
             let request = v1::PopRequest { key: key.clone(), id: write.id() };
-            Ok(self.kv.clone().r_pop(request).await?.into_inner().value)
+            async move { Ok(kv.r_pop(request).await?.into_inner().value) }
         })
         .await
     }
@@ -343,9 +429,9 @@ impl Client {
     /// ```
     pub async fn delete(&self, key: impl Into<String>) -> Result<bool> {
         let (key, write) = (key.into(), self.writes.start());
-        self.with_retries(|| async {
+        self.call(&key, |mut kv| {
             let request = v1::DeleteRequest { key: key.clone(), id: write.id() };
-            Ok(self.kv.clone().delete(request).await?.into_inner().existed)
+            async move { Ok(kv.delete(request).await?.into_inner().existed) }
         })
         .await
     }

@@ -1,8 +1,10 @@
 //! The kv store's client library.
 //!
-//! A [`Client`] talks to one storage server over the native API (`kv.v1.KeyValue`) on a single
-//! HTTP/2 connection that carries any number of concurrent requests; it is cheap to clone, and
-//! clones share the connection. Every operation acts on one key, atomically.
+//! A [`Client`] talks to one storage server ([`Client::connect`]) or to a sharded cluster
+//! ([`Client::connect_cluster`], which routes each request to the server owning its key) over the
+//! native API (`kv.v1.KeyValue`), one HTTP/2 connection per server carrying any number of
+//! concurrent requests; it is cheap to clone, and clones share the connections. Every operation
+//! acts on one key, atomically.
 //!
 //! A [`ShardMaster`] client reads the cluster's configuration and changes its membership.
 //!
@@ -25,8 +27,9 @@
 
 mod client;
 mod error;
+mod route;
 mod shardmaster;
 
 pub use client::{Client, ClientBuilder};
 pub use error::{Error, Result};
-pub use shardmaster::ShardMaster;
+pub use shardmaster::{ServerStatus, ShardMaster, server_status};

@@ -62,10 +62,11 @@ impl ShardMaster {
 }
 
 /// A membership change the shard master refused (a member already, not a member, a malformed
-/// address) is [`Error::Rejected`]: it changed nothing, and trying again will not help.
+/// address, a server holding data it cannot bring or keep) is [`Error::Rejected`]: it changed
+/// nothing, and trying again will not help.
 fn refused(status: tonic::Status) -> Error {
     match status.code() {
-        Code::AlreadyExists | Code::NotFound | Code::InvalidArgument => {
+        Code::AlreadyExists | Code::NotFound | Code::InvalidArgument | Code::FailedPrecondition => {
             Error::Rejected(kv_core::Error::InvalidArgument(status.message().to_owned()))
         }
         _ => Error::from(status),
@@ -74,4 +75,35 @@ fn refused(status: tonic::Status) -> Error {
 
 fn decode(wire: &v1::ClusterConfig) -> Result<Config> {
     config_from_wire(wire).map_err(|err| Error::Rpc(tonic::Status::internal(err.to_string())))
+}
+
+/// What one storage server reports about itself (`kv.v1.Node/Status`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerStatus {
+    /// The address it is known by in its cluster ("" if standalone).
+    pub address: String,
+    /// The epoch of the configuration it holds (0 if none).
+    pub epoch: u64,
+    /// Slots it serves.
+    pub serving_slots: u32,
+    /// Slots moving to it whose data has not all arrived.
+    pub incoming_slots: u32,
+    /// Keys it holds.
+    pub keys: u64,
+    /// Whether it belongs to no cluster (and serves every key).
+    pub standalone: bool,
+}
+
+/// Asks the storage server at `endpoint` what it holds, waiting at most `timeout`.
+pub async fn server_status(endpoint: &str, timeout: Duration) -> Result<ServerStatus> {
+    let channel = dial(endpoint, timeout, timeout).await?;
+    let status = v1::node_client::NodeClient::new(channel).status(v1::StatusRequest {}).await?.into_inner();
+    Ok(ServerStatus {
+        address: status.address,
+        epoch: status.epoch,
+        serving_slots: status.serving_slots,
+        incoming_slots: status.incoming_slots,
+        keys: status.keys,
+        standalone: status.standalone,
+    })
 }

@@ -191,38 +191,63 @@ fn the_endpoint_comes_from_the_flag_or_kv_endpoint() {
 }
 
 /// `kv cluster join|leave|status` against a shard master: the configuration as a table, refused
-/// changes with exit 3, an unreachable master with exit 4.
+/// changes with exit 3, an unreachable master with exit 4; and data commands through the cluster.
 #[test]
 fn cluster_commands_show_and_change_the_membership() {
     let master = InProcessServer::start_shardmaster();
+    let (a, b) = (InProcessServer::start(), InProcessServer::start());
+    let (a, b) = (a.endpoint(), b.endpoint());
     let cluster = |args: &[&str]| {
         let mut command = kv_command();
         command.args(["--shardmaster", &master.endpoint(), "cluster"]).args(args);
+        run(command)
+    };
+    let data = |args: &[&str]| {
+        let mut command = kv_command();
+        command.args(["--shardmaster", &master.endpoint()]).args(args);
         run(command)
     };
     let empty = cluster(&["status"]);
     assert_eq!(empty.code, Some(0), "{empty:?}");
     assert!(empty.stdout.starts_with("epoch 0, 0 server(s), 4096 slots\n"), "{empty:?}");
     assert!(empty.stdout.contains("no server"), "{empty:?}");
+    let nowhere = data(&["put", "k", "v"]);
+    assert_eq!(nowhere.code, Some(4), "no server to take a write: {nowhere:?}");
 
-    assert_eq!(cluster(&["join", "127.0.0.1:7001"]).code, Some(0));
-    let two = cluster(&["join", "127.0.0.1:7002"]);
+    assert_eq!(cluster(&["join", &a]).code, Some(0));
+    for i in 0..20 {
+        assert_eq!(data(&["put", &format!("key{i}"), &format!("value{i}")]).code, Some(0));
+    }
+    let two = cluster(&["join", &b]);
     assert_eq!(two.code, Some(0), "{two:?}");
     assert!(two.stdout.starts_with("epoch 2, 2 server(s)"), "{two:?}");
-    let rows: Vec<&str> = two.stdout.lines().filter(|l| l.contains("127.0.0.1:700")).collect();
+    let rows: Vec<&str> = two.stdout.lines().filter(|l| l.contains(&a) || l.contains(&b)).collect();
     assert_eq!(rows.len(), 2, "{two:?}");
     assert!(rows.iter().all(|row| row.contains("2048") && row.contains("50.0%")), "{two:?}");
+    assert!(rows.iter().all(|row| row.ends_with("  2  ok")), "both servers at epoch 2: {two:?}");
+    let keys: u64 = rows.iter().map(|row| row.split_whitespace().nth(4).unwrap().parse::<u64>().unwrap()).sum();
+    assert_eq!(keys, 20, "every key is held by exactly one server after the move: {two:?}");
+    for i in 0..20 {
+        let out = data(&["get", &format!("key{i}")]);
+        assert_eq!((out.code, out.stdout), (Some(0), format!("value{i}\n")), "key{i} after the join");
+    }
 
-    let again = cluster(&["join", "127.0.0.1:7002"]);
+    let again = cluster(&["join", &b]);
     assert_eq!(again.code, Some(3), "a refused change exits 3: {again:?}");
     assert!(again.stderr.contains("already a member"), "{again:?}");
     let unknown = cluster(&["leave", "127.0.0.1:9"]);
     assert_eq!(unknown.code, Some(3), "{unknown:?}");
 
-    let one = cluster(&["leave", "127.0.0.1:7001"]);
+    let one = cluster(&["leave", &a]);
     assert_eq!(one.code, Some(0), "{one:?}");
-    assert!(one.stdout.contains("4096  100.0%") && !one.stdout.contains("7001"), "{one:?}");
+    assert!(one.stdout.contains("4096  100.0%") && !one.stdout.contains(&a), "{one:?}");
+    let row: Vec<&str> = one.stdout.lines().last().unwrap().split_whitespace().collect();
+    assert_eq!(row[4..], ["20", "3", "ok"], "the last server holds all 20 keys, at epoch 3: {one:?}");
     assert_eq!(cluster(&["status"]).stdout, one.stdout, "status shows the current configuration");
+    let last = cluster(&["leave", &b]);
+    assert_eq!(last.code, Some(3), "the last server cannot leave with keys: {last:?}");
+    assert!(last.stderr.contains("last member"), "{last:?}");
+    assert_eq!(data(&["get", "key7"]).stdout, "value7\n");
 
     let mut command = kv_command();
     command.args(["--shardmaster", &unused_endpoint(), "cluster", "status"]);

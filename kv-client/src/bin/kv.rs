@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use kv_client::{Client, Error, ShardMaster};
+use kv_client::{Client, Error, ServerStatus, ShardMaster, server_status};
 
 /// Command-line client of the kv store.
 ///
@@ -13,7 +13,11 @@ use kv_client::{Client, Error, ShardMaster};
 /// missing key prints nothing on standard output and `(no value)` on standard error; an empty
 /// value prints an empty line. `put`, `append` and `delete` print nothing.
 ///
-/// `cluster status|join|leave` talk to the shard master and print the configuration as a table.
+/// With `--shardmaster` (or `KV_SHARDMASTER`), data commands go to the cluster: each to the server
+/// that owns its key, following the shard master's map. Without it they go to `--endpoint`.
+///
+/// `cluster status|join|leave` talk to the shard master (default 127.0.0.1:50050) and print the
+/// configuration as a table, with what each server reports holding.
 ///
 /// Exit codes: 0 success; 1 no value (the key is missing; for `delete`, it did not exist);
 /// 2 bad command line; 3 refused by the server (bad input: nothing changed); 4 the server could
@@ -21,13 +25,14 @@ use kv_client::{Client, Error, ShardMaster};
 #[derive(Debug, Parser)]
 #[command(name = "kv", version, about, long_about)]
 struct Cli {
-    /// Storage server address, `host:port`.
+    /// Storage server address, `host:port`, for data commands without `--shardmaster`.
     #[arg(long, short, env = "KV_ENDPOINT", default_value = "127.0.0.1:50051")]
     endpoint: String,
 
-    /// Shard master address, `host:port`, for the `cluster` commands.
-    #[arg(long, env = "KV_SHARDMASTER", default_value = "127.0.0.1:50050")]
-    shardmaster: String,
+    /// Shard master address, `host:port`: data commands go to the cluster it manages, and the
+    /// `cluster` commands to it (for those, default 127.0.0.1:50050).
+    #[arg(long, short = 's', env = "KV_SHARDMASTER")]
+    shardmaster: Option<String>,
 
     /// Seconds before a call gives up.
     #[arg(long, env = "KV_TIMEOUT_SECS", default_value_t = 10.0)]
@@ -137,11 +142,16 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, Error> {
-    if let Command::Cluster(command) = &cli.command {
-        return cluster(&cli.shardmaster, command).await;
-    }
     let timeout = Duration::from_secs_f64(cli.timeout);
-    let client = Client::builder(cli.endpoint).timeout(timeout).connect_timeout(timeout).connect().await?;
+    if let Command::Cluster(command) = &cli.command {
+        let shardmaster = cli.shardmaster.as_deref().unwrap_or("127.0.0.1:50050");
+        return cluster(shardmaster, command, timeout).await;
+    }
+    let builder = match cli.shardmaster {
+        Some(shardmaster) => Client::cluster_builder(shardmaster),
+        None => Client::builder(cli.endpoint),
+    };
+    let client = builder.timeout(timeout).connect_timeout(timeout).connect().await?;
     let code = match cli.command {
         Command::Get { key } => print_value(client.get(key).await?),
         Command::Lpop { key } => print_value(client.lpop(key).await?),
@@ -167,31 +177,66 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
     Ok(code)
 }
 
-async fn cluster(shardmaster: &str, command: &ClusterCommand) -> Result<ExitCode, Error> {
+async fn cluster(shardmaster: &str, command: &ClusterCommand, timeout: Duration) -> Result<ExitCode, Error> {
     let master = ShardMaster::connect(shardmaster).await?;
     let config = match command {
         ClusterCommand::Status => master.config().await?,
         ClusterCommand::Join { server } => master.join(server.clone()).await?,
         ClusterCommand::Leave { server } => master.leave(server.clone()).await?,
     };
+    // What each server holds, asked of all of them at once.
+    let probes = config.members().map(|(_, address)| {
+        let address = address.to_owned();
+        tokio::spawn(async move { server_status(&address, timeout.min(Duration::from_secs(2))).await.ok() })
+    });
+    let mut statuses = Vec::new();
+    for probe in probes.collect::<Vec<_>>() {
+        statuses.push(probe.await.ok().flatten());
+    }
     let mut out = std::io::stdout().lock();
-    let printed = print_config(&mut out, &config).and_then(|()| out.flush());
+    let printed = print_config(&mut out, &config, &statuses).and_then(|()| out.flush());
     Ok(if printed.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(exit::FAILED) })
 }
 
-/// The configuration as a table: one line per server with the slots it holds.
-fn print_config(out: &mut impl Write, config: &kv_shard::Config) -> std::io::Result<()> {
+/// The configuration as a table: one line per server with the slots it owns, and what it
+/// reports (`statuses`, in member order; `None` if it did not answer).
+fn print_config(
+    out: &mut impl Write,
+    config: &kv_shard::Config,
+    statuses: &[Option<ServerStatus>],
+) -> std::io::Result<()> {
     let counts = config.slot_counts();
     writeln!(out, "epoch {}, {} server(s), {} slots", config.epoch(), config.len(), kv_shard::SLOTS)?;
     if config.is_empty() {
         return writeln!(out, "no server: no key is served");
     }
     let width = config.members().map(|(_, a)| a.len()).max().unwrap_or(0).max("server".len());
-    writeln!(out, "{:>4}  {:<width$}  {:>6}  {:>6}", "id", "server", "slots", "share")?;
-    for (id, address) in config.members() {
+    writeln!(
+        out,
+        "{:>4}  {:<width$}  {:>6}  {:>6}  {:>8}  {:>6}  state",
+        "id", "server", "slots", "share", "keys", "epoch"
+    )?;
+    for ((id, address), status) in config.members().zip(statuses) {
         let slots = counts.get(&id).copied().unwrap_or(0);
         let share = 100.0 * slots as f64 / kv_shard::SLOTS as f64;
-        writeln!(out, "{:>4}  {:<width$}  {:>6}  {:>5.1}%", id.0, address, slots, share)?;
+        let (keys, epoch, state) = match status {
+            None => ("-".to_owned(), "-".to_owned(), "unreachable".to_owned()),
+            Some(s) => {
+                let state = if s.incoming_slots > 0 {
+                    format!("receiving {} slots", s.incoming_slots)
+                } else if s.epoch < config.epoch() {
+                    "behind".to_owned()
+                } else {
+                    "ok".to_owned()
+                };
+                (s.keys.to_string(), s.epoch.to_string(), state)
+            }
+        };
+        writeln!(
+            out,
+            "{:>4}  {:<width$}  {:>6}  {:>5.1}%  {keys:>8}  {epoch:>6}  {state}",
+            id.0, address, slots, share
+        )?;
     }
     Ok(())
 }
