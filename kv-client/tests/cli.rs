@@ -225,7 +225,8 @@ fn cluster_commands_show_and_change_the_membership() {
     assert_eq!(rows.len(), 2, "{two:?}");
     assert!(rows.iter().all(|row| row.contains("2048") && row.contains("50.0%")), "{two:?}");
     assert!(rows.iter().all(|row| row.ends_with("  2  ok")), "both servers at epoch 2: {two:?}");
-    let keys: u64 = rows.iter().map(|row| row.split_whitespace().nth(4).unwrap().parse::<u64>().unwrap()).sum();
+    let keys: u64 =
+        rows.iter().map(|row| row.split_whitespace().nth(4).unwrap().parse::<u64>().unwrap()).sum();
     assert_eq!(keys, 20, "every key is held by exactly one server after the move: {two:?}");
     for i in 0..20 {
         let out = data(&["get", &format!("key{i}")]);

@@ -1,7 +1,10 @@
 //! A cluster of real `kv-server` processes on loopback that a test can break.
 //!
 //! A cluster may include a shard master ([`ClusterConfig::shardmaster`]), a node like the others,
-//! to kill, pause or cut off.
+//! to kill, pause or cut off. Storage nodes then join it at start-up (`--shardmaster`, known by
+//! their client address, so that clients and peers go through their proxies), and leave it when
+//! stopped gracefully ([`Node::stop`]); [`Cluster::add_node`] starts one more. A node of such a
+//! cluster counts as started once it has joined.
 //!
 //! Each [`Node`] is one server process with its own folder (a data directory, its working
 //! directory, and its log file, kept across restarts), listening on a fixed loopback port so
@@ -18,9 +21,9 @@
 //! - between every ordered pair of nodes, a *link* ([`Cluster::link`]): node `a` must reach node
 //!   `b` at [`Cluster::peer_addr`]`(a, b)`, never at `b`'s own address, so that the harness can
 //!   cut `a → b` alone (a one-way fault), both ways, or whole groups apart
-//!   ([`Cluster::partition`], [`Cluster::isolate`]). Nodes learn their peers' addresses from the
-//!   harness (a flag naming the peer map, once servers talk to each other: sharding and
-//!   replication bring that).
+//!   ([`Cluster::partition`], [`Cluster::isolate`]). Storage servers of a sharded cluster reach
+//!   each other at the addresses they joined with (their client paths), so for now links carry
+//!   nothing: a node cut off on its client path is cut off from its peers too.
 //!
 //! A proxy only knows TCP: "drop" is a black hole per direction, and a connection that lost
 //! bytes is reset when healed (see [`crate::proxy`] for why).
@@ -38,7 +41,7 @@ use nix::sys::signal::Signal;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
-use crate::process::{signal, spawn_server};
+use crate::process::{signal, spawn_server_until};
 use crate::proxy::{Faults, Proxy};
 
 /// Ports are drawn from here: below the ephemeral range, above well-known services.
@@ -89,6 +92,8 @@ pub struct Node {
     child: Option<Child>,
     paused: bool,
     proxy: Option<Proxy>,
+    /// Standard output the process prints once it is ready, beyond listening.
+    ready: Option<&'static str>,
 }
 
 impl Node {
@@ -143,7 +148,8 @@ impl Node {
         // A port just freed by a killed process can be busy for a moment; retry briefly.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            match spawn_server(&self.bin, &args, &self.dir.join("server.log"), &self.data_dir()) {
+            let log = self.dir.join("server.log");
+            match spawn_server_until(&self.bin, &args, &log, &self.data_dir(), self.ready) {
                 Ok((child, _)) => {
                     self.child = Some(child);
                     self.paused = false;
@@ -241,6 +247,8 @@ pub struct Cluster {
     // Declared after `nodes`: the processes die before their folders are removed.
     dir: Option<tempfile::TempDir>,
     kept: Option<PathBuf>,
+    config: ClusterConfig,
+    rng: SmallRng,
 }
 
 impl Cluster {
@@ -254,16 +262,25 @@ impl Cluster {
         let mut rng = SmallRng::seed_from_u64(
             config.seed ^ (u64::from(std::process::id()) << 20) ^ nth.wrapping_mul(0x9e37_79b9_7f4a_7c15),
         );
-        let mut cluster =
-            Cluster { nodes: Vec::new(), shardmaster: None, links: Vec::new(), dir: Some(dir), kept: None };
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            shardmaster: None,
+            links: Vec::new(),
+            dir: Some(dir),
+            kept: None,
+            config: config.clone(),
+            rng: SmallRng::seed_from_u64(0),
+        };
         if config.shardmaster {
-            let master = start_node(cluster.root(), "shardmaster", 0, config, &mut rng)?;
+            let master = start_node(cluster.root(), "shardmaster", 0, config, None, &mut rng)?;
             cluster.shardmaster = Some(master);
         }
+        let master = cluster.shardmaster.as_ref().map(Node::client_addr);
         for id in 0..config.nodes {
-            let node = start_node(cluster.root(), "storage", id, config, &mut rng)?;
+            let node = start_node(cluster.root(), "storage", id, config, master, &mut rng)?;
             cluster.nodes.push(node);
         }
+        cluster.rng = rng;
         if config.proxies {
             for a in 0..config.nodes {
                 let mut row = Vec::new();
@@ -308,6 +325,17 @@ impl Cluster {
     /// The shard master, if the cluster has one.
     pub fn shardmaster(&self) -> Option<&Node> {
         self.shardmaster.as_ref()
+    }
+
+    /// Starts one more storage node (which joins the shard master, if there is one); returns its
+    /// id. Links are made at start-up only: the new node has none.
+    pub fn add_node(&mut self) -> Result<usize> {
+        let id = self.nodes.len();
+        let master = self.shardmaster.as_ref().map(Node::client_addr);
+        let root = self.root().to_path_buf();
+        let node = start_node(&root, "storage", id, &self.config, master, &mut self.rng)?;
+        self.nodes.push(node);
+        Ok(id)
     }
 
     /// The shard master, to break.
@@ -385,12 +413,13 @@ impl Cluster {
 }
 
 /// Starts one server process of role `role` (`storage` or `shardmaster`) in `root`, on a free
-/// port, behind a proxy if the cluster has proxies.
+/// port, behind a proxy if the cluster has proxies; a storage node joins `shardmaster` if given.
 fn start_node(
     root: &Path,
     role: &'static str,
     id: usize,
     config: &ClusterConfig,
+    shardmaster: Option<SocketAddr>,
     rng: &mut SmallRng,
 ) -> Result<Node> {
     let dir = match role {
@@ -412,10 +441,29 @@ fn start_node(
         child: None,
         paused: false,
         proxy: None,
+        ready: None,
     };
     // Another process may take the port between the probe and the bind: pick again.
     let mut attempts = 0;
     loop {
+        // The proxy forwards to the port, so it is made (again) for each port tried.
+        if config.proxies {
+            let seed =
+                config.seed.wrapping_add(id as u64).wrapping_add(u64::from(role == "shardmaster") << 32);
+            let proxy = Proxy::start(node.addr, seed)
+                .with_context(|| format!("cannot start the proxy of the {role} node {id}"))?;
+            node.proxy = Some(proxy);
+        }
+        if let (Some(master), "storage") = (shardmaster, role) {
+            node.args = config.server_args.clone();
+            node.args.extend([
+                "--shardmaster".to_owned(),
+                master.to_string(),
+                "--advertise".to_owned(),
+                node.client_addr().to_string(),
+            ]);
+            node.ready = Some("joined the cluster");
+        }
         match node.spawn() {
             Ok(()) => break,
             Err(err) if attempts < 5 && format!("{err:#}").contains("in use") => {
@@ -424,12 +472,6 @@ fn start_node(
             }
             Err(err) => return Err(err),
         }
-    }
-    if config.proxies {
-        let seed = config.seed.wrapping_add(id as u64).wrapping_add(u64::from(role == "shardmaster") << 32);
-        let proxy = Proxy::start(node.addr, seed)
-            .with_context(|| format!("cannot start the proxy of the {role} node {id}"))?;
-        node.proxy = Some(proxy);
     }
     Ok(node)
 }

@@ -13,6 +13,9 @@ use nix::unistd::Pid;
 
 /// How long a server may take to bind and report its address.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a server may take after that to report it is ready (to join a cluster, whose data
+/// moves may take a while).
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Finds the binary `name` of this workspace: the environment variable `KV_SERVER_BIN` for
 /// `kv-server`, else beside the running executable (`target/<profile>/`), else one level up (for
@@ -42,6 +45,19 @@ pub fn find_binary(name: &str) -> Result<PathBuf> {
 /// its first line of standard output reports the address it listens on (`... HOST:PORT`). The
 /// rest of its output is drained in the background. On any failure the process is killed.
 pub fn spawn_server(bin: &Path, args: &[String], log_path: &Path, cwd: &Path) -> Result<(Child, SocketAddr)> {
+    spawn_server_until(bin, args, log_path, cwd, None)
+}
+
+/// As [`spawn_server`], and then, if `ready` is given, also waits (up to a minute) for a line of
+/// standard output that contains it (a storage server prints one when it has joined its
+/// cluster).
+pub fn spawn_server_until(
+    bin: &Path,
+    args: &[String],
+    log_path: &Path,
+    cwd: &Path,
+    ready: Option<&str>,
+) -> Result<(Child, SocketAddr)> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -66,19 +82,31 @@ pub fn spawn_server(bin: &Path, args: &[String], log_path: &Path, cwd: &Path) ->
     };
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        let _ = tx.send(lines.next());
-        // Keep draining, so the server never blocks on a full pipe.
-        for _ in lines {}
+        // Every line goes to the waiting caller while it listens; then the rest is drained, so
+        // the server never blocks on a full pipe.
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
     });
     let line = match rx.recv_timeout(START_TIMEOUT) {
-        Ok(Some(Ok(line))) => line,
-        Ok(_) | Err(_) => return fail(&mut child, anyhow!("the server did not report its address")),
+        Ok(line) => line,
+        Err(_) => return fail(&mut child, anyhow!("the server did not report its address")),
     };
-    match line.rsplit(' ').next().and_then(|addr| addr.parse().ok()) {
-        Some(addr) => Ok((child, addr)),
-        None => fail(&mut child, anyhow!("unexpected first line from the server: {line:?}")),
+    let Some(addr) = line.rsplit(' ').next().and_then(|addr| addr.parse().ok()) else {
+        return fail(&mut child, anyhow!("unexpected first line from the server: {line:?}"));
+    };
+    if let Some(ready) = ready {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) if line.contains(ready) => break,
+                Ok(_) => {}
+                Err(_) => return fail(&mut child, anyhow!("the server did not report {ready:?}")),
+            }
+        }
     }
+    Ok((child, addr))
 }
 
 /// Sends `signal` to the process `child`.

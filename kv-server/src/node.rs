@@ -29,6 +29,8 @@ use crate::peers::Peers;
 
 /// Largest transfer batch, in bytes of keys and values (a batch holds at least one key).
 const BATCH_BYTES: usize = 1 << 20;
+/// Longest wait for one batch's acknowledgement before it is sent again.
+const BATCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The routing state behind the lock every request reads.
 #[derive(Debug)]
@@ -288,7 +290,9 @@ impl Node {
         loop {
             let mut client: NodeClient<Channel> = self.peers.node(to)?;
             let mut request = tonic::Request::new(batch.clone());
-            request.set_timeout(self.handoff_timeout);
+            // One lost batch must not eat the whole hand-off's time.
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            request.set_timeout(remaining.clamp(Duration::from_millis(1), BATCH_TIMEOUT));
             match client.transfer(request).await {
                 Ok(_) => return Ok(()),
                 Err(status) if retryable(&status) && Instant::now() + backoff < deadline => {

@@ -1,0 +1,231 @@
+//! A sharded cluster of real processes, in the spirit of MIT 6.824's shardkv tests: a shard master
+//! and storage servers that join and leave while clients work, checked for lost, duplicated or
+//! resurrected writes.
+//!
+//! These need the `kv-server` binary beside the test executables (`cargo test --workspace`
+//! builds it; or set `KV_SERVER_BIN`).
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use kv_client::{Client, ShardMaster, server_status};
+use kv_eval::cluster::{Cluster, ClusterConfig};
+use kv_shard::Config;
+
+/// Upper bound for a clean stop, leave and hand-off included.
+const STOP: Duration = Duration::from_secs(60);
+
+fn sharded(nodes: usize) -> Cluster {
+    let mut config = ClusterConfig::new(nodes).unwrap();
+    config.shardmaster = true;
+    Cluster::start(&config).unwrap()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+fn master_addr(cluster: &Cluster) -> String {
+    cluster.shardmaster().unwrap().client_addr().to_string()
+}
+
+/// A cluster client that rides out moves and restarts: short timeouts, many attempts.
+async fn client(cluster: &Cluster) -> Client {
+    Client::cluster_builder(master_addr(cluster))
+        .timeout(Duration::from_secs(2))
+        .attempts(40)
+        .connect()
+        .await
+        .unwrap()
+}
+
+async fn config(cluster: &Cluster) -> Config {
+    ShardMaster::connect(master_addr(cluster)).await.unwrap().config().await.unwrap()
+}
+
+/// Keys each member holds, by what it reports.
+async fn keys_per_server(config: &Config) -> BTreeMap<String, u64> {
+    let mut keys = BTreeMap::new();
+    for (_, address) in config.members() {
+        let status = server_status(address, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(status.epoch, config.epoch(), "{address} is at the shard master's epoch");
+        assert_eq!(status.incoming_slots, 0, "{address} has every slot it owns");
+        keys.insert(address.to_owned(), status.keys);
+    }
+    keys
+}
+
+/// Every key reads back as expected, and each server holds exactly the keys it owns.
+async fn check_all(cluster: &Cluster, expected: &BTreeMap<String, String>) {
+    let c = client(cluster).await;
+    for (key, value) in expected {
+        assert_eq!(c.get(key.as_str()).await.unwrap().as_deref(), Some(value.as_str()), "{key}");
+    }
+    let config = config(cluster).await;
+    let mut owned: BTreeMap<String, u64> = config.members().map(|(_, a)| (a.to_owned(), 0)).collect();
+    for key in expected.keys() {
+        *owned.get_mut(config.owner(key).unwrap().1).unwrap() += 1;
+    }
+    assert_eq!(keys_per_server(&config).await, owned, "each server holds exactly the keys it owns");
+}
+
+/// A dead server only affects its own keys: the others keep serving reads and writes.
+#[test]
+fn a_dead_server_only_affects_its_own_keys() {
+    let mut cluster = sharded(3);
+    let rt = runtime();
+    let dead = cluster.nodes()[1].client_addr().to_string();
+    rt.block_on(async {
+        let c = client(&cluster).await;
+        for i in 0..60 {
+            c.put(format!("k{i}"), format!("v{i}")).await.unwrap();
+        }
+    });
+    cluster.node_mut(1).kill().unwrap();
+    rt.block_on(async {
+        let config = config(&cluster).await;
+        let impatient = Client::cluster_builder(master_addr(&cluster))
+            .timeout(Duration::from_millis(500))
+            .attempts(2)
+            .connect()
+            .await
+            .unwrap();
+        let (mut served, mut unserved) = (0, 0);
+        for i in 0..60 {
+            let key = format!("k{i}");
+            if config.owner(&key).unwrap().1 == dead {
+                assert!(impatient.get(key.as_str()).await.is_err(), "{key} lives on the dead server");
+                unserved += 1;
+            } else {
+                assert_eq!(impatient.get(key.as_str()).await.unwrap(), Some(format!("v{i}")));
+                impatient.append(key.as_str(), "+").await.unwrap();
+                assert_eq!(impatient.get(key.as_str()).await.unwrap(), Some(format!("v{i}+")));
+                served += 1;
+            }
+        }
+        assert!(served > 0 && unserved > 0, "60 keys over 3 servers: {served} served, {unserved} not");
+    });
+}
+
+/// Joins and leaves move the data: every value intact, each server holding exactly what it owns,
+/// and a leaver that stops cleanly; the last server cannot leave with data, and once it is gone
+/// the cluster says the keys are unavailable rather than missing.
+#[test]
+fn joins_and_leaves_keep_every_value() {
+    let mut cluster = sharded(1);
+    let rt = runtime();
+    let mut expected = BTreeMap::new();
+    rt.block_on(async {
+        let c = client(&cluster).await;
+        for i in 0..300 {
+            let (key, value) = (format!("key:{i}"), format!("value {i} ✓"));
+            c.put(key.as_str(), value.as_str()).await.unwrap();
+            expected.insert(key, value);
+        }
+        // Values that pops emptied and deletes removed must stay so.
+        c.put("empty", "x").await.unwrap();
+        assert_eq!(c.lpop("empty").await.unwrap().as_deref(), Some("x"));
+        expected.insert("empty".into(), String::new());
+        c.put("deleted", "gone").await.unwrap();
+        assert!(c.delete("deleted").await.unwrap());
+    });
+    for _ in 0..2 {
+        cluster.add_node().unwrap();
+        rt.block_on(check_all(&cluster, &expected));
+    }
+    assert_eq!(rt.block_on(config(&cluster)).len(), 3);
+
+    assert!(cluster.node_mut(0).stop(STOP).unwrap(), "the leaver exits cleanly:\n{}", cluster.logs());
+    rt.block_on(async {
+        let config = config(&cluster).await;
+        assert_eq!(config.len(), 2, "a stopped server has left");
+        check_all(&cluster, &expected).await;
+        assert_eq!(client(&cluster).await.get("deleted").await.unwrap(), None, "a deleted key stays deleted");
+    });
+    assert!(cluster.node_mut(1).stop(STOP).unwrap());
+    rt.block_on(check_all(&cluster, &expected));
+
+    // The last server cannot leave with keys: it stops, and the shard master still names it, so
+    // clients get an error, never "no value".
+    assert!(cluster.node_mut(2).stop(STOP).unwrap());
+    assert!(cluster.nodes()[2].log().contains("last member"), "{}", cluster.logs());
+    rt.block_on(async {
+        assert_eq!(config(&cluster).await.len(), 1);
+        let c = Client::cluster_builder(master_addr(&cluster))
+            .timeout(Duration::from_millis(500))
+            .attempts(2)
+            .connect()
+            .await
+            .unwrap();
+        assert!(c.get("key:1").await.is_err(), "the data is not served, and not reported missing");
+    });
+}
+
+/// Ten clients append to a few shared keys through joins, leaves and a server restart: every
+/// append lands exactly once, in each client's order.
+#[test]
+fn concurrent_appends_survive_joins_leaves_and_a_restart() {
+    const KEYS: usize = 4;
+    const CLIENTS: usize = 10;
+    let mut cluster = sharded(3);
+    let rt = runtime();
+    let stop = Arc::new(AtomicBool::new(false));
+    let c = rt.block_on(client(&cluster));
+    let appenders: Vec<_> = (0..CLIENTS)
+        .map(|id| {
+            let (c, stop) = (c.clone(), Arc::clone(&stop));
+            rt.spawn(async move {
+                let mut n = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("shared{}", (id + n) % KEYS);
+                    c.append(key.as_str(), format!("{id}.{n} ")).await.unwrap_or_else(|err| {
+                        panic!("append {id}.{n} to {key} failed: {err}");
+                    });
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let wait_for_appends = || std::thread::sleep(Duration::from_millis(300));
+
+    wait_for_appends();
+    cluster.add_node().unwrap();
+    wait_for_appends();
+    assert!(cluster.node_mut(0).stop(STOP).unwrap(), "{}", cluster.logs());
+    wait_for_appends();
+    cluster.node_mut(0).restart().unwrap(); // joins again, as a new member
+    wait_for_appends();
+    assert!(cluster.node_mut(2).stop(STOP).unwrap(), "{}", cluster.logs());
+    wait_for_appends();
+    cluster.add_node().unwrap();
+    wait_for_appends();
+    stop.store(true, Ordering::Relaxed);
+
+    let counts: Vec<usize> = appenders.into_iter().map(|task| rt.block_on(task).unwrap()).collect();
+    rt.block_on(async {
+        let mut seen = vec![Vec::new(); CLIENTS];
+        for k in 0..KEYS {
+            let value = c.get(format!("shared{k}")).await.unwrap().unwrap_or_default();
+            let mut last: BTreeMap<usize, usize> = BTreeMap::new();
+            for token in value.split_whitespace() {
+                let (id, n) = token.split_once('.').unwrap();
+                let (id, n): (usize, usize) = (id.parse().unwrap(), n.parse().unwrap());
+                if let Some(&before) = last.get(&id) {
+                    assert!(n > before, "shared{k}: {id}.{n} after {id}.{before}: out of order or twice");
+                }
+                last.insert(id, n);
+                seen[id].push(n);
+            }
+        }
+        for (id, mut ns) in seen.into_iter().enumerate() {
+            ns.sort_unstable();
+            assert_eq!(ns, (0..counts[id]).collect::<Vec<_>>(), "client {id}: each append exactly once");
+        }
+    });
+    assert!(counts.iter().sum::<usize>() > CLIENTS, "the clients did work: {counts:?}");
+}
