@@ -10,8 +10,8 @@ use crate::{Config, Error, Result, SLOTS, Slot};
 enum Held {
     /// Not this server's.
     Nothing,
-    /// Served here.
-    Serving,
+    /// Served here; at this epoch, its data came from `from` (if it came from anywhere).
+    Serving { from: Option<String> },
     /// This server's in its configuration, but the data is still coming from `from`.
     Incoming { from: String },
 }
@@ -93,7 +93,7 @@ impl Ownership {
     /// Whether requests for `slot` are served here.
     pub fn check(&self, slot: Slot) -> std::result::Result<(), Refused> {
         match &self.held[usize::from(slot)] {
-            Held::Serving => Ok(()),
+            Held::Serving { .. } => Ok(()),
             Held::Incoming { .. } => Err(Refused::Moving { epoch: self.epoch() }),
             Held::Nothing => {
                 let owner = self.config.owner_of_slot(slot).and_then(|id| self.config.address(id));
@@ -128,11 +128,13 @@ impl Ownership {
                             handoff.incoming.entry(from.to_owned()).or_default().push(slot);
                             Held::Incoming { from: from.to_owned() }
                         }
-                        _ => Held::Serving,
+                        _ => Held::Serving { from: None },
                     }
                 }
+                // Kept; where its data came from belongs to the epoch before.
+                (Held::Serving { .. }, true) => Held::Serving { from: None },
                 (kept, true) => kept,
-                (Held::Serving, false) => {
+                (Held::Serving { .. }, false) => {
                     match owner.and_then(|id| next.address(id)) {
                         Some(to) => handoff.outgoing.entry(to.to_owned()).or_default().push(slot),
                         None => handoff.orphaned.push(slot),
@@ -163,7 +165,7 @@ impl Ownership {
         }
         match &self.held[usize::from(slot)] {
             Held::Incoming { from: expected } if expected == from => Accept::Take,
-            Held::Serving if self.config.owner_of_slot(slot) == self.config.id_of(&self.me) => Accept::Done,
+            Held::Serving { from: Some(sender) } if sender == from => Accept::Done,
             _ => Accept::Refuse(format!("slot {slot} is not expected from {from} at epoch {epoch}")),
         }
     }
@@ -171,8 +173,8 @@ impl Ownership {
     /// Starts serving `slot`, whose data has all arrived (or, for [`Ownership::abandon`], is lost).
     pub fn complete(&mut self, slot: Slot) {
         let held = &mut self.held[usize::from(slot)];
-        if matches!(held, Held::Incoming { .. }) {
-            *held = Held::Serving;
+        if let Held::Incoming { from } = held {
+            *held = Held::Serving { from: Some(std::mem::take(from)) };
         }
     }
 
@@ -189,7 +191,7 @@ impl Ownership {
 
     /// How many slots are served here.
     pub fn serving(&self) -> usize {
-        self.held.iter().filter(|held| **held == Held::Serving).count()
+        self.held.iter().filter(|held| matches!(held, Held::Serving { .. })).count()
     }
 }
 
@@ -247,6 +249,7 @@ mod tests {
         }
         assert_eq!(b.check(moved[0]), Ok(()));
         assert_eq!(b.accept(2, A, moved[0]), Accept::Done, "a late resend is acknowledged, not applied");
+        assert!(matches!(b.accept(2, "127.0.0.1:9", moved[0]), Accept::Refuse(_)), "from its sender only");
         assert_eq!(a.serving() + b.serving(), SLOTS);
         assert!(b.incoming().is_empty());
     }
