@@ -229,3 +229,175 @@ fn concurrent_appends_survive_joins_leaves_and_a_restart() {
     });
     assert!(counts.iter().sum::<usize>() > CLIENTS, "the clients did work: {counts:?}");
 }
+
+/// Slots that do not move keep serving while others move: reads of keys that stay put, sent
+/// once each (no retry), all succeed while a leave's data is in flight, slowed down by delays on
+/// the receivers' network paths.
+#[test]
+fn keys_that_do_not_move_keep_serving_during_a_move() {
+    let mut cluster = sharded(3);
+    let rt = runtime();
+    let leaver = cluster.nodes()[2].client_addr().to_string();
+    let (before, stayers) = rt.block_on(async {
+        let c = client(&cluster).await;
+        let value = "v".repeat(1000);
+        for i in 0..600 {
+            c.put(format!("key{i}"), value.as_str()).await.unwrap();
+        }
+        let before = config(&cluster).await;
+        let stayers: Vec<String> = (0..600)
+            .map(|i| format!("key{i}"))
+            .filter(|k| before.owner(k).unwrap().1 != leaver)
+            .take(8)
+            .collect();
+        (before, stayers)
+    });
+    assert!(before.owner("key0").is_some());
+    // Every batch to a receiver, and every read, now takes at least 2 × 100 ms.
+    for node in &cluster.nodes()[..2] {
+        node.proxy()
+            .unwrap()
+            .set_faults(kv_eval::proxy::Faults::delayed(Duration::from_millis(100), Duration::ZERO));
+    }
+    let master = master_addr(&cluster);
+    let done = Arc::new(AtomicBool::new(false));
+    let started = std::time::Instant::now();
+    let leaving = std::thread::scope(|scope| {
+        let stopping = scope.spawn(|| {
+            let from = started.elapsed();
+            let ok = cluster.node_mut(2).stop(STOP).unwrap();
+            let to = started.elapsed();
+            done.store(true, Ordering::Relaxed);
+            (from, to, ok)
+        });
+        let reads = rt.block_on(async {
+            let once = Client::cluster_builder(master)
+                .timeout(Duration::from_secs(5))
+                .attempts(1)
+                .connect()
+                .await
+                .unwrap();
+            let readers: Vec<_> = stayers
+                .iter()
+                .map(|key| {
+                    let (once, key, done) = (once.clone(), key.clone(), Arc::clone(&done));
+                    tokio::spawn(async move {
+                        let mut reads = Vec::new();
+                        while !done.load(Ordering::Relaxed) {
+                            let from = started.elapsed();
+                            let result = once.get(key.as_str()).await;
+                            reads.push((from, started.elapsed(), result.map_err(|e| e.to_string())));
+                        }
+                        reads
+                    })
+                })
+                .collect();
+            let mut all = Vec::new();
+            for reader in readers {
+                all.extend(reader.await.unwrap());
+            }
+            all
+        });
+        (stopping.join().unwrap(), reads)
+    });
+    let ((leave_from, leave_to, clean), reads) = leaving;
+    assert!(clean, "the leaver exits cleanly:\n{}", cluster.logs());
+    for (_, _, result) in &reads {
+        assert!(
+            result.as_ref().is_ok_and(|v| v.is_some()),
+            "a read of a key that stays put failed: {result:?}"
+        );
+    }
+    let overlapping = reads.iter().filter(|(from, to, _)| *from < leave_to && *to > leave_from).count();
+    println!("leave {leave_from:?}..{leave_to:?}, {} reads, {overlapping} overlapping", reads.len());
+    assert!(overlapping > 0, "no read overlapped the move ({leave_from:?}..{leave_to:?}): {reads:?}");
+    for node in &cluster.nodes()[..2] {
+        node.proxy().unwrap().heal();
+    }
+    rt.block_on(async {
+        let c = client(&cluster).await;
+        for i in 0..600 {
+            assert_eq!(c.get(format!("key{i}")).await.unwrap().map(|v| v.len()), Some(1000), "key{i}");
+        }
+    });
+}
+
+/// A random workload over a few keys, recorded, while servers join and leave over an unreliable
+/// network (every storage server's path delayed, with jitter, and connections reset now and
+/// then, transfers included): the history, final reads included, is linearizable.
+#[test]
+fn a_workload_through_membership_changes_on_a_flaky_network_is_linearizable() {
+    use kv_eval::history::{Input, Outcome};
+    use kv_eval::linearizability::{self, Verdict};
+    use kv_eval::recorder::Recorder;
+    use rand::rngs::SmallRng;
+    use rand::{RngExt, SeedableRng};
+
+    let mut cluster = sharded(3);
+    let rt = runtime();
+    let recorder = Recorder::new();
+    let keys: Arc<[String]> = (0..12).map(|i| format!("k{i}")).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flaky = |cluster: &Cluster| {
+        for node in cluster.nodes() {
+            node.proxy().unwrap().set_faults(kv_eval::proxy::Faults::flaky());
+        }
+    };
+    flaky(&cluster);
+    let workers: Vec<_> = (0..6u64)
+        .map(|process| {
+            let (keys, stop, recorder) = (Arc::clone(&keys), Arc::clone(&stop), recorder.clone());
+            let master = master_addr(&cluster);
+            rt.spawn(async move {
+                let c =
+                    Client::cluster_builder(master).timeout(Duration::from_secs(1)).connect().await.unwrap();
+                let c = recorder.client(process, c);
+                let mut rng = SmallRng::seed_from_u64(process);
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let key = &keys[rng.random_range(0..keys.len())];
+                    let input = match rng.random_range(0..10) {
+                        0..4 => Input::Get,
+                        4..6 => Input::Put(format!("{process}.{n};")),
+                        6..9 => Input::Append(format!("{process}.{n};")),
+                        _ => Input::Lpop,
+                    };
+                    if c.run(key, input).await == Outcome::Unknown {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    let pause = || std::thread::sleep(Duration::from_millis(700));
+    pause();
+    cluster.add_node().unwrap();
+    flaky(&cluster);
+    pause();
+    assert!(cluster.node_mut(0).stop(STOP).unwrap(), "{}", cluster.logs());
+    pause();
+    cluster.add_node().unwrap();
+    flaky(&cluster);
+    pause();
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        rt.block_on(worker).unwrap();
+    }
+    for node in cluster.nodes() {
+        node.proxy().unwrap().heal();
+    }
+    rt.block_on(async {
+        let c = client(&cluster).await;
+        let reader = recorder.client(99, c);
+        for key in keys.iter() {
+            assert!(matches!(reader.run(key, Input::Get).await, Outcome::Ok(_)), "final read of {key}");
+        }
+    });
+    let history = recorder.history();
+    let (ok, fail, unknown) = history.counts();
+    let report = linearizability::check_with_budget(&history, Duration::from_secs(60));
+    println!("{ok} ok, {fail} failed, {unknown} unknown: {:?} in {:.2} s", report.verdict, report.elapsed);
+    assert!(ok > 100, "the workload did work: {ok} ok");
+    assert_eq!(report.verdict, Verdict::Linearizable, "{}", cluster.logs());
+}
