@@ -83,7 +83,7 @@ fn a_python_grpcio_client_uses_the_shard_master() {
         String::from_utf8_lossy(&output.stderr),
         master.stderr()
     );
-    for test in ["join and query", "leave"] {
+    for test in ["join and query", "data at the owners", "leave"] {
         assert!(stdout.contains(&format!("ok   {test}")), "{test} did not report success:\n{stdout}");
     }
 }
