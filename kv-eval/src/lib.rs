@@ -8,7 +8,8 @@
 //!   exits non-zero;
 //! - [`bench`](mod@bench): a closed-loop load generator (a fixed number of requests in flight) that
 //!   reports throughput and latency percentiles per operation;
-//! - [`single_node`]: subtask 1, which runs both against one storage server.
+//! - [`single_node`]: subtask 1, which runs both against one storage server;
+//! - [`chart`](mod@chart): charts as SVG documents, with no system font needed.
 //!
 //! And the cluster test harness, with which the distributed parts are checked:
 //! - [`cluster`]: nodes to kill, restart, pause and resume, each behind fault-injecting
@@ -21,6 +22,7 @@
 //! Anything that makes or reads randomness takes an explicit seed.
 
 pub mod bench;
+pub mod chart;
 pub mod chaos;
 pub mod checks;
 pub mod cluster;

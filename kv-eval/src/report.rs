@@ -67,6 +67,47 @@ fn stats_row(s: &OpStats) -> String {
     )
 }
 
+/// How a column of a [`table`] lines up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Align {
+    /// Text: padded on the right.
+    Left,
+    /// Numbers: padded on the left, so that digits line up.
+    Right,
+}
+
+/// A plain-text table, indented by two spaces: a header line, then one line per row, each column
+/// as wide as its widest cell. `align` gives each column's alignment (missing entries: left);
+/// cells beyond the header's columns are dropped.
+pub fn table(header: &[&str], align: &[Align], rows: &[Vec<String>]) -> String {
+    let columns = header.len();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let cells: Vec<String> = cells
+            .take(columns)
+            .enumerate()
+            .map(|(i, cell)| {
+                let pad = " ".repeat(widths[i].saturating_sub(cell.chars().count()));
+                match align.get(i).copied().unwrap_or(Align::Left) {
+                    Align::Left => format!("{cell}{pad}"),
+                    Align::Right => format!("{pad}{cell}"),
+                }
+            })
+            .collect();
+        format!("  {}", cells.join("  ")).trim_end().to_owned() + "\n"
+    };
+    let mut out = line(&mut header.iter().copied());
+    for row in rows {
+        out.push_str(&line(&mut row.iter().map(String::as_str)));
+    }
+    out
+}
+
 /// Writes `value` as pretty JSON to `path`, atomically (a temporary file renamed into place).
 pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     let json = serde_json::to_string_pretty(value).context("cannot encode the results")?;
@@ -74,4 +115,16 @@ pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     std::fs::write(&tmp, json + "\n").with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_line_up_their_columns() {
+        let rows = vec![vec!["a".to_owned(), "1".to_owned()], vec!["bbbb".to_owned(), "1234".to_owned()]];
+        let out = table(&["name", "n"], &[Align::Left, Align::Right], &rows);
+        assert_eq!(out, "  name     n\n  a        1\n  bbbb  1234\n");
+    }
 }
