@@ -9,7 +9,9 @@
 //! - [`bench`](mod@bench): a closed-loop load generator (a fixed number of requests in flight) that
 //!   reports throughput and latency percentiles per operation;
 //! - [`single_node`]: subtask 1, which runs both against one storage server;
-//! - [`chart`](mod@chart): charts as SVG documents, with no system font needed.
+//! - [`sharded`]: subtask 2, a shard master and storage servers: the functional flows through
+//!   cluster clients, throughput against the number of servers, and resharding under load,
+//!   charted over time with [`chart`](mod@chart).
 //!
 //! And the cluster test harness, with which the distributed parts are checked:
 //! - [`cluster`]: nodes to kill, restart, pause and resume, each behind fault-injecting
@@ -22,8 +24,8 @@
 //! Anything that makes or reads randomness takes an explicit seed.
 
 pub mod bench;
-pub mod chart;
 pub mod chaos;
+pub mod chart;
 pub mod checks;
 pub mod cluster;
 pub mod history;
@@ -32,4 +34,5 @@ pub mod process;
 pub mod proxy;
 pub mod recorder;
 pub mod report;
+pub mod sharded;
 pub mod single_node;
