@@ -90,6 +90,8 @@ pub struct ServerStatus {
     pub incoming_slots: u32,
     /// Keys it holds.
     pub keys: u64,
+    /// Slots it stopped serving and has yet to hand off.
+    pub outgoing_slots: u32,
     /// Whether it belongs to no cluster (and serves every key).
     pub standalone: bool,
 }
@@ -104,6 +106,7 @@ pub async fn server_status(endpoint: &str, timeout: Duration) -> Result<ServerSt
         serving_slots: status.serving_slots,
         incoming_slots: status.incoming_slots,
         keys: status.keys,
+        outgoing_slots: status.outgoing_slots,
         standalone: status.standalone,
     })
 }

@@ -60,6 +60,8 @@ pub struct ClusterConfig {
     pub proxies: bool,
     /// Also start a shard master (`kv-server shardmaster`), behind a proxy of its own.
     pub shardmaster: bool,
+    /// Extra arguments for the `kv-server shardmaster`.
+    pub shardmaster_args: Vec<String>,
     /// Seed of the port choice and of the proxies' randomness.
     pub seed: u64,
 }
@@ -74,6 +76,7 @@ impl ClusterConfig {
             server_args: vec!["--log".into(), "info".into(), "--workers".into(), "1".into()],
             proxies: true,
             shardmaster: false,
+            shardmaster_args: Vec::new(),
             seed: 0,
         })
     }
@@ -343,6 +346,11 @@ impl Cluster {
         self.shardmaster.as_mut()
     }
 
+    /// Every node, to break several at once.
+    pub fn nodes_mut(&mut self) -> &mut [Node] {
+        &mut self.nodes
+    }
+
     /// One node, to break.
     pub fn node_mut(&mut self, id: usize) -> &mut Node {
         &mut self.nodes[id]
@@ -429,7 +437,11 @@ fn start_node(
     std::fs::create_dir_all(dir.join("data")).context("cannot create a node folder")?;
     let args = match role {
         "storage" => config.server_args.clone(),
-        _ => vec!["--log".into(), "info".into(), "--workers".into(), "1".into()],
+        _ => {
+            let mut args: Vec<String> = vec!["--log".into(), "info".into(), "--workers".into(), "1".into()];
+            args.extend(config.shardmaster_args.iter().cloned());
+            args
+        }
     };
     let mut node = Node {
         id,

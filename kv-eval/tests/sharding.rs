@@ -401,3 +401,41 @@ fn a_workload_through_membership_changes_on_a_flaky_network_is_linearizable() {
     assert!(ok > 100, "the workload did work: {ok} ok");
     assert_eq!(report.verdict, Verdict::Linearizable, "{}", cluster.logs());
 }
+
+/// A receiver that stops answering in the middle of a leave delays the hand-off but loses
+/// nothing: the leave is reported incomplete, the leaver keeps its data and stays up, and once
+/// the receiver is back the shard master brings it up to date and the leaver finishes.
+#[test]
+fn a_paused_receiver_delays_a_leave_but_loses_nothing() {
+    let mut config = ClusterConfig::new(3).unwrap();
+    config.shardmaster = true;
+    config.shardmaster_args = vec!["--move-timeout-secs".into(), "2".into()];
+    config.server_args.extend(["--handoff-timeout-secs".into(), "1".into()]);
+    let mut cluster = Cluster::start(&config).unwrap();
+    let rt = runtime();
+    let mut expected = BTreeMap::new();
+    rt.block_on(async {
+        let c = client(&cluster).await;
+        for i in 0..200 {
+            c.put(format!("key{i}"), format!("value{i}")).await.unwrap();
+            expected.insert(format!("key{i}"), format!("value{i}"));
+        }
+    });
+    cluster.node_mut(1).pause().unwrap();
+    let (first, rest) = cluster.nodes_mut().split_at_mut(2);
+    let (paused, leaver) = (&mut first[1], &mut rest[0]);
+    let clean = std::thread::scope(|scope| {
+        let stopping = scope.spawn(|| leaver.stop(STOP).unwrap());
+        // The leave runs into both timeouts meanwhile, and gives up.
+        std::thread::sleep(Duration::from_secs(6));
+        paused.resume().unwrap();
+        stopping.join().unwrap()
+    });
+    assert!(clean, "the leaver exits cleanly once its data is handed off:\n{}", cluster.logs());
+    assert!(
+        cluster.nodes()[2].log().contains("could not hand off"),
+        "the leave was incomplete at first:\n{}",
+        cluster.logs()
+    );
+    rt.block_on(check_all(&cluster, &expected));
+}

@@ -1,7 +1,7 @@
 //! The shard master's state: the current configuration, changed one step at a time, and the
 //! driving of each step's data moves (the protocol is in `kv_shard`'s docs).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -59,6 +59,9 @@ impl ChangeError {
 #[derive(Debug)]
 pub struct Membership {
     current: RwLock<Arc<Config>>,
+    /// The last configurations, oldest first, the current one last: a server that missed some
+    /// is brought up to date one epoch at a time.
+    history: std::sync::Mutex<VecDeque<Arc<Config>>>,
     changes: tokio::sync::Mutex<()>,
     peers: Peers,
     move_timeout: Duration,
@@ -74,11 +77,16 @@ impl Membership {
     /// it, when it checks a joiner or a leaver.
     const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+    /// How many configurations are kept for servers that missed some.
+    const HISTORY: usize = 64;
+
     /// Epoch 0: no member. A change whose moves have not finished after `move_timeout` is
     /// reported as incomplete.
     pub fn new(move_timeout: Duration) -> Self {
+        let first = Arc::new(Config::new());
         Membership {
-            current: RwLock::new(Arc::new(Config::new())),
+            current: RwLock::new(Arc::clone(&first)),
+            history: std::sync::Mutex::new(VecDeque::from([first])),
             changes: tokio::sync::Mutex::new(()),
             peers: Peers::new(),
             move_timeout,
@@ -158,8 +166,84 @@ impl Membership {
             Ok(mut current) => *current = Arc::clone(&next),
             Err(poisoned) => *poisoned.into_inner() = Arc::clone(&next),
         }
+        {
+            let mut history = self.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            history.push_back(Arc::clone(&next));
+            while history.len() > Self::HISTORY {
+                history.pop_front();
+            }
+        }
         self.apply(&before, &next).await?;
         Ok(next)
+    }
+
+    /// Repairs what failures left behind, unless a change is in progress: brings every member
+    /// that answers and is behind up to the current epoch, one epoch at a time; and where a member
+    /// still waits for slots, installs the current epoch again everywhere, which makes their
+    /// senders resume the hand-offs that failed. Returns how many installs it made.
+    pub async fn reconcile(&self) -> usize {
+        let Ok(_serialised) = self.changes.try_lock() else { return 0 };
+        let current = self.current();
+        let history: Vec<Arc<Config>> =
+            self.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().cloned().collect();
+        let members: Vec<String> = current.members().map(|(_, address)| address.to_owned()).collect();
+        // The senders of the last change are members of the configuration before it (a leaver is
+        // one too).
+        let mut involved = members.clone();
+        if let Some(previous) = history.len().checked_sub(2).map(|i| &history[i]) {
+            involved.extend(previous.members().map(|(_, address)| address.to_owned()));
+        }
+        involved.sort_unstable();
+        involved.dedup();
+        let mut probes = Vec::new();
+        for address in &involved {
+            probes.push(self.status_of(address));
+        }
+        let statuses = join_all(probes).await;
+        let mut installs = 0;
+        let mut waiting = false;
+        for (address, status) in involved.iter().zip(statuses) {
+            let Ok(status) = status else { continue };
+            waiting |= status.incoming_slots > 0 || status.outgoing_slots > 0;
+            if status.epoch >= current.epoch() || !members.contains(address) {
+                continue;
+            }
+            let mut steps: Vec<(Arc<Config>, Arc<Config>)> = history
+                .windows(2)
+                .filter(|pair| pair[1].epoch() > status.epoch)
+                .map(|pair| (Arc::clone(&pair[0]), Arc::clone(&pair[1])))
+                .collect();
+            // A server that never installed anything starts with the epoch it (last) joined at.
+            if status.epoch == 0
+                && let Some(joined) = steps
+                    .iter()
+                    .rposition(|(from, to)| from.id_of(address).is_none() && to.id_of(address).is_some())
+            {
+                steps.drain(..joined);
+            }
+            if steps.first().is_none_or(|(from, _)| from.epoch() > status.epoch && status.epoch > 0) {
+                warn!(server = address, epoch = status.epoch, "too far behind to catch up step by step");
+                continue;
+            }
+            for (previous, next) in steps {
+                let deadline = Instant::now() + self.move_timeout;
+                installs += 1;
+                if let Err(status) = self.install(address, &previous, &next, &[], deadline).await {
+                    warn!(server = address, cause = %status.message(), "could not bring a server up to date");
+                    break;
+                }
+                info!(server = address, epoch = next.epoch(), "brought a lagging server up to date");
+            }
+        }
+        if waiting && let Some(previous) = history.len().checked_sub(2).map(|i| &history[i]) {
+            let deadline = Instant::now() + self.move_timeout;
+            let mut again = Vec::new();
+            for address in &involved {
+                again.push(self.install(address, previous, &current, &[], deadline));
+            }
+            installs += join_all(again).await.len();
+        }
+        installs
     }
 
     /// Installs `next` everywhere: first at the servers that send nothing (so every receiver
@@ -180,6 +264,8 @@ impl Membership {
             }
         }
 
+        // The senders get a time of their own, however long the receivers took.
+        let deadline = Instant::now() + self.move_timeout;
         let installs = senders.iter().map(|addr| self.install(addr, before, next, &[], deadline));
         let mut problems = Vec::new();
         let mut lost = false;

@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
@@ -47,6 +48,12 @@ struct Outgoing {
     to: BTreeMap<String, Vec<Slot>>,
 }
 
+impl Outgoing {
+    fn slots(&self) -> usize {
+        self.to.values().map(Vec::len).sum()
+    }
+}
+
 /// What an install did.
 #[derive(Debug, Default)]
 pub struct InstallReport {
@@ -65,6 +72,8 @@ pub struct Node {
     routing: RwLock<Routing>,
     /// Serialises installs, and holds the hand-offs still owed.
     outgoing: Mutex<Outgoing>,
+    /// How many slots `outgoing` holds, readable while a hand-off runs.
+    owed: AtomicUsize,
     peers: Peers,
     /// How long one hand-off may keep retrying a peer that does not answer.
     handoff_timeout: Duration,
@@ -84,6 +93,7 @@ impl Node {
             sessions: Sessions::default(),
             routing: RwLock::new(Routing { standalone: true, ownership: Ownership::new(me) }),
             outgoing: Mutex::new(Outgoing::default()),
+            owed: AtomicUsize::new(0),
             peers,
             handoff_timeout,
         }
@@ -128,6 +138,32 @@ impl Node {
         }
     }
 
+    /// Waits until this server owes no hand-off (the shard master resumes failed ones), or
+    /// `timeout` passes; returns whether none is owed.
+    pub async fn wait_for_handoffs(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut told = false;
+        loop {
+            // The lock is held while a hand-off runs, so this also waits for one in progress.
+            let owed = match tokio::time::timeout_at(deadline, self.outgoing.lock()).await {
+                Ok(outgoing) => outgoing.slots(),
+                Err(_) => return false,
+            };
+            if owed == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                warn!(slots = owed, "stopping with slots not handed off: their data is lost");
+                return false;
+            }
+            if !told {
+                info!(slots = owed, "waiting for the shard master to resume hand-offs");
+                told = true;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// What this server holds, for `Status`.
     pub async fn status(&self) -> Result<v1::StatusResponse, Error> {
         let keys = self.storage.key_count().await? as u64;
@@ -138,6 +174,7 @@ impl Node {
             epoch: routing.ownership.epoch(),
             serving_slots: if routing.standalone { SLOTS } else { routing.ownership.serving() } as u32,
             incoming_slots: incoming as u32,
+            outgoing_slots: self.owed.load(Ordering::Relaxed) as u32,
             keys,
             standalone: routing.standalone,
         })
@@ -153,7 +190,12 @@ impl Node {
     ) -> Result<InstallReport, Status> {
         let mut outgoing = self.outgoing.lock().await;
         let mut report = InstallReport::default();
-        {
+        let again = {
+            let routing = self.routing.read().await;
+            !routing.standalone && next.epoch() == routing.ownership.epoch() && abandoned.is_empty()
+        };
+        // Installing the epoch this server is at only resumes hand-offs: no need to stop requests.
+        if !again {
             // Waits for every request admitted so far to finish.
             let mut routing = self.routing.write().await;
             if next.epoch() == routing.ownership.epoch() && !routing.standalone {
@@ -184,7 +226,7 @@ impl Node {
                 if !outgoing.to.is_empty() {
                     warn!(
                         epoch = outgoing.epoch,
-                        slots = outgoing.to.values().map(Vec::len).sum::<usize>(),
+                        slots = outgoing.slots(),
                         "hand-offs of an earlier epoch never finished; their data stays here, unserved"
                     );
                 }
@@ -193,6 +235,7 @@ impl Node {
                 }
                 report.never_arrived = handoff.never_arrived;
                 *outgoing = Outgoing { epoch, to: handoff.outgoing };
+                self.owed.store(outgoing.slots(), Ordering::Relaxed);
                 if !handoff.orphaned.is_empty() {
                     let orphaned = slot_set(&handoff.orphaned);
                     let dropped = self
@@ -222,6 +265,7 @@ impl Node {
                     report.slots_sent += slots as u64;
                     report.keys_sent += keys;
                     outgoing.to.remove(&to);
+                    self.owed.store(outgoing.slots(), Ordering::Relaxed);
                 }
                 Err(status) => failures.push(format!("to {to}: {}", status.message())),
             }

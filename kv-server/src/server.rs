@@ -125,6 +125,7 @@ pub async fn run_storage(
         None => listener.local_addr()?.to_string(),
     };
     let node = Arc::new(Node::new(storage, me.clone(), Peers::new(), config.handoff_timeout));
+    let leaver = Arc::clone(&node);
     // Room for the largest request the limits allow, plus framing; larger messages are refused
     // by the transport (OUT_OF_RANGE) before they are read into memory.
     let max_message = (config.limits.max_key_len + config.limits.max_value_len + 64 * 1024).max(4 << 20);
@@ -144,7 +145,10 @@ pub async fn run_storage(
         let (cluster, me) = (cluster.clone(), me.clone());
         async move {
             shutdown.await;
+            let started = tokio::time::Instant::now();
             leave_cluster(&cluster, &me).await;
+            let left = cluster.leave_timeout.saturating_sub(started.elapsed());
+            leaver.wait_for_handoffs(left).await;
         }
     };
     let serving = serve(listener, routes, &names, config.shutdown_grace, leave);
@@ -221,11 +225,35 @@ pub async fn run_shardmaster(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let membership = Arc::new(Membership::new(config.move_timeout));
+    // Repairs what failed moves left behind, for as long as the shard master serves.
+    let reconciler = tokio::spawn({
+        let membership = Arc::clone(&membership);
+        async move {
+            loop {
+                tokio::time::sleep(RECONCILE_INTERVAL).await;
+                membership.reconcile().await;
+            }
+        }
+    });
+    let _stop_reconciler = AbortOnDrop(reconciler);
     let native = ShardMasterService::new(Arc::clone(&membership)).into_server();
     let compat = CompatShardMasterService::new(membership).into_server();
     let names = [service_name(&native), service_name(&compat)];
     let routes = Routes::new(native).add_service(compat);
     serve(listener, routes, &names, config.shutdown_grace, shutdown).await
+}
+
+/// How often the shard master checks that every member is at the current epoch and has all its
+/// slots.
+const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn service_name<S: NamedService>(_: &S) -> &'static str {
