@@ -1,6 +1,6 @@
 //! A storage server's core: the engine, the exactly-once sessions, and the slots it serves.
 //!
-//! Every request passes [`Node::admit`], which checks under a read lock that the key's slot is
+//! Every request passes `Node::admit`, which checks under a read lock that the key's slot is
 //! served here, and keeps the lock until the operation is done. Installing a configuration takes
 //! the write lock: it waits for the operations already admitted, switches, and from then on
 //! requests for the slots it lost are refused. So by the time a lost slot is exported, every

@@ -28,44 +28,62 @@
 //! The shard master owns the sequence of configurations and changes it one step at a time: a
 //! `Join` or `Leave` computes epoch `e+1` from `e`, and returns only when every slot that changed
 //! owner is installed at its new owner. Changes are serialised: the next one starts after the
-//! last has finished.
+//! last has finished. Servers learn configurations by being told (`Node.Install`, pushed by the
+//! shard master, which carries the new configuration and its predecessor); a server's slot table
+//! is [`Ownership`].
 //!
 //! For a slot that moves from server `A` to server `B` at epoch `e+1`:
-//! 1. `A` learns epoch `e+1` and stops serving the slot: requests for it fail with *wrong shard*,
-//!    carrying epoch `e+1` and `B` as the owner. The ownership check and the write happen in one
-//!    step, and `A` waits for the writes already past the check (in-progress tickets) before it
-//!    takes the slot's snapshot: every write `A` *applied* — not only those it acknowledged — is in
-//!    the snapshot, with its exactly-once record.
-//! 2. `A` streams the snapshot to `B` in batches: the slot's keys, and the slot's part of the
-//!    exactly-once tables (per client: the floor, and the recorded answers; never in-progress
-//!    entries; ages rather than instants). So session records are kept per slot.
-//! 3. `B` installs the batches. Until the last batch of a slot is installed, requests for that
-//!    slot at `B` fail with a retryable *moving* error; afterwards `B` serves it. Merging a
-//!    client's records takes the larger floor.
-//! 4. Once `B` has acknowledged the whole slot, `A` drops its copy.
+//! 1. The shard master installs `e+1` at every server that sends nothing, `B` among them: `B`
+//!    now owns the slot but does not serve it until its data has arrived: requests get a
+//!    retryable *moving* error. `A` still serves it under epoch `e`.
+//! 2. Then it installs `e+1` at the senders. `A` stops serving the slot: requests for it fail
+//!    with *wrong shard*, carrying epoch `e+1` and `B` as the owner. The ownership check and the
+//!    operation happen under one read lock, and the switch takes the write lock, so the writes
+//!    already admitted finish first: every write `A` *applied* — not only those it acknowledged —
+//!    is in the snapshot it then takes, with its exactly-once record.
+//! 3. `A` streams the slot to `B` in `Node.Transfer` batches (about 1 MiB of keys each): the
+//!    keys, and, in the first batch, the exactly-once records of the moving slots (per client:
+//!    the floor, and the answers tagged with these slots). Each batch names the slots it
+//!    completes; `B` serves a slot as soon as the batch completing it is in. Merging a client's
+//!    records takes the larger floor.
+//! 4. Once `B` has acknowledged every batch, `A` drops its copy, and its `Install` returns.
 //!
 //! Invariants:
-//! - **One server serves a slot at a time.** `A` stops before it sends; `B` starts after it has
-//!   everything. A slot is unavailable only while its own batches are in flight; slots that do
-//!   not move are never blocked.
-//! - **No acknowledged write is lost or applied twice.** Every write `A` applied for the slot is
-//!   in the snapshot; the exactly-once records travel with the data, so a client's retry of a
-//!   write that `A` applied is answered from the record at `B`, not applied again.
-//! - **Configurations apply in epoch order.** A server that missed epochs fetches and applies
-//!   every one in between, so the shard master keeps the history of configurations (and must
-//!   keep it across its own restarts: epochs never go back and member ids are never reused).
-//!   Installs are idempotent per (slot, epoch), and `B` refuses a batch for an epoch it has
-//!   moved past, so a late resend cannot bring back stale data. Requests carry the client's
-//!   epoch, so a lagging server learns that a newer one exists.
+//! - **One server serves a slot at a time.** `B` starts after it has everything, and `A` stops
+//!   before it snapshots. Slots that do not move are never blocked, and a moving slot is
+//!   unavailable from `A`'s switch until its batch is installed at `B`.
+//! - **No acknowledged write is lost or applied twice.** Every write `A` applied to the slot is in
+//!   the snapshot; the exactly-once records travel with the data, so a client's retry of a write
+//!   that `A` applied is answered from the record at `B`, not applied again.
+//! - **Batches are idempotent and fenced.** `B` takes a batch only for a slot it is waiting for,
+//!   at the batch's epoch, from the slot's previous owner; a resend of a slot already complete is
+//!   acknowledged and ignored (so a late duplicate cannot overwrite newer writes); a batch for an
+//!   older epoch, or from anyone else, is refused.
 //! - **`A` never drops what `B` has not acknowledged**, so a `Leave` that has returned has put
-//!   every key of the leaver at its new owners, and the leaver may stop.
-//! - **A dead server does not wedge the cluster.** Moves have timeouts, and a change whose move
-//!   cannot finish is reported, not waited on forever; without replication, the data of a
-//!   server that died is lost, and the shard master says so rather than pretending it is served.
-//!   Clients refresh their configuration on connection failures too, since a leaver may stop.
+//!   every key of the leaver at its new owners, and a leaver stays up (at shutdown) until its
+//!   hand-offs are done.
+//! - **Failures are repaired, or reported, never waited on forever.** Moves have timeouts
+//!   (`--move-timeout-secs`, `--handoff-timeout-secs`). A hand-off that fails leaves the data at
+//!   `A`, which keeps owing it; the change is reported incomplete (`ABORTED`). Every second the
+//!   shard master brings members that missed epochs up to date, one epoch at a time from its
+//!   history of configurations, and re-installs the current epoch where slots are still owed or
+//!   awaited, which resumes the hand-offs. A sender that cannot be reached at all is presumed
+//!   dead: without replication its slots' data is lost with it, so the receivers are told to serve
+//!   them empty, and the change is reported as `DATA_LOSS`, not hidden.
+//! - **The last member cannot leave while it holds keys** (nothing could take them): the leave is
+//!   refused (`FAILED_PRECONDITION`), a server stopping then stops without leaving, and the shard
+//!   master keeps naming it, so clients get errors, never a false "no value". A joiner must hold
+//!   no keys unless it is the first member (whose data the cluster adopts), and must answer.
 //!
-//! This crate holds the placement and (next) the shard master's state machine, with no I/O; the
-//! server crate runs them over gRPC.
+//! Known limits, lifted by replication (leases) and a durable shard master:
+//! - A server presumed dead while merely cut off keeps serving its old slots to clients whose map
+//!   is old, until it learns the new epoch: nothing fences it yet.
+//! - The shard master keeps its configurations in memory: restarting it forgets the cluster.
+//! - A server that crashes loses its data (the engine is in memory), and on restart is refused
+//!   as a member already: an operator removes it (`kv cluster leave`) first.
+//!
+//! This crate holds the placement and the servers' slot table, with no I/O; the server crate
+//! runs them over gRPC.
 
 mod config;
 mod error;

@@ -170,7 +170,7 @@ impl Ownership {
         }
     }
 
-    /// Starts serving `slot`, whose data has all arrived (or, for [`Ownership::abandon`], is lost).
+    /// Starts serving `slot`, whose data has all arrived (or was lost with its sender).
     pub fn complete(&mut self, slot: Slot) {
         let held = &mut self.held[usize::from(slot)];
         if let Held::Incoming { from } = held {
