@@ -122,14 +122,16 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(err) => {
+            // The error, and the innermost cause (say, "Connection refused"), which says most.
             let mut message = err.to_string();
+            let mut innermost = None;
             let mut cause = std::error::Error::source(&err);
             while let Some(inner) = cause {
-                let text = inner.to_string();
-                if !message.contains(&text) {
-                    message = format!("{message}: {text}");
-                }
+                innermost = Some(inner.to_string());
                 cause = inner.source();
+            }
+            if let Some(text) = innermost.filter(|text| !message.contains(text.as_str())) {
+                message = format!("{message}: {text}");
             }
             eprintln!("kv: {message}");
             ExitCode::from(match err {
