@@ -108,13 +108,25 @@ pub fn table(header: &[&str], align: &[Align], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// Writes `value` as pretty JSON to `path`, atomically (a temporary file renamed into place).
+/// Writes `value` as pretty JSON to `path`, atomically (a temporary file renamed into place),
+/// creating its folder if needed.
 pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     let json = serde_json::to_string_pretty(value).context("cannot encode the results")?;
+    create_parent(path)?;
     let tmp = path.with_extension("json.tmp");
     std::fs::write(&tmp, json + "\n").with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
+}
+
+/// Creates the folder `path` is in, if it has one and it is missing.
+pub fn create_parent(path: &Path) -> Result<()> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))
+        }
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -13,8 +13,8 @@ use kv_shard::Config;
 use tokio::runtime::Runtime;
 
 use super::{
-    Options, STOP_TIMEOUT, client_runtime, cluster_client, current_config, master_addr, node_by_addr,
-    start_cluster, stop_all_at_once,
+    Options, STOP_TIMEOUT, client_runtime, cluster_client, current_config, keep_files_if_asked, master_addr,
+    node_by_addr, start_cluster, stop_all_at_once,
 };
 use crate::checks::{self, CheckOutcome, Keys, verdict};
 use crate::cluster::Cluster;
@@ -67,6 +67,7 @@ fn sequence_parallel_all_stop(options: &Options, rt: &Runtime, servers: usize) -
     let result = all_stop_at_once(rt, &mut cluster, &master, &keys.key(33));
     let name = format!("{servers} servers: all stop at once; all exit 0, the last stays a member");
     out.push(outcome(name, started, result));
+    keep_files_if_asked(&mut cluster, out.iter().any(|c| !c.passed));
     Ok(out)
 }
 
@@ -216,6 +217,7 @@ fn leaves_one_by_one(options: &Options, rt: &Runtime) -> Result<Vec<CheckOutcome
         let name = format!("5 servers: parallel after leave {step}/4 ({} left)", members - 1);
         out.push(rt.block_on(verdict(name, checks::parallel(&clients, &keys))));
     }
+    keep_files_if_asked(&mut cluster, out.iter().any(|c| !c.passed));
     Ok(out)
 }
 
@@ -262,6 +264,7 @@ fn muda(options: &Options, rt: &Runtime) -> Result<Vec<CheckOutcome>> {
         started,
         result,
     ));
+    keep_files_if_asked(&mut cluster, out.iter().any(|c| !c.passed));
     Ok(out)
 }
 

@@ -232,6 +232,13 @@ fn child_pids_listening_on(addrs: &[String]) -> Vec<Option<i32>> {
     found
 }
 
+/// Keeps the cluster's folder (logs, data) if the run failed and `KV_KEEP_CLUSTER` is set.
+fn keep_files_if_asked(cluster: &mut Cluster, failed: bool) {
+    if failed && std::env::var_os("KV_KEEP_CLUSTER").is_some() {
+        eprintln!("kept the cluster's files in {}", cluster.keep_files().display());
+    }
+}
+
 /// Seconds since `start`, for reports.
 fn secs_since(start: Instant) -> f64 {
     start.elapsed().as_secs_f64()

@@ -34,8 +34,8 @@ use tokio::runtime::Handle;
 
 use super::analysis::{self, AppendAudit, Bucket};
 use super::{
-    Options, STOP_TIMEOUT, client_runtime, current_config, master_addr, node_by_addr, secs_since,
-    start_cluster,
+    Options, STOP_TIMEOUT, client_runtime, current_config, keep_files_if_asked, master_addr, node_by_addr,
+    secs_since, start_cluster,
 };
 use crate::bench::{Mix, OpKind};
 use crate::chart::{self, Marker};
@@ -199,6 +199,10 @@ pub struct ReshardingReport {
     pub buckets: Vec<Bucket>,
     /// The membership changes, in order.
     pub changes: Vec<MembershipChange>,
+    /// Why the schedule stopped before its end, if it did.
+    pub schedule_error: Option<String>,
+    /// Keys of the load.
+    pub keys: usize,
     /// Keys that could not be read back after the load.
     pub unread_keys: Vec<String>,
     /// The append-by-append check of the final values.
@@ -245,7 +249,35 @@ pub(super) fn run(options: &Options) -> Result<(ReshardingReport, Vec<CheckOutco
     }
     ensure!(config.clients > 0, "the resharding load needs at least one client");
     let mut cluster = start_cluster(options, config.initial_servers)?;
-    let master = master_addr(&cluster)?;
+    let result = record(&mut cluster, options).map(|recorded| {
+        let report = analyse(config, recorded);
+        let checks = phase_checks(&report);
+        (report, checks)
+    });
+    keep_files_if_asked(
+        &mut cluster,
+        result.as_ref().map_or(true, |(_, checks)| checks.iter().any(|c| !c.passed)),
+    );
+    result
+}
+
+/// What a run recorded, before analysis.
+struct Recorded {
+    history: History,
+    /// When the load started, on the history's clock.
+    from: Duration,
+    load_secs: f64,
+    changes: Vec<MembershipChange>,
+    schedule_error: Option<String>,
+    keys: Arc<KeySpace>,
+    finals: BTreeMap<String, Option<String>>,
+    unread_keys: Vec<String>,
+}
+
+/// Preloads, runs the load through the schedule of changes, and reads every key back.
+fn record(cluster: &mut Cluster, options: &Options) -> Result<Recorded> {
+    let config = &options.load;
+    let master = master_addr(cluster)?;
     let rt = client_runtime()?;
     let recorder = Recorder::new();
     // The recorder's clock started just now: history times are measured from here.
@@ -276,12 +308,11 @@ pub(super) fn run(options: &Options) -> Result<(ReshardingReport, Vec<CheckOutco
     );
 
     let start = Instant::now();
-    let from = start.duration_since(clock);
     let done = Arc::new(AtomicBool::new(false));
     let handle = rt.handle().clone();
-    let changes = std::thread::scope(|scope| {
+    let (changes, schedule_error) = std::thread::scope(|scope| {
         let membership = scope.spawn(|| {
-            let changes = membership(&mut cluster, &handle, &master, config, &keys.all, start);
+            let changes = membership(cluster, &handle, &master, config, &keys.all, start);
             done.store(true, Ordering::Relaxed);
             changes
         });
@@ -294,35 +325,30 @@ pub(super) fn run(options: &Options) -> Result<(ReshardingReport, Vec<CheckOutco
             }
             while tasks.join_next().await.is_some() {}
         });
-        membership.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the membership thread panicked")))
-    })?;
+        membership.join().unwrap_or_else(|_| (Vec::new(), Some("the membership thread panicked".to_owned())))
+    });
     let load_secs = secs_since(start);
 
     let reader = recorder.client(config.clients as u64, rt.block_on(connect(&master, config.timeout))?);
     let (finals, unread_keys) = rt.block_on(final_reads(&reader, &keys.all));
-    drop(rt);
-    drop(cluster);
-
-    let history = recorder.history();
-    let report = analyse(config, history, from, load_secs, changes, &keys, &finals, unread_keys);
-    let checks = phase_checks(&report, &keys);
-    Ok((report, checks))
+    Ok(Recorded {
+        history: recorder.history(),
+        from: start.duration_since(clock),
+        load_secs,
+        changes,
+        schedule_error,
+        keys,
+        finals,
+        unread_keys,
+    })
 }
 
 /// Puts together what the phase measured.
-#[allow(clippy::too_many_arguments)]
-fn analyse(
-    config: &LoadConfig,
-    history: History,
-    from: Duration,
-    load_secs: f64,
-    mut changes: Vec<MembershipChange>,
-    keys: &KeySpace,
-    finals: &BTreeMap<String, Option<String>>,
-    unread_keys: Vec<String>,
-) -> ReshardingReport {
+fn analyse(config: &LoadConfig, recorded: Recorded) -> ReshardingReport {
+    let Recorded { history, from, load_secs, mut changes, schedule_error, keys, finals, unread_keys } =
+        recorded;
     let linearizability = linearizability::check_with_budget(&history, config.check_budget);
-    let appends = analysis::audit_appends(&history, &keys.append, finals, initial_value);
+    let appends = analysis::audit_appends(&history, &keys.append, &finals, initial_value);
     let ops = analysis::load_ops(&history, config.clients as u64, from);
     let buckets = analysis::buckets(&ops, from, load_secs, config.bucket);
     for change in &mut changes {
@@ -347,6 +373,8 @@ fn analyse(
         max_latency_ms: analysis::max_latency_ms(&ops, from, None),
         buckets,
         changes,
+        schedule_error,
+        keys: keys.all.len(),
         unread_keys,
         appends,
         linearizability,
@@ -442,7 +470,8 @@ async fn final_reads(
     (finals, unread)
 }
 
-/// Makes the scheduled changes, each at its time (or as soon as the one before is done).
+/// Makes the scheduled changes, each at its time (or as soon as the one before is done); stops
+/// at the first that cannot be made or measured, and says why.
 fn membership(
     cluster: &mut Cluster,
     handle: &Handle,
@@ -450,14 +479,21 @@ fn membership(
     config: &LoadConfig,
     keys: &[String],
     start: Instant,
-) -> Result<Vec<MembershipChange>> {
+) -> (Vec<MembershipChange>, Option<String>) {
     let mut schedule = config.schedule.clone();
     schedule.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut changes = Vec::new();
     for (fraction, kind) in schedule {
         let when = start + config.duration.mul_f64(fraction.clamp(0.0, 1.0));
         std::thread::sleep(when.saturating_duration_since(Instant::now()));
-        let change = change(cluster, handle, master, kind, keys, start)?;
+        let change = match change(cluster, handle, master, kind, keys, start) {
+            Ok(change) => change,
+            Err(err) => {
+                let err = format!("the {} at {:.2} s: {err:#}", kind.name(), secs_since(start));
+                println!("  {err}");
+                return (changes, Some(err));
+            }
+        };
         println!(
             "  {:>6.2} s  {} {} ({}): {:.2} s, {} -> {} members, {} keys moved (ideal {:.1}){}",
             change.at_secs,
@@ -473,7 +509,7 @@ fn membership(
         );
         changes.push(change);
     }
-    Ok(changes)
+    (changes, None)
 }
 
 /// Makes one change and measures it.
@@ -562,7 +598,7 @@ async fn member_statuses(config: &Config, keys: &[String]) -> Result<Vec<MemberS
 }
 
 /// The phase's pass/fail checks.
-fn phase_checks(report: &ReshardingReport, keys: &KeySpace) -> Vec<CheckOutcome> {
+fn phase_checks(report: &ReshardingReport) -> Vec<CheckOutcome> {
     let check = |name: String, problem: Option<String>, seconds: f64, note: String| CheckOutcome {
         name,
         passed: problem.is_none(),
@@ -616,7 +652,7 @@ fn phase_checks(report: &ReshardingReport, keys: &KeySpace) -> Vec<CheckOutcome>
             "ok".into(),
         ),
         check(
-            format!("resharding: every key read back after the load ({} keys)", keys.all.len()),
+            format!("resharding: every key read back after the load ({} keys)", report.keys),
             (!report.unread_keys.is_empty()).then(|| {
                 format!("{} key(s) unreadable, e.g. {}", report.unread_keys.len(), report.unread_keys[0])
             }),
@@ -739,12 +775,13 @@ pub(super) fn chart(r: &ReshardingReport) -> Result<String> {
             at: c.at_secs,
             until: c.at_secs + c.duration_secs,
             label: format!(
-                "{} {} ({} -> {}), {} keys moved",
+                "{} {}",
                 c.kind.name(),
-                c.node.map_or_else(|| "-".to_owned(), |id| format!("node {id}")),
-                c.members_before,
-                c.members_after,
-                c.keys_moved
+                c.node.map_or_else(|| "(no node)".to_owned(), |id| format!("node {id}"))
+            ),
+            detail: format!(
+                "{} -> {} servers, {} keys moved",
+                c.members_before, c.members_after, c.keys_moved
             ),
             removal: c.kind == ChangeKind::Leave,
         })
