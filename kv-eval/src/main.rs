@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use kv_eval::bench::{BenchConfig, Mix};
 use kv_eval::chaos::{ChaosConfig, FaultKind};
 use kv_eval::cluster::ClusterConfig;
+use kv_eval::sharded::{self, LoadConfig, Phase};
 use kv_eval::{report, single_node};
 use serde::Serialize;
 
@@ -26,12 +27,26 @@ struct Cli {
 enum Command {
     /// Subtask 1: one storage server; functional checks, then throughput and latency.
     SingleNode(SingleNodeArgs),
-    /// Every subtask that exists (today: single-node).
-    All(SingleNodeArgs),
+    /// Subtask 2: a shard master and storage servers; the functional flows through cluster
+    /// clients, throughput by number of servers, and resharding under load (with a chart).
+    Sharded(ShardedArgs),
+    /// Every subtask that exists: single-node, then sharded (which starts its own servers, also
+    /// with `--endpoint`).
+    All(AllArgs),
     /// A workload under faults (kill/restart, pause, partition, flaky network) with a
     /// linearizability check of the recorded history.
     Chaos(ChaosArgs),
 }
+
+/// The benchmark's workload, shared by the single-node and sharded subtasks so that their
+/// figures compare.
+const BENCH_CONCURRENCY: usize = 64;
+const BENCH_SECS: f64 = 10.0;
+const BENCH_WARMUP_SECS: f64 = 2.0;
+const BENCH_KEYS: usize = 10_000;
+const BENCH_KEY_SIZE: usize = 16;
+const BENCH_VALUE_SIZE: usize = 32;
+const BENCH_MIX: &str = "get=50,put=50";
 
 #[derive(Debug, Args)]
 struct ChaosArgs {
@@ -94,25 +109,25 @@ struct SingleNodeArgs {
     #[arg(long, default_value_t = 1)]
     connections: usize,
     /// Requests in flight during the benchmark.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = BENCH_CONCURRENCY)]
     concurrency: usize,
     /// Seconds measured.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = BENCH_SECS)]
     duration: f64,
     /// Seconds of load before measuring.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = BENCH_WARMUP_SECS)]
     warmup: f64,
     /// Distinct keys (all written before the run).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = BENCH_KEYS)]
     keys: usize,
     /// Bytes per key.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = BENCH_KEY_SIZE)]
     key_size: usize,
     /// Bytes per value written.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = BENCH_VALUE_SIZE)]
     value_size: usize,
     /// Operation mix, as weights: `get=50,put=50`; also append, lpop, rpop, delete.
-    #[arg(long, default_value = "get=50,put=50")]
+    #[arg(long, default_value = BENCH_MIX)]
     mix: Mix,
     /// Seed of every random choice.
     #[arg(long, default_value_t = 1)]
@@ -128,9 +143,76 @@ struct SingleNodeArgs {
     json: Option<PathBuf>,
 }
 
+#[derive(Debug, Args)]
+struct ShardedArgs {
+    /// The `kv-server` binary to start (default: next to this executable, or $KV_SERVER_BIN).
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Seconds the benchmark measures per server count (the single-node workload otherwise).
+    #[arg(long, default_value_t = BENCH_SECS)]
+    bench_secs: f64,
+    /// Seconds of benchmark load before measuring.
+    #[arg(long, default_value_t = BENCH_WARMUP_SECS)]
+    warmup: f64,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// No progress bar.
+    #[arg(long)]
+    no_progress: bool,
+    /// Also write the results as JSON to this file (and the chart beside it).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[command(flatten)]
+    phases: ShardedPhaseArgs,
+}
+
+/// The sharded subtask's own flags (`kv-eval all` takes them too).
+#[derive(Debug, Args)]
+struct ShardedPhaseArgs {
+    /// Phases of the sharded subtask to run: functional, throughput, resharding.
+    #[arg(long, value_delimiter = ',', default_value = "functional,throughput,resharding")]
+    phases: Vec<PhaseArg>,
+    /// Numbers of storage servers the benchmark runs against.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+    server_counts: Vec<usize>,
+    /// Seconds of load while servers join and leave (it runs on until every change is done).
+    #[arg(long, default_value_t = 12.0)]
+    load_secs: f64,
+    /// Recorded clients of the resharding load.
+    #[arg(long, default_value_t = 16)]
+    load_clients: usize,
+    /// Distinct keys of the resharding load.
+    #[arg(long, default_value_t = 300)]
+    load_keys: usize,
+    /// Seconds the linearizability check may take before it answers unknown (a failure).
+    #[arg(long, default_value_t = 60.0)]
+    check_budget: f64,
+    /// Write the chart of throughput during resharding (SVG) here [default: beside --json, as
+    /// STEM-throughput.svg; else ./kv-eval-sharded-throughput.svg].
+    #[arg(long)]
+    chart: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum PhaseArg {
+    Functional,
+    Throughput,
+    Resharding,
+}
+
+#[derive(Debug, Args)]
+struct AllArgs {
+    #[command(flatten)]
+    single: SingleNodeArgs,
+    #[command(flatten)]
+    sharded: ShardedPhaseArgs,
+}
+
 #[derive(Serialize)]
 struct AllReport {
     single_node: single_node::Report,
+    sharded: sharded::Report,
     passed: bool,
 }
 
@@ -158,13 +240,37 @@ fn run(cli: Cli) -> Result<bool> {
             }
             Ok(report.passed)
         }
+        Command::Sharded(args) => {
+            let bench = BenchConfig {
+                duration: seconds(args.bench_secs, "bench-secs", false)?,
+                warmup: seconds(args.warmup, "warmup", true)?,
+                ..default_bench(args.seed)
+            };
+            let common = Common { server_bin: &args.server_bin, seed: args.seed, json: &args.json };
+            let options = sharded_options(&args.phases, &common, bench, !args.no_progress)?;
+            let report = sharded::run(&options)?;
+            if let Some(path) = &args.json {
+                report::write_json(path, &report)?;
+            }
+            Ok(report.passed)
+        }
         Command::Chaos(args) => chaos(&args),
         Command::All(args) => {
+            let single = &args.single;
+            // The sharded benchmark runs the single-node workload, as its flags say.
+            let bench = options(single)?.bench.unwrap_or_else(|| default_bench(single.seed));
+            let common = Common { server_bin: &single.server_bin, seed: single.seed, json: &single.json };
+            let mut sharded_options = sharded_options(&args.sharded, &common, bench, !single.no_progress)?;
+            if single.no_bench {
+                sharded_options.phases.retain(|p| *p != Phase::Throughput);
+            }
             println!("== subtask 1: single node ==");
-            let single_node = single_node::run(&options(&args)?)?;
-            let passed = single_node.passed;
-            if let Some(path) = &args.json {
-                report::write_json(path, &AllReport { single_node, passed })?;
+            let single_node = single_node::run(&options(single)?)?;
+            println!("\n== subtask 2: sharded ==");
+            let sharded = sharded::run(&sharded_options)?;
+            let passed = single_node.passed && sharded.passed;
+            if let Some(path) = &single.json {
+                report::write_json(path, &AllReport { single_node, sharded, passed })?;
             }
             Ok(passed)
         }
@@ -211,6 +317,72 @@ fn chaos(args: &ChaosArgs) -> Result<bool> {
         report::write_json(path, &report.history)?;
     }
     Ok(report.passed)
+}
+
+/// The flags `sharded` and `all` spell alike.
+struct Common<'a> {
+    server_bin: &'a Option<PathBuf>,
+    seed: u64,
+    json: &'a Option<PathBuf>,
+}
+
+/// The single-node benchmark's workload with its default flags.
+fn default_bench(seed: u64) -> BenchConfig {
+    BenchConfig {
+        concurrency: BENCH_CONCURRENCY,
+        duration: Duration::from_secs_f64(BENCH_SECS),
+        warmup: Duration::from_secs_f64(BENCH_WARMUP_SECS),
+        keys: BENCH_KEYS,
+        key_size: BENCH_KEY_SIZE,
+        value_size: BENCH_VALUE_SIZE,
+        mix: BENCH_MIX.parse().expect("the default mix parses"),
+        seed,
+    }
+}
+
+fn sharded_options(
+    args: &ShardedPhaseArgs,
+    common: &Common<'_>,
+    bench: BenchConfig,
+    progress: bool,
+) -> Result<sharded::Options> {
+    anyhow::ensure!(args.server_counts.iter().all(|&n| n > 0), "--server-counts must all be at least 1");
+    anyhow::ensure!(args.load_clients > 0, "--load-clients must be at least 1");
+    let chart = match (&args.chart, common.json) {
+        (Some(chart), _) => chart.clone(),
+        (None, Some(json)) => {
+            let stem =
+                json.file_stem().map_or_else(|| "kv-eval".into(), |s| s.to_string_lossy().into_owned());
+            json.with_file_name(format!("{stem}-throughput.svg"))
+        }
+        (None, None) => PathBuf::from("kv-eval-sharded-throughput.svg"),
+    };
+    let load = LoadConfig {
+        clients: args.load_clients,
+        keys: args.load_keys.max(2),
+        duration: seconds(args.load_secs, "load-secs", false)?,
+        check_budget: seconds(args.check_budget, "check-budget", false)?,
+        seed: common.seed,
+        ..LoadConfig::default()
+    };
+    let phases = args
+        .phases
+        .iter()
+        .map(|p| match p {
+            PhaseArg::Functional => Phase::Functional,
+            PhaseArg::Throughput => Phase::Throughput,
+            PhaseArg::Resharding => Phase::Resharding,
+        })
+        .collect();
+    Ok(sharded::Options {
+        server_bin: common.server_bin.clone(),
+        phases,
+        bench,
+        server_counts: args.server_counts.clone(),
+        load,
+        chart,
+        progress,
+    })
 }
 
 fn options(args: &SingleNodeArgs) -> Result<single_node::Options> {
