@@ -83,10 +83,9 @@ fn all_stop_at_once(rt: &Runtime, cluster: &mut Cluster, master: &str, probe_key
         cluster.nodes().len()
     );
     let held_before = rt.block_on(keys_held(&before))?;
-    let ids: Vec<usize> = (0..cluster.nodes().len()).collect();
-    let (exits, signalled) = stop_all_at_once(cluster, &ids)?;
+    let exits = stop_all_at_once(cluster)?;
     let unclean: Vec<usize> =
-        ids.iter().zip(&exits).filter(|(_, clean)| !**clean).map(|(id, _)| *id).collect();
+        exits.iter().enumerate().filter(|(_, clean)| !**clean).map(|(id, _)| id).collect();
     ensure!(unclean.is_empty(), "node(s) {unclean:?} did not exit with status 0 within {STOP_TIMEOUT:?}");
 
     let after = rt.block_on(current_config(master))?;
@@ -127,7 +126,7 @@ fn all_stop_at_once(rt: &Runtime, cluster: &mut Cluster, master: &str, probe_key
     let held =
         held.map_or_else(|| format!("{held_before} keys (by the servers' count)"), |h| format!("{h} keys"));
     Ok(format!(
-        "{} exited 0 ({signalled} signalled at once); {last} stays a member, refused as the last \
+        "{} exited 0; {last} stays a member, refused as the last \
          with all {held}, which read as unavailable",
         exits.len()
     ))

@@ -183,53 +183,14 @@ fn node_by_addr(cluster: &Cluster, addr: &str) -> Result<usize> {
     }
 }
 
-/// Stops the nodes `ids` all at once with SIGTERM (each leaves the cluster, then exits), and
-/// waits for every one; returns whether each exited with status 0, and how many got their signal
-/// at the same instant.
-///
-/// [`crate::cluster::Node::stop`] signals one node and waits for it, and the cluster hands out
-/// one node at a time, so the signals are sent here first, to the processes found in `/proc` (a
-/// child of this process with `--listen ADDR` on its command line); `stop` then only waits (its
-/// own SIGTERM is a no-op for a server already shutting down). A node not found there is
-/// stopped by `stop` alone, after the others.
-fn stop_all_at_once(cluster: &mut Cluster, ids: &[usize]) -> Result<(Vec<bool>, usize)> {
-    let addrs: Vec<String> = ids.iter().map(|&id| cluster.nodes()[id].addr().to_string()).collect();
-    let pids = child_pids_listening_on(&addrs);
-    let mut signalled = 0;
-    for pid in pids.iter().flatten() {
-        let pid = nix::unistd::Pid::from_raw(*pid);
-        if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_ok() {
-            signalled += 1;
-        }
-    }
-    let exits = ids.iter().map(|&id| cluster.node_mut(id).stop(STOP_TIMEOUT)).collect::<Result<_>>()?;
-    Ok((exits, signalled))
-}
-
-/// For each address, the pid of this process's child that listens on it (by its command line).
-fn child_pids_listening_on(addrs: &[String]) -> Vec<Option<i32>> {
-    let me = std::process::id().to_string();
-    let mut found = vec![None; addrs.len()];
-    let Ok(entries) = std::fs::read_dir("/proc") else { return found };
-    for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        // `pid (comm) state ppid ...`: the command name may hold spaces, so split after ')'.
-        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1));
-        if ppid != Some(me.as_str()) {
-            continue;
-        }
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
-        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        for (slot, addr) in found.iter_mut().zip(addrs) {
-            if args.windows(2).any(|w| w[0] == b"--listen" && w[1] == addr.as_bytes()) {
-                *slot = Some(pid);
-            }
-        }
-    }
-    found
+/// Stops every node of `cluster` at once with SIGTERM (each leaves the cluster, handing its data
+/// to the others, then exits), one thread per node; returns whether each exited with status 0.
+fn stop_all_at_once(cluster: &mut Cluster) -> Result<Vec<bool>> {
+    std::thread::scope(|scope| {
+        let stops: Vec<_> =
+            cluster.nodes_mut().iter_mut().map(|node| scope.spawn(move || node.stop(STOP_TIMEOUT))).collect();
+        stops.into_iter().map(|stop| stop.join().unwrap_or_else(|_| bail!("a stop panicked"))).collect()
+    })
 }
 
 /// Keeps the cluster's folder (logs, data) if the run failed and `KV_KEEP_CLUSTER` is set.

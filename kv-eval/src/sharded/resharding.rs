@@ -129,6 +129,8 @@ pub struct MemberStatus {
     pub epoch: u64,
     /// Slots it owns whose data has not all arrived.
     pub incoming_slots: u32,
+    /// Slots it gave up whose data it has yet to hand off.
+    pub outgoing_slots: u32,
     /// Keys it holds.
     pub keys_held: u64,
     /// Keys of the load it owns by the configuration.
@@ -590,6 +592,7 @@ async fn member_statuses(config: &Config, keys: &[String]) -> Result<Vec<MemberS
             server: addr.to_owned(),
             epoch: status.epoch,
             incoming_slots: status.incoming_slots,
+            outgoing_slots: status.outgoing_slots,
             keys_held: status.keys,
             keys_owned,
         });
@@ -611,17 +614,23 @@ fn phase_checks(report: &ReshardingReport) -> Vec<CheckOutcome> {
     let unsettled = changes.iter().find_map(|c| {
         c.members
             .iter()
-            .find(|m| m.epoch != c.epoch_after || m.incoming_slots > 0 || m.keys_held != m.keys_owned)
+            .find(|m| {
+                m.epoch != c.epoch_after
+                    || m.incoming_slots > 0
+                    || m.outgoing_slots > 0
+                    || m.keys_held != m.keys_owned
+            })
             .map(|m| {
                 format!(
-                    "after the {} at {:.2} s, {} is at epoch {} (master: {}) with {} incoming slots, holding \
-                     {} keys where it owns {}",
+                    "after the {} at {:.2} s, {} is at epoch {} (master: {}) with {} incoming and {} \
+                     outgoing slots, holding {} keys where it owns {}",
                     c.kind.name(),
                     c.at_secs,
                     m.server,
                     m.epoch,
                     c.epoch_after,
                     m.incoming_slots,
+                    m.outgoing_slots,
                     m.keys_held,
                     m.keys_owned
                 )
