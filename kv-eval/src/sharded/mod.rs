@@ -2,18 +2,19 @@
 //! processes on loopback, without fault-injecting proxies (they add latency).
 //!
 //! Three phases, each on fresh clusters:
-//! 1. [`functional`]: the course assignment's flows through cluster clients
+//! 1. `functional`: the course assignment's flows through cluster clients
 //!    ([`kv_client::Client::connect_cluster`]): for 2, 4 and 8 servers the sequence and parallel
 //!    tests, then every server stopping at once (each leaves and hands its data to the others;
 //!    the last cannot, since nothing could take its keys, and stays a member holding them); with
 //!    5 servers the parallel test through four leaves; with 5 servers the "MUDA" appends to key
 //!    `81` through four leaves and five joins.
-//! 2. [`throughput`]: the single-node benchmark's workload against 1, 2, 4, 8 servers. It
+//! 2. `throughput`: the single-node benchmark's workload against 1, 2, 4, 8 servers. It
 //!    measures what this machine does; more server processes on 2 cores add no throughput, and
 //!    nothing here asserts speed.
-//! 3. [`resharding`]: recorded clients load a cluster while servers join and leave on a
-//!    schedule; throughput over time, keys moved against the ideal, stalls, and the whole
-//!    history checked for linearizability and for appends lost or applied twice.
+//! 3. `resharding`: recorded clients load a cluster while servers join and leave on a schedule
+//!    (`membership`); throughput over time, keys moved against the ideal, stalls, and the whole
+//!    history checked for linearizability and for appends lost or applied twice (`analysis`),
+//!    shown as checks, a table and a chart (`presentation`).
 //!
 //! Every check is a [`CheckOutcome`]; [`Report::passed`] is false if any failed, and the binary
 //! then exits non-zero. Every process started is stopped, also on failure: dropping a
@@ -21,6 +22,8 @@
 
 mod analysis;
 mod functional;
+mod membership;
+mod presentation;
 mod resharding;
 mod throughput;
 
@@ -33,7 +36,8 @@ use kv_shard::Config;
 use serde::Serialize;
 
 pub use analysis::{AppendAudit, Bucket};
-pub use resharding::{ChangeKind, LoadConfig, MembershipChange, ReshardingReport};
+pub use membership::{ChangeKind, MemberStatus, MembershipChange};
+pub use resharding::{LoadConfig, ReshardingReport};
 pub use throughput::ThroughputRow;
 
 use crate::bench::BenchConfig;
@@ -108,9 +112,9 @@ pub fn run(options: &Options) -> Result<Report> {
     if options.phases.contains(&Phase::Resharding) {
         println!("\nresharding under load");
         let (phase, phase_checks) = resharding::run(options)?;
-        print!("{}", resharding::summary(&phase));
+        print!("{}", presentation::summary(&phase));
         print!("{}", report::checks_table(&phase_checks));
-        let svg = resharding::chart(&phase)?;
+        let svg = presentation::chart(&phase)?;
         crate::chart::write_svg(&options.chart, &svg)?;
         println!("  chart of throughput over time: {}", options.chart.display());
         chart = Some(options.chart.clone());

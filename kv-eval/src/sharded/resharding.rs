@@ -14,56 +14,30 @@
 //!    the keys take puts and the rest only appends, so each append key's final value lists the
 //!    appends it holds.
 //!
-//! Keys moved by a change are computed from the configurations before and after it: a key moved
-//! if its slot's owner changed. The ideal is `K / (N + 1)` for a join to `N` servers, and the
-//! leaver's keys for a leave.
+//! The changes themselves are made and measured by `membership`; the report is shown by
+//! `presentation`.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use kv_client::{Client, server_status};
-use kv_shard::{Config, SLOTS};
+use kv_client::Client;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use serde::Serialize;
-use tokio::runtime::Handle;
 
 use super::analysis::{self, AppendAudit, Bucket};
-use super::{
-    Options, STOP_TIMEOUT, client_runtime, current_config, keep_files_if_asked, master_addr, node_by_addr,
-    secs_since, start_cluster,
-};
+use super::membership::{self, ChangeKind, MembershipChange};
+use super::presentation;
+use super::{Options, client_runtime, keep_files_if_asked, master_addr, secs_since, start_cluster};
 use crate::bench::{Mix, OpKind};
-use crate::chart::{self, Marker};
 use crate::checks::CheckOutcome;
 use crate::cluster::Cluster;
 use crate::history::{History, Input, Outcome};
 use crate::linearizability;
 use crate::recorder::{Recorder, RecordingClient};
-use crate::report::{self, Align};
-
-/// What a membership change does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ChangeKind {
-    /// A new storage server starts and joins.
-    Join,
-    /// The oldest member is stopped and leaves, handing its data off.
-    Leave,
-}
-
-impl ChangeKind {
-    fn name(self) -> &'static str {
-        match self {
-            ChangeKind::Join => "join",
-            ChangeKind::Leave => "leave",
-        }
-    }
-}
 
 /// The load of the resharding phase and its schedule of membership changes.
 #[derive(Debug, Clone, Serialize)]
@@ -118,64 +92,6 @@ impl Default for LoadConfig {
 
 fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64())
-}
-
-/// What a member reported about itself after a change.
-#[derive(Debug, Clone, Serialize)]
-pub struct MemberStatus {
-    /// Its address.
-    pub server: String,
-    /// The epoch it is at.
-    pub epoch: u64,
-    /// Slots it owns whose data has not all arrived.
-    pub incoming_slots: u32,
-    /// Slots it gave up whose data it has yet to hand off.
-    pub outgoing_slots: u32,
-    /// Keys it holds.
-    pub keys_held: u64,
-    /// Keys of the load it owns by the configuration.
-    pub keys_owned: u64,
-}
-
-/// One membership change, as it happened.
-#[derive(Debug, Clone, Serialize)]
-pub struct MembershipChange {
-    /// Join or leave.
-    pub kind: ChangeKind,
-    /// The cluster node that joined or left (none if a join failed to start one).
-    pub node: Option<usize>,
-    /// Its address.
-    pub server: String,
-    /// When it started, in seconds since the load started.
-    pub at_secs: f64,
-    /// Wall time of the change: starting the server until it joined, or stopping it until it
-    /// left and exited.
-    pub duration_secs: f64,
-    /// Whether it completed (a join joined; a leaver exited with status 0).
-    pub succeeded: bool,
-    /// `ok`, or what went wrong.
-    pub detail: String,
-    /// Members before and after.
-    pub members_before: usize,
-    /// Members after.
-    pub members_after: usize,
-    /// The configuration's epoch after the change.
-    pub epoch_after: u64,
-    /// Keys of the load whose owner changed.
-    pub keys_moved: usize,
-    /// The fewest keys a change of this kind could move: `K / (N + 1)` for a join, the leaver's
-    /// keys for a leave.
-    pub keys_ideal: f64,
-    /// Slots whose owner changed.
-    pub slots_moved: usize,
-    /// The fewest slots: `SLOTS / (N + 1)` for a join, the leaver's slots for a leave.
-    pub slots_ideal: f64,
-    /// What each member reported after the change.
-    pub members: Vec<MemberStatus>,
-    /// The longest latency of a successful operation overlapping the change, in milliseconds.
-    pub max_latency_ms: f64,
-    /// The lowest throughput of a time slice overlapping the change.
-    pub min_ops_per_sec: f64,
 }
 
 /// Everything the resharding phase measured.
@@ -253,7 +169,7 @@ pub(super) fn run(options: &Options) -> Result<(ReshardingReport, Vec<CheckOutco
     let mut cluster = start_cluster(options, config.initial_servers)?;
     let result = record(&mut cluster, options).map(|recorded| {
         let report = analyse(config, recorded);
-        let checks = phase_checks(&report);
+        let checks = presentation::phase_checks(&report);
         (report, checks)
     });
     keep_files_if_asked(
@@ -314,7 +230,7 @@ fn record(cluster: &mut Cluster, options: &Options) -> Result<Recorded> {
     let handle = rt.handle().clone();
     let (changes, schedule_error) = std::thread::scope(|scope| {
         let membership = scope.spawn(|| {
-            let changes = membership(cluster, &handle, &master, config, &keys.all, start);
+            let changes = membership::membership(cluster, &handle, &master, config, &keys.all, start);
             done.store(true, Ordering::Relaxed);
             changes
         });
@@ -470,336 +386,4 @@ async fn final_reads(
         }
     }
     (finals, unread)
-}
-
-/// Makes the scheduled changes, each at its time (or as soon as the one before is done); stops
-/// at the first that cannot be made or measured, and says why.
-fn membership(
-    cluster: &mut Cluster,
-    handle: &Handle,
-    master: &str,
-    config: &LoadConfig,
-    keys: &[String],
-    start: Instant,
-) -> (Vec<MembershipChange>, Option<String>) {
-    let mut schedule = config.schedule.clone();
-    schedule.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let mut changes = Vec::new();
-    for (fraction, kind) in schedule {
-        let when = start + config.duration.mul_f64(fraction.clamp(0.0, 1.0));
-        std::thread::sleep(when.saturating_duration_since(Instant::now()));
-        let change = match change(cluster, handle, master, kind, keys, start) {
-            Ok(change) => change,
-            Err(err) => {
-                let err = format!("the {} at {:.2} s: {err:#}", kind.name(), secs_since(start));
-                println!("  {err}");
-                return (changes, Some(err));
-            }
-        };
-        println!(
-            "  {:>6.2} s  {} {} ({}): {:.2} s, {} -> {} members, {} keys moved (ideal {:.1}){}",
-            change.at_secs,
-            kind.name(),
-            change.node.map_or_else(|| "(none)".to_owned(), |id| format!("node {id}")),
-            change.server,
-            change.duration_secs,
-            change.members_before,
-            change.members_after,
-            change.keys_moved,
-            change.keys_ideal,
-            if change.succeeded { String::new() } else { format!("; FAILED: {}", change.detail) }
-        );
-        changes.push(change);
-    }
-    (changes, None)
-}
-
-/// Makes one change and measures it.
-fn change(
-    cluster: &mut Cluster,
-    handle: &Handle,
-    master: &str,
-    kind: ChangeKind,
-    keys: &[String],
-    start: Instant,
-) -> Result<MembershipChange> {
-    let before = handle.block_on(current_config(master))?;
-    let began = Instant::now();
-    let (node, server, result) = match kind {
-        ChangeKind::Join => match cluster.add_node() {
-            Ok(id) => (Some(id), cluster.nodes()[id].client_addr().to_string(), Ok(())),
-            Err(err) => (None, String::new(), Err(err)),
-        },
-        ChangeKind::Leave => {
-            let oldest = before.members().next().context("no member to leave")?.1.to_owned();
-            let id = node_by_addr(cluster, &oldest)?;
-            let result = match cluster.node_mut(id).stop(STOP_TIMEOUT) {
-                Ok(true) => Ok(()),
-                Ok(false) => Err(anyhow::anyhow!("did not exit with status 0 within {STOP_TIMEOUT:?}")),
-                Err(err) => Err(err),
-            };
-            (Some(id), oldest, result)
-        }
-    };
-    let duration_secs = began.elapsed().as_secs_f64();
-    let after = handle.block_on(current_config(master))?;
-    let members = handle.block_on(member_statuses(&after, keys))?;
-    let owner = |config: &Config, key: &str| config.owner(key).map(|(id, _)| id);
-    let keys_moved = keys.iter().filter(|k| owner(&before, k) != owner(&after, k)).count();
-    let slots_moved = before.moves_to(&after).len();
-    let (keys_ideal, slots_ideal) = match kind {
-        ChangeKind::Join => {
-            let n = (before.len() + 1) as f64;
-            (keys.len() as f64 / n, (SLOTS / (before.len() + 1)) as f64)
-        }
-        ChangeKind::Leave => {
-            let leaver = before.id_of(&server);
-            let owned = keys.iter().filter(|k| leaver.is_some() && owner(&before, k) == leaver).count();
-            let slots = leaver.and_then(|id| before.slot_counts().get(&id).copied()).unwrap_or(0);
-            (owned as f64, slots as f64)
-        }
-    };
-    Ok(MembershipChange {
-        kind,
-        node,
-        server,
-        at_secs: began.duration_since(start).as_secs_f64(),
-        duration_secs,
-        succeeded: result.is_ok(),
-        detail: result.err().map_or_else(|| "ok".to_owned(), |err| format!("{err:#}")),
-        members_before: before.len(),
-        members_after: after.len(),
-        epoch_after: after.epoch(),
-        keys_moved,
-        keys_ideal,
-        slots_moved,
-        slots_ideal,
-        members,
-        max_latency_ms: 0.0,
-        min_ops_per_sec: 0.0,
-    })
-}
-
-/// What every member of `config` reports, with the keys of `keys` it owns.
-async fn member_statuses(config: &Config, keys: &[String]) -> Result<Vec<MemberStatus>> {
-    let mut out = Vec::new();
-    for (id, addr) in config.members() {
-        let status = server_status(addr, Duration::from_secs(5))
-            .await
-            .with_context(|| format!("cannot read the status of {addr}"))?;
-        let keys_owned = keys.iter().filter(|k| config.owner(k).map(|(o, _)| o) == Some(id)).count() as u64;
-        out.push(MemberStatus {
-            server: addr.to_owned(),
-            epoch: status.epoch,
-            incoming_slots: status.incoming_slots,
-            outgoing_slots: status.outgoing_slots,
-            keys_held: status.keys,
-            keys_owned,
-        });
-    }
-    Ok(out)
-}
-
-/// The phase's pass/fail checks.
-fn phase_checks(report: &ReshardingReport) -> Vec<CheckOutcome> {
-    let check = |name: String, problem: Option<String>, seconds: f64, note: String| CheckOutcome {
-        name,
-        passed: problem.is_none(),
-        detail: problem.unwrap_or(note),
-        seconds,
-    };
-    let changes = &report.changes;
-    let joins = changes.iter().filter(|c| c.kind == ChangeKind::Join).count();
-    let failed = changes.iter().find(|c| !c.succeeded);
-    let unsettled = changes.iter().find_map(|c| {
-        c.members
-            .iter()
-            .find(|m| {
-                m.epoch != c.epoch_after
-                    || m.incoming_slots > 0
-                    || m.outgoing_slots > 0
-                    || m.keys_held != m.keys_owned
-            })
-            .map(|m| {
-                format!(
-                    "after the {} at {:.2} s, {} is at epoch {} (master: {}) with {} incoming and {} \
-                     outgoing slots, holding {} keys where it owns {}",
-                    c.kind.name(),
-                    c.at_secs,
-                    m.server,
-                    m.epoch,
-                    c.epoch_after,
-                    m.incoming_slots,
-                    m.outgoing_slots,
-                    m.keys_held,
-                    m.keys_owned
-                )
-            })
-    });
-    let lin = &report.linearizability;
-    let a = &report.appends;
-    let lin_problem = match &lin.verdict {
-        linearizability::Verdict::Linearizable => None,
-        linearizability::Verdict::NotLinearizable { key, reason, .. } => {
-            Some(format!("NOT linearizable on key {key}: {reason}"))
-        }
-        linearizability::Verdict::Unknown { reason } => Some(format!("undecided: {reason}")),
-    };
-    vec![
-        check(
-            format!("resharding: {} joins and {} leaves under load completed", joins, changes.len() - joins),
-            failed.map(|c| {
-                format!("the {} of {} at {:.2} s: {}", c.kind.name(), c.server, c.at_secs, c.detail)
-            }),
-            changes.iter().map(|c| c.duration_secs).sum(),
-            "ok".into(),
-        ),
-        check(
-            "resharding: after each change every member holds exactly the keys it owns".into(),
-            unsettled,
-            0.0,
-            "ok".into(),
-        ),
-        check(
-            format!("resharding: every key read back after the load ({} keys)", report.keys),
-            (!report.unread_keys.is_empty()).then(|| {
-                format!("{} key(s) unreadable, e.g. {}", report.unread_keys.len(), report.unread_keys[0])
-            }),
-            0.0,
-            "ok".into(),
-        ),
-        check(
-            "resharding: the history is linearizable".into(),
-            lin_problem,
-            lin.elapsed,
-            format!("ok: {} operations on {} keys", lin.ops_checked, lin.keys_checked),
-        ),
-        check(
-            "resharding: every acknowledged append applied exactly once".into(),
-            (!a.is_clean()).then(|| {
-                format!(
-                    "{} lost, {} duplicated, {} failed yet applied, {} unexplained, {} keys without their \
-                     preload: {}",
-                    a.lost,
-                    a.duplicated,
-                    a.failed_applied,
-                    a.unexplained,
-                    a.initial_missing,
-                    a.examples.join("; ")
-                )
-            }),
-            0.0,
-            format!(
-                "ok: {} acknowledged, all found once; {} failed, none applied; {} unknown, {} applied",
-                a.acknowledged, a.failed, a.unknown, a.unknown_applied
-            ),
-        ),
-    ]
-}
-
-/// The phase's summary and its changes as a table.
-pub(super) fn summary(r: &ReshardingReport) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "  load: {:.2} s, {} ok, {} failed, {} unknown; {:.0} ops/s on average; p99 {:.2} ms",
-        r.load_secs, r.ok, r.fail, r.unknown, r.ops_per_sec, r.p99_ms
-    );
-    let mut rates: Vec<f64> = r.buckets.iter().map(|b| b.ops_per_sec).collect();
-    rates.sort_by(f64::total_cmp);
-    if let (Some(min), Some(max)) = (rates.first(), rates.last()) {
-        let _ = writeln!(
-            out,
-            "  ops/s per {} ms slice: min {min:.0}, median {:.0}, max {max:.0}",
-            r.config.bucket.as_millis(),
-            rates[rates.len() / 2]
-        );
-    }
-    let _ = writeln!(out, "  longest stall (slowest successful operation): {:.1} ms", r.max_latency_ms);
-    let rows: Vec<Vec<String>> = r
-        .changes
-        .iter()
-        .map(|c| {
-            vec![
-                c.kind.name().to_owned(),
-                c.node.map_or_else(|| "-".to_owned(), |id| format!("node {id}")),
-                format!("{:.2}", c.at_secs),
-                format!("{:.2}", c.duration_secs),
-                format!("{} -> {}", c.members_before, c.members_after),
-                c.keys_moved.to_string(),
-                format!("{:.1}", c.keys_ideal),
-                c.slots_moved.to_string(),
-                format!("{:.0}", c.slots_ideal),
-                format!("{:.1}", c.max_latency_ms),
-                format!("{:.0}", c.min_ops_per_sec),
-                if c.succeeded { "ok".to_owned() } else { "FAILED".to_owned() },
-            ]
-        })
-        .collect();
-    out.push_str(&report::table(
-        &[
-            "change",
-            "server",
-            "at s",
-            "took s",
-            "members",
-            "keys moved",
-            "ideal",
-            "slots moved",
-            "ideal",
-            "max latency ms",
-            "min ops/s",
-            "result",
-        ],
-        &[
-            Align::Left,
-            Align::Left,
-            Align::Right,
-            Align::Right,
-            Align::Right,
-            Align::Right,
-            Align::Right,
-            Align::Right,
-            Align::Right,
-            Align::Right,
-            Align::Right,
-            Align::Left,
-        ],
-        &rows,
-    ));
-    for line in r.linearizability.to_string().lines() {
-        let _ = writeln!(out, "  {line}");
-    }
-    out
-}
-
-/// The chart of throughput over time, with the changes marked.
-pub(super) fn chart(r: &ReshardingReport) -> Result<String> {
-    let points: Vec<(f64, f64)> =
-        r.buckets.iter().map(|b| (b.start_secs + b.secs / 2.0, b.ops_per_sec)).collect();
-    let markers: Vec<Marker> = r
-        .changes
-        .iter()
-        .map(|c| Marker {
-            at: c.at_secs,
-            until: c.at_secs + c.duration_secs,
-            label: format!(
-                "{} {}",
-                c.kind.name(),
-                c.node.map_or_else(|| "(no node)".to_owned(), |id| format!("node {id}"))
-            ),
-            detail: format!(
-                "{} -> {} servers, {} keys moved",
-                c.members_before, c.members_after, c.keys_moved
-            ),
-            removal: c.kind == ChangeKind::Leave,
-        })
-        .collect();
-    let title = format!(
-        "Throughput while servers join and leave ({} clients, {} keys, {} ms slices)",
-        r.config.clients,
-        r.config.keys,
-        r.config.bucket.as_millis()
-    );
-    chart::throughput_svg(&title, &points, &markers, r.load_secs)
 }
