@@ -73,7 +73,7 @@ pub struct MembershipChange {
     pub succeeded: bool,
     /// `ok`, or what went wrong.
     pub detail: String,
-    /// Members before and after.
+    /// Members before.
     pub members_before: usize,
     /// Members after.
     pub members_after: usize,
