@@ -13,7 +13,7 @@ use crate::history::{History, Input, Operation, Outcome};
 pub struct Bucket {
     /// Start of the slice, in seconds since the load started.
     pub start_secs: f64,
-    /// Length of the slice in seconds (the last one may be shorter).
+    /// Length of the slice in seconds (the last one may be up to half a slice shorter or longer).
     pub secs: f64,
     /// Operations that succeeded.
     pub ok: u64,
@@ -34,11 +34,13 @@ pub(super) fn load_ops(history: &History, processes: u64, from: Duration) -> Vec
 /// `ops` by completion time, in slices of `width` over `secs` seconds from `from`.
 pub(super) fn buckets(ops: &[&Operation], from: Duration, secs: f64, width: Duration) -> Vec<Bucket> {
     let width = width.as_secs_f64().max(1e-3);
-    let count = ((secs / width).ceil() as usize).max(1);
+    // A tail shorter than half a slice joins the last slice: a sliver holding only the last
+    // operations in flight would show a rate that means nothing.
+    let count = ((secs / width).round() as usize).max(1);
     let mut out: Vec<Bucket> = (0..count)
         .map(|i| {
             let start_secs = i as f64 * width;
-            let secs = (secs - start_secs).clamp(1e-3, width);
+            let secs = if i + 1 == count { (secs - start_secs).max(1e-3) } else { width };
             Bucket { start_secs, secs, ok: 0, fail: 0, unknown: 0, ops_per_sec: 0.0 }
         })
         .collect();
@@ -275,10 +277,13 @@ mod tests {
         let refs: Vec<&Operation> = ops.iter().collect();
         let from = Duration::from_secs(1);
         let b = buckets(&refs, from, 1.6, Duration::from_millis(500));
-        assert_eq!(b.len(), 4);
-        assert_eq!((b[0].ok, b[0].unknown, b[1].ok, b[3].ok), (2, 1, 0, 1));
+        assert_eq!(b.len(), 3, "the 0.1 s tail joins the last slice");
+        assert_eq!((b[0].ok, b[0].unknown, b[1].ok, b[2].ok), (2, 1, 0, 1));
         assert!((b[0].ops_per_sec - 4.0).abs() < 1e-9);
-        assert!((b[3].secs - 0.1).abs() < 1e-9, "the last slice is short");
+        assert!((b[2].secs - 0.6).abs() < 1e-9);
+        let b = buckets(&refs, from, 1.8, Duration::from_millis(500));
+        assert_eq!(b.len(), 4, "a 0.3 s tail is a slice of its own");
+        assert!((b[3].secs - 0.3).abs() < 1e-9);
         assert!((max_latency_ms(&refs, from, None) - 700.0).abs() < 1e-6);
         assert!((max_latency_ms(&refs, from, Some((0.0, 0.5))) - 300.0).abs() < 1e-6);
         assert!((latency_quantile_ms(&refs, 0.5) - 300.0).abs() < 1e-6);
