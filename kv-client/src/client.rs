@@ -9,8 +9,9 @@
 //! Against a cluster, the client caches the shard master's configuration and sends each request
 //! straight to the owner of its key's slot ([`crate::route`]). A *wrong shard* answer from a
 //! server at least as recent as the cached map means the map is stale: the client refreshes it
-//! and follows at once, without counting an attempt; a *moving* answer, a server behind the map,
-//! or an unreachable server is retried with backoff (the latter two after a refresh).
+//! and follows at once, without counting an attempt; a *moving* answer or a server behind the map
+//! is waited for with backoff, within a time budget ([`ClientBuilder::move_wait`]); an
+//! unreachable server is retried with backoff after a refresh.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -59,6 +60,9 @@ const MAX_REDIRECTS: u32 = 8;
 struct Retry {
     /// Attempts in all, the first included.
     attempts: u32,
+    /// How long a call may keep waiting for a slot that is moving (or a server catching up with
+    /// the map), on top of its attempts.
+    move_wait: Duration,
     /// Pause before the first retry; it doubles, up to `max_backoff`, with random jitter.
     backoff: Duration,
     max_backoff: Duration,
@@ -120,6 +124,15 @@ impl ClientBuilder {
     /// Writes are retried exactly-once.
     pub fn attempts(mut self, attempts: u32) -> Self {
         self.retry.attempts = attempts.max(1);
+        self
+    }
+
+    /// How long a call against a cluster may keep waiting, with backoff, for a slot that is
+    /// moving or a server that has not caught up with the map (default 30 s), without using up
+    /// its attempts: a large move takes a while. `Duration::ZERO` makes such answers count as
+    /// attempts like any other retryable error.
+    pub fn move_wait(mut self, wait: Duration) -> Self {
+        self.retry.move_wait = wait;
         self
     }
 
@@ -225,6 +238,7 @@ impl Client {
             connect_timeout: Duration::from_secs(5),
             retry: Retry {
                 attempts: 4,
+                move_wait: Duration::from_secs(30),
                 backoff: Duration::from_millis(20),
                 max_backoff: Duration::from_secs(1),
             },
@@ -271,6 +285,7 @@ impl Client {
         let mut attempt = 1;
         let mut redirects = 0;
         let mut unknown_before = false;
+        let started = tokio::time::Instant::now();
         loop {
             let (server, epoch) = self.route.server_for(key);
             let result = match server {
@@ -291,7 +306,16 @@ impl Client {
                         cluster.refresh(epoch).await;
                         continue;
                     }
-                    // The server is behind the map (it will catch up), or the slot is moving.
+                    // The server is behind the map (it will catch up), or the slot is moving:
+                    // wait, within the move budget, without using up attempts.
+                    Error::Rejected(kv_core::Error::WrongShard { .. } | kv_core::Error::Moving { .. })
+                        if started.elapsed() + backoff < self.retry.move_wait =>
+                    {
+                        let jitter = rand::rng().random_range(0.5..1.5);
+                        tokio::time::sleep(backoff.mul_f64(jitter)).await;
+                        backoff = (backoff * 2).min(self.retry.max_backoff);
+                        continue;
+                    }
                     Error::Rejected(kv_core::Error::WrongShard { .. } | kv_core::Error::Moving { .. }) => {}
                     // Unreachable, or no owner: the map may be stale too.
                     err if err.is_retryable() => cluster.refresh(epoch).await,

@@ -41,7 +41,7 @@ impl Route {
         timeout: Duration,
         connect_timeout: Duration,
     ) -> Result<Route> {
-        let master = ShardMaster::connect(shardmaster).await?;
+        let master = ShardMaster::connect_with(shardmaster, timeout, connect_timeout).await?;
         let config = master.config().await?;
         Ok(Route::Cluster(Arc::new(ClusterRoute {
             master,

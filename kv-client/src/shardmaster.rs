@@ -32,7 +32,17 @@ pub struct ShardMaster {
 impl ShardMaster {
     /// Connects to the shard master at `endpoint` (`host:port`, or a `http://` URI).
     pub async fn connect(endpoint: impl Into<String>) -> Result<Self> {
-        let channel = dial(&endpoint.into(), Duration::from_secs(30), Duration::from_secs(5)).await?;
+        Self::connect_with(&endpoint.into(), Duration::from_secs(300), Duration::from_secs(5)).await
+    }
+
+    /// Connects with the given call and connect timeouts. (A join or leave waits for its data to
+    /// move: [`ShardMaster::connect`] allows it five minutes.)
+    pub(crate) async fn connect_with(
+        endpoint: &str,
+        timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Result<Self> {
+        let channel = dial(endpoint, timeout, connect_timeout).await?;
         Ok(ShardMaster { inner: ShardMasterClient::new(channel) })
     }
 

@@ -91,6 +91,7 @@ fn a_dead_server_only_affects_its_own_keys() {
         let impatient = Client::cluster_builder(master_addr(&cluster))
             .timeout(Duration::from_millis(500))
             .attempts(2)
+            .move_wait(Duration::ZERO)
             .connect()
             .await
             .unwrap();
@@ -274,6 +275,7 @@ fn keys_that_do_not_move_keep_serving_during_a_move() {
             let once = Client::cluster_builder(master)
                 .timeout(Duration::from_secs(5))
                 .attempts(1)
+                .move_wait(Duration::ZERO)
                 .connect()
                 .await
                 .unwrap();

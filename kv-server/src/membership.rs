@@ -67,9 +67,9 @@ pub struct Membership {
     move_timeout: Duration,
 }
 
-enum Change<'a> {
-    Join(&'a str),
-    Leave(&'a str),
+enum Change {
+    Join(String),
+    Leave(String),
 }
 
 impl Membership {
@@ -103,22 +103,44 @@ impl Membership {
 
     /// Adds `server`, moves its share of the slots to it, and returns the new configuration.
     /// The server must answer, and must hold no data unless it is the first member.
-    pub async fn join(&self, server: &str) -> Result<Arc<Config>, ChangeError> {
-        self.change(Change::Join(server)).await
+    ///
+    /// The change runs to its end even if the caller goes away (a timeout, a reset): a change
+    /// stopped half-way would leave slots waiting for data no one sends.
+    pub async fn join(self: &Arc<Self>, server: &str) -> Result<Arc<Config>, ChangeError> {
+        self.detached(Change::Join(server.to_owned())).await
     }
 
     /// Hands `server`'s slots to the others, removes it, and returns the new configuration. The
-    /// last member may leave only if it holds no keys, since nothing could take them.
-    pub async fn leave(&self, server: &str) -> Result<Arc<Config>, ChangeError> {
-        self.change(Change::Leave(server)).await
+    /// last member may leave only if it holds no keys, since nothing could take them. Runs to
+    /// its end even if the caller goes away, as [`Membership::join`] does.
+    pub async fn leave(self: &Arc<Self>, server: &str) -> Result<Arc<Config>, ChangeError> {
+        self.detached(Change::Leave(server.to_owned())).await
     }
 
-    async fn change(&self, change: Change<'_>) -> Result<Arc<Config>, ChangeError> {
+    async fn detached(self: &Arc<Self>, change: Change) -> Result<Arc<Config>, ChangeError> {
+        let membership = Arc::clone(self);
+        match tokio::spawn(async move { membership.change(change).await }).await {
+            Ok(result) => result,
+            Err(err) => Err(ChangeError::Precondition(format!("the change failed: {err}"), Code::Internal)),
+        }
+    }
+
+    async fn change(&self, change: Change) -> Result<Arc<Config>, ChangeError> {
         let _serialised = self.changes.lock().await;
         let before = self.current();
-        let next = match change {
+        let next = match &change {
+            Change::Join(server) => before.join(server)?,
+            Change::Leave(server) => before.leave(server)?,
+        };
+        // An earlier change whose data has not settled would be overtaken, its hand-offs lost.
+        if let Some(why) = self.unsettled(&before).await {
+            return Err(ChangeError::Precondition(
+                format!("an earlier change is still settling ({why}); retry shortly"),
+                Code::Unavailable,
+            ));
+        }
+        match &change {
             Change::Join(server) => {
-                let next = before.join(server)?;
                 let status = self.status_of(server).await.map_err(|status| {
                     ChangeError::Precondition(
                         format!("cannot reach storage server {server}: {}", status.message()),
@@ -134,14 +156,9 @@ impl Membership {
                         Code::FailedPrecondition,
                     ));
                 }
-                next
             }
-            Change::Leave(server) => {
-                let next = before.leave(server)?;
-                if next.is_empty()
-                    && let Ok(status) = self.status_of(server).await
-                    && status.keys > 0
-                {
+            Change::Leave(server) if next.is_empty() => match self.status_of(server).await {
+                Ok(status) if status.keys > 0 => {
                     return Err(ChangeError::Precondition(
                         format!(
                             "{server} is the last member and holds {} keys: no server could take them \
@@ -151,9 +168,21 @@ impl Membership {
                         Code::FailedPrecondition,
                     ));
                 }
-                next
-            }
-        };
+                Ok(_) => {}
+                // Removing a dead last member is allowed: its data is gone with it.
+                Err(_) if self.is_gone(server).await => {}
+                Err(status) => {
+                    return Err(ChangeError::Precondition(
+                        format!(
+                            "cannot tell whether {server}, the last member, holds keys: {}",
+                            status.message()
+                        ),
+                        Code::Unavailable,
+                    ));
+                }
+            },
+            Change::Leave(_) => {}
+        }
         let next = Arc::new(next);
         let moves = before.moves_to(&next);
         info!(
@@ -186,15 +215,7 @@ impl Membership {
         let current = self.current();
         let history: Vec<Arc<Config>> =
             self.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().cloned().collect();
-        let members: Vec<String> = current.members().map(|(_, address)| address.to_owned()).collect();
-        // The senders of the last change are members of the configuration before it (a leaver is
-        // one too).
-        let mut involved = members.clone();
-        if let Some(previous) = history.len().checked_sub(2).map(|i| &history[i]) {
-            involved.extend(previous.members().map(|(_, address)| address.to_owned()));
-        }
-        involved.sort_unstable();
-        involved.dedup();
+        let involved = self.involved(&current);
         let mut probes = Vec::new();
         for address in &involved {
             probes.push(self.status_of(address));
@@ -202,10 +223,15 @@ impl Membership {
         let statuses = join_all(probes).await;
         let mut installs = 0;
         let mut waiting = false;
+        let mut up_to_date = Vec::new();
         for (address, status) in involved.iter().zip(statuses) {
             let Ok(status) = status else { continue };
             waiting |= status.incoming_slots > 0 || status.outgoing_slots > 0;
-            if status.epoch >= current.epoch() || !members.contains(address) {
+            if status.epoch == current.epoch() {
+                up_to_date.push(address.clone());
+            }
+            // A leaver that missed its last epochs is brought up to date too: then it hands off.
+            if status.epoch >= current.epoch() {
                 continue;
             }
             let mut steps: Vec<(Arc<Config>, Arc<Config>)> = history
@@ -236,9 +262,10 @@ impl Membership {
             }
         }
         if waiting && let Some(previous) = history.len().checked_sub(2).map(|i| &history[i]) {
+            // Only at servers at the current epoch: the others are being brought up to date.
             let deadline = Instant::now() + self.move_timeout;
             let mut again = Vec::new();
-            for address in &involved {
+            for address in &up_to_date {
                 again.push(self.install(address, previous, &current, &[], deadline));
             }
             installs += join_all(again).await.len();
@@ -271,7 +298,7 @@ impl Membership {
         let mut lost = false;
         for (&sender, result) in senders.iter().zip(join_all(installs).await) {
             let Err(status) = result else { continue };
-            if self.status_of(sender).await.is_ok() {
+            if !self.is_gone(sender).await {
                 // The sender is there and keeps the data; installing this epoch again resumes.
                 problems.push(format!("{sender} could not hand off its slots ({})", status.message()));
                 continue;
@@ -332,6 +359,56 @@ impl Membership {
                 Err(status) => return Err(status),
             }
         }
+    }
+
+    /// Whether some server involved in the last change has not settled: a member behind the
+    /// current epoch, or any server still waiting for slots or owing them. Servers that do not
+    /// answer are not waited for (a dead one would block every change).
+    async fn unsettled(&self, current: &Config) -> Option<String> {
+        let involved = self.involved(current);
+        let mut probes = Vec::new();
+        for address in &involved {
+            probes.push(self.status_of(address));
+        }
+        for (address, status) in involved.iter().zip(join_all(probes).await) {
+            let Ok(status) = status else { continue };
+            if current.id_of(address).is_some() && status.epoch < current.epoch() {
+                return Some(format!("{address} is at epoch {}, behind {}", status.epoch, current.epoch()));
+            }
+            if status.incoming_slots > 0 || status.outgoing_slots > 0 {
+                return Some(format!(
+                    "{address} waits for {} slots and owes {}",
+                    status.incoming_slots, status.outgoing_slots
+                ));
+            }
+        }
+        None
+    }
+
+    /// The members of `current` and of the configuration before it (a leaver is one of those).
+    fn involved(&self, current: &Config) -> Vec<String> {
+        let mut involved: Vec<String> = current.members().map(|(_, address)| address.to_owned()).collect();
+        let history = self.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(previous) = history.iter().rev().find(|c| c.epoch() < current.epoch()) {
+            involved.extend(previous.members().map(|(_, address)| address.to_owned()));
+        }
+        involved.sort_unstable();
+        involved.dedup();
+        involved
+    }
+
+    /// Whether `server` fails every one of a few probes, a second apart: then it is presumed
+    /// dead.
+    async fn is_gone(&self, server: &str) -> bool {
+        for attempt in 0..3 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            if self.status_of(server).await.is_ok() {
+                return false;
+            }
+        }
+        true
     }
 
     /// What `server` holds, if it answers within the probe timeout.

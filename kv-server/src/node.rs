@@ -24,7 +24,7 @@ use kv_shard::{Accept, Config, Ownership, Refused, SLOTS, Slot, slot_of};
 use tokio::sync::{Mutex, RwLock, RwLockReadGuard};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::peers::Peers;
 
@@ -198,12 +198,7 @@ impl Node {
         if !again {
             // Waits for every request admitted so far to finish.
             let mut routing = self.routing.write().await;
-            if next.epoch() == routing.ownership.epoch() && !routing.standalone {
-                for slot in abandoned {
-                    warn!(slot, "serving a slot whose data was lost with its sender");
-                    routing.ownership.complete(slot);
-                }
-            } else {
+            if routing.standalone || next.epoch() != routing.ownership.epoch() {
                 if !routing.standalone && next.epoch() < routing.ownership.epoch() {
                     return Err(Status::failed_precondition(format!(
                         "this server is at epoch {}, past {}",
@@ -237,18 +232,33 @@ impl Node {
                 *outgoing = Outgoing { epoch, to: handoff.outgoing };
                 self.owed.store(outgoing.slots(), Ordering::Relaxed);
                 if !handoff.orphaned.is_empty() {
+                    // Kept, not deleted: the shard master lets the last member go only without
+                    // keys, so any key here arrived after it checked, and is reported.
                     let orphaned = slot_set(&handoff.orphaned);
-                    let dropped = self
+                    let stranded = self
                         .storage
-                        .remove_where(&|key| orphaned[usize::from(slot_of(key))])
+                        .export(&|key| orphaned[usize::from(slot_of(key))])
                         .await
-                        .map_err(|err| Status::internal(err.to_string()))?;
-                    self.sessions.forget(|slot| orphaned[usize::from(slot)]);
-                    warn!(
-                        slots = handoff.orphaned.len(),
-                        keys = dropped,
-                        "no server owns our slots any more"
-                    );
+                        .map_err(|err| Status::internal(err.to_string()))?
+                        .len();
+                    if stranded > 0 {
+                        error!(keys = stranded, "no server owns our keys any more: they are not served");
+                    }
+                }
+            }
+            if !abandoned.is_empty() {
+                // Whatever part of their data arrived is dropped: a slot is served whole or empty.
+                let incoming: Vec<Slot> =
+                    abandoned.iter().copied().filter(|&slot| routing.ownership.is_incoming(slot)).collect();
+                let partial = slot_set(&incoming);
+                self.storage
+                    .remove_where(&|key| partial[usize::from(slot_of(key))])
+                    .await
+                    .map_err(|err| Status::internal(err.to_string()))?;
+                self.sessions.forget(|slot| partial[usize::from(slot)]);
+                warn!(slots = incoming.len(), "serving slots whose data was lost with their sender, empty");
+                for slot in incoming {
+                    routing.ownership.abandon(slot);
                 }
             }
         }

@@ -43,7 +43,8 @@ pub struct ClusterMembership {
     /// The address the server is known by (clients and peers dial it); by default the address it
     /// listens on.
     pub advertise: Option<String>,
-    /// How long joining may keep retrying a shard master that does not answer yet.
+    /// How long joining may keep retrying a shard master that does not answer yet (or is still
+    /// settling an earlier change).
     pub join_timeout: Duration,
     /// How long leaving, with the hand-off of all this server's data, may take at shutdown.
     pub leave_timeout: Duration,
@@ -55,7 +56,7 @@ impl ClusterMembership {
         ClusterMembership {
             shardmaster: shardmaster.into(),
             advertise: None,
-            join_timeout: Duration::from_secs(30),
+            join_timeout: Duration::from_secs(120),
             leave_timeout: Duration::from_secs(60),
         }
     }
@@ -165,20 +166,28 @@ async fn join_cluster(cluster: &ClusterMembership, me: &str) -> Result<(), Serve
     let deadline = tokio::time::Instant::now() + cluster.join_timeout;
     let failed = |reason: String| ServeError::Join { shardmaster: cluster.shardmaster.clone(), reason };
     let mut backoff = Duration::from_millis(50);
+    // Whether an earlier attempt may have reached the shard master: its join then went through.
+    let mut sent = false;
     loop {
         let answer = match Peers::new().channel(&cluster.shardmaster) {
             Ok(channel) => {
                 let mut request = tonic::Request::new(v1::JoinRequest { server: me.to_owned() });
-                request.set_timeout(cluster.join_timeout);
+                request.set_timeout(CHANGE_TIMEOUT);
                 ShardMasterClient::new(channel).join(request).await
             }
             Err(status) => return Err(failed(status.message().to_owned())),
         };
+        let joined = |epoch: u64| {
+            info!(epoch, address = me, "joined the cluster");
+            println!("kv-server storage joined the cluster as {me} at epoch {epoch}");
+        };
         match answer {
             Ok(config) => {
-                let epoch = config.into_inner().epoch;
-                info!(epoch, address = me, "joined the cluster");
-                println!("kv-server storage joined the cluster as {me} at epoch {epoch}");
+                joined(config.into_inner().epoch);
+                return Ok(());
+            }
+            Err(status) if status.code() == Code::AlreadyExists && sent => {
+                joined(0);
                 return Ok(());
             }
             Err(status) if status.code() == Code::AlreadyExists => {
@@ -187,10 +196,8 @@ async fn join_cluster(cluster: &ClusterMembership, me: &str) -> Result<(), Serve
                      remove it (kv cluster leave {me}) before starting it again"
                 )));
             }
-            Err(status)
-                if matches!(status.code(), Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded)
-                    && tokio::time::Instant::now() + backoff < deadline =>
-            {
+            Err(status) if retry_change(&status) && tokio::time::Instant::now() + backoff < deadline => {
+                sent |= status.code() != Code::Unavailable;
                 warn!(cause = %status.message(), "cannot join yet; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -200,21 +207,45 @@ async fn join_cluster(cluster: &ClusterMembership, me: &str) -> Result<(), Serve
     }
 }
 
+/// The longest a join or leave call waits for the shard master: its moves have timeouts of their
+/// own, and the change goes on even if the call gives up.
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Whether a join or leave that failed with `status` may succeed if sent again: the shard master
+/// was unreachable, busy settling an earlier change, or the call was cut off.
+fn retry_change(status: &tonic::Status) -> bool {
+    matches!(status.code(), Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded | Code::Unknown)
+}
+
 /// Leaves the cluster, handing this server's data to the others; logs what went wrong.
 async fn leave_cluster(cluster: &ClusterMembership, me: &str) {
     info!(shardmaster = %cluster.shardmaster, "leaving the cluster: handing off this server's data");
-    let answer = match Peers::new().channel(&cluster.shardmaster) {
-        Ok(channel) => {
-            let mut request = tonic::Request::new(v1::LeaveRequest { server: me.to_owned() });
-            request.set_timeout(cluster.leave_timeout);
-            ShardMasterClient::new(channel).leave(request).await
+    let deadline = tokio::time::Instant::now() + cluster.leave_timeout;
+    let mut backoff = Duration::from_millis(50);
+    let mut sent = false;
+    loop {
+        let answer = match Peers::new().channel(&cluster.shardmaster) {
+            Ok(channel) => {
+                let mut request = tonic::Request::new(v1::LeaveRequest { server: me.to_owned() });
+                request.set_timeout(cluster.leave_timeout);
+                ShardMasterClient::new(channel).leave(request).await
+            }
+            Err(status) => Err(status),
+        };
+        match answer {
+            Ok(config) => return info!(epoch = config.get_ref().epoch, "left the cluster"),
+            Err(status) if status.code() == Code::NotFound && sent => return info!("left the cluster"),
+            Err(status) if status.code() == Code::NotFound => return info!("not a member any more"),
+            Err(status) if retry_change(&status) && tokio::time::Instant::now() + backoff < deadline => {
+                sent |= status.code() != Code::Unavailable;
+                warn!(cause = %status.message(), "cannot leave yet; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            Err(status) => {
+                return warn!(code = ?status.code(), cause = %status.message(), "could not leave the cluster");
+            }
         }
-        Err(status) => Err(status),
-    };
-    match answer {
-        Ok(config) => info!(epoch = config.get_ref().epoch, "left the cluster"),
-        Err(status) if status.code() == Code::NotFound => info!("not a member any more"),
-        Err(status) => warn!(code = ?status.code(), cause = %status.message(), "could not leave the cluster"),
     }
 }
 

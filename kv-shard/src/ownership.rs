@@ -107,7 +107,10 @@ impl Ownership {
     /// served and no longer owns are to be sent to their new owner; slots it gains are served at
     /// once if nobody owned them, and are otherwise incoming from their previous owner.
     pub fn install(&mut self, previous: &Config, next: Config) -> Result<Handoff> {
-        if next.epoch() <= self.epoch() || previous.epoch() >= next.epoch() {
+        // Only a server that has installed nothing may skip epochs: it holds nothing the skipped
+        // changes could have moved.
+        let skips = self.epoch() != 0 && previous.epoch() != self.epoch();
+        if next.epoch() <= self.epoch() || previous.epoch() >= next.epoch() || skips {
             return Err(Error::InvalidConfig(format!(
                 "cannot install epoch {} (after {}) over epoch {}",
                 next.epoch(),
@@ -170,7 +173,21 @@ impl Ownership {
         }
     }
 
-    /// Starts serving `slot`, whose data has all arrived (or was lost with its sender).
+    /// Starts serving `slot` without its data, which was lost with its sender: no batch for it
+    /// is accepted afterwards (a sender presumed dead that comes back keeps its copy).
+    pub fn abandon(&mut self, slot: Slot) {
+        let held = &mut self.held[usize::from(slot)];
+        if matches!(held, Held::Incoming { .. }) {
+            *held = Held::Serving { from: None };
+        }
+    }
+
+    /// Whether `slot` is still waiting for its data.
+    pub fn is_incoming(&self, slot: Slot) -> bool {
+        matches!(self.held[usize::from(slot)], Held::Incoming { .. })
+    }
+
+    /// Starts serving `slot`, whose data has all arrived.
     pub fn complete(&mut self, slot: Slot) {
         let held = &mut self.held[usize::from(slot)];
         if let Held::Incoming { from } = held {
@@ -261,6 +278,13 @@ mod tests {
         a.install(&Config::new(), c1.clone()).unwrap();
         assert!(a.install(&Config::new(), c1.clone()).is_err());
         assert!(a.install(&c1, c1.clone()).is_err());
+        // Skipping an epoch is refused: the slots moved in it would be misjudged.
+        let c2 = c1.join(B).unwrap();
+        let c3 = c2.join("127.0.0.1:3").unwrap();
+        assert!(a.install(&c2, c3.clone()).is_err());
+        // A server that has installed nothing may start anywhere.
+        let mut fresh = Ownership::new("127.0.0.1:3");
+        fresh.install(&c2, c3).unwrap();
     }
 
     #[test]
