@@ -51,6 +51,12 @@ struct ShardMasterArgs {
     /// incomplete (and the slots of a server that cannot be reached are given up as lost).
     #[arg(long, env = "KV_MOVE_TIMEOUT_SECS", default_value_t = 30)]
     move_timeout_secs: u64,
+
+    /// A secret shared by the cluster's shard master and storage servers: storage servers
+    /// refuse installs and transfers that do not carry it. Without it, anyone who can connect may
+    /// send them: set it wherever the ports are reachable from outside the cluster.
+    #[arg(long, env = "KV_CLUSTER_TOKEN", hide_env_values = true)]
+    cluster_token: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -85,6 +91,12 @@ struct StorageArgs {
     /// Seconds a hand-off of slots to another server may keep retrying it.
     #[arg(long, env = "KV_HANDOFF_TIMEOUT_SECS", default_value_t = 30)]
     handoff_timeout_secs: u64,
+
+    /// A secret shared by the cluster's shard master and storage servers: storage servers
+    /// refuse installs and transfers that do not carry it. Without it, anyone who can connect may
+    /// send them: set it wherever the ports are reachable from outside the cluster.
+    #[arg(long, env = "KV_CLUSTER_TOKEN", hide_env_values = true)]
+    cluster_token: Option<String>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -131,6 +143,7 @@ async fn storage(args: StorageArgs) -> Result<()> {
             ..ClusterMembership::new(shardmaster)
         }),
         handoff_timeout: Duration::from_secs(args.handoff_timeout_secs),
+        cluster_token: args.cluster_token,
     };
     let listener = bind(&args.listen).await?;
     let local = listener.local_addr().context("cannot read the bound address")?;
@@ -145,6 +158,7 @@ async fn shardmaster(args: ShardMasterArgs) -> Result<()> {
     let config = ShardMasterConfig {
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
         move_timeout: Duration::from_secs(args.move_timeout_secs),
+        cluster_token: args.cluster_token,
     };
     let listener = bind(&args.listen).await?;
     let local = listener.local_addr().context("cannot read the bound address")?;

@@ -81,14 +81,14 @@ impl Membership {
     const HISTORY: usize = 64;
 
     /// Epoch 0: no member. A change whose moves have not finished after `move_timeout` is
-    /// reported as incomplete.
-    pub fn new(move_timeout: Duration) -> Self {
+    /// reported as incomplete. Installs carry `token`, the cluster's, if it has one.
+    pub fn new(move_timeout: Duration, token: Option<String>) -> Self {
         let first = Arc::new(Config::new());
         Membership {
             current: RwLock::new(Arc::clone(&first)),
             history: std::sync::Mutex::new(VecDeque::from([first])),
             changes: tokio::sync::Mutex::new(()),
-            peers: Peers::new(),
+            peers: Peers::new(token),
             move_timeout,
         }
     }
@@ -348,7 +348,7 @@ impl Membership {
         let mut backoff = Duration::from_millis(20);
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let mut call = tonic::Request::new(request.clone());
+            let mut call = self.peers.request(request.clone());
             call.set_timeout(remaining.max(Duration::from_millis(1)));
             match self.peers.node(server)?.install(call).await {
                 Ok(response) => return Ok(response.into_inner()),

@@ -343,7 +343,7 @@ impl Node {
         let mut backoff = Duration::from_millis(20);
         loop {
             let mut client: NodeClient<Channel> = self.peers.node(to)?;
-            let mut request = tonic::Request::new(batch.clone());
+            let mut request = self.peers.request(batch.clone());
             // One lost batch must not eat the whole hand-off's time.
             let remaining = deadline.saturating_duration_since(Instant::now());
             request.set_timeout(remaining.clamp(Duration::from_millis(1), BATCH_TIMEOUT));

@@ -9,19 +9,46 @@ use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 
 /// One lazily connected channel per peer address. A channel reconnects by itself after a
-/// failure, so entries are kept for the life of the process (peers are few).
+/// failure, so entries are kept for the life of the process (peers are few). Requests made with
+/// [`Peers::request`] carry the cluster's token, if it has one.
 #[derive(Debug, Default)]
 pub struct Peers {
     channels: Mutex<HashMap<String, Channel>>,
+    token: Option<String>,
+}
+
+/// The metadata key of the cluster token.
+pub(crate) const TOKEN_HEADER: &str = "x-kv-cluster-token";
+
+/// Whether `request` carries `token` (any request does, when the cluster has none).
+pub(crate) fn authorised<T>(request: &tonic::Request<T>, token: Option<&str>) -> Result<(), Status> {
+    let Some(token) = token else { return Ok(()) };
+    match request.metadata().get(TOKEN_HEADER).and_then(|value| value.to_str().ok()) {
+        Some(given) if given == token => Ok(()),
+        _ => Err(Status::permission_denied(
+            "only members of this cluster may call this (the cluster token is missing or wrong)",
+        )),
+    }
 }
 
 impl Peers {
     /// How long dialling a peer may take before the call fails as unavailable.
     const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-    /// No channel yet.
-    pub fn new() -> Self {
-        Self::default()
+    /// No channel yet; requests carry `token` if given.
+    pub fn new(token: Option<String>) -> Self {
+        Peers { channels: Mutex::new(HashMap::new()), token }
+    }
+
+    /// A request for `message`, with the cluster token.
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(token) = &self.token
+            && let Ok(value) = token.parse()
+        {
+            request.metadata_mut().insert(TOKEN_HEADER, value);
+        }
+        request
     }
 
     /// The channel to `address` (`host:port`).

@@ -33,6 +33,9 @@ pub struct StorageConfig {
     pub cluster: Option<ClusterMembership>,
     /// How long a hand-off of slots may keep retrying a peer that does not answer.
     pub handoff_timeout: Duration,
+    /// A secret shared by the cluster's servers and shard master: installs and transfers
+    /// without it are refused. `None` accepts them from anyone who can connect.
+    pub cluster_token: Option<String>,
 }
 
 /// A storage server's membership of a cluster.
@@ -69,6 +72,7 @@ impl Default for StorageConfig {
             shutdown_grace: Duration::from_secs(10),
             cluster: None,
             handoff_timeout: Duration::from_secs(30),
+            cluster_token: None,
         }
     }
 }
@@ -81,11 +85,17 @@ pub struct ShardMasterConfig {
     /// How long the data moves of one membership change may take before the change is reported
     /// as incomplete.
     pub move_timeout: Duration,
+    /// The secret the storage servers expect on installs (see [`StorageConfig::cluster_token`]).
+    pub cluster_token: Option<String>,
 }
 
 impl Default for ShardMasterConfig {
     fn default() -> Self {
-        ShardMasterConfig { shutdown_grace: Duration::from_secs(10), move_timeout: Duration::from_secs(30) }
+        ShardMasterConfig {
+            shutdown_grace: Duration::from_secs(10),
+            move_timeout: Duration::from_secs(30),
+            cluster_token: None,
+        }
     }
 }
 
@@ -125,7 +135,8 @@ pub async fn run_storage(
         Some(advertise) => advertise,
         None => listener.local_addr()?.to_string(),
     };
-    let node = Arc::new(Node::new(storage, me.clone(), Peers::new(), config.handoff_timeout));
+    let peers = Peers::new(config.cluster_token.clone());
+    let node = Arc::new(Node::new(storage, me.clone(), peers, config.handoff_timeout));
     let leaver = Arc::clone(&node);
     // Room for the largest request the limits allow, plus framing; larger messages are refused
     // by the transport (OUT_OF_RANGE) before they are read into memory.
@@ -135,7 +146,9 @@ pub async fn run_storage(
     let compat_kv =
         CompatKvService::new(Arc::clone(&node)).into_server().max_decoding_message_size(max_message);
     // Transfer batches hold up to 1 MiB of keys plus one value, and the exactly-once records.
-    let node_rpc = NodeService::new(node).into_server().max_decoding_message_size(max_message.max(256 << 20));
+    let node_rpc = NodeService::new(node, config.cluster_token.clone())
+        .into_server()
+        .max_decoding_message_size(max_message.max(256 << 20));
     let names = [service_name(&key_value), service_name(&compat_kv), service_name(&node_rpc)];
     let routes = Routes::new(key_value).add_service(compat_kv).add_service(node_rpc);
     let Some(cluster) = cluster else {
@@ -169,7 +182,7 @@ async fn join_cluster(cluster: &ClusterMembership, me: &str) -> Result<(), Serve
     // Whether an earlier attempt may have reached the shard master: its join then went through.
     let mut sent = false;
     loop {
-        let answer = match Peers::new().channel(&cluster.shardmaster) {
+        let answer = match Peers::new(None).channel(&cluster.shardmaster) {
             Ok(channel) => {
                 let mut request = tonic::Request::new(v1::JoinRequest { server: me.to_owned() });
                 request.set_timeout(CHANGE_TIMEOUT);
@@ -224,7 +237,7 @@ async fn leave_cluster(cluster: &ClusterMembership, me: &str) {
     let mut backoff = Duration::from_millis(50);
     let mut sent = false;
     loop {
-        let answer = match Peers::new().channel(&cluster.shardmaster) {
+        let answer = match Peers::new(None).channel(&cluster.shardmaster) {
             Ok(channel) => {
                 let mut request = tonic::Request::new(v1::LeaveRequest { server: me.to_owned() });
                 request.set_timeout(cluster.leave_timeout);
@@ -255,7 +268,7 @@ pub async fn run_shardmaster(
     config: ShardMasterConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let membership = Arc::new(Membership::new(config.move_timeout));
+    let membership = Arc::new(Membership::new(config.move_timeout, config.cluster_token.clone()));
     // Repairs what failed moves left behind, for as long as the shard master serves.
     let reconciler = tokio::spawn({
         let membership = Arc::clone(&membership);

@@ -30,20 +30,30 @@ impl Drop for Servers {
 
 impl Servers {
     async fn storage(&mut self) -> String {
+        self.storage_with(None).await
+    }
+
+    async fn storage_with(&mut self, cluster_token: Option<&str>) -> String {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
+        let cluster_token = cluster_token.map(str::to_owned);
         self.tasks.push(tokio::spawn(async move {
-            let config = kv_server::StorageConfig::default();
+            let config = kv_server::StorageConfig { cluster_token, ..Default::default() };
             kv_server::run_storage(listener, config, std::future::pending()).await.unwrap();
         }));
         addr
     }
 
     async fn shardmaster(&mut self) -> String {
+        self.shardmaster_with(None).await
+    }
+
+    async fn shardmaster_with(&mut self, cluster_token: Option<&str>) -> String {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
+        let cluster_token = cluster_token.map(str::to_owned);
         self.tasks.push(tokio::spawn(async move {
-            let config = kv_server::ShardMasterConfig::default();
+            let config = kv_server::ShardMasterConfig { cluster_token, ..Default::default() };
             kv_server::run_shardmaster(listener, config, std::future::pending()).await.unwrap();
         }));
         addr
@@ -159,4 +169,40 @@ async fn transfers_and_installs_from_outside_are_refused_and_change_nothing() {
     assert_eq!(node_b.install(garbage).await.unwrap_err().code(), Code::InvalidArgument);
     let status = node_b.status(v1::StatusRequest {}).await.unwrap().into_inner();
     assert_eq!((status.epoch, status.keys, status.incoming_slots), (2, 1, 0));
+}
+
+/// With a cluster token, installs and transfers from callers without it are refused, and the
+/// cluster's own members, which carry it, move data as usual.
+#[tokio::test]
+async fn a_cluster_token_keeps_outsiders_out() {
+    let mut servers = Servers { tasks: Vec::new() };
+    let master_addr = servers.shardmaster_with(Some("s3cret")).await;
+    let a_addr = servers.storage_with(Some("s3cret")).await;
+    let b_addr = servers.storage_with(Some("s3cret")).await;
+    let master = ShardMasterClient::new(channel(&master_addr).await);
+    master.clone().join(v1::JoinRequest { server: a_addr.clone() }).await.unwrap();
+    let key = key_moving_to(&a_addr, &b_addr);
+    let a = KeyValueClient::new(channel(&a_addr).await);
+    append(&a, &key, "x", 1).await.unwrap();
+    master.clone().join(v1::JoinRequest { server: b_addr.clone() }).await.unwrap();
+    let b = KeyValueClient::new(channel(&b_addr).await);
+    assert_eq!(get(&b, &key).await.unwrap().as_deref(), Some("x"), "members move data with the token");
+
+    let mut node_b = NodeClient::new(channel(&b_addr).await);
+    let forged = v1::TransferRequest {
+        epoch: 2,
+        from: a_addr.clone(),
+        entries: vec![v1::Entry { key: key.clone(), value: "forged".into() }],
+        sessions: Vec::new(),
+        complete: Vec::new(),
+    };
+    assert_eq!(node_b.transfer(forged.clone()).await.unwrap_err().code(), Code::PermissionDenied);
+    let mut wrong = tonic::Request::new(forged);
+    wrong.metadata_mut().insert("x-kv-cluster-token", "guess".parse().unwrap());
+    assert_eq!(node_b.transfer(wrong).await.unwrap_err().code(), Code::PermissionDenied);
+    let install = v1::InstallRequest { config: None, previous: None, abandoned: Vec::new() };
+    assert_eq!(node_b.install(install).await.unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!(get(&b, &key).await.unwrap().as_deref(), Some("x"), "nothing changed");
+    let status = node_b.status(v1::StatusRequest {}).await.unwrap().into_inner();
+    assert_eq!((status.epoch, status.keys), (2, 1), "status stays readable");
 }

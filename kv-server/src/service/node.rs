@@ -10,17 +10,21 @@ use tracing::instrument;
 
 use super::to_status;
 use crate::node::Node;
+use crate::peers::authorised;
 
-/// Serves the resharding RPCs of one storage server.
+/// Serves the resharding RPCs of one storage server. `Install` and `Transfer` change what the
+/// server holds, so with a cluster token only callers that present it are served; `Status` is
+/// read-only and open.
 #[derive(Debug, Clone)]
 pub struct NodeService {
     node: Arc<Node>,
+    token: Option<Arc<str>>,
 }
 
 impl NodeService {
-    /// Serves `node`.
-    pub fn new(node: Arc<Node>) -> Self {
-        NodeService { node }
+    /// Serves `node`, to callers presenting `token` if given.
+    pub fn new(node: Arc<Node>, token: Option<String>) -> Self {
+        NodeService { node, token: token.map(Arc::from) }
     }
 
     /// The tonic server for this service.
@@ -36,6 +40,7 @@ impl NodeRpc for NodeService {
         &self,
         request: Request<v1::InstallRequest>,
     ) -> Result<Response<v1::InstallResponse>, Status> {
+        authorised(&request, self.token.as_deref())?;
         let request = request.into_inner();
         let config = |wire: Option<v1::ClusterConfig>, what: &str| {
             let wire = wire.ok_or_else(|| Status::invalid_argument(format!("no {what} configuration")))?;
@@ -66,6 +71,7 @@ impl NodeRpc for NodeService {
         &self,
         request: Request<v1::TransferRequest>,
     ) -> Result<Response<v1::TransferResponse>, Status> {
+        authorised(&request, self.token.as_deref())?;
         self.node.transfer(request.into_inner()).await?;
         Ok(Response::new(v1::TransferResponse {}))
     }

@@ -38,6 +38,11 @@ const SERVER_ENV: &[&str] = &[
     "KV_MAX_KEY_BYTES",
     "KV_MAX_VALUE_BYTES",
     "KV_SHUTDOWN_GRACE_SECS",
+    "KV_SHARDMASTER",
+    "KV_ADVERTISE",
+    "KV_HANDOFF_TIMEOUT_SECS",
+    "KV_MOVE_TIMEOUT_SECS",
+    "KV_CLUSTER_TOKEN",
 ];
 
 /// Runs `future`, panicking if it takes longer than [`TEST_TIMEOUT`].
