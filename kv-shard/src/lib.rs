@@ -50,8 +50,15 @@
 //!
 //! Invariants:
 //! - **One server serves a slot at a time.** `B` starts after it has everything, and `A` stops
-//!   before it snapshots. Slots that do not move are never blocked, and a moving slot is
-//!   unavailable from `A`'s switch until its batch is installed at `B`.
+//!   before it snapshots. Slots that do not move are never refused; every request pauses only
+//!   while a server switches its slot table (for the requests already running to finish) and
+//!   while a batch's slots are marked complete. A moving slot is unavailable from `A`'s switch
+//!   until its batch is installed at `B`.
+//! - **Changes do not overtake each other, and run to their end.** A change is refused
+//!   (`UNAVAILABLE`, retry) while a server that answers is behind the current epoch, or waits
+//!   for slots, or owes them; a change runs on even if its caller gives up; and a server installs
+//!   only the epoch after its own (a server that never installed anything excepted), so no
+//!   slot's history is skipped.
 //! - **No acknowledged write is lost or applied twice.** Every write `A` applied to the slot is in
 //!   the snapshot; the exactly-once records travel with the data, so a client's retry of a write
 //!   that `A` applied is answered from the record at `B`, not applied again.
@@ -67,9 +74,12 @@
 //!   `A`, which keeps owing it; the change is reported incomplete (`ABORTED`). Every second the
 //!   shard master brings members that missed epochs up to date, one epoch at a time from its
 //!   history of configurations, and re-installs the current epoch where slots are still owed or
-//!   awaited, which resumes the hand-offs. A sender that cannot be reached at all is presumed
-//!   dead: without replication its slots' data is lost with it, so the receivers are told to serve
-//!   them empty, and the change is reported as `DATA_LOSS`, not hidden.
+//!   awaited, which resumes the hand-offs. A sender that fails three probes a second apart is
+//!   presumed dead: without replication its slots' data is lost with it, so the receivers drop
+//!   what part of it arrived and serve them empty, refusing any later batch for them (a sender
+//!   that was only cut off keeps its copy), and the change is reported as `DATA_LOSS`, not hidden.
+//! - **Only the cluster moves data.** With a cluster token (`--cluster-token`), installs and
+//!   transfers that do not carry it are refused (`PERMISSION_DENIED`).
 //! - **The last member cannot leave while it holds keys** (nothing could take them): the leave is
 //!   refused (`FAILED_PRECONDITION`), a server stopping then stops without leaving, and the shard
 //!   master keeps naming it, so clients get errors, never a false "no value". A joiner must hold
@@ -77,7 +87,12 @@
 //!
 //! Known limits, lifted by replication (leases) and a durable shard master:
 //! - A server presumed dead while merely cut off keeps serving its old slots to clients whose map
-//!   is old, until it learns the new epoch: nothing fences it yet.
+//!   is old (clients refresh only on errors) until the shard master reaches it again: nothing
+//!   fences it yet, and the writes it takes meanwhile are not merged back.
+//! - The last member's key count is checked just before its leave: a write landing between the
+//!   check and the switch is kept in its memory, unserved, and lost when it stops (it is logged).
+//! - Safety relies on the engine applying a write and its exactly-once record without yielding,
+//!   as the in-memory engine does; a durable engine must keep the two atomic.
 //! - The shard master keeps its configurations in memory: restarting it forgets the cluster.
 //! - A server that crashes loses its data (the engine is in memory), and on restart is refused
 //!   as a member already: an operator removes it (`kv cluster leave`) first.
