@@ -97,6 +97,23 @@ struct Session {
     last_seen: Instant,
 }
 
+impl Session {
+    /// Forgets every answer below `floor`, if it is above the current one.
+    fn raise_floor(&mut self, floor: u64) {
+        if floor > self.floor {
+            self.floor = floor;
+            // One by one, not `split_off`: the floor usually moves by one, and this allocates
+            // nothing.
+            while let Some(oldest) = self.entries.first_entry() {
+                if *oldest.key() >= floor {
+                    break;
+                }
+                oldest.remove();
+            }
+        }
+    }
+}
+
 /// What [`Sessions::begin`] says about a write.
 #[derive(Debug)]
 pub enum Begin<'s> {
@@ -181,22 +198,9 @@ impl Sessions {
     /// partition of the key written (0 where nothing is partitioned).
     pub fn begin(&self, id: RequestId, fingerprint: u64, tag: u16, now: Instant) -> Result<Begin<'_>> {
         self.sweep(now);
-        let mut session = self.clients.entry(id.client).or_insert_with(|| Session {
-            floor: 0,
-            entries: BTreeMap::new(),
-            last_seen: now,
-        });
-        session.last_seen = now;
+        let mut session = self.touch(id.client, now);
         // Forget what the client has its answers for.
-        if id.first_unanswered > session.floor {
-            session.floor = id.first_unanswered;
-            while let Some(oldest) = session.entries.first_entry() {
-                if *oldest.key() >= id.first_unanswered {
-                    break;
-                }
-                oldest.remove();
-            }
-        }
+        session.raise_floor(id.first_unanswered);
         if id.seq < session.floor {
             return Err(Error::StaleRetry { client: id.client, seq: id.seq });
         }
@@ -247,16 +251,8 @@ impl Sessions {
     /// answer already here is kept).
     pub fn import(&self, records: Vec<SessionRecord>, now: Instant) {
         for record in records {
-            let mut session = self.clients.entry(record.client).or_insert_with(|| Session {
-                floor: 0,
-                entries: BTreeMap::new(),
-                last_seen: now,
-            });
-            session.last_seen = now;
-            if record.floor > session.floor {
-                session.floor = record.floor;
-                session.entries = session.entries.split_off(&record.floor);
-            }
+            let mut session = self.touch(record.client, now);
+            session.raise_floor(record.floor);
             for answer in record.answers {
                 if answer.seq < session.floor {
                     continue;
@@ -275,6 +271,17 @@ impl Sessions {
         for mut session in self.clients.iter_mut() {
             session.entries.retain(|_, entry| !matches!(entry, Entry::Answered { tag, .. } if select(*tag)));
         }
+    }
+
+    /// The session of `client`, created if new, seen at `now`.
+    fn touch(&self, client: u64, now: Instant) -> dashmap::mapref::one::RefMut<'_, u64, Session> {
+        let mut session = self.clients.entry(client).or_insert_with(|| Session {
+            floor: 0,
+            entries: BTreeMap::new(),
+            last_seen: now,
+        });
+        session.last_seen = now;
+        session
     }
 
     /// Drops the sessions idle for longer than the expiry, at most once per expiry period.
