@@ -104,8 +104,9 @@ fn proxies_partition_and_heal_the_path_to_a_node() {
     cluster.heal().unwrap();
 }
 
-/// A cluster with a shard master: storage nodes join it; the master can be paused, cut off and
-/// restarted like any node (today it keeps its membership in memory, so a restart forgets it).
+/// A cluster with a shard master: storage nodes join it at start-up, known by their client
+/// addresses; the master can be paused, cut off and restarted like any node (today it keeps its
+/// membership in memory, so a restart forgets it).
 #[test]
 fn a_cluster_can_include_a_shard_master_to_break() {
     let config = ClusterConfig { shardmaster: true, ..ClusterConfig::new(2).unwrap() };
@@ -114,13 +115,18 @@ fn a_cluster_can_include_a_shard_master_to_break() {
     let master_addr = cluster.shardmaster().unwrap().client_addr().to_string();
     rt.block_on(async {
         let master = ShardMaster::connect(master_addr.clone()).await.unwrap();
-        for node in cluster.nodes() {
-            master.join(node.addr().to_string()).await.unwrap();
-        }
         let config = master.config().await.unwrap();
         assert_eq!((config.epoch(), config.len()), (2, 2));
+        for node in cluster.nodes() {
+            assert!(config.id_of(&node.client_addr().to_string()).is_some(), "joined by its client address");
+        }
         let owner = master.query("k").await.unwrap().0;
-        assert!(cluster.nodes().iter().any(|n| n.addr().to_string() == owner));
+        assert!(cluster.nodes().iter().any(|n| n.client_addr().to_string() == owner));
+        let alias = master.join(cluster.nodes()[0].addr().to_string()).await.unwrap_err();
+        assert!(
+            alias.to_string().contains("knows itself as"),
+            "a second name for a member is refused: {alias}"
+        );
 
         cluster.shardmaster().unwrap().proxy().unwrap().set_faults(Faults::partition());
         let cut_off = tokio::time::timeout(Duration::from_secs(2), master.config()).await;

@@ -147,6 +147,16 @@ impl Membership {
                         Code::Unavailable,
                     )
                 })?;
+                if status.address != *server {
+                    return Err(ChangeError::Precondition(
+                        format!(
+                            "the server at {server} knows itself as {}: join it under that address, \
+                             or start it with --advertise {server}",
+                            status.address
+                        ),
+                        Code::FailedPrecondition,
+                    ));
+                }
                 if status.keys > 0 && !before.is_empty() {
                     return Err(ChangeError::Precondition(
                         format!(
