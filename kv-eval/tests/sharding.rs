@@ -426,10 +426,15 @@ fn a_paused_receiver_delays_a_leave_but_loses_nothing() {
     cluster.node_mut(1).pause().unwrap();
     let (first, rest) = cluster.nodes_mut().split_at_mut(2);
     let (paused, leaver) = (&mut first[1], &mut rest[0]);
+    let leaver_log = leaver.dir().join("server.log");
     let clean = std::thread::scope(|scope| {
         let stopping = scope.spawn(|| leaver.stop(STOP).unwrap());
-        // The leave runs into both timeouts meanwhile, and gives up.
-        std::thread::sleep(Duration::from_secs(6));
+        // The leave runs into both timeouts, and reports itself incomplete: only then resume.
+        let deadline = std::time::Instant::now() + STOP;
+        while !std::fs::read_to_string(&leaver_log).unwrap_or_default().contains("could not hand off") {
+            assert!(std::time::Instant::now() < deadline, "the leave never gave up on the paused receiver");
+            std::thread::sleep(Duration::from_millis(50));
+        }
         paused.resume().unwrap();
         stopping.join().unwrap()
     });
