@@ -176,46 +176,86 @@ pub async fn run_storage(
 
 /// Joins the cluster, retrying while the shard master cannot be reached (or cannot reach us).
 async fn join_cluster(cluster: &ClusterMembership, me: &str) -> Result<(), ServeError> {
-    let deadline = tokio::time::Instant::now() + cluster.join_timeout;
     let failed = |reason: String| ServeError::Join { shardmaster: cluster.shardmaster.clone(), reason };
+    let joined = |epoch: u64| {
+        info!(epoch, address = me, "joined the cluster");
+        println!("kv-server storage joined the cluster as {me} at epoch {epoch}");
+    };
+    match ask_shardmaster(cluster, Change::Join, me, cluster.join_timeout).await {
+        (Ok(config), _) => joined(config.epoch),
+        (Err(status), true) if status.code() == Code::AlreadyExists => joined(0),
+        (Err(status), false) if status.code() == Code::AlreadyExists => {
+            return Err(failed(format!(
+                "{me} is a member already: it stopped without leaving, and the data it held is lost; \
+                 remove it (kv cluster leave {me}) before starting it again"
+            )));
+        }
+        (Err(status), _) => return Err(failed(status.message().to_owned())),
+    }
+    Ok(())
+}
+
+/// Leaves the cluster, handing this server's data to the others; logs what went wrong.
+async fn leave_cluster(cluster: &ClusterMembership, me: &str) {
+    info!(shardmaster = %cluster.shardmaster, "leaving the cluster: handing off this server's data");
+    match ask_shardmaster(cluster, Change::Leave, me, cluster.leave_timeout).await {
+        (Ok(config), _) => info!(epoch = config.epoch, "left the cluster"),
+        (Err(status), true) if status.code() == Code::NotFound => info!("left the cluster"),
+        (Err(status), false) if status.code() == Code::NotFound => info!("not a member any more"),
+        (Err(status), _) => {
+            warn!(code = ?status.code(), cause = %status.message(), "could not leave the cluster")
+        }
+    }
+}
+
+/// A membership change a storage server asks for itself.
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    Join,
+    Leave,
+}
+
+/// Asks the shard master to make `me` join or leave, again and again while the shard master
+/// cannot be reached or is settling an earlier change, for up to `patience`. Returns its last
+/// answer, and whether an earlier attempt may have reached it (so a join answered "a member
+/// already", or a leave answered "not a member", may be that attempt's doing).
+async fn ask_shardmaster(
+    cluster: &ClusterMembership,
+    change: Change,
+    me: &str,
+    patience: Duration,
+) -> (Result<v1::ClusterConfig, tonic::Status>, bool) {
+    let deadline = tokio::time::Instant::now() + patience;
     let mut backoff = Duration::from_millis(50);
-    // Whether an earlier attempt may have reached the shard master: its join then went through.
     let mut sent = false;
     loop {
         let answer = match Peers::new(None).channel(&cluster.shardmaster) {
             Ok(channel) => {
-                let mut request = tonic::Request::new(v1::JoinRequest { server: me.to_owned() });
-                request.set_timeout(CHANGE_TIMEOUT);
-                ShardMasterClient::new(channel).join(request).await
+                let mut master = ShardMasterClient::new(channel);
+                let server = me.to_owned();
+                match change {
+                    Change::Join => {
+                        let mut request = tonic::Request::new(v1::JoinRequest { server });
+                        request.set_timeout(CHANGE_TIMEOUT);
+                        master.join(request).await
+                    }
+                    Change::Leave => {
+                        let mut request = tonic::Request::new(v1::LeaveRequest { server });
+                        request.set_timeout(CHANGE_TIMEOUT.min(patience));
+                        master.leave(request).await
+                    }
+                }
             }
-            Err(status) => return Err(failed(status.message().to_owned())),
-        };
-        let joined = |epoch: u64| {
-            info!(epoch, address = me, "joined the cluster");
-            println!("kv-server storage joined the cluster as {me} at epoch {epoch}");
+            Err(status) => Err(status),
         };
         match answer {
-            Ok(config) => {
-                joined(config.into_inner().epoch);
-                return Ok(());
-            }
-            Err(status) if status.code() == Code::AlreadyExists && sent => {
-                joined(0);
-                return Ok(());
-            }
-            Err(status) if status.code() == Code::AlreadyExists => {
-                return Err(failed(format!(
-                    "{me} is a member already: it stopped without leaving, and the data it held is lost; \
-                     remove it (kv cluster leave {me}) before starting it again"
-                )));
-            }
             Err(status) if retry_change(&status) && tokio::time::Instant::now() + backoff < deadline => {
                 sent |= status.code() != Code::Unavailable;
-                warn!(cause = %status.message(), "cannot join yet; retrying");
+                warn!(?change, cause = %status.message(), "the shard master cannot take the change yet; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
-            Err(status) => return Err(failed(status.message().to_owned())),
+            answer => return (answer.map(tonic::Response::into_inner), sent),
         }
     }
 }
@@ -228,38 +268,6 @@ const CHANGE_TIMEOUT: Duration = Duration::from_secs(300);
 /// was unreachable, busy settling an earlier change, or the call was cut off.
 fn retry_change(status: &tonic::Status) -> bool {
     matches!(status.code(), Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded | Code::Unknown)
-}
-
-/// Leaves the cluster, handing this server's data to the others; logs what went wrong.
-async fn leave_cluster(cluster: &ClusterMembership, me: &str) {
-    info!(shardmaster = %cluster.shardmaster, "leaving the cluster: handing off this server's data");
-    let deadline = tokio::time::Instant::now() + cluster.leave_timeout;
-    let mut backoff = Duration::from_millis(50);
-    let mut sent = false;
-    loop {
-        let answer = match Peers::new(None).channel(&cluster.shardmaster) {
-            Ok(channel) => {
-                let mut request = tonic::Request::new(v1::LeaveRequest { server: me.to_owned() });
-                request.set_timeout(cluster.leave_timeout);
-                ShardMasterClient::new(channel).leave(request).await
-            }
-            Err(status) => Err(status),
-        };
-        match answer {
-            Ok(config) => return info!(epoch = config.get_ref().epoch, "left the cluster"),
-            Err(status) if status.code() == Code::NotFound && sent => return info!("left the cluster"),
-            Err(status) if status.code() == Code::NotFound => return info!("not a member any more"),
-            Err(status) if retry_change(&status) && tokio::time::Instant::now() + backoff < deadline => {
-                sent |= status.code() != Code::Unavailable;
-                warn!(cause = %status.message(), "cannot leave yet; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-            }
-            Err(status) => {
-                return warn!(code = ?status.code(), cause = %status.message(), "could not leave the cluster");
-            }
-        }
-    }
 }
 
 /// Serves a shard master on `listener` until `shutdown` completes.
