@@ -19,6 +19,7 @@ use kv_core::Error;
 use prost::Message;
 use tonic::{Code, Status};
 
+use crate::convert::slot_from_wire;
 use crate::v1::{self, error_detail::Kind};
 
 /// The status a server returns for `err`.
@@ -73,13 +74,11 @@ pub fn error_from_status(status: &Status) -> Option<Error> {
         Kind::StorageFailure(f) => Error::Storage(f.reason),
         Kind::StaleRetry(r) => Error::StaleRetry { client: r.client, seq: r.seq },
         Kind::InProgress(r) => Error::InProgress { client: r.client, seq: r.seq },
-        Kind::WrongShard(w) => Error::WrongShard { slot: slot(w.slot)?, epoch: w.epoch, owner: w.owner },
-        Kind::Moving(m) => Error::Moving { slot: slot(m.slot)?, epoch: m.epoch },
+        Kind::WrongShard(w) => {
+            Error::WrongShard { slot: slot_from_wire(w.slot)?, epoch: w.epoch, owner: w.owner }
+        }
+        Kind::Moving(m) => Error::Moving { slot: slot_from_wire(m.slot)?, epoch: m.epoch },
     })
-}
-
-fn slot(wire: u32) -> Option<u16> {
-    u16::try_from(wire).ok()
 }
 
 fn limit(len: usize, max: usize) -> v1::LimitExceeded {

@@ -12,8 +12,7 @@ use kv_shard::{Config, Slot};
 use tonic::{Code, Status};
 use tracing::{info, warn};
 
-use crate::node::retryable;
-use crate::peers::Peers;
+use crate::peers::{Peers, retry_until};
 
 /// Why a membership change failed.
 #[derive(Debug, thiserror::Error)]
@@ -355,20 +354,14 @@ impl Membership {
             previous: Some(config_to_wire(before)),
             abandoned: abandoned.iter().map(|&s| u32::from(s)).collect(),
         };
-        let mut backoff = Duration::from_millis(20);
-        loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
+        // An install may hand off a lot of data: an attempt may take all the time left.
+        retry_until(deadline, self.move_timeout, |timeout| {
             let mut call = self.peers.request(request.clone());
-            call.set_timeout(remaining.max(Duration::from_millis(1)));
-            match self.peers.node(server)?.install(call).await {
-                Ok(response) => return Ok(response.into_inner()),
-                Err(status) if retryable(&status) && Instant::now() + backoff < deadline => {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
-                Err(status) => return Err(status),
-            }
-        }
+            call.set_timeout(timeout);
+            let node = self.peers.node(server);
+            async move { Ok(node?.install(call).await?.into_inner()) }
+        })
+        .await
     }
 
     /// Whether some server involved in the last change has not settled: a member behind the

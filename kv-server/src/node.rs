@@ -18,15 +18,14 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use kv_core::session::Begin;
 use kv_core::{Error, Mutation, Output, RequestId, Sessions, Storage};
-use kv_proto::convert::{session_from_wire, session_to_wire};
-use kv_proto::v1::{self, node_client::NodeClient};
+use kv_proto::convert::{session_from_wire, session_to_wire, slots_from_wire};
+use kv_proto::v1;
 use kv_shard::{Accept, Config, Ownership, Refused, SLOTS, Slot, slot_of};
 use tokio::sync::{Mutex, RwLock, RwLockReadGuard};
-use tonic::transport::Channel;
-use tonic::{Code, Status};
+use tonic::Status;
 use tracing::{error, info, warn};
 
-use crate::peers::Peers;
+use crate::peers::{Peers, retry_until};
 
 /// Largest transfer batch, in bytes of keys and values (a batch holds at least one key).
 const BATCH_BYTES: usize = 1 << 20;
@@ -340,34 +339,21 @@ impl Node {
     /// Sends one batch, retrying while `to` is unreachable or not yet at `epoch`.
     async fn send(&self, to: &str, batch: v1::TransferRequest) -> Result<(), Status> {
         let deadline = Instant::now() + self.handoff_timeout;
-        let mut backoff = Duration::from_millis(20);
-        loop {
-            let mut client: NodeClient<Channel> = self.peers.node(to)?;
+        // One lost batch must not eat the whole hand-off's time.
+        retry_until(deadline, BATCH_TIMEOUT, |timeout| {
             let mut request = self.peers.request(batch.clone());
-            // One lost batch must not eat the whole hand-off's time.
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            request.set_timeout(remaining.clamp(Duration::from_millis(1), BATCH_TIMEOUT));
-            match client.transfer(request).await {
-                Ok(_) => return Ok(()),
-                Err(status) if retryable(&status) && Instant::now() + backoff < deadline => {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
-                Err(status) => return Err(status),
-            }
-        }
+            request.set_timeout(timeout);
+            let client = self.peers.node(to);
+            async move { client?.transfer(request).await.map(drop) }
+        })
+        .await
     }
 
     /// Installs one batch from the slots' previous owner.
     pub async fn transfer(&self, batch: v1::TransferRequest) -> Result<(), Status> {
         let v1::TransferRequest { epoch, from, entries, sessions, complete } = batch;
-        let to_slot = |wire: u32| {
-            u16::try_from(wire)
-                .ok()
-                .filter(|&s| usize::from(s) < SLOTS)
-                .ok_or_else(|| Status::invalid_argument(format!("no slot {wire}")))
-        };
-        let complete = complete.into_iter().map(to_slot).collect::<Result<Vec<_>, _>>()?;
+        let complete =
+            slots_from_wire(complete).map_err(|wire| Status::invalid_argument(format!("no slot {wire}")))?;
         let sessions = sessions
             .into_iter()
             .map(|record| {
@@ -431,9 +417,4 @@ fn slot_set(slots: &[Slot]) -> Vec<bool> {
         set[usize::from(slot)] = true;
     }
     set
-}
-
-/// Whether a peer's answer means "try again later": it is unreachable, or not ready yet.
-pub(crate) fn retryable(status: &Status) -> bool {
-    matches!(status.code(), Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded | Code::Unknown)
 }

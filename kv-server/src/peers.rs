@@ -1,12 +1,13 @@
 //! Channels to other servers of the cluster, dialled lazily and kept.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kv_proto::v1::node_client::NodeClient;
-use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
 
 /// One lazily connected channel per peer address. A channel reconnects by itself after a
 /// failure, so entries are kept for the life of the process (peers are few). Requests made with
@@ -69,5 +70,35 @@ impl Peers {
     /// The `Node` service of `address`.
     pub fn node(&self, address: &str) -> Result<NodeClient<Channel>, Status> {
         Ok(NodeClient::new(self.channel(address)?).max_decoding_message_size(usize::MAX))
+    }
+}
+
+/// Whether a peer's answer means "try again later": it is unreachable, or not ready yet.
+pub(crate) fn retryable(status: &Status) -> bool {
+    matches!(status.code(), Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded | Code::Unknown)
+}
+
+/// Runs `call` until it succeeds, fails for good, or `deadline` comes, retrying [`retryable`]
+/// failures with a backoff of 20 ms doubling to 1 s. `call` gets the time one attempt may take:
+/// what is left, capped at `attempt_cap`.
+pub(crate) async fn retry_until<T, F, Fut>(
+    deadline: Instant,
+    attempt_cap: Duration,
+    mut call: F,
+) -> Result<T, Status>
+where
+    F: FnMut(Duration) -> Fut,
+    Fut: Future<Output = Result<T, Status>>,
+{
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match call(remaining.clamp(Duration::from_millis(1), attempt_cap)).await {
+            Err(status) if retryable(&status) && Instant::now() + backoff < deadline => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            result => return result,
+        }
     }
 }

@@ -3,7 +3,7 @@
 mod node;
 mod shard;
 
-pub use node::{session_from_wire, session_to_wire};
+pub use node::{session_from_wire, session_to_wire, slot_from_wire, slots_from_wire};
 pub use shard::{config_from_wire, config_to_wire};
 
 use kv_core::Mutation;

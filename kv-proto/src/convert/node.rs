@@ -1,8 +1,19 @@
 //! Exactly-once records on the wire, for moving them between servers.
 
 use kv_core::{Answer, Output, SessionRecord};
+use kv_shard::{SLOTS, Slot};
 
 use crate::v1::{self, answer};
+
+/// The slot a wire `uint32` names, if it is one (`0..SLOTS`).
+pub fn slot_from_wire(wire: u32) -> Option<Slot> {
+    Slot::try_from(wire).ok().filter(|&slot| usize::from(slot) < SLOTS)
+}
+
+/// The slots of a wire list, or the first entry that is not one.
+pub fn slots_from_wire(wire: Vec<u32>) -> Result<Vec<Slot>, u32> {
+    wire.into_iter().map(|s| slot_from_wire(s).ok_or(s)).collect()
+}
 
 /// A session record as sent in a transfer batch.
 pub fn session_to_wire(record: &SessionRecord) -> v1::SessionRecord {
@@ -38,7 +49,7 @@ pub fn session_from_wire(wire: v1::SessionRecord) -> Option<SessionRecord> {
                 answer::Output::Popped(p) => Output::Popped(p.value),
                 answer::Output::Deleted(existed) => Output::Deleted(existed),
             };
-            let tag = u16::try_from(a.slot).ok().filter(|&s| usize::from(s) < kv_shard::SLOTS)?;
+            let tag = slot_from_wire(a.slot)?;
             Some(Answer { seq: a.seq, fingerprint: a.fingerprint, output, tag })
         })
         .collect::<Option<Vec<_>>>()?;

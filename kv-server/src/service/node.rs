@@ -2,9 +2,8 @@
 
 use std::sync::Arc;
 
-use kv_proto::convert::config_from_wire;
+use kv_proto::convert::{config_from_wire, slots_from_wire};
 use kv_proto::v1::{self, node_server::Node as NodeRpc};
-use kv_shard::{SLOTS, Slot};
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
@@ -48,16 +47,8 @@ impl NodeRpc for NodeService {
         };
         let next = config(request.config, "new")?;
         let previous = config(request.previous, "previous")?;
-        let abandoned = request
-            .abandoned
-            .into_iter()
-            .map(|s| {
-                Slot::try_from(s)
-                    .ok()
-                    .filter(|&s| usize::from(s) < SLOTS)
-                    .ok_or_else(|| Status::invalid_argument(format!("no slot {s}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let abandoned = slots_from_wire(request.abandoned)
+            .map_err(|wire| Status::invalid_argument(format!("no slot {wire}")))?;
         let report = self.node.install(previous, next, abandoned).await?;
         Ok(Response::new(v1::InstallResponse {
             slots_sent: report.slots_sent,
