@@ -62,6 +62,11 @@ pub enum Error {
         /// The epoch of the configuration the server holds.
         epoch: u64,
     },
+    /// The write's replicas did not all confirm it in time (or a read could not reach the
+    /// primary it had to ask). The write may or may not have taken effect; retry it (with its
+    /// request id, it applies at most once).
+    #[error("replication did not complete: {0}; retry")]
+    Replication(String),
 }
 
 fn owner_hint(owner: &Option<String>) -> String {
@@ -83,7 +88,8 @@ impl Error {
             Error::Storage(_)
             | Error::InProgress { .. }
             | Error::WrongShard { .. }
-            | Error::Moving { .. } => true,
+            | Error::Moving { .. }
+            | Error::Replication(_) => true,
         }
     }
 }

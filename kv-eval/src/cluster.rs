@@ -60,6 +60,9 @@ pub struct ClusterConfig {
     pub proxies: bool,
     /// Also start a shard master (`kv-server shardmaster`), behind a proxy of its own.
     pub shardmaster: bool,
+    /// Copies of every slot (`--replication-factor`). The harness's default is 1, not the
+    /// binary's 3: sharding tests count each server's keys.
+    pub replication_factor: usize,
     /// Extra arguments for the `kv-server shardmaster`.
     pub shardmaster_args: Vec<String>,
     /// Seed of the port choice and of the proxies' randomness.
@@ -76,6 +79,7 @@ impl ClusterConfig {
             server_args: vec!["--log".into(), "info".into(), "--workers".into(), "1".into()],
             proxies: true,
             shardmaster: false,
+            replication_factor: 1,
             shardmaster_args: Vec::new(),
             seed: 0,
         })
@@ -439,6 +443,7 @@ fn start_node(
         "storage" => config.server_args.clone(),
         _ => {
             let mut args: Vec<String> = vec!["--log".into(), "info".into(), "--workers".into(), "1".into()];
+            args.extend(["--replication-factor".into(), config.replication_factor.to_string()]);
             args.extend(config.shardmaster_args.iter().cloned());
             args
         }

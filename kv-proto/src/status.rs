@@ -10,6 +10,7 @@
 //! | `InProgress`         | `ABORTED`          | `in_progress`                |
 //! | `WrongShard`         | `FAILED_PRECONDITION` | `wrong_shard`             |
 //! | `Moving`             | `UNAVAILABLE`      | `moving`                     |
+//! | `Replication`        | `UNAVAILABLE`      | `replication`                |
 //!
 //! The detail travels encoded in the status details, so a client gets the typed error back
 //! with [`error_from_status`]; a client that knows nothing of it still gets a fitting code and a
@@ -46,6 +47,9 @@ pub fn status_from_error(err: &Error) -> Status {
         Error::Moving { slot, epoch } => {
             (Code::Unavailable, Kind::Moving(v1::Moving { slot: u32::from(*slot), epoch: *epoch }))
         }
+        Error::Replication(reason) => {
+            (Code::Unavailable, Kind::Replication(v1::ReplicationFailure { reason: reason.clone() }))
+        }
     };
     let detail = v1::ErrorDetail { kind: Some(kind) };
     Status::with_details(code, err.to_string(), detail.encode_to_vec().into())
@@ -78,6 +82,7 @@ pub fn error_from_status(status: &Status) -> Option<Error> {
             Error::WrongShard { slot: slot_from_wire(w.slot)?, epoch: w.epoch, owner: w.owner }
         }
         Kind::Moving(m) => Error::Moving { slot: slot_from_wire(m.slot)?, epoch: m.epoch },
+        Kind::Replication(r) => Error::Replication(r.reason),
     })
 }
 
@@ -101,13 +106,14 @@ mod tests {
             Error::WrongShard { slot: 4095, epoch: 7, owner: Some("127.0.0.1:5".into()) },
             Error::WrongShard { slot: 0, epoch: 0, owner: None },
             Error::Moving { slot: 12, epoch: 3 },
+            Error::Replication("a secondary did not answer".into()),
         ] {
             let status = status_from_error(&err);
             assert_eq!(error_from_status(&status), Some(err.clone()));
             let expected = match err {
                 Error::Storage(_) => Code::Unavailable,
                 Error::StaleRetry { .. } | Error::WrongShard { .. } => Code::FailedPrecondition,
-                Error::Moving { .. } => Code::Unavailable,
+                Error::Moving { .. } | Error::Replication(_) => Code::Unavailable,
                 Error::InProgress { .. } => Code::Aborted,
                 _ => Code::InvalidArgument,
             };

@@ -1,87 +1,116 @@
-//! The primary/secondary replication protocol (strong and eventual consistency, failover), as a
-//! pure state machine driven by messages and clock ticks.
+//! The primary/secondary replication protocol of the kv store: replica sets, strong and
+//! eventual consistency, and catching up. The parts that decide correctness are pure and live
+//! here ([`roles`], [`secondary`]); the storage server drives them over gRPC (`kv-server`'s
+//! `replication` module, RPC `kv.v1.Node/Replicate`).
 //!
-//! **Status: design only.** Nothing below is implemented yet; this is the design the replication
-//! issue builds, written down first so that it can be reviewed before the code. The sharding
-//! protocol it extends is in `kv_shard`'s documentation.
+//! **Status.** Replica sets, both consistency levels and catch-up across joins and leaves are
+//! built. Failure detection, failover and fencing (the last sections) are designed, not built:
+//! until they are, a dead replica stalls the strong writes of its slots until it returns.
 //!
 //! # Replica sets
 //!
 //! A configuration gives every slot a *replica set* of `R` distinct members (`R` =
-//! `--replication-factor`, default 3, capped by the number of members): the slot's owner as today
-//! (balanced, minimal movement) is its **primary**, and its **secondaries** are the next `R − 1`
-//! members after the primary in member-id order, wrapping around. So every server is primary for
-//! about `1/N` of the slots and secondary for about `(R − 1)/N`: none idles as a pure backup
-//! (Dynamo- and TiKV-like, rather than fixed groups). A join or leave changes the replica sets of
-//! few slots; a new secondary catches up as a receiver does today (below).
+//! `--replication-factor`, default 3, fewer while there are fewer members): the slot's owner as
+//! in sharding (balanced, minimal movement) is its **primary**, and its **secondaries** are the
+//! next `R − 1` members after the primary in member-id order, wrapping around
+//! ([`kv_shard::Config::replicas_of_slot`]). Every server is primary for about `1/N` of the slots
+//! and secondary for about `(R − 1)/N`: none idles as a pure backup (as in Dynamo or TiKV,
+//! rather than the assignment's fixed groups). The replication settings travel in every
+//! configuration, so every server replicates the same way.
 //!
-//! # Versions
+//! Writes go to the primary, which is the only server that admits them (others answer *wrong
+//! shard*, naming it). Reads may go to any *ready* replica.
 //!
-//! The primary numbers the writes of each slot: `(epoch, seq)`, growing. Every replica keeps, per
-//! key, the version of its value, and applies a slot's writes in version order (a write whose
-//! version it has already passed is a duplicate, acknowledged and dropped). Exactly-once records
-//! travel with the writes, so a retry answered by a promoted secondary is not applied again.
+//! # Writes
 //!
-//! # Strong consistency (CRAQ-style)
+//! The primary serialises the writes of a slot (an async lock per slot, held while the write is
+//! replicated) and numbers them: `seq`, growing. It sends each secondary the key's **value
+//! after the write** (or its absence), never the operation: applying a write twice, or after a
+//! snapshot that already holds it, changes nothing, and an append or a pop is computed once, at
+//! the primary. The write's exactly-once record travels with it, so the secondaries know the
+//! answer too.
 //!
-//! A write is acknowledged once the primary and every secondary in the slot's *sync set* (the
-//! live secondaries; see failures) have applied it. A replica keeps, per key, the last
-//! *committed* (clean) value and, while a write is in flight, the newer *dirty* one. The primary
-//! marks a version committed when every replica of the sync set acknowledged it, then tells the
-//! secondaries (piggybacked on the next write, or a short tick).
+//! A secondary accepts a slot's writes only from the server that is the slot's primary in the
+//! configuration the secondary holds, and only for slots it is a secondary of; a sender at a
+//! newer epoch is told to retry once the secondary has caught up with it.
 //!
-//! A read at any replica:
-//! - key clean → return the clean value;
-//! - key dirty → ask the primary which version of the key is committed, and return that one
-//!   (CRAQ's version query). So a reader never sees a write another reader could still miss:
-//!   the "read going back in time" trap cannot happen.
+//! # Strong consistency (CRAQ-style clean and dirty keys)
 //!
-//! Only a replica holding a valid lease for the current epoch, and still in the sync set, serves
-//! reads; one dropped from the sync set stops at once (its lease says so).
+//! 1. The primary computes the new value from its committed state, without applying it.
+//! 2. It *prepares* the write at every secondary: each holds it as pending, and the key becomes
+//!    **dirty** there.
+//! 3. Once every secondary has acknowledged, the primary applies the write: this is the
+//!    write's linearization point. It then answers the client, and tells the secondaries that
+//!    `seq` is committed (in the background, batched). A secondary applies a committed write to
+//!    its engine, and drops older pending writes of the same key (they were committed before,
+//!    or never will be).
+//!
+//! So every engine, at the primary and at the secondaries, holds only committed values, and a
+//! write the primary has applied is pending or applied at every secondary. A read:
+//! - at the primary returns its engine's value;
+//! - at a secondary whose key is clean returns its engine's value;
+//! - at a secondary whose key is dirty asks the primary (CRAQ's version query, reduced to a
+//!   read at the primary), and returns its answer.
+//!
+//! Why no read goes back in time: a clean read at a secondary returns a committed value, and
+//! misses only writes the primary had not applied when the read checked the key (every write
+//! the primary applied was pending here by then, which makes the key dirty). Such a write is
+//! concurrent with the read, which is linearized before it. A read that found the key dirty is
+//! a read at the primary. The checker in `kv-eval` tests this over real histories.
+//!
+//! A prepare that fails leaves the write unapplied at the primary (the client gets an error and
+//! may retry); the secondaries that prepared it keep the key dirty, and reads ask the primary,
+//! until a later write of the key commits.
 //!
 //! # Eventual consistency
 //!
-//! A write is acknowledged after the primary and `k` secondaries (`--sync-replicas k`,
-//! `0 ≤ k < R − 1`) applied it; the others receive the slot's writes in batches, in version order,
-//! at least every `--sync-interval` (default 2 s). Reads at a secondary return what it has. After
-//! writes stop, every replica is identical within one interval plus transfer time. What eventual
-//! mode can lose: at a failover, writes acknowledged by the old primary that reached none of the
-//! synchronous secondaries (with `k = 0`, the writes of the last interval).
-//!
-//! # Failures: leases and fencing
-//!
-//! Every storage server heartbeats the shard master every 100 ms; each answer renews a *lease*
-//! of `T` (`--failure-timeout`, default 800 ms), measured from when the heartbeat was *sent*, so
-//! the server's lease always ends before the master's view of it. A primary serves writes, and any
-//! replica serves reads, only while its lease is valid for the current epoch.
-//!
-//! When a server's heartbeats stop for longer than `T` plus a margin for clock-rate drift, the
-//! master knows its lease has run out — it can no longer acknowledge anything — and then:
-//! - for each slot it was primary of, promotes a secondary: in strong mode any member of the sync
-//!   set (each has every acknowledged write), in eventual mode the one with the highest applied
-//!   version; the epoch grows, clients follow on their next *wrong shard* or timeout;
-//! - for each slot it was a secondary of, drops it from the sync set (strong writes stop waiting
-//!   for it) and, when the replica set is short, picks a new secondary, which catches up.
-//!
-//! A deposed primary, also one only cut off by a partition, cannot acknowledge a write after its
-//! lease ends, which is before its successor starts; when it comes back it learns the new epoch
-//! and rejoins as a secondary after catching up. Failover time ≈ `T` + margin + one install:
-//! about 1 s with the defaults (the bar is 1.5 s).
+//! The primary applies the write at once, then sends its value to the first `k` secondaries
+//! (`--sync-replicas k`, `0 ≤ k < R − 1`), which apply it at once, and answers when they have.
+//! The other secondaries get the slot's written keys in the background: the primary remembers
+//! which keys each of them is owed and, at least every `--sync-interval` (2 s), sends their
+//! current values, one batch after the other. So each replica applies each key's values in the
+//! primary's order, and after writes stop every replica equals the primary within one interval
+//! plus the transfer. Reads at a secondary return what it holds: they can be stale.
 //!
 //! # Catching up
 //!
-//! A new (or returning) secondary is brought up like a resharding receiver: the primary starts
-//! forwarding the slot's new writes to it (buffered, versioned), then streams a snapshot; the
-//! secondary installs the snapshot, then the buffered writes whose versions are newer. Writes are
-//! never paused. It joins the sync set once caught up.
+//! When a configuration makes a server the secondary of a slot whose copy it cannot keep (it
+//! is new to the slot, or the slot has a new primary: [`roles::keeps_copy`]), the server drops
+//! what it held of the slot and starts **syncing** it, and the primary owes it a snapshot:
+//! 1. From the moment the primary installs the configuration, the syncing secondary receives
+//!    every write of the slot, as any secondary does, and applies the committed ones.
+//! 2. Once the primary serves the slot (after a resharding move, once the slot's data has
+//!    arrived), it reads the slot's keys and sends them as *snapshot* entries, in batches;
+//!    writes are never paused. A syncing secondary applies a snapshot entry only if no write has
+//!    reached that key since the syncing began (the write is newer than the entry, or as new).
+//! 3. The last batch marks the slot *synced*: the secondary is ready, and serves reads.
 //!
-//! # The shard master
+//! A slot this server is handing off (it was the primary and now is a secondary) is *awaiting*
+//! until the hand-off has dropped its old copy, and syncing after.
 //!
-//! Still one process: while it is down, reads and writes go on with the maps clients and servers
-//! hold, but leases granted by the master cannot be renewed past `T`, so a master outage longer than
-//! `T` stops writes. The replication issue must choose: leases granted by the master (safe,
-//! master-bound availability), or primaries that keep serving on a lease renewed by their
-//! secondaries' acknowledgements (available while the master is down, as the issue asks), with
-//! failover and membership waiting for the master. The second is the target; its fencing argument
-//! (a secondary promoted only by the master, after the old primary's secondary-granted lease ran
-//! out) is the first thing to write down and review when the work starts.
+//! # Failures (designed, not built yet)
+//!
+//! Every storage server heartbeats the shard master every 100 ms; each answer renews a *lease*
+//! of `T` (default 800 ms), counted from when the heartbeat was *sent*, so the server's lease
+//! always ends before the master's view of it. A primary serves writes, and any replica serves
+//! reads, only while its lease is valid.
+//!
+//! When a server's heartbeats stop for longer than `T` plus a margin for clock-rate drift, the
+//! master knows its lease has run out, and then:
+//! - for each slot it was primary of, promotes a secondary: in strong mode any (each holds
+//!   every acknowledged write, pending or applied; the promoted one commits its pending
+//!   writes), in eventual mode the most up-to-date one; the epoch grows, clients follow;
+//! - for each slot it was a secondary of, drops it from the replica set (strong writes stop
+//!   waiting for it) and picks a new secondary, which catches up.
+//!
+//! What eventual mode can lose at a failover: writes acknowledged by the old primary that
+//! reached none of the synchronous secondaries (with `k = 0`, up to one sync interval).
+//!
+//! While the shard master is down, reads and writes go on with the maps clients and servers
+//! hold; membership changes and failovers wait for it.
+
+pub mod roles;
+pub mod secondary;
+
+pub use roles::{Role, keeps_copy, role, secondaries};
+pub use secondary::{ReplicatedWrite, SlotReplica, SlotState};

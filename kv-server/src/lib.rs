@@ -22,6 +22,7 @@ pub mod service;
 
 mod membership;
 mod peers;
+mod replication;
 mod server;
 
 pub use server::{

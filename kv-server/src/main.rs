@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use kv_core::Limits;
 use kv_server::{ClusterMembership, ShardMasterConfig, StorageConfig};
+use kv_shard::{Consistency, Replication};
 use tracing_subscriber::EnvFilter;
 
 /// A sharded, replicated key-value store: server.
@@ -57,6 +58,26 @@ struct ShardMasterArgs {
     /// send them: set it wherever the ports are reachable from outside the cluster.
     #[arg(long, env = "KV_CLUSTER_TOKEN", hide_env_values = true)]
     cluster_token: Option<String>,
+
+    /// Copies of every slot, on distinct servers: a primary and R − 1 secondaries (fewer while
+    /// the cluster has fewer members). 1 keeps no secondaries.
+    #[arg(long, env = "KV_REPLICATION_FACTOR", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=16))]
+    replication_factor: u32,
+
+    /// `strong`: a write is acknowledged once every replica applied it, and reads from any
+    /// replica are linearizable. `eventual`: once the primary and `--sync-replicas` secondaries
+    /// applied it; the others follow within `--sync-interval-ms`.
+    #[arg(long, env = "KV_CONSISTENCY", default_value = "strong")]
+    consistency: Consistency,
+
+    /// Eventual consistency: secondaries that apply a write before it is acknowledged (below
+    /// R − 1; the assignment's level).
+    #[arg(long, env = "KV_SYNC_REPLICAS", default_value_t = 0)]
+    sync_replicas: u32,
+
+    /// Eventual consistency: the longest the other secondaries wait for a write, in milliseconds.
+    #[arg(long, env = "KV_SYNC_INTERVAL_MS", default_value_t = 2000)]
+    sync_interval_ms: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -155,10 +176,18 @@ async fn storage(args: StorageArgs) -> Result<()> {
 }
 
 async fn shardmaster(args: ShardMasterArgs) -> Result<()> {
+    let replication = Replication {
+        factor: args.replication_factor as usize,
+        consistency: args.consistency,
+        sync_replicas: args.sync_replicas as usize,
+        sync_interval: Duration::from_millis(args.sync_interval_ms),
+    };
+    replication.validate().context("invalid replication settings")?;
     let config = ShardMasterConfig {
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
         move_timeout: Duration::from_secs(args.move_timeout_secs),
         cluster_token: args.cluster_token,
+        replication,
     };
     let listener = bind(&args.listen).await?;
     let local = listener.local_addr().context("cannot read the bound address")?;

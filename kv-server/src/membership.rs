@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use kv_proto::convert::config_to_wire;
 use kv_proto::v1;
-use kv_shard::{Config, Slot};
+use kv_shard::{Config, Replication, Slot};
 use tonic::{Code, Status};
 use tracing::{info, warn};
 
@@ -79,17 +79,22 @@ impl Membership {
     /// How many configurations are kept for servers that missed some.
     const HISTORY: usize = 64;
 
-    /// Epoch 0: no member. A change whose moves have not finished after `move_timeout` is
-    /// reported as incomplete. Installs carry `token`, the cluster's, if it has one.
-    pub fn new(move_timeout: Duration, token: Option<String>) -> Self {
-        let first = Arc::new(Config::new());
-        Membership {
+    /// Epoch 0: no member, slots replicated as `replication` says. A change whose moves have not
+    /// finished after `move_timeout` is reported as incomplete. Installs carry `token`, the
+    /// cluster's, if it has one.
+    pub fn new(
+        move_timeout: Duration,
+        token: Option<String>,
+        replication: Replication,
+    ) -> Result<Self, kv_shard::Error> {
+        let first = Arc::new(Config::new().with_replication(replication)?);
+        Ok(Membership {
             current: RwLock::new(Arc::clone(&first)),
             history: std::sync::Mutex::new(VecDeque::from([first])),
             changes: tokio::sync::Mutex::new(()),
             peers: Peers::new(token),
             move_timeout,
-        }
+        })
     }
 
     /// The current configuration.

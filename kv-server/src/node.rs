@@ -11,8 +11,8 @@
 //! first configuration installed makes it a cluster member for good.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
@@ -26,6 +26,7 @@ use tonic::Status;
 use tracing::{error, info, warn};
 
 use crate::peers::{Peers, retry_until};
+use crate::replication::{Replicas, slot_set};
 
 /// Largest transfer batch, in bytes of keys and values (a batch holds at least one key).
 const BATCH_BYTES: usize = 1 << 20;
@@ -34,10 +35,10 @@ const BATCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The routing state behind the lock every request reads.
 #[derive(Debug)]
-struct Routing {
+pub(crate) struct Routing {
     /// No configuration installed yet: every key is served.
-    standalone: bool,
-    ownership: Ownership,
+    pub(crate) standalone: bool,
+    pub(crate) ownership: Ownership,
 }
 
 /// Hand-offs this server owes: slots it stopped serving whose data is still here, per new owner.
@@ -66,14 +67,19 @@ pub struct InstallReport {
 
 /// One storage server.
 pub struct Node {
-    storage: Arc<dyn Storage>,
-    sessions: Sessions,
-    routing: RwLock<Routing>,
+    /// This node, for the background tasks it starts.
+    pub(crate) this: Weak<Node>,
+    pub(crate) storage: Arc<dyn Storage>,
+    pub(crate) sessions: Sessions,
+    pub(crate) routing: RwLock<Routing>,
+    pub(crate) replicas: Replicas,
+    /// The address this server has as a member.
+    me: String,
     /// Serialises installs, and holds the hand-offs still owed.
     outgoing: Mutex<Outgoing>,
     /// How many slots `outgoing` holds, readable while a hand-off runs.
     owed: AtomicUsize,
-    peers: Peers,
+    pub(crate) peers: Peers,
     /// How long one hand-off may keep retrying a peer that does not answer.
     handoff_timeout: Duration,
 }
@@ -86,16 +92,24 @@ impl std::fmt::Debug for Node {
 
 impl Node {
     /// A standalone server over `storage`, that will call itself `me` if it joins a cluster.
-    pub fn new(storage: Arc<dyn Storage>, me: String, peers: Peers, handoff_timeout: Duration) -> Self {
-        Node {
+    pub fn new(storage: Arc<dyn Storage>, me: String, peers: Peers, handoff_timeout: Duration) -> Arc<Self> {
+        Arc::new_cyclic(|this| Node {
+            this: this.clone(),
             storage,
             sessions: Sessions::default(),
-            routing: RwLock::new(Routing { standalone: true, ownership: Ownership::new(me) }),
+            routing: RwLock::new(Routing { standalone: true, ownership: Ownership::new(me.clone()) }),
+            replicas: Replicas::new(),
+            me,
             outgoing: Mutex::new(Outgoing::default()),
             owed: AtomicUsize::new(0),
             peers,
             handoff_timeout,
-        }
+        })
+    }
+
+    /// The address this server has as a member.
+    pub(crate) fn me(&self) -> &str {
+        &self.me
     }
 
     /// Admits a request for `key`: the returned guard must be held until the operation is done.
@@ -111,17 +125,26 @@ impl Node {
         Ok((routing, slot))
     }
 
-    /// The value of `key`.
+    /// The value of `key`: at its primary, or at a ready secondary (see
+    /// [`crate::replication`]).
     pub async fn get(&self, key: &str) -> Result<Option<String>, Error> {
         self.storage.limits().check_key(key)?;
-        let (_admitted, _) = self.admit(key).await?;
-        self.storage.get(key).await
+        match self.admit(key).await {
+            Ok(_admitted) => self.storage.get(key).await,
+            Err(refused @ Error::WrongShard { slot, .. }) => self.read_replica(key, slot, refused).await,
+            Err(refused) => Err(refused),
+        }
     }
 
     /// Applies `mutation`; if it carries an id, at most once (see [`kv_core::session`]).
     pub async fn write(&self, id: Option<RequestId>, mutation: Mutation) -> Result<Output, Error> {
         self.storage.limits().check_key(&mutation.key)?;
         let (_admitted, slot) = self.admit(&mutation.key).await?;
+        let view = self.replicas.view();
+        let targets = Node::replica_targets(&view, slot);
+        if !targets.is_empty() {
+            return self.write_replicated(&view, targets, slot, id, mutation).await;
+        }
         let Some(id) = id else {
             return self.storage.apply(mutation).await;
         };
@@ -168,7 +191,10 @@ impl Node {
         let keys = self.storage.key_count().await? as u64;
         let routing = self.routing.read().await;
         let incoming = routing.ownership.incoming().values().map(Vec::len).sum::<usize>();
+        let (replica_slots, syncing_slots) = self.replicas.counts().await;
         Ok(v1::StatusResponse {
+            replica_slots,
+            syncing_slots,
             address: routing.ownership.me().to_owned(),
             epoch: routing.ownership.epoch(),
             serving_slots: if routing.standalone { SLOTS } else { routing.ownership.serving() } as u32,
@@ -207,8 +233,10 @@ impl Node {
                 }
                 let handoff = routing
                     .ownership
-                    .install(&previous, next)
+                    .install(&previous, next.clone())
                     .map_err(|err| Status::invalid_argument(err.to_string()))?;
+                let handing_off: Vec<Slot> = handoff.outgoing.values().flatten().copied().collect();
+                self.install_replicas(&next, &handing_off).await?;
                 routing.standalone = false;
                 let epoch = routing.ownership.epoch();
                 info!(
@@ -332,6 +360,8 @@ impl Node {
         // Everything is at `to`: drop our copy.
         self.storage.remove_where(&|key| set[usize::from(slot_of(key))]).await.map_err(internal)?;
         self.sessions.forget(|slot| set[usize::from(slot)]);
+        // Where this server stays a secondary of a slot it sent, its copy is rebuilt now.
+        self.handed_off(slots).await;
         info!(to, epoch, slots = slots.len(), keys, batches, took = ?started.elapsed(), "handed off slots");
         Ok(keys)
     }
@@ -408,13 +438,4 @@ impl Node {
 
 fn empty_batch(epoch: u64, from: &str) -> v1::TransferRequest {
     v1::TransferRequest { epoch, from: from.to_owned(), ..Default::default() }
-}
-
-/// A membership table over all slots.
-fn slot_set(slots: &[Slot]) -> Vec<bool> {
-    let mut set = vec![false; SLOTS];
-    for &slot in slots {
-        set[usize::from(slot)] = true;
-    }
-    set
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use kv_core::{Limits, MemoryStorage, Storage};
 use kv_proto::v1::{self, shard_master_client::ShardMasterClient};
+use kv_shard::Replication;
 use tokio::net::TcpListener;
 use tonic::Code;
 use tonic::server::NamedService;
@@ -87,6 +88,9 @@ pub struct ShardMasterConfig {
     pub move_timeout: Duration,
     /// The secret the storage servers expect on installs (see [`StorageConfig::cluster_token`]).
     pub cluster_token: Option<String>,
+    /// How slots are replicated (the binary's default is 3 strong replicas; this one's is a
+    /// single copy).
+    pub replication: Replication,
 }
 
 impl Default for ShardMasterConfig {
@@ -95,6 +99,7 @@ impl Default for ShardMasterConfig {
             shutdown_grace: Duration::from_secs(10),
             move_timeout: Duration::from_secs(30),
             cluster_token: None,
+            replication: Replication::default(),
         }
     }
 }
@@ -111,6 +116,9 @@ pub enum ServeError {
     /// The listener's address could not be read.
     #[error("cannot read the listening address: {0}")]
     Address(#[from] std::io::Error),
+    /// The replication settings are invalid.
+    #[error("invalid replication settings: {0}")]
+    Replication(#[from] kv_shard::Error),
     /// The server could not join its cluster.
     #[error("cannot join the cluster of shard master {shardmaster}: {reason}")]
     Join {
@@ -136,7 +144,7 @@ pub async fn run_storage(
         None => listener.local_addr()?.to_string(),
     };
     let peers = Peers::new(config.cluster_token.clone());
-    let node = Arc::new(Node::new(storage, me.clone(), peers, config.handoff_timeout));
+    let node = Node::new(storage, me.clone(), peers, config.handoff_timeout);
     let leaver = Arc::clone(&node);
     // Room for the largest request the limits allow, plus framing; larger messages are refused
     // by the transport (OUT_OF_RANGE) before they are read into memory.
@@ -276,7 +284,8 @@ pub async fn run_shardmaster(
     config: ShardMasterConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let membership = Arc::new(Membership::new(config.move_timeout, config.cluster_token.clone()));
+    let membership =
+        Arc::new(Membership::new(config.move_timeout, config.cluster_token.clone(), config.replication)?);
     // Repairs what failed moves left behind, for as long as the shard master serves.
     let reconciler = tokio::spawn({
         let membership = Arc::clone(&membership);

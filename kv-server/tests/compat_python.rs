@@ -56,7 +56,8 @@ fn a_python_grpcio_client_passes_the_assignments_tests() {
     }
 }
 
-/// The assignment's shard master interface from Python grpcio: join, query, leave.
+/// The assignment's shard master interface from Python grpcio (subtask 2, one copy of every
+/// key): join, query, leave.
 #[test]
 fn a_python_grpcio_client_uses_the_shard_master() {
     if let Err(reason) = python_grpc_available() {
@@ -67,7 +68,7 @@ fn a_python_grpcio_client_uses_the_shard_master() {
         println!("skipping: grpcio not installed (pip install grpcio grpcio-tools): {reason}");
         return;
     }
-    let master = ServerProcess::start_shardmaster();
+    let master = ServerProcess::start_shardmaster_with(&["--replication-factor", "1"]);
     let servers = [ServerProcess::start(), ServerProcess::start(), ServerProcess::start()];
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("compat_python_shardmaster.py");
     let mut command = Command::new("python3");
@@ -84,6 +85,42 @@ fn a_python_grpcio_client_uses_the_shard_master() {
         master.stderr()
     );
     for test in ["join and query", "data at the owners", "leave"] {
+        assert!(stdout.contains(&format!("ok   {test}")), "{test} did not report success:\n{stdout}");
+    }
+}
+
+/// The assignment's replication interface from Python grpcio (subtask 3, three strong copies):
+/// JoinReplica, QueryReplica, writes at the primary, reads at any replica.
+#[test]
+fn a_python_grpcio_client_uses_the_replicas() {
+    if let Err(reason) = python_grpc_available() {
+        assert!(
+            std::env::var("KV_REQUIRE_PYTHON").as_deref() != Ok("1"),
+            "KV_REQUIRE_PYTHON=1 but python3 cannot import grpc and grpc_tools: {reason}"
+        );
+        println!("skipping: grpcio not installed (pip install grpcio grpcio-tools): {reason}");
+        return;
+    }
+    let master =
+        ServerProcess::start_shardmaster_with(&["--replication-factor", "3", "--consistency", "strong"]);
+    let servers: Vec<ServerProcess> = (0..4).map(|_| ServerProcess::start()).collect();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("compat_python_replicas.py");
+    let mut command = Command::new("python3");
+    command.arg(&script).arg(master.addr().to_string());
+    command.args(servers.iter().map(|server| server.addr().to_string()));
+    let output = run_to_exit(command);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let logs: Vec<String> = servers.iter().map(ServerProcess::stderr).collect();
+    assert!(
+        output.status.success(),
+        "{} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{}\n--- shard master log\n{}\n--- storage logs\n{}",
+        script.display(),
+        output.status,
+        String::from_utf8_lossy(&output.stderr),
+        master.stderr(),
+        logs.join("\n---\n")
+    );
+    for test in ["join replica", "query replica", "reads at every replica", "writes only at the primary"] {
         assert!(stdout.contains(&format!("ok   {test}")), "{test} did not report success:\n{stdout}");
     }
 }

@@ -9,7 +9,7 @@ use kv_proto::compat::shard_master_client::ShardMasterClient as CompatClient;
 use kv_proto::convert::config_from_wire;
 use kv_proto::v1::shard_master_client::ShardMasterClient;
 use kv_proto::{compat, v1};
-use kv_shard::{Config, slot_of};
+use kv_shard::{Config, Replication, slot_of};
 use tokio::net::TcpListener;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -77,11 +77,14 @@ async fn joins_leaves_and_queries_follow_the_placement() {
         let (sm, _) = clients(&master).await;
         let servers = StorageServers::start(3).await;
         let (s1, s2, s3) = (servers.addr(0), servers.addr(1), servers.addr(2));
-        assert_eq!(current(&sm).await, Config::new());
+        // The binary's default: three strong copies of every slot.
+        let empty =
+            Config::new().with_replication(Replication { factor: 3, ..Replication::default() }).unwrap();
+        assert_eq!(current(&sm).await, empty);
         assert_eq!(query(&sm, "k").await.unwrap_err().code(), Code::Unavailable, "no member, no owner");
 
         // The master's configurations are the placement's, step by step.
-        let mut expected = Config::new();
+        let mut expected = empty;
         for server in [s1, s2, s3] {
             expected = expected.join(server).unwrap();
             assert_eq!(join(&sm, server).await.unwrap(), expected);

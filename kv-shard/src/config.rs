@@ -1,6 +1,7 @@
 //! Hash slots and numbered configurations that assign them to servers.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -49,7 +50,103 @@ pub struct SlotMove {
     pub to: Option<ServerId>,
 }
 
-/// A numbered assignment of every slot to a member (or to none, when there are no members).
+/// How a write reaches the replicas of its slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// A write is acknowledged once every replica of its slot holds it; every read is
+    /// linearizable, at any replica.
+    #[default]
+    Strong,
+    /// A write is acknowledged once the primary and the first `sync_replicas` secondaries hold
+    /// it; the other secondaries get it within `sync_interval`.
+    Eventual,
+}
+
+impl std::fmt::Display for Consistency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Consistency::Strong => "strong",
+            Consistency::Eventual => "eventual",
+        })
+    }
+}
+
+impl std::str::FromStr for Consistency {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "strong" => Ok(Consistency::Strong),
+            "eventual" => Ok(Consistency::Eventual),
+            other => Err(format!("unknown consistency {other:?}: strong or eventual")),
+        }
+    }
+}
+
+/// A cluster's replication settings: they travel in every configuration, so that every server
+/// replicates the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replication {
+    /// Replicas per slot, the primary included (fewer while there are fewer members).
+    pub factor: usize,
+    /// How writes reach the secondaries.
+    pub consistency: Consistency,
+    /// In eventual mode, the secondaries that apply a write before it is acknowledged.
+    pub sync_replicas: usize,
+    /// In eventual mode, the longest a secondary outside the synchronous ones waits for writes.
+    pub sync_interval: Duration,
+}
+
+impl Default for Replication {
+    /// One copy of every slot: no secondaries.
+    fn default() -> Self {
+        Replication {
+            factor: 1,
+            consistency: Consistency::Strong,
+            sync_replicas: 0,
+            sync_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Replication {
+    /// Checks the settings: a factor of at least 1, and in eventual mode fewer synchronous
+    /// secondaries than secondaries (all of them synchronous is strong mode).
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |reason: String| Err(Error::InvalidConfig(reason));
+        if self.factor == 0 {
+            return invalid("the replication factor must be at least 1".to_owned());
+        }
+        if self.consistency == Consistency::Eventual {
+            if self.factor < 2 {
+                return invalid("eventual consistency needs a replication factor of 2 or more".to_owned());
+            }
+            if self.sync_replicas >= self.factor - 1 {
+                return invalid(format!(
+                    "--sync-replicas {} must be below the {} secondaries (all of them synchronous is strong \
+                     consistency)",
+                    self.sync_replicas,
+                    self.factor - 1
+                ));
+            }
+        }
+        if self.sync_interval.is_zero() {
+            return invalid("the sync interval must be above zero".to_owned());
+        }
+        Ok(())
+    }
+
+    /// The assignment's level: how many secondaries apply a write before it is acknowledged.
+    pub fn level(&self) -> usize {
+        match self.consistency {
+            Consistency::Strong => self.factor - 1,
+            Consistency::Eventual => self.sync_replicas,
+        }
+    }
+}
+
+/// A numbered assignment of every slot to a member (or to none, when there are no members), and
+/// of its replicas.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     epoch: u64,
@@ -57,6 +154,7 @@ pub struct Config {
     members: BTreeMap<ServerId, String>,
     slots: Vec<Option<ServerId>>,
     next_id: u64,
+    replication: Replication,
 }
 
 impl Default for Config {
@@ -68,7 +166,46 @@ impl Default for Config {
 impl Config {
     /// Epoch 0: no members, no slot assigned.
     pub fn new() -> Self {
-        Config { epoch: 0, members: BTreeMap::new(), slots: vec![None; SLOTS], next_id: 0 }
+        Config {
+            epoch: 0,
+            members: BTreeMap::new(),
+            slots: vec![None; SLOTS],
+            next_id: 0,
+            replication: Replication::default(),
+        }
+    }
+
+    /// This configuration with other replication settings (checked).
+    pub fn with_replication(mut self, replication: Replication) -> Result<Config> {
+        replication.validate()?;
+        self.replication = replication;
+        Ok(self)
+    }
+
+    /// The replication settings.
+    pub fn replication(&self) -> &Replication {
+        &self.replication
+    }
+
+    /// The replicas of `slot`, primary first: its owner, then the next members in id order,
+    /// wrapping around, `min(factor, members)` in all. Empty when there is no member.
+    ///
+    /// So every member is primary for about `1/N` of the slots and secondary for about
+    /// `(factor − 1)/N`, and a join or leave changes the replicas of few slots.
+    pub fn replicas_of_slot(&self, slot: Slot) -> Vec<ServerId> {
+        let Some(primary) = self.owner_of_slot(slot) else { return Vec::new() };
+        let count = self.replication.factor.min(self.members.len());
+        let after = self.members.range(primary..).map(|(id, _)| *id);
+        let before = self.members.range(..primary).map(|(id, _)| *id);
+        after.chain(before).take(count).collect()
+    }
+
+    /// The replicas of `key`'s slot, primary first, with their addresses.
+    pub fn replicas(&self, key: &str) -> Vec<(ServerId, &str)> {
+        self.replicas_of_slot(slot_of(key))
+            .into_iter()
+            .filter_map(|id| Some((id, self.address(id)?)))
+            .collect()
     }
 
     /// The configuration's number; it grows by one at every change.
@@ -153,7 +290,7 @@ impl Config {
         if members.keys().next_back().is_some_and(|id| id.0 >= next_id) {
             return invalid(format!("next member id {next_id} is taken"));
         }
-        Ok(Config { epoch, members, slots, next_id })
+        Ok(Config { epoch, members, slots, next_id, replication: Replication::default() })
     }
 
     /// The id the next member to join will get.
@@ -283,6 +420,67 @@ mod tests {
         let pinned: Vec<Slot> = ["", "a", "42", "user:7"].iter().map(|k| slot_of(k)).collect();
         assert_eq!(pinned, [1218, 3615, 401, 1716], "the slot function changed");
         assert!(random_keys(10_000, 1).iter().all(|k| usize::from(slot_of(k)) < SLOTS));
+    }
+
+    fn replicated(n: usize, factor: usize) -> Config {
+        let replication = Replication { factor, ..Replication::default() };
+        (0..n).fold(Config::new().with_replication(replication).unwrap(), |c, i| c.join(&server(i)).unwrap())
+    }
+
+    #[test]
+    fn replica_sets_are_distinct_primary_first_and_spread_evenly() {
+        for (n, factor) in [(1, 3), (2, 3), (3, 3), (6, 3), (7, 5), (4, 1)] {
+            let config = replicated(n, factor);
+            let mut held: BTreeMap<ServerId, usize> = BTreeMap::new();
+            for slot in 0..SLOTS as Slot {
+                let replicas = config.replicas_of_slot(slot);
+                assert_eq!(replicas.len(), factor.min(n), "n={n} factor={factor}");
+                assert_eq!(replicas[0], config.owner_of_slot(slot).unwrap(), "the primary comes first");
+                let distinct: std::collections::BTreeSet<_> = replicas.iter().collect();
+                assert_eq!(distinct.len(), replicas.len(), "replicas on distinct servers");
+                for id in replicas {
+                    *held.entry(id).or_default() += 1;
+                }
+            }
+            // Every member holds about factor/N of the slots: none idles as a pure backup.
+            let ideal = (SLOTS * factor.min(n)) as f64 / n as f64;
+            for (id, count) in held {
+                let ratio = count as f64 / ideal;
+                assert!((0.95..=1.05).contains(&ratio), "n={n} factor={factor}: {id:?} holds {count}");
+            }
+        }
+        assert!(Config::new().replicas_of_slot(0).is_empty());
+    }
+
+    #[test]
+    fn a_join_changes_the_replicas_of_few_slots() {
+        let before = replicated(6, 3);
+        let after = before.join(&server(6)).unwrap();
+        let changed = (0..SLOTS as Slot)
+            .filter(|&slot| before.replicas_of_slot(slot) != after.replicas_of_slot(slot))
+            .count();
+        // The new member's ~1/7 of primaries, plus the slots whose ring neighbourhood it enters.
+        assert!(changed < SLOTS / 2, "{changed} slots changed replicas");
+        assert_eq!(after.replication().factor, 3, "settings carry over");
+    }
+
+    #[test]
+    fn replication_settings_are_checked() {
+        let eventual = |factor, sync_replicas| Replication {
+            factor,
+            consistency: Consistency::Eventual,
+            sync_replicas,
+            ..Replication::default()
+        };
+        assert!(eventual(3, 0).validate().is_ok());
+        assert!(eventual(3, 1).validate().is_ok());
+        assert!(eventual(3, 2).validate().is_err(), "all secondaries synchronous is strong");
+        assert!(eventual(1, 0).validate().is_err());
+        assert!(Replication { factor: 0, ..Replication::default() }.validate().is_err());
+        assert_eq!(eventual(3, 1).level(), 1);
+        assert_eq!(Replication { factor: 3, ..Replication::default() }.level(), 2);
+        assert_eq!("eventual".parse::<Consistency>(), Ok(Consistency::Eventual));
+        assert!("weak".parse::<Consistency>().is_err());
     }
 
     #[test]

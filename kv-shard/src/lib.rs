@@ -104,6 +104,6 @@ mod config;
 mod error;
 mod ownership;
 
-pub use config::{Config, SLOTS, ServerId, Slot, SlotMove, slot_of};
+pub use config::{Config, Consistency, Replication, SLOTS, ServerId, Slot, SlotMove, slot_of};
 pub use error::{Error, Result};
 pub use ownership::{Accept, Handoff, Ownership, Refused};

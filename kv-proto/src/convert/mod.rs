@@ -4,7 +4,7 @@ mod node;
 mod shard;
 
 pub use node::{session_from_wire, session_to_wire, slot_from_wire, slots_from_wire};
-pub use shard::{config_from_wire, config_to_wire};
+pub use shard::{config_from_wire, config_to_wire, replication_from_wire, replication_to_wire};
 
 use kv_core::Mutation;
 

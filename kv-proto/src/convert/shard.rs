@@ -3,7 +3,9 @@
 //! On the wire the slot map travels as maximal runs of consecutive slots with one owner, so a
 //! configuration of N members is about N ranges rather than one entry per slot.
 
-use kv_shard::{Config, SLOTS, ServerId};
+use std::time::Duration;
+
+use kv_shard::{Config, Consistency, Replication, SLOTS, ServerId};
 
 use crate::v1;
 
@@ -27,7 +29,41 @@ pub fn config_to_wire(config: &Config) -> v1::ClusterConfig {
             .collect(),
         ranges,
         next_member_id: config.next_id(),
+        replication: Some(replication_to_wire(config.replication())),
     }
+}
+
+/// The wire form of replication settings.
+pub fn replication_to_wire(replication: &Replication) -> v1::Replication {
+    v1::Replication {
+        factor: replication.factor as u32,
+        consistency: match replication.consistency {
+            Consistency::Strong => v1::Consistency::Strong,
+            Consistency::Eventual => v1::Consistency::Eventual,
+        } as i32,
+        sync_replicas: replication.sync_replicas as u32,
+        sync_interval_ms: u32::try_from(replication.sync_interval.as_millis()).unwrap_or(u32::MAX),
+    }
+}
+
+/// Replication settings from the wire, checked; absent settings are one copy of every slot.
+pub fn replication_from_wire(wire: Option<&v1::Replication>) -> kv_shard::Result<Replication> {
+    let Some(wire) = wire else { return Ok(Replication::default()) };
+    let consistency = match v1::Consistency::try_from(wire.consistency) {
+        Ok(v1::Consistency::Strong) => Consistency::Strong,
+        Ok(v1::Consistency::Eventual) => Consistency::Eventual,
+        Err(_) => {
+            return Err(kv_shard::Error::InvalidConfig(format!("unknown consistency {}", wire.consistency)));
+        }
+    };
+    let replication = Replication {
+        factor: (wire.factor as usize).max(1),
+        consistency,
+        sync_replicas: wire.sync_replicas as usize,
+        sync_interval: Duration::from_millis(u64::from(wire.sync_interval_ms)),
+    };
+    replication.validate()?;
+    Ok(replication)
 }
 
 /// The configuration `wire` describes, checked as [`Config::from_parts`] does.
@@ -57,7 +93,8 @@ pub fn config_from_wire(wire: &v1::ClusterConfig) -> kv_shard::Result<Config> {
         }
     }
     let members = wire.members.iter().map(|m| (ServerId(m.id), m.address.clone()));
-    Config::from_parts(wire.epoch, members, slots, wire.next_member_id)
+    Config::from_parts(wire.epoch, members, slots, wire.next_member_id)?
+        .with_replication(replication_from_wire(wire.replication.as_ref())?)
 }
 
 #[cfg(test)]
@@ -75,6 +112,14 @@ mod tests {
             assert!(wire.ranges.len() <= SLOTS / 8, "{} ranges", wire.ranges.len());
         }
         config = config.leave("127.0.0.1:7002").unwrap();
+        assert_eq!(config_from_wire(&config_to_wire(&config)).unwrap(), config);
+        let eventual = Replication {
+            factor: 3,
+            consistency: Consistency::Eventual,
+            sync_replicas: 1,
+            sync_interval: Duration::from_millis(500),
+        };
+        config = config.with_replication(eventual).unwrap();
         assert_eq!(config_from_wire(&config_to_wire(&config)).unwrap(), config);
     }
 
@@ -100,6 +145,17 @@ mod tests {
         let mut wire = config_to_wire(&two);
         wire.members[1].id = wire.members[0].id;
         assert!(config_from_wire(&wire).is_err(), "a member id twice");
+        let mut wire = config_to_wire(&two);
+        wire.replication = Some(v1::Replication { consistency: 7, ..Default::default() });
+        assert!(config_from_wire(&wire).is_err(), "unknown consistency");
+        let mut wire = config_to_wire(&two);
+        wire.replication = Some(v1::Replication {
+            factor: 2,
+            consistency: v1::Consistency::Eventual as i32,
+            sync_replicas: 1,
+            sync_interval_ms: 100,
+        });
+        assert!(config_from_wire(&wire).is_err(), "every secondary synchronous in eventual mode");
         let mut wire = config_to_wire(&two);
         wire.epoch = 0;
         assert!(config_from_wire(&wire).is_err(), "epoch 0 with members");

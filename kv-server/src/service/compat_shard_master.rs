@@ -54,4 +54,38 @@ impl ShardMaster for CompatShardMasterService {
         let (_, server) = config.owner(&compat_key(request.get_ref().key)).ok_or_else(no_member)?;
         Ok(Response::new(compat::QueryResponse { server: server.to_owned() }))
     }
+
+    #[instrument(level = "debug", skip_all, fields(key = request.get_ref().key))]
+    async fn query_replica(
+        &self,
+        request: Request<compat::QueryReplicaRequest>,
+    ) -> Result<Response<compat::QueryResponse>, Status> {
+        let request = request.into_inner();
+        let operation = compat::Operation::try_from(request.operation)
+            .map_err(|_| Status::invalid_argument(format!("unknown operation {}", request.operation)))?;
+        let config = self.membership.current();
+        let replicas = config.replicas(&compat_key(request.key));
+        let chosen = match operation {
+            compat::Operation::Get => replicas.get(rand::random_range(0..replicas.len().max(1))),
+            compat::Operation::Put
+            | compat::Operation::Append
+            | compat::Operation::LPop
+            | compat::Operation::RPop => replicas.first(),
+        };
+        let (_, server) = chosen.ok_or_else(no_member)?;
+        Ok(Response::new(compat::QueryResponse { server: (*server).to_owned() }))
+    }
+
+    #[instrument(skip_all, fields(server = %request.get_ref().server))]
+    async fn join_replica(
+        &self,
+        request: Request<compat::JoinRequest>,
+    ) -> Result<Response<compat::JoinReplicaResponse>, Status> {
+        let server = &request.get_ref().server;
+        let config = self.membership.join(server).await.map_err(|e| e.to_status())?;
+        let primary =
+            config.id_of(server).is_some_and(|id| config.slot_counts().get(&id).is_some_and(|&n| n > 0));
+        let role = if primary { compat::Role::Master } else { compat::Role::Replica };
+        Ok(Response::new(compat::JoinReplicaResponse { role: role as i32 }))
+    }
 }

@@ -67,6 +67,16 @@ impl NodeRpc for NodeService {
         Ok(Response::new(v1::TransferResponse {}))
     }
 
+    #[instrument(level = "debug", skip_all, fields(from = %request.get_ref().from, epoch = request.get_ref().epoch))]
+    async fn replicate(
+        &self,
+        request: Request<v1::ReplicateRequest>,
+    ) -> Result<Response<v1::ReplicateResponse>, Status> {
+        authorised(&request, self.token.as_deref())?;
+        self.node.replicate(request.into_inner()).await?;
+        Ok(Response::new(v1::ReplicateResponse {}))
+    }
+
     #[instrument(level = "debug", skip_all)]
     async fn status(
         &self,

@@ -48,11 +48,13 @@ impl ShardMaster for ShardMasterService {
     async fn query(&self, request: Request<v1::QueryRequest>) -> Result<Response<v1::QueryResponse>, Status> {
         let config = self.membership.current();
         let key = &request.get_ref().key;
-        let (_, server) = config.owner(key).ok_or_else(no_member)?;
+        let mut replicas = config.replicas(key).into_iter().map(|(_, address)| address.to_owned());
+        let server = replicas.next().ok_or_else(no_member)?;
         Ok(Response::new(v1::QueryResponse {
-            server: server.to_owned(),
+            server,
             epoch: config.epoch(),
             slot: u32::from(slot_of(key)),
+            secondaries: replicas.collect(),
         }))
     }
 

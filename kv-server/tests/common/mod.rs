@@ -164,6 +164,12 @@ impl ServerProcess {
         Self::start_role("shardmaster", &[])
     }
 
+    /// Starts a shard master with extra flags (`--replication-factor 1`, ...).
+    #[allow(dead_code)] // Not every test crate that includes this module starts one.
+    pub(crate) fn start_shardmaster_with(flags: &[&str]) -> Self {
+        Self::start_role("shardmaster", flags)
+    }
+
     /// Starts `kv-server <role> --listen 127.0.0.1:0 <flags>`.
     fn start_role(role: &str, flags: &[&str]) -> Self {
         let mut command = server_command();

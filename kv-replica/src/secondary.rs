@@ -1,0 +1,230 @@
+//! A secondary's view of one slot: whether it is up to date, and the writes it holds
+//! uncommitted.
+//!
+//! The caller keeps one [`SlotReplica`] per slot behind a lock, and holds that lock while it
+//! applies what a method returns to the storage engine, so that a slot's writes reach the engine
+//! in the order decided here.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use kv_core::SessionRecord;
+
+/// One write as the primary sent it: the key's value after the write (absent: the key is gone),
+/// so applying it twice, or after a snapshot of the same value, changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicatedWrite {
+    /// The primary's number for the write within the slot, growing.
+    pub seq: u64,
+    /// The key written.
+    pub key: String,
+    /// Its value after the write.
+    pub value: Option<String>,
+    /// The write's exactly-once record, if it had a request id.
+    pub session: Option<SessionRecord>,
+}
+
+/// Where a secondary stands with one slot.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SlotState {
+    /// Not a secondary of the slot.
+    #[default]
+    Idle,
+    /// A secondary of the slot, waiting until this server has handed the slot's old data off
+    /// (it was its primary); it takes nothing yet.
+    Awaiting,
+    /// A secondary catching up: it takes writes, and a snapshot of the slot for the keys no
+    /// write has reached since the catch-up began. It serves no reads.
+    Syncing {
+        /// Keys written since the catch-up began: their snapshot entries are older.
+        touched: HashSet<String>,
+    },
+    /// An up-to-date secondary: it serves reads.
+    Ready,
+}
+
+/// A secondary's state for one slot.
+#[derive(Debug, Default)]
+pub struct SlotReplica {
+    state: SlotState,
+    /// Prepared writes not yet committed, by sequence number (strong consistency).
+    pending: BTreeMap<u64, ReplicatedWrite>,
+    /// How many pending writes each key has: a key with any is *dirty*.
+    dirty: HashMap<String, usize>,
+}
+
+impl SlotReplica {
+    /// Where the slot stands.
+    pub fn state(&self) -> &SlotState {
+        &self.state
+    }
+
+    /// Whether the slot takes writes.
+    pub fn takes_writes(&self) -> bool {
+        matches!(self.state, SlotState::Syncing { .. } | SlotState::Ready)
+    }
+
+    /// Whether reads may be served here.
+    pub fn is_ready(&self) -> bool {
+        self.state == SlotState::Ready
+    }
+
+    /// Starts over in `state`, forgetting every pending write (a new primary, or no role).
+    pub fn reset(&mut self, state: SlotState) {
+        self.state = state;
+        self.pending.clear();
+        self.dirty.clear();
+    }
+
+    /// Starts catching up, if the slot was awaiting its hand-off.
+    pub fn start_syncing(&mut self) {
+        if self.state == SlotState::Awaiting {
+            self.state = SlotState::Syncing { touched: HashSet::new() };
+        }
+    }
+
+    /// The snapshot is complete: the slot is up to date.
+    pub fn synced(&mut self) {
+        if matches!(self.state, SlotState::Syncing { .. }) {
+            self.state = SlotState::Ready;
+        }
+    }
+
+    /// Whether `key` has a write prepared here and not known to be committed: a read must then
+    /// ask the primary, which alone knows whether it is.
+    pub fn is_dirty(&self, key: &str) -> bool {
+        self.dirty.contains_key(key)
+    }
+
+    /// Holds a prepared write until it is committed.
+    pub fn prepare(&mut self, write: ReplicatedWrite) {
+        if self.pending.contains_key(&write.seq) {
+            return;
+        }
+        *self.dirty.entry(write.key.clone()).or_default() += 1;
+        self.pending.insert(write.seq, write);
+    }
+
+    /// The primary committed write `seq`: returns it to apply, or nothing if it is not here
+    /// (committed already, or superseded). Older pending writes of the same key are dropped:
+    /// they were committed before it (and their effect is overwritten), or never will be.
+    pub fn commit(&mut self, seq: u64) -> Option<ReplicatedWrite> {
+        let write = self.pending.remove(&seq)?;
+        self.undirty(&write.key);
+        let older: Vec<u64> =
+            self.pending.range(..seq).filter(|(_, w)| w.key == write.key).map(|(s, _)| *s).collect();
+        for s in older {
+            self.pending.remove(&s);
+            self.undirty(&write.key);
+        }
+        self.touch(&write.key);
+        Some(write)
+    }
+
+    /// A write applied at once (eventual consistency, or a commit): snapshot entries of its key
+    /// are now older than what is here.
+    pub fn touch(&mut self, key: &str) {
+        if let SlotState::Syncing { touched } = &mut self.state {
+            touched.insert(key.to_owned());
+        }
+    }
+
+    /// Whether a snapshot entry for `key` should be applied: only while catching up, and only if
+    /// no write has reached the key since the catch-up began.
+    pub fn takes_snapshot_of(&self, key: &str) -> bool {
+        matches!(&self.state, SlotState::Syncing { touched } if !touched.contains(key))
+    }
+
+    /// Number of writes prepared and not committed.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn undirty(&mut self, key: &str) {
+        if let Some(count) = self.dirty.get_mut(key) {
+            *count -= 1;
+            if *count == 0 {
+                self.dirty.remove(key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(seq: u64, key: &str, value: &str) -> ReplicatedWrite {
+        ReplicatedWrite { seq, key: key.to_owned(), value: Some(value.to_owned()), session: None }
+    }
+
+    fn syncing() -> SlotReplica {
+        let mut slot = SlotReplica::default();
+        slot.reset(SlotState::Syncing { touched: HashSet::new() });
+        slot
+    }
+
+    #[test]
+    fn a_prepared_key_is_dirty_until_its_write_is_committed() {
+        let mut slot = SlotReplica::default();
+        slot.reset(SlotState::Ready);
+        slot.prepare(write(1, "k", "a"));
+        assert!(slot.is_dirty("k"));
+        assert!(!slot.is_dirty("other"));
+        assert_eq!(slot.commit(1), Some(write(1, "k", "a")));
+        assert!(!slot.is_dirty("k"));
+        assert_eq!(slot.commit(1), None, "a commit comes once");
+    }
+
+    #[test]
+    fn a_late_commit_of_an_older_write_is_ignored() {
+        let mut slot = syncing();
+        slot.prepare(write(1, "k", "a"));
+        slot.prepare(write(2, "k", "b"));
+        slot.prepare(write(3, "j", "c"));
+        assert_eq!(slot.commit(2), Some(write(2, "k", "b")));
+        assert!(!slot.is_dirty("k"), "the older write of k went with the newer");
+        assert_eq!(slot.commit(1), None, "never apply an older value over a newer one");
+        assert!(slot.is_dirty("j"), "other keys keep their pending writes");
+        assert_eq!(slot.pending(), 1);
+    }
+
+    #[test]
+    fn an_aborted_write_stays_dirty_until_a_later_commit_of_its_key() {
+        let mut slot = syncing();
+        slot.prepare(write(1, "k", "never committed"));
+        slot.prepare(write(2, "k", "b"));
+        assert!(slot.is_dirty("k"));
+        assert_eq!(slot.commit(2).map(|w| w.value), Some(Some("b".to_owned())));
+        assert!(!slot.is_dirty("k"));
+        assert_eq!(slot.pending(), 0);
+    }
+
+    #[test]
+    fn snapshot_entries_yield_to_writes_applied_since_the_catch_up_began() {
+        let mut slot = SlotReplica::default();
+        assert!(!slot.takes_snapshot_of("k"), "not a secondary");
+        slot.reset(SlotState::Awaiting);
+        assert!(!slot.takes_writes() && !slot.takes_snapshot_of("k"));
+        slot.start_syncing();
+        assert!(slot.takes_writes() && !slot.is_ready());
+        slot.touch("k");
+        slot.prepare(write(1, "p", "x"));
+        assert!(!slot.takes_snapshot_of("k"));
+        assert!(slot.takes_snapshot_of("p"), "a prepared write may be aborted: only commits count");
+        slot.commit(1);
+        assert!(!slot.takes_snapshot_of("p"));
+        slot.synced();
+        assert!(slot.is_ready());
+        assert!(!slot.takes_snapshot_of("j"), "a ready slot takes no snapshot");
+    }
+
+    #[test]
+    fn reset_forgets_pending_writes() {
+        let mut slot = syncing();
+        slot.prepare(write(1, "k", "a"));
+        slot.reset(SlotState::Idle);
+        assert!(!slot.is_dirty("k"));
+        assert_eq!(slot.commit(1), None);
+        assert!(!slot.takes_writes());
+    }
+}

@@ -1,0 +1,706 @@
+//! A storage server's side of replication: the primary's writes to its secondaries, the
+//! secondaries' reads and the catch-up of new ones (the protocol is in `kv_replica`'s docs).
+//!
+//! Locks, and why they cannot form a cycle between servers:
+//! - a primary holds its slot's *sequence lock* (and the routing read guard) while a write is
+//!   replicated, and waits for its secondaries;
+//! - a secondary's `Replicate` handler takes only its own *replica lock* of the slot (one slot at
+//!   a time, never the routing lock) and waits for nothing remote;
+//! - a read at a secondary holds the replica lock only while it looks at its own engine; one that
+//!   must ask the primary lets go first.
+//!
+//! An install holds the replica locks of the slots whose role changes while it resets them and
+//! switches the view, so a `Replicate` handler, which checks the view only once it holds the
+//! slot's lock, never applies an old primary's write to a new copy.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use kv_core::{Answer, Error, Mutation, Output, RequestId, SessionRecord, Storage};
+use kv_proto::convert::{session_from_wire, session_to_wire, slot_from_wire, slots_from_wire};
+use kv_proto::v1;
+use kv_replica::{ReplicatedWrite, Role, SlotReplica, SlotState, keeps_copy, role, secondaries};
+use kv_shard::{Config, Consistency, SLOTS, Slot, slot_of};
+use tokio::sync::{Mutex, MutexGuard, Notify};
+use tonic::Status;
+use tracing::{debug, info, warn};
+
+use crate::node::Node;
+use crate::peers::retry_until;
+
+/// Longest a write waits for its synchronous secondaries before it fails (retryable).
+const REPLICATE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest one replication call may take before it is tried again.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest a read at a secondary waits for the primary it has to ask.
+const READ_TIMEOUT: Duration = Duration::from_secs(1);
+/// Largest snapshot or flush batch, in bytes of keys and values.
+const BATCH_BYTES: usize = 1 << 20;
+/// How often a link retries what it could not send.
+const RETRY_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The replication state of one server.
+pub(crate) struct Replicas {
+    /// The configuration this server holds (epoch 0 while standalone).
+    view: std::sync::RwLock<Arc<Config>>,
+    /// Primary side: each slot's write sequence, locked while a write is replicated.
+    seqs: Vec<Mutex<u64>>,
+    /// Secondary side: each slot's copy.
+    slots: Vec<Mutex<SlotReplica>>,
+    /// Primary side: what each secondary is owed in the background.
+    links: std::sync::Mutex<HashMap<String, Arc<Link>>>,
+}
+
+impl std::fmt::Debug for Replicas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replicas").field("epoch", &self.view().epoch()).finish_non_exhaustive()
+    }
+}
+
+/// What one secondary is owed, sent by a background task.
+#[derive(Debug)]
+struct Link {
+    to: String,
+    /// Strong mode: writes committed here, to tell it.
+    commits: std::sync::Mutex<Vec<v1::Committed>>,
+    /// Eventual mode, outside the synchronous secondaries: keys written since the last flush.
+    owed_keys: std::sync::Mutex<HashSet<String>>,
+    /// Slots it is catching up, owed a snapshot.
+    snapshots: std::sync::Mutex<BTreeSet<Slot>>,
+    wake: Notify,
+}
+
+/// A poisoned lock's data is still consistent here (no invariant spans a panic): take it.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Replicas {
+    pub(crate) fn new() -> Self {
+        Replicas {
+            view: std::sync::RwLock::new(Arc::new(Config::new())),
+            seqs: (0..SLOTS).map(|_| Mutex::new(0)).collect(),
+            slots: (0..SLOTS).map(|_| Mutex::new(SlotReplica::default())).collect(),
+            links: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The configuration this server holds.
+    pub(crate) fn view(&self) -> Arc<Config> {
+        Arc::clone(&self.view.read().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// Ready and syncing secondary slots, for `Status`.
+    pub(crate) async fn counts(&self) -> (u32, u32) {
+        let (mut ready, mut syncing) = (0, 0);
+        for slot in &self.slots {
+            match slot.lock().await.state() {
+                SlotState::Ready => ready += 1,
+                SlotState::Syncing { .. } | SlotState::Awaiting => syncing += 1,
+                SlotState::Idle => {}
+            }
+        }
+        (ready, syncing)
+    }
+}
+
+impl Link {
+    fn new(to: &str) -> Self {
+        Link {
+            to: to.to_owned(),
+            commits: std::sync::Mutex::new(Vec::new()),
+            owed_keys: std::sync::Mutex::new(HashSet::new()),
+            snapshots: std::sync::Mutex::new(BTreeSet::new()),
+            wake: Notify::new(),
+        }
+    }
+}
+
+/// The wire form of one write.
+fn write_to_wire(
+    slot: Slot,
+    seq: u64,
+    key: &str,
+    value: Option<String>,
+    session: Option<&SessionRecord>,
+) -> v1::ReplicatedWrite {
+    v1::ReplicatedWrite {
+        slot: u32::from(slot),
+        seq,
+        key: key.to_owned(),
+        value,
+        session: session.map(session_to_wire),
+    }
+}
+
+/// The exactly-once record of one answered write.
+fn session_record(id: RequestId, fingerprint: u64, output: &Output, slot: Slot) -> SessionRecord {
+    SessionRecord {
+        client: id.client,
+        floor: id.first_unanswered,
+        answers: vec![Answer { seq: id.seq, fingerprint, output: output.clone(), tag: slot }],
+    }
+}
+
+/// Sets `key` to `value` (or removes it) in `storage`.
+async fn store(storage: &dyn Storage, key: String, value: Option<String>) -> Result<(), Error> {
+    let mutation = match value {
+        Some(value) => Mutation::put(key, value),
+        None => Mutation::delete(key),
+    };
+    storage.apply(mutation).await.map(drop)
+}
+
+impl Node {
+    /// The secondaries of `slot` this write must reach, if the slot is replicated.
+    pub(crate) fn replica_targets(view: &Config, slot: Slot) -> Vec<String> {
+        secondaries(view, slot).into_iter().map(str::to_owned).collect()
+    }
+
+    /// Applies a write at the primary of a replicated slot, and replicates it (see the
+    /// protocol); the caller holds the routing read guard.
+    pub(crate) async fn write_replicated(
+        &self,
+        view: &Config,
+        targets: Vec<String>,
+        slot: Slot,
+        id: Option<RequestId>,
+        mutation: Mutation,
+    ) -> Result<Output, Error> {
+        let mut seq = self.replicas.seqs[usize::from(slot)].lock().await;
+        let fingerprint = mutation.fingerprint();
+        let ticket = match id {
+            None => None,
+            Some(id) => match self.sessions.begin(id, fingerprint, slot, Instant::now())? {
+                kv_core::session::Begin::Answered(output) => return Ok(output),
+                kv_core::session::Begin::Apply(ticket) => Some(ticket),
+            },
+        };
+        let Mutation { key, op } = mutation;
+        let replication = *view.replication();
+        match replication.consistency {
+            Consistency::Strong => {
+                let mut value = self.storage.get(&key).await?;
+                let output = op.apply(&mut value, self.storage.limits())?;
+                *seq += 1;
+                let session = id.map(|id| session_record(id, fingerprint, &output, slot));
+                let write = write_to_wire(slot, *seq, &key, value.clone(), session.as_ref());
+                self.replicate_now(view, &targets, vec![write], v1::WriteKind::Prepare).await?;
+                // The linearization point: from here on, reads here see the write.
+                store(self.storage.as_ref(), key, value).await?;
+                if let Some(ticket) = ticket {
+                    ticket.finish(&output);
+                }
+                let committed = v1::Committed { slot: u32::from(slot), seq: *seq };
+                for target in &targets {
+                    let link = self.link(target);
+                    lock(&link.commits).push(committed);
+                    link.wake.notify_one();
+                }
+                Ok(output)
+            }
+            Consistency::Eventual => {
+                let output = self.storage.apply(Mutation { key: key.clone(), op }).await?;
+                if let Some(ticket) = ticket {
+                    ticket.finish(&output);
+                }
+                let value = self.storage.get(&key).await?;
+                *seq += 1;
+                let (sync, background) = targets.split_at(replication.sync_replicas.min(targets.len()));
+                for target in background {
+                    lock(&self.link(target).owed_keys).insert(key.clone());
+                }
+                if !sync.is_empty() {
+                    let session = id.map(|id| session_record(id, fingerprint, &output, slot));
+                    let write = write_to_wire(slot, *seq, &key, value, session.as_ref());
+                    self.replicate_now(view, sync, vec![write], v1::WriteKind::Apply).await?;
+                }
+                Ok(output)
+            }
+        }
+    }
+
+    /// Sends `writes` to every one of `targets` and waits for all to confirm, retrying those
+    /// that are unreachable or behind until [`REPLICATE_TIMEOUT`].
+    async fn replicate_now(
+        &self,
+        view: &Config,
+        targets: &[String],
+        writes: Vec<v1::ReplicatedWrite>,
+        kind: v1::WriteKind,
+    ) -> Result<(), Error> {
+        let request = v1::ReplicateRequest {
+            epoch: view.epoch(),
+            from: self.me().to_owned(),
+            writes,
+            kind: kind as i32,
+            ..Default::default()
+        };
+        let deadline = Instant::now() + REPLICATE_TIMEOUT;
+        let sends = targets.iter().map(|target| {
+            let request = &request;
+            async move { (target, self.send_replicate(target, request, deadline).await) }
+        });
+        let failures: Vec<String> = join_all(sends)
+            .await
+            .into_iter()
+            .filter_map(|(target, result)| {
+                result.err().map(|status| format!("{target}: {}", status.message()))
+            })
+            .collect();
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Replication(format!(
+                "secondaries did not confirm the write ({})",
+                failures.join("; ")
+            )))
+        }
+    }
+
+    /// One `Replicate` call to `to`, retried while it is unreachable or behind, until `deadline`.
+    async fn send_replicate(
+        &self,
+        to: &str,
+        request: &v1::ReplicateRequest,
+        deadline: Instant,
+    ) -> Result<(), Status> {
+        retry_until(deadline, ATTEMPT_TIMEOUT, |timeout| {
+            let mut request = self.peers.request(request.clone());
+            request.set_timeout(timeout);
+            let client = self.peers.node(to);
+            async move { client?.replicate(request).await.map(drop) }
+        })
+        .await
+    }
+
+    /// The link to secondary `to`, started on first use.
+    fn link(&self, to: &str) -> Arc<Link> {
+        let mut links = lock(&self.replicas.links);
+        if let Some(link) = links.get(to) {
+            return Arc::clone(link);
+        }
+        let link = Arc::new(Link::new(to));
+        links.insert(to.to_owned(), Arc::clone(&link));
+        tokio::spawn(run_link(self.this.clone(), Arc::clone(&link)));
+        link
+    }
+
+    /// A read at a secondary of `key`'s slot, if this server is a ready one; `refused` (the
+    /// primary's refusal) otherwise.
+    pub(crate) async fn read_replica(
+        &self,
+        key: &str,
+        slot: Slot,
+        refused: Error,
+    ) -> Result<Option<String>, Error> {
+        let primary = {
+            let copy = self.replicas.slots[usize::from(slot)].lock().await;
+            if !copy.is_ready() {
+                return Err(refused);
+            }
+            let view = self.replicas.view();
+            if view.replication().consistency == Consistency::Eventual || !copy.is_dirty(key) {
+                return self.storage.get(key).await;
+            }
+            view.owner_of_slot(slot).and_then(|id| view.address(id)).map(str::to_owned)
+        };
+        // A write of the key is prepared here and may be committed: only the primary knows.
+        let Some(primary) = primary else { return Err(refused) };
+        let channel = self.peers.channel(&primary).map_err(|s| Error::Replication(s.message().to_owned()))?;
+        let mut client = v1::key_value_client::KeyValueClient::new(channel);
+        let mut request = tonic::Request::new(v1::GetRequest { key: key.to_owned() });
+        request.set_timeout(READ_TIMEOUT);
+        match client.get(request).await {
+            Ok(response) => Ok(response.into_inner().value),
+            Err(status) => Err(Error::Replication(format!(
+                "the read had to ask the primary {primary}, which answered: {}",
+                status.message()
+            ))),
+        }
+    }
+
+    /// Takes one `Replicate` batch from a primary.
+    pub(crate) async fn replicate(&self, request: v1::ReplicateRequest) -> Result<(), Status> {
+        let v1::ReplicateRequest { epoch, from, writes, kind, commits, synced } = request;
+        let kind = v1::WriteKind::try_from(kind)
+            .map_err(|_| Status::invalid_argument(format!("unknown write kind {kind}")))?;
+        let synced =
+            slots_from_wire(synced).map_err(|wire| Status::invalid_argument(format!("no slot {wire}")))?;
+        let view = self.replicas.view();
+        if epoch > view.epoch() {
+            return Err(Status::unavailable(format!(
+                "this server is at epoch {}, behind the sender's {epoch}; retry",
+                view.epoch()
+            )));
+        }
+        for write in writes {
+            let slot = slot_from_wire(write.slot).ok_or_else(|| Status::invalid_argument("no such slot"))?;
+            if slot_of(&write.key) != slot {
+                return Err(Status::invalid_argument(format!("key {:?} is not in slot {slot}", write.key)));
+            }
+            let session = match write.session {
+                Some(record) => Some(
+                    session_from_wire(record).ok_or_else(|| Status::invalid_argument("malformed record"))?,
+                ),
+                None => None,
+            };
+            let mut copy = self.copy_from(&from, slot).await?;
+            let write = ReplicatedWrite { seq: write.seq, key: write.key, value: write.value, session };
+            match kind {
+                v1::WriteKind::Prepare => copy.prepare(write),
+                v1::WriteKind::Apply => {
+                    copy.touch(&write.key);
+                    self.apply_replicated(write).await?;
+                }
+                v1::WriteKind::Snapshot => {
+                    if copy.takes_snapshot_of(&write.key) {
+                        self.apply_replicated(write).await?;
+                    }
+                }
+            }
+        }
+        for committed in commits {
+            let slot =
+                slot_from_wire(committed.slot).ok_or_else(|| Status::invalid_argument("no such slot"))?;
+            let mut copy = self.copy_from(&from, slot).await?;
+            if let Some(write) = copy.commit(committed.seq) {
+                self.apply_replicated(write).await?;
+            }
+        }
+        for slot in synced {
+            let mut copy = self.copy_from(&from, slot).await?;
+            copy.synced();
+            debug!(slot, from, "caught up");
+        }
+        Ok(())
+    }
+
+    /// The copy of `slot`, locked, if `from` is its primary and this server its secondary in
+    /// the configuration held (checked under the lock, so an install cannot slip in between).
+    async fn copy_from(&self, from: &str, slot: Slot) -> Result<MutexGuard<'_, SlotReplica>, Status> {
+        let copy = self.replicas.slots[usize::from(slot)].lock().await;
+        let view = self.replicas.view();
+        let primary = view.owner_of_slot(slot).and_then(|id| view.address(id));
+        if primary != Some(from) || role(&view, self.me(), slot) != Role::Secondary {
+            return Err(Status::failed_precondition(format!(
+                "at epoch {} this server is not a secondary of slot {slot} under {from}",
+                view.epoch()
+            )));
+        }
+        match copy.state() {
+            SlotState::Awaiting => {
+                Err(Status::unavailable(format!("slot {slot} is still being handed off from here; retry")))
+            }
+            SlotState::Idle => {
+                Err(Status::failed_precondition(format!("slot {slot} is not replicated here")))
+            }
+            SlotState::Syncing { .. } | SlotState::Ready => Ok(copy),
+        }
+    }
+
+    async fn apply_replicated(&self, write: ReplicatedWrite) -> Result<(), Status> {
+        store(self.storage.as_ref(), write.key, write.value)
+            .await
+            .map_err(|err| Status::internal(err.to_string()))?;
+        if let Some(record) = write.session {
+            self.sessions.import(vec![record], Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Switches the replication state from the configuration held to `next`, under the routing
+    /// write lock: resets the copies this server cannot keep, drops the data of slots it no
+    /// longer holds, and owes snapshots to the secondaries that need one. `handing_off` are the
+    /// slots this server is about to send away as their old primary.
+    pub(crate) async fn install_replicas(&self, next: &Config, handing_off: &[Slot]) -> Result<(), Status> {
+        let previous = self.replicas.view();
+        let me = self.me();
+        let sending = slot_set(handing_off);
+        // Secondary side: which copies change.
+        let mut resets: BTreeMap<Slot, SlotState> = BTreeMap::new();
+        let mut drop_data = vec![false; SLOTS];
+        for slot in 0..SLOTS as Slot {
+            let was = role(&previous, me, slot);
+            let now = role(next, me, slot);
+            match now {
+                Role::Secondary if keeps_copy(&previous, next, me, slot) => {}
+                Role::Secondary if sending[usize::from(slot)] => {
+                    resets.insert(slot, SlotState::Awaiting);
+                }
+                Role::Secondary => {
+                    resets.insert(slot, SlotState::Syncing { touched: HashSet::new() });
+                    drop_data[usize::from(slot)] = true;
+                }
+                Role::Primary | Role::None if was == Role::Secondary => {
+                    resets.insert(slot, SlotState::Idle);
+                    drop_data[usize::from(slot)] = true;
+                }
+                Role::Primary | Role::None => {}
+            }
+        }
+        // A copy that was never reset to anything holds no data to drop.
+        let mut guards = Vec::with_capacity(resets.len());
+        for (&slot, state) in &resets {
+            let mut copy = self.replicas.slots[usize::from(slot)].lock().await;
+            if *copy.state() == SlotState::Idle && *state == SlotState::Idle {
+                drop_data[usize::from(slot)] = false;
+            }
+            copy.reset(state.clone());
+            guards.push(copy);
+        }
+        if drop_data.iter().any(|&d| d) {
+            let dropped = self
+                .storage
+                .remove_where(&|key| drop_data[usize::from(slot_of(key))])
+                .await
+                .map_err(|err| Status::internal(err.to_string()))?;
+            self.sessions.forget(|slot| drop_data[usize::from(slot)]);
+            if dropped > 0 {
+                info!(keys = dropped, "dropped copies this server no longer keeps");
+            }
+        }
+        *self.replicas.view.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Arc::new(next.clone());
+        drop(guards);
+        // Primary side: snapshots owed to secondaries that cannot keep their copies.
+        let mut owed: BTreeMap<&str, Vec<Slot>> = BTreeMap::new();
+        for slot in 0..SLOTS as Slot {
+            if role(next, me, slot) != Role::Primary {
+                continue;
+            }
+            for target in secondaries(next, slot) {
+                if !keeps_copy(&previous, next, target, slot) {
+                    owed.entry(target).or_default().push(slot);
+                }
+            }
+        }
+        // Links to servers that are no longer secondaries of ours forget what they owed.
+        let links: Vec<Arc<Link>> = lock(&self.replicas.links).values().cloned().collect();
+        for link in links {
+            lock(&link.snapshots).retain(|&slot| {
+                role(next, me, slot) == Role::Primary && secondaries(next, slot).contains(&link.to.as_str())
+            });
+        }
+        let resyncs = owed.values().map(Vec::len).sum::<usize>();
+        for (target, slots) in owed {
+            let link = self.link(target);
+            lock(&link.snapshots).extend(slots);
+            link.wake.notify_one();
+        }
+        if !resets.is_empty() || resyncs > 0 {
+            info!(
+                epoch = next.epoch(),
+                copies_reset = resets.len(),
+                snapshots_owed = resyncs,
+                "replica roles switched"
+            );
+        }
+        Ok(())
+    }
+
+    /// The hand-off of `slots` (as their old primary) is done: copies awaiting it start syncing.
+    pub(crate) async fn handed_off(&self, slots: &[Slot]) {
+        for &slot in slots {
+            self.replicas.slots[usize::from(slot)].lock().await.start_syncing();
+        }
+    }
+
+    /// Sends `link` the commits it is owed; keeps them if it is unreachable.
+    async fn send_commits(&self, link: &Link) -> bool {
+        let commits = std::mem::take(&mut *lock(&link.commits));
+        if commits.is_empty() {
+            return true;
+        }
+        let request = v1::ReplicateRequest {
+            epoch: self.replicas.view().epoch(),
+            from: self.me().to_owned(),
+            commits,
+            ..Default::default()
+        };
+        let deadline = Instant::now() + ATTEMPT_TIMEOUT;
+        match self.send_replicate(&link.to, &request, deadline).await {
+            Ok(()) => true,
+            Err(status) if crate::peers::retryable(&status) => {
+                let mut commits = lock(&link.commits);
+                let mut retried = request.commits;
+                retried.append(&mut commits);
+                *commits = retried;
+                false
+            }
+            Err(status) => {
+                // Not our secondary any more: its copy is reset anyway.
+                debug!(to = link.to, reason = status.message(), "commits dropped");
+                true
+            }
+        }
+    }
+
+    /// Sends `link` the current values of the keys it is owed (eventual mode's background
+    /// writes).
+    async fn flush(&self, link: &Link) -> bool {
+        let keys = std::mem::take(&mut *lock(&link.owed_keys));
+        if keys.is_empty() {
+            return true;
+        }
+        let view = self.replicas.view();
+        let mut writes = Vec::with_capacity(keys.len());
+        let mut unsent = Vec::new();
+        for key in keys {
+            let slot = slot_of(&key);
+            if role(&view, self.me(), slot) != Role::Primary
+                || !secondaries(&view, slot).contains(&link.to.as_str())
+            {
+                continue;
+            }
+            match self.storage.get(&key).await {
+                Ok(value) => writes.push(write_to_wire(slot, 0, &key, value, None)),
+                Err(_) => unsent.push(key),
+            }
+        }
+        let mut ok = true;
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        let mut writes = writes.into_iter().peekable();
+        while let Some(write) = writes.next() {
+            bytes += write.key.len() + write.value.as_ref().map_or(0, String::len);
+            batch.push(write);
+            if bytes >= BATCH_BYTES || writes.peek().is_none() {
+                let sent = std::mem::take(&mut batch);
+                bytes = 0;
+                let keys: Vec<String> = sent.iter().map(|w| w.key.clone()).collect();
+                if !self.send_batches(&view, link, sent, v1::WriteKind::Apply, Vec::new()).await {
+                    // Sent again later, with the values of then.
+                    unsent.extend(keys);
+                    unsent.extend(writes.by_ref().map(|w| w.key));
+                    ok = false;
+                }
+            }
+        }
+        if !ok {
+            warn!(to = link.to, keys = unsent.len(), "background replication failed; retrying");
+        }
+        lock(&link.owed_keys).extend(unsent);
+        ok
+    }
+
+    /// Sends the snapshots `link` is owed, of the slots this server serves now.
+    async fn send_snapshots(&self, link: &Link) -> bool {
+        let owed: Vec<Slot> = lock(&link.snapshots).iter().copied().collect();
+        if owed.is_empty() {
+            return true;
+        }
+        let ready: Vec<Slot> = {
+            let routing = self.routing.read().await;
+            owed.into_iter().filter(|&slot| routing.ownership.check(slot).is_ok()).collect()
+        };
+        if ready.is_empty() {
+            return false;
+        }
+        let view = self.replicas.view();
+        let set = slot_set(&ready);
+        let Ok(entries) = self.storage.export(&|key| set[usize::from(slot_of(key))]).await else {
+            return false;
+        };
+        let mut by_slot: BTreeMap<Slot, Vec<v1::ReplicatedWrite>> =
+            ready.iter().map(|&s| (s, Vec::new())).collect();
+        for (key, value) in entries {
+            let slot = slot_of(&key);
+            by_slot.entry(slot).or_default().push(write_to_wire(slot, 0, &key, Some(value), None));
+        }
+        let started = Instant::now();
+        let keys: usize = by_slot.values().map(Vec::len).sum();
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        let mut complete = Vec::new();
+        for (slot, writes) in by_slot {
+            for write in writes {
+                let size = write.key.len() + write.value.as_ref().map_or(0, String::len);
+                if bytes > 0 && bytes + size > BATCH_BYTES {
+                    let done = std::mem::take(&mut complete);
+                    if !self
+                        .send_batches(&view, link, std::mem::take(&mut batch), v1::WriteKind::Snapshot, done)
+                        .await
+                    {
+                        return false;
+                    }
+                    bytes = 0;
+                }
+                bytes += size;
+                batch.push(write);
+            }
+            complete.push(slot);
+        }
+        if !self.send_batches(&view, link, batch, v1::WriteKind::Snapshot, complete).await {
+            return false;
+        }
+        lock(&link.snapshots).retain(|slot| !set[usize::from(*slot)]);
+        info!(to = link.to, slots = ready.len(), keys, took = ?started.elapsed(), "secondary caught up");
+        true
+    }
+
+    /// Sends `writes` (and `synced`) to `link` in one request.
+    async fn send_batches(
+        &self,
+        view: &Config,
+        link: &Link,
+        writes: Vec<v1::ReplicatedWrite>,
+        kind: v1::WriteKind,
+        synced: Vec<Slot>,
+    ) -> bool {
+        if writes.is_empty() && synced.is_empty() {
+            return true;
+        }
+        let request = v1::ReplicateRequest {
+            epoch: view.epoch(),
+            from: self.me().to_owned(),
+            writes,
+            kind: kind as i32,
+            synced: synced.into_iter().map(u32::from).collect(),
+            ..Default::default()
+        };
+        let deadline = Instant::now() + ATTEMPT_TIMEOUT * 5;
+        match self.send_replicate(&link.to, &request, deadline).await {
+            Ok(()) => true,
+            Err(status) => {
+                debug!(to = link.to, reason = status.message(), "replication batch not taken");
+                false
+            }
+        }
+    }
+}
+
+/// Sends a secondary what it is owed: commits at once, snapshots as soon as their slots are
+/// served here, and (eventual mode) the keys written, at least every sync interval. Ends with
+/// the server.
+async fn run_link(node: Weak<Node>, link: Arc<Link>) {
+    let mut last_flush = Instant::now();
+    let mut behind = false;
+    loop {
+        let interval = match node.upgrade() {
+            Some(node) => node.replicas.view().replication().sync_interval,
+            None => return,
+        };
+        let wait = if behind { RETRY_INTERVAL } else { interval.saturating_sub(last_flush.elapsed()) };
+        let _ = tokio::time::timeout(wait.max(Duration::from_millis(1)), link.wake.notified()).await;
+        let Some(node) = node.upgrade() else { return };
+        let mut ok = node.send_commits(&link).await;
+        if last_flush.elapsed() >= interval {
+            last_flush = Instant::now();
+            ok &= node.flush(&link).await;
+        }
+        ok &= node.send_snapshots(&link).await;
+        behind = !ok;
+    }
+}
+
+/// A membership table over all slots.
+pub(crate) fn slot_set(slots: &[Slot]) -> Vec<bool> {
+    let mut set = vec![false; SLOTS];
+    for &slot in slots {
+        set[usize::from(slot)] = true;
+    }
+    set
+}
