@@ -33,6 +33,7 @@ pub struct Client {
     route: Route,
     writes: Arc<WriteIds>,
     retry: Retry,
+    read_from: ReadFrom,
 }
 
 /// What a [`ClientBuilder`] connects to.
@@ -49,6 +50,19 @@ pub struct ClientBuilder {
     timeout: Duration,
     connect_timeout: Duration,
     retry: Retry,
+    read_from: ReadFrom,
+}
+
+/// Where a cluster client sends reads. Writes always go to the key's primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadFrom {
+    /// Any replica of the key's slot, chosen at random: spreads the reads. Under strong
+    /// consistency every replica's answer is linearizable; under eventual consistency a
+    /// secondary's may be stale.
+    #[default]
+    AnyReplica,
+    /// The primary only: the latest value under either consistency, on one server per key.
+    Primary,
 }
 
 /// A wrong-shard answer is followed at once, after refreshing the map, at most this many times
@@ -158,6 +172,13 @@ impl ClientBuilder {
         self
     }
 
+    /// Where a cluster client sends reads (default: any replica). A read that a secondary
+    /// cannot serve (it is catching up, or unreachable) goes to the primary.
+    pub fn read_from(mut self, read_from: ReadFrom) -> Self {
+        self.read_from = read_from;
+        self
+    }
+
     /// Connects, failing at once if the server (or, for a cluster, the shard master) cannot be
     /// reached. A cluster client reads the configuration here, and connects to storage servers
     /// when it first needs them.
@@ -171,7 +192,7 @@ impl ClientBuilder {
                 Route::cluster(shardmaster, self.timeout, self.connect_timeout).await?
             }
         };
-        Ok(Client { route, writes: Arc::new(WriteIds::new()), retry: self.retry })
+        Ok(Client { route, writes: Arc::new(WriteIds::new()), retry: self.retry, read_from: self.read_from })
     }
 }
 
@@ -242,6 +263,7 @@ impl Client {
                 backoff: Duration::from_millis(20),
                 max_backoff: Duration::from_secs(1),
             },
+            read_from: ReadFrom::default(),
         }
     }
 
@@ -274,9 +296,9 @@ impl Client {
         self.writes.client
     }
 
-    /// Runs `call` against the server that owns `key` until it succeeds, fails for good, or
-    /// runs out of attempts.
-    async fn call<T, F, Fut>(&self, key: &str, mut call: F) -> Result<T>
+    /// Runs `call` against the server that owns `key` (for a `read`, maybe one of its
+    /// secondaries) until it succeeds, fails for good, or runs out of attempts.
+    async fn call<T, F, Fut>(&self, key: &str, read: bool, mut call: F) -> Result<T>
     where
         F: FnMut(KeyValueClient<Channel>) -> Fut,
         Fut: Future<Output = Result<T>>,
@@ -285,9 +307,10 @@ impl Client {
         let mut attempt = 1;
         let mut redirects = 0;
         let mut unknown_before = false;
+        let mut any_replica = read && self.read_from == ReadFrom::AnyReplica;
         let started = tokio::time::Instant::now();
         loop {
-            let (server, epoch) = self.route.server_for(key);
+            let (server, epoch, secondary) = self.route.server_for(key, any_replica);
             let result = match server {
                 Ok(server) => call(server).await,
                 Err(err) => Err(err),
@@ -296,6 +319,11 @@ impl Client {
                 Ok(value) => return Ok(value),
                 Err(err) => err,
             };
+            // A secondary that cannot serve the read: ask the primary, once, at once.
+            if secondary && err.is_retryable() {
+                any_replica = false;
+                continue;
+            }
             if let Route::Cluster(cluster) = &self.route {
                 match &err {
                     // The map is stale: refresh it and follow at once.
@@ -353,7 +381,7 @@ impl Client {
     /// ```
     pub async fn get(&self, key: impl Into<String>) -> Result<Option<String>> {
         let key = key.into();
-        self.call(&key, |mut kv| {
+        self.call(&key, true, |mut kv| {
             let request = v1::GetRequest { key: key.clone() };
             async move { Ok(kv.get(request).await?.into_inner().value) }
         })
@@ -372,7 +400,7 @@ impl Client {
     /// ```
     pub async fn put(&self, key: impl Into<String>, value: impl Into<String>) -> Result<()> {
         let (key, value, write) = (key.into(), value.into(), self.writes.start());
-        self.call(&key, |mut kv| {
+        self.call(&key, false, |mut kv| {
             let request = v1::PutRequest { key: key.clone(), value: value.clone(), id: write.id() };
             async move { kv.put(request).await.map(drop).map_err(Error::from) }
         })
@@ -393,7 +421,7 @@ impl Client {
     /// ```
     pub async fn append(&self, key: impl Into<String>, value: impl Into<String>) -> Result<()> {
         let (key, value, write) = (key.into(), value.into(), self.writes.start());
-        self.call(&key, |mut kv| {
+        self.call(&key, false, |mut kv| {
             let request = v1::AppendRequest { key: key.clone(), value: value.clone(), id: write.id() };
             async move { kv.append(request).await.map(drop).map_err(Error::from) }
         })
@@ -414,7 +442,7 @@ impl Client {
     /// ```
     pub async fn lpop(&self, key: impl Into<String>) -> Result<Option<String>> {
         let (key, write) = (key.into(), self.writes.start());
-        self.call(&key, |mut kv| {
+        self.call(&key, false, |mut kv| {
             let request = v1::PopRequest { key: key.clone(), id: write.id() };
             async move { Ok(kv.l_pop(request).await?.into_inner().value) }
         })
@@ -434,7 +462,7 @@ impl Client {
     /// ```
     pub async fn rpop(&self, key: impl Into<String>) -> Result<Option<String>> {
         let (key, write) = (key.into(), self.writes.start());
-        self.call(&key, |mut kv| {
+        self.call(&key, false, |mut kv| {
             let request = v1::PopRequest { key: key.clone(), id: write.id() };
             async move { Ok(kv.r_pop(request).await?.into_inner().value) }
         })
@@ -453,7 +481,7 @@ impl Client {
     /// ```
     pub async fn delete(&self, key: impl Into<String>) -> Result<bool> {
         let (key, write) = (key.into(), self.writes.start());
-        self.call(&key, |mut kv| {
+        self.call(&key, false, |mut kv| {
             let request = v1::DeleteRequest { key: key.clone(), id: write.id() };
             async move { Ok(kv.delete(request).await?.into_inner().existed) }
         })

@@ -30,6 +30,6 @@ mod error;
 mod route;
 mod shardmaster;
 
-pub use client::{Client, ClientBuilder};
+pub use client::{Client, ClientBuilder, ReadFrom};
 pub use error::{Error, Result};
 pub use shardmaster::{ServerStatus, ShardMaster, server_status};

@@ -1,6 +1,7 @@
 //! Where a client sends each request: its one server, or the owner of the key's slot in the
 //! cached configuration of a cluster.
 
+use rand::RngExt;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
@@ -53,11 +54,17 @@ impl Route {
         })))
     }
 
-    /// The server for `key`, and the epoch of the map that chose it (0 for a single server).
-    pub(crate) fn server_for(&self, key: &str) -> (Result<KeyValueClient<Channel>>, u64) {
+    /// The server for `key`, the epoch of the map that chose it (0 for a single server), and
+    /// whether it is a secondary: the primary, or with `any_replica` one of the key's replicas
+    /// at random.
+    pub(crate) fn server_for(
+        &self,
+        key: &str,
+        any_replica: bool,
+    ) -> (Result<KeyValueClient<Channel>>, u64, bool) {
         match self {
-            Route::Server(server) => (Ok(server.clone()), 0),
-            Route::Cluster(cluster) => cluster.server_for(key),
+            Route::Server(server) => (Ok(server.clone()), 0, false),
+            Route::Cluster(cluster) => cluster.server_for(key, any_replica),
         }
     }
 }
@@ -67,13 +74,15 @@ impl ClusterRoute {
         Arc::clone(&self.config.read().unwrap_or_else(PoisonError::into_inner))
     }
 
-    fn server_for(&self, key: &str) -> (Result<KeyValueClient<Channel>>, u64) {
+    fn server_for(&self, key: &str, any_replica: bool) -> (Result<KeyValueClient<Channel>>, u64, bool) {
         let config = self.current();
-        let Some((_, address)) = config.owner(key) else {
+        let replicas = config.replicas(key);
+        if replicas.is_empty() {
             let none = tonic::Status::unavailable("no storage server is a member of the cluster");
-            return (Err(Error::Rpc(none)), config.epoch());
-        };
-        (self.channel(address), config.epoch())
+            return (Err(Error::Rpc(none)), config.epoch(), false);
+        }
+        let chosen = if any_replica { rand::rng().random_range(0..replicas.len()) } else { 0 };
+        (self.channel(replicas[chosen].1), config.epoch(), chosen > 0)
     }
 
     fn channel(&self, address: &str) -> Result<KeyValueClient<Channel>> {

@@ -104,6 +104,10 @@ pub struct ServerStatus {
     pub outgoing_slots: u32,
     /// Whether it belongs to no cluster (and serves every key).
     pub standalone: bool,
+    /// Slots it is an up-to-date secondary of.
+    pub replica_slots: u32,
+    /// Slots it is a secondary of, still catching up.
+    pub syncing_slots: u32,
 }
 
 /// Asks the storage server at `endpoint` what it holds, waiting at most `timeout`.
@@ -118,5 +122,7 @@ pub async fn server_status(endpoint: &str, timeout: Duration) -> Result<ServerSt
         keys: status.keys,
         outgoing_slots: status.outgoing_slots,
         standalone: status.standalone,
+        replica_slots: status.replica_slots,
+        syncing_slots: status.syncing_slots,
     })
 }

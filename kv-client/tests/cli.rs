@@ -211,6 +211,7 @@ fn cluster_commands_show_and_change_the_membership() {
     assert_eq!(empty.code, Some(0), "{empty:?}");
     assert!(empty.stdout.starts_with("epoch 0, 0 server(s), 4096 slots\n"), "{empty:?}");
     assert!(empty.stdout.contains("no server"), "{empty:?}");
+    assert!(empty.stdout.contains("replication factor 1, strong consistency (level 0)"), "{empty:?}");
     let nowhere = data(&["put", "k", "v"]);
     assert_eq!(nowhere.code, Some(4), "no server to take a write: {nowhere:?}");
 
@@ -226,7 +227,7 @@ fn cluster_commands_show_and_change_the_membership() {
     assert!(rows.iter().all(|row| row.contains("2048") && row.contains("50.0%")), "{two:?}");
     assert!(rows.iter().all(|row| row.ends_with("  2  ok")), "both servers at epoch 2: {two:?}");
     let keys: u64 =
-        rows.iter().map(|row| row.split_whitespace().nth(4).unwrap().parse::<u64>().unwrap()).sum();
+        rows.iter().map(|row| row.split_whitespace().nth(5).unwrap().parse::<u64>().unwrap()).sum();
     assert_eq!(keys, 20, "every key is held by exactly one server after the move: {two:?}");
     for i in 0..20 {
         let out = data(&["get", &format!("key{i}")]);
@@ -243,7 +244,7 @@ fn cluster_commands_show_and_change_the_membership() {
     assert_eq!(one.code, Some(0), "{one:?}");
     assert!(one.stdout.contains("4096  100.0%") && !one.stdout.contains(&a), "{one:?}");
     let row: Vec<&str> = one.stdout.lines().last().unwrap().split_whitespace().collect();
-    assert_eq!(row[4..], ["20", "3", "ok"], "the last server holds all 20 keys, at epoch 3: {one:?}");
+    assert_eq!(row[5..], ["20", "3", "ok"], "the last server holds all 20 keys, at epoch 3: {one:?}");
     assert_eq!(cluster(&["status"]).stdout, one.stdout, "status shows the current configuration");
     let last = cluster(&["leave", &b]);
     assert_eq!(last.code, Some(3), "the last server cannot leave with keys: {last:?}");

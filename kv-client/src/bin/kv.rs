@@ -209,34 +209,54 @@ fn print_config(
 ) -> std::io::Result<()> {
     let counts = config.slot_counts();
     writeln!(out, "epoch {}, {} server(s), {} slots", config.epoch(), config.len(), kv_shard::SLOTS)?;
+    let replication = config.replication();
+    match replication.consistency {
+        kv_shard::Consistency::Strong => writeln!(
+            out,
+            "replication factor {}, strong consistency (level {})",
+            replication.factor,
+            replication.level()
+        )?,
+        kv_shard::Consistency::Eventual => writeln!(
+            out,
+            "replication factor {}, eventual consistency (level {}: {} synchronous secondaries, the others \
+             within {} ms)",
+            replication.factor,
+            replication.level(),
+            replication.sync_replicas,
+            replication.sync_interval.as_millis()
+        )?,
+    }
     if config.is_empty() {
         return writeln!(out, "no server: no key is served");
     }
     let width = config.members().map(|(_, a)| a.len()).max().unwrap_or(0).max("server".len());
     writeln!(
         out,
-        "{:>4}  {:<width$}  {:>6}  {:>6}  {:>8}  {:>6}  state",
-        "id", "server", "slots", "share", "keys", "epoch"
+        "{:>4}  {:<width$}  {:>6}  {:>6}  {:>8}  {:>8}  {:>6}  state",
+        "id", "server", "primary", "share", "replica", "keys", "epoch"
     )?;
     for ((id, address), status) in config.members().zip(statuses) {
         let slots = counts.get(&id).copied().unwrap_or(0);
         let share = 100.0 * slots as f64 / kv_shard::SLOTS as f64;
-        let (keys, epoch, state) = match status {
-            None => ("-".to_owned(), "-".to_owned(), "unreachable".to_owned()),
+        let (keys, replica, epoch, state) = match status {
+            None => ("-".to_owned(), "-".to_owned(), "-".to_owned(), "unreachable".to_owned()),
             Some(s) => {
                 let state = if s.incoming_slots > 0 {
                     format!("receiving {} slots", s.incoming_slots)
+                } else if s.syncing_slots > 0 {
+                    format!("catching up {} replica slots", s.syncing_slots)
                 } else if s.epoch < config.epoch() {
                     "behind".to_owned()
                 } else {
                     "ok".to_owned()
                 };
-                (s.keys.to_string(), s.epoch.to_string(), state)
+                (s.keys.to_string(), s.replica_slots.to_string(), s.epoch.to_string(), state)
             }
         };
         writeln!(
             out,
-            "{:>4}  {:<width$}  {:>6}  {:>5.1}%  {keys:>8}  {epoch:>6}  {state}",
+            "{:>4}  {:<width$}  {:>6}  {:>5.1}%  {replica:>8}  {keys:>8}  {epoch:>6}  {state}",
             id.0, address, slots, share
         )?;
     }
