@@ -1,0 +1,289 @@
+//! Replicated clusters of real processes: every slot held by a primary and secondaries, read
+//! from any replica, through membership changes and network faults, checked for linearizability
+//! (strong consistency), convergence (eventual consistency), and lost or duplicated writes.
+//!
+//! These need the `kv-server` binary beside the test executables (`cargo test --workspace`
+//! builds it; or set `KV_SERVER_BIN`).
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use kv_client::{Client, ReadFrom, ShardMaster, server_status};
+use kv_eval::cluster::{Cluster, ClusterConfig};
+use kv_eval::history::{Input, Outcome};
+use kv_eval::linearizability::{self, Verdict};
+use kv_eval::recorder::Recorder;
+use kv_shard::Config;
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+
+/// Upper bound for a clean stop, leave and hand-off included.
+const STOP: Duration = Duration::from_secs(60);
+
+/// A cluster of `nodes` storage servers and a shard master keeping `factor` copies of every
+/// slot, with extra shard master flags.
+fn replicated(nodes: usize, factor: usize, flags: &[&str]) -> Cluster {
+    let mut config = ClusterConfig::new(nodes).unwrap();
+    config.shardmaster = true;
+    config.replication_factor = factor;
+    config.shardmaster_args = flags.iter().map(|&f| f.to_owned()).collect();
+    Cluster::start(&config).unwrap()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+fn master_addr(cluster: &Cluster) -> String {
+    cluster.shardmaster().unwrap().client_addr().to_string()
+}
+
+async fn config(cluster: &Cluster) -> Config {
+    ShardMaster::connect(master_addr(cluster)).await.unwrap().config().await.unwrap()
+}
+
+/// Waits until every member is at the shard master's epoch with every slot it owns and every
+/// copy it keeps up to date.
+async fn settled(cluster: &Cluster, within: Duration) -> Config {
+    let deadline = Instant::now() + within;
+    loop {
+        let config = config(cluster).await;
+        let mut behind = Vec::new();
+        for (_, address) in config.members() {
+            match server_status(address, Duration::from_secs(2)).await {
+                Ok(s) if s.epoch == config.epoch() && s.incoming_slots == 0 && s.syncing_slots == 0 => {}
+                Ok(s) => behind.push(format!("{address}: {s:?}")),
+                Err(err) => behind.push(format!("{address}: {err}")),
+            }
+        }
+        if behind.is_empty() {
+            return config;
+        }
+        assert!(Instant::now() < deadline, "replicas did not settle: {behind:?}\n{}", cluster.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What every replica of `key` holds, read at each one directly, primary first.
+async fn at_every_replica(config: &Config, key: &str) -> Vec<(String, Option<String>)> {
+    let mut values = Vec::new();
+    for (_, address) in config.replicas(key) {
+        let direct = Client::builder(address).attempts(20).connect().await.unwrap();
+        values.push((address.to_owned(), direct.get(key).await.unwrap()));
+    }
+    values
+}
+
+/// Strong consistency: clients reading from any replica while writing through the primaries,
+/// with servers joining and leaving and every link flaky, see a linearizable history.
+#[test]
+fn strong_reads_at_any_replica_are_linearizable_through_joins_leaves_and_a_flaky_network() {
+    let mut cluster = replicated(3, 3, &["--consistency", "strong"]);
+    let rt = runtime();
+    let recorder = Recorder::new();
+    let keys: Arc<[String]> = (0..10).map(|i| format!("k{i}")).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flaky = |cluster: &Cluster| {
+        for node in cluster.nodes() {
+            node.proxy().unwrap().set_faults(kv_eval::proxy::Faults::flaky());
+        }
+    };
+    flaky(&cluster);
+    let workers: Vec<_> = (0..6u64)
+        .map(|process| {
+            let (keys, stop, recorder) = (Arc::clone(&keys), Arc::clone(&stop), recorder.clone());
+            let master = master_addr(&cluster);
+            rt.spawn(async move {
+                let c = Client::cluster_builder(master)
+                    .timeout(Duration::from_secs(1))
+                    .read_from(ReadFrom::AnyReplica)
+                    .connect()
+                    .await
+                    .unwrap();
+                let c = recorder.client(process, c);
+                let mut rng = SmallRng::seed_from_u64(process);
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let key = &keys[rng.random_range(0..keys.len())];
+                    let input = match rng.random_range(0..10) {
+                        0..5 => Input::Get,
+                        5..7 => Input::Put(format!("{process}.{n};")),
+                        7..9 => Input::Append(format!("{process}.{n};")),
+                        _ => Input::Lpop,
+                    };
+                    if c.run(key, input).await == Outcome::Unknown {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    let pause = || std::thread::sleep(Duration::from_millis(800));
+    pause();
+    cluster.add_node().unwrap();
+    flaky(&cluster);
+    pause();
+    cluster.add_node().unwrap();
+    flaky(&cluster);
+    pause();
+    assert!(cluster.node_mut(1).stop(STOP).unwrap(), "{}", cluster.logs());
+    pause();
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        rt.block_on(worker).unwrap();
+    }
+    for node in cluster.nodes() {
+        node.proxy().unwrap().heal();
+    }
+    rt.block_on(async {
+        let config = settled(&cluster, Duration::from_secs(30)).await;
+        let c = Client::cluster_builder(master_addr(&cluster))
+            .read_from(ReadFrom::Primary)
+            .connect()
+            .await
+            .unwrap();
+        let reader = recorder.client(99, c);
+        for key in keys.iter() {
+            assert!(matches!(reader.run(key, Input::Get).await, Outcome::Ok(_)), "final read of {key}");
+            let values = at_every_replica(&config, key).await;
+            assert!(values.iter().all(|(_, v)| *v == values[0].1), "replicas of {key} differ: {values:?}");
+        }
+    });
+    let history = recorder.history();
+    let (ok, fail, unknown) = history.counts();
+    let report = linearizability::check_with_budget(&history, Duration::from_secs(60));
+    println!("{ok} ok, {fail} failed, {unknown} unknown: {:?} in {:.2} s", report.verdict, report.elapsed);
+    assert!(ok > 100, "the workload did work: {ok} ok");
+    assert_eq!(report.verdict, Verdict::Linearizable, "{}", cluster.logs());
+}
+
+/// Eventual consistency: after writes stop, every replica of every key holds the primary's
+/// value within one sync interval (plus transfer).
+#[test]
+fn eventual_replicas_converge_once_writes_stop() {
+    let cluster =
+        replicated(4, 3, &["--consistency", "eventual", "--sync-replicas", "0", "--sync-interval-ms", "500"]);
+    let rt = runtime();
+    let keys: Vec<String> = (0..40).map(|i| format!("e{i}")).collect();
+    rt.block_on(async {
+        let c = Client::cluster_builder(master_addr(&cluster)).connect().await.unwrap();
+        let started = Instant::now();
+        let mut n = 0;
+        while started.elapsed() < Duration::from_millis(1500) {
+            n += 1;
+            let key = &keys[n % keys.len()];
+            match n % 3 {
+                0 => c.put(key.as_str(), format!("{n}")).await.unwrap(),
+                1 => c.append(key.as_str(), "+").await.unwrap(),
+                _ => drop(c.rpop(key.as_str()).await.unwrap()),
+            }
+        }
+        let stopped = Instant::now();
+        let config = settled(&cluster, Duration::from_secs(30)).await;
+        // Converged when every replica agrees with the primary, for every key.
+        let deadline = stopped + Duration::from_secs(15);
+        loop {
+            let mut differing = Vec::new();
+            for key in &keys {
+                let values = at_every_replica(&config, key).await;
+                if values.iter().any(|(_, v)| *v != values[0].1) {
+                    differing.push(values);
+                }
+            }
+            if differing.is_empty() {
+                println!("{n} writes; converged {:.2} s after the last", stopped.elapsed().as_secs_f64());
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replicas did not converge: {differing:?}\n{}",
+                cluster.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+}
+
+/// A server that joins becomes a secondary of some slots and catches up from snapshots while
+/// appends go on; then every replica holds every acknowledged append exactly once, in order.
+#[test]
+fn a_new_replica_catches_up_while_writes_continue() {
+    let mut cluster = replicated(3, 3, &["--consistency", "strong"]);
+    let rt = runtime();
+    let keys: Arc<[String]> = (0..30).map(|i| format!("a{i}")).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4u64)
+        .map(|writer| {
+            let (keys, stop) = (Arc::clone(&keys), Arc::clone(&stop));
+            let master = master_addr(&cluster);
+            rt.spawn(async move {
+                let c = Client::cluster_builder(master)
+                    .timeout(Duration::from_secs(2))
+                    .attempts(40)
+                    .connect()
+                    .await
+                    .unwrap();
+                let mut acked: BTreeMap<String, Vec<String>> = BTreeMap::new();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let key = &keys[(n as usize * 7 + writer as usize) % keys.len()];
+                    let token = format!("<{writer}.{n}>");
+                    c.append(key.as_str(), token.as_str()).await.unwrap();
+                    acked.entry(key.clone()).or_default().push(token);
+                }
+                acked
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    cluster.add_node().unwrap();
+    let joined = cluster.nodes().last().unwrap().client_addr().to_string();
+    std::thread::sleep(Duration::from_millis(700));
+    rt.block_on(async {
+        let status = server_status(&joined, Duration::from_secs(2)).await.unwrap();
+        println!("the new server during the writes: {status:?}");
+    });
+    stop.store(true, Ordering::Relaxed);
+    let mut acked: BTreeMap<String, Vec<Vec<String>>> = BTreeMap::new();
+    for writer in writers {
+        for (key, tokens) in rt.block_on(writer).unwrap() {
+            acked.entry(key).or_default().push(tokens);
+        }
+    }
+    rt.block_on(async {
+        let config = settled(&cluster, Duration::from_secs(30)).await;
+        let status = server_status(&joined, Duration::from_secs(2)).await.unwrap();
+        assert!(status.replica_slots > 0, "the new server is a secondary of some slots: {status:?}");
+        let mut copies = 0;
+        for key in keys.iter() {
+            let values = at_every_replica(&config, key).await;
+            copies += values.iter().filter(|(address, _)| *address == joined).count();
+            for (address, value) in &values {
+                let value = value.clone().unwrap_or_default();
+                for tokens in acked.get(key).into_iter().flatten() {
+                    // Each writer's appends, in its order, each exactly once.
+                    let mut rest = value.as_str();
+                    for token in tokens {
+                        assert_eq!(value.matches(token.as_str()).count(), 1, "{token} at {address}: {value}");
+                        let at = rest
+                            .find(token.as_str())
+                            .unwrap_or_else(|| panic!("{token} out of order at {address}"));
+                        rest = &rest[at + token.len()..];
+                    }
+                }
+                assert_eq!(
+                    *value,
+                    values[0].1.clone().unwrap_or_default(),
+                    "{key}: {address} differs from the primary"
+                );
+            }
+        }
+        assert!(copies > 0, "the new server holds copies of some of the keys");
+    });
+}
