@@ -3,9 +3,8 @@
 //! here ([`roles`], [`secondary`]); the storage server drives them over gRPC (`kv-server`'s
 //! `replication` module, RPC `kv.v1.Node/Replicate`).
 //!
-//! **Status.** Replica sets, both consistency levels and catch-up across joins and leaves are
-//! built. Failure detection, failover and fencing (the last sections) are designed, not built:
-//! until they are, a dead replica stalls the strong writes of its slots until it returns.
+//! **Status.** Replica sets, both consistency levels, catch-up across joins and leaves, leases
+//! and failover are built; a failed server's return as a secondary is not yet.
 //!
 //! # Replica sets
 //!
@@ -88,29 +87,53 @@
 //! A slot this server is handing off (it was the primary and now is a secondary) is *awaiting*
 //! until the hand-off has dropped its old copy, and syncing after.
 //!
-//! # Failures (designed, not built yet)
+//! # Failures: leases between replicas, failover by the shard master
 //!
-//! Every storage server heartbeats the shard master every 100 ms; each answer renews a *lease*
-//! of `T` (default 800 ms), counted from when the heartbeat was *sent*, so the server's lease
-//! always ends before the master's view of it. A primary serves writes, and any replica serves
-//! reads, only while its lease is valid.
+//! **Leases.** Every server that shares slots with another as primary and secondary (its
+//! *peers*: with ring placement, the `R − 1` members on either side of it in id order) asks
+//! each peer for a lease every 100 ms. A grantor answers only a requester that is its peer in the
+//! configuration it holds, and *promises* it `T` (the lease time, 500 ms) from when it received
+//! the request; the requester counts its lease from when it *sent* the request, so its lease ends
+//! before the promise does. What a promise means:
+//! - a secondary's promise to its primary `P`: it will not take writes of `P`'s slots as their
+//!   new primary before the promise ends;
+//! - a primary's promise to its secondary `S`: it will not commit a write of a slot of `S`'s
+//!   without `S` before the promise ends.
 //!
-//! When a server's heartbeats stop for longer than `T` plus a margin for clock-rate drift, the
-//! master knows its lease has run out, and then:
-//! - for each slot it was primary of, promotes a secondary: in strong mode any (each holds
-//!   every acknowledged write, pending or applied; the promoted one commits its pending
-//!   writes), in eventual mode the most up-to-date one; the epoch grows, clients follow;
-//! - for each slot it was a secondary of, drops it from the replica set (strong writes stop
-//!   waiting for it) and picks a new secondary, which catches up.
+//! So:
+//! - a **primary** admits writes, and in strong mode serves reads, only while it holds a lease
+//!   from every secondary of the slot: none of them can have taken the slot over;
+//! - a **secondary** serves strong reads only while it holds a lease from the slot's primary,
+//!   which cannot have committed a write it missed;
+//! - when an install removes a secondary from a slot, or makes this server the slot's primary
+//!   in place of a failed one, the slot's writes wait until the promise to that server has ended
+//!   (a *fence*, at most `T`).
 //!
-//! What eventual mode can lose at a failover: writes acknowledged by the old primary that
-//! reached none of the synchronous secondaries (with `k = 0`, up to one sync interval).
+//! A server cut off from its peers loses its leases within `T` and stops; one cut off only from
+//! the shard master keeps them, and serves on.
+//!
+//! **Failover.** The shard master pings every member every 100 ms. A member that has not
+//! answered for `--failure-timeout-ms` (800 ms) is *failed*: a new configuration without it
+//! gives each of its primary slots to its first secondary (the next member in id order, which
+//! holds a copy of every slot it was primary of) and the replica sets refill along the ring;
+//! the new primaries are told these slots are *promoted*: they serve them from their copy,
+//! committing the writes they hold prepared (each may have been acknowledged). The epoch grows;
+//! clients follow on their next error. With the default timeouts a failover takes about the
+//! failure timeout plus one install: about 0.9 s.
+//!
+//! Strong mode loses no acknowledged write: a write is acknowledged only after every secondary
+//! held it (prepared or applied). Eventual mode promotes the first secondary, which holds every
+//! acknowledged write when `--sync-replicas` is 1 or more; with 0 it loses the writes the old
+//! primary acknowledged that no background flush had carried yet (up to one sync interval).
+//!
+//! With a replication factor of 1 no member is failed (its slots have no other copy): they are
+//! unavailable until it comes back, as in sharding.
 //!
 //! While the shard master is down, reads and writes go on with the maps clients and servers
-//! hold; membership changes and failovers wait for it.
+//! hold (leases are between the servers); membership changes and failovers wait for it.
 
 pub mod roles;
 pub mod secondary;
 
-pub use roles::{Role, keeps_copy, role, secondaries};
+pub use roles::{Role, keeps_copy, peers, role, secondaries};
 pub use secondary::{ReplicatedWrite, SlotReplica, SlotState};

@@ -38,6 +38,22 @@ pub fn keeps_copy(previous: &Config, next: &Config, address: &str, slot: Slot) -
         && role(next, address, slot) == Role::Secondary
 }
 
+/// The *peers* of the member at `address`: the servers it shares some slot with, as its primary
+/// or its secondary. With ring placement, the `factor − 1` members on either side of it in id
+/// order. Empty for a replication factor of 1, or a server that is not a member.
+pub fn peers<'c>(config: &'c Config, address: &str) -> Vec<&'c str> {
+    let Some(me) = config.id_of(address) else { return Vec::new() };
+    let ring: Vec<(ServerId, &str)> = config.members().collect();
+    let reach = config.replication().factor.saturating_sub(1).min(ring.len().saturating_sub(1));
+    let Some(at) = ring.iter().position(|(id, _)| *id == me) else { return Vec::new() };
+    let n = ring.len();
+    let mut peers: Vec<&str> =
+        (1..=reach).flat_map(|d| [ring[(at + d) % n].1, ring[(at + n - d) % n].1]).collect();
+    peers.sort_unstable();
+    peers.dedup();
+    peers
+}
+
 /// The secondaries of `slot` in `config`, by address, in replica order.
 pub fn secondaries(config: &Config, slot: Slot) -> Vec<&str> {
     config.replicas_of_slot(slot).into_iter().skip(1).filter_map(|id| config.address(id)).collect()
@@ -66,6 +82,29 @@ mod tests {
             assert_eq!(secondaries(&config, slot).len(), 2);
         }
         assert_eq!(role(&config, "10.9.9.9:1", 0), Role::None);
+    }
+
+    #[test]
+    fn peers_are_exactly_the_servers_sharing_a_slot() {
+        for n in [1, 2, 3, 4, 7] {
+            let config = cluster(n);
+            for i in 0..n {
+                let me = format!("10.0.0.{i}:1");
+                let mut shared = std::collections::BTreeSet::new();
+                for slot in 0..SLOTS as Slot {
+                    let replicas: Vec<&str> =
+                        config.replicas_of_slot(slot).iter().filter_map(|&id| config.address(id)).collect();
+                    let Some(at) = replicas.iter().position(|a| *a == me) else { continue };
+                    if at == 0 {
+                        shared.extend(replicas[1..].iter().copied());
+                    } else {
+                        shared.insert(replicas[0]);
+                    }
+                }
+                let peers: std::collections::BTreeSet<&str> = peers(&config, &me).into_iter().collect();
+                assert_eq!(peers, shared, "n={n}, server {i}");
+            }
+        }
     }
 
     #[test]

@@ -134,6 +134,18 @@ impl SlotReplica {
         matches!(&self.state, SlotState::Syncing { touched } if !touched.contains(key))
     }
 
+    /// Takes every prepared write, oldest first, to commit them all: this server takes over
+    /// from a failed primary, which may have acknowledged any of them. For each key only the
+    /// newest counts (values are whole), and applying them in order leaves it.
+    pub fn take_pending(&mut self) -> Vec<ReplicatedWrite> {
+        self.dirty.clear();
+        let pending = std::mem::take(&mut self.pending).into_values().collect::<Vec<_>>();
+        for write in &pending {
+            self.touch(&write.key);
+        }
+        pending
+    }
+
     /// Number of writes prepared and not committed.
     pub fn pending(&self) -> usize {
         self.pending.len()
@@ -216,6 +228,17 @@ mod tests {
         slot.synced();
         assert!(slot.is_ready());
         assert!(!slot.takes_snapshot_of("j"), "a ready slot takes no snapshot");
+    }
+
+    #[test]
+    fn a_takeover_commits_every_prepared_write_in_order() {
+        let mut slot = syncing();
+        slot.prepare(write(2, "k", "b"));
+        slot.prepare(write(1, "k", "a"));
+        slot.prepare(write(3, "j", "c"));
+        let seqs: Vec<u64> = slot.take_pending().iter().map(|w| w.seq).collect();
+        assert_eq!(seqs, [1, 2, 3]);
+        assert!(!slot.is_dirty("k") && slot.pending() == 0);
     }
 
     #[test]

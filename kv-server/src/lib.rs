@@ -20,6 +20,7 @@
 pub mod node;
 pub mod service;
 
+mod lease;
 mod membership;
 mod peers;
 mod replication;

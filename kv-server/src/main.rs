@@ -78,6 +78,11 @@ struct ShardMasterArgs {
     /// Eventual consistency: the longest the other secondaries wait for a write, in milliseconds.
     #[arg(long, env = "KV_SYNC_INTERVAL_MS", default_value_t = 2000)]
     sync_interval_ms: u64,
+
+    /// Milliseconds a storage server may go without answering the shard master's pings before
+    /// its slots fail over to their secondaries (replication factor 2 or more).
+    #[arg(long, env = "KV_FAILURE_TIMEOUT_MS", default_value_t = 800, value_parser = clap::value_parser!(u64).range(200..))]
+    failure_timeout_ms: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -188,6 +193,7 @@ async fn shardmaster(args: ShardMasterArgs) -> Result<()> {
         move_timeout: Duration::from_secs(args.move_timeout_secs),
         cluster_token: args.cluster_token,
         replication,
+        failure_timeout: Duration::from_millis(args.failure_timeout_ms),
     };
     let listener = bind(&args.listen).await?;
     let local = listener.local_addr().context("cannot read the bound address")?;

@@ -64,6 +64,12 @@ pub struct Membership {
     changes: tokio::sync::Mutex<()>,
     peers: Peers,
     move_timeout: Duration,
+    /// How long a member may go without answering before it is failed (replication factor 2
+    /// or more).
+    failure_timeout: Duration,
+    /// Slots given to their first secondary at a failover, by the epoch that did it: every
+    /// install of that epoch carries them.
+    promotions: std::sync::Mutex<BTreeMap<u64, Vec<Slot>>>,
 }
 
 enum Change {
@@ -79,11 +85,18 @@ impl Membership {
     /// How many configurations are kept for servers that missed some.
     const HISTORY: usize = 64;
 
+    /// How often members are pinged.
+    const HEARTBEAT: Duration = Duration::from_millis(100);
+
+    /// How long a ping may take.
+    const PING_TIMEOUT: Duration = Duration::from_millis(300);
+
     /// Epoch 0: no member, slots replicated as `replication` says. A change whose moves have not
     /// finished after `move_timeout` is reported as incomplete. Installs carry `token`, the
     /// cluster's, if it has one.
     pub fn new(
         move_timeout: Duration,
+        failure_timeout: Duration,
         token: Option<String>,
         replication: Replication,
     ) -> Result<Self, kv_shard::Error> {
@@ -94,6 +107,8 @@ impl Membership {
             changes: tokio::sync::Mutex::new(()),
             peers: Peers::new(token),
             move_timeout,
+            failure_timeout,
+            promotions: std::sync::Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -205,19 +220,117 @@ impl Membership {
             slots_moving = moves.len(),
             "configuration changed"
         );
-        match self.current.write() {
-            Ok(mut current) => *current = Arc::clone(&next),
-            Err(poisoned) => *poisoned.into_inner() = Arc::clone(&next),
-        }
-        {
-            let mut history = self.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            history.push_back(Arc::clone(&next));
-            while history.len() > Self::HISTORY {
-                history.pop_front();
-            }
-        }
+        self.commit(&next);
         self.apply(&before, &next).await?;
         Ok(next)
+    }
+
+    /// Makes `next` the current configuration.
+    fn commit(&self, next: &Arc<Config>) {
+        match self.current.write() {
+            Ok(mut current) => *current = Arc::clone(next),
+            Err(poisoned) => *poisoned.into_inner() = Arc::clone(next),
+        }
+        let mut history = self.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        history.push_back(Arc::clone(next));
+        while history.len() > Self::HISTORY {
+            if let Some(dropped) = history.pop_front() {
+                self.promotions
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .retain(|&epoch, _| epoch > dropped.epoch());
+            }
+        }
+    }
+
+    /// Watches the members, for as long as the shard master serves: pings each every
+    /// [`Self::HEARTBEAT`], and fails one that has not answered for the failure timeout (see
+    /// [`Membership::fail`]). Only with a replication factor of 2 or more: otherwise a member's
+    /// slots have no other copy, and wait for it.
+    pub async fn watch(self: Arc<Self>) {
+        let mut last_seen: BTreeMap<String, Instant> = BTreeMap::new();
+        loop {
+            tokio::time::sleep(Self::HEARTBEAT).await;
+            let config = self.current();
+            let members: Vec<String> = config.members().map(|(_, a)| a.to_owned()).collect();
+            last_seen.retain(|address, _| members.contains(address));
+            let pings = members.iter().map(|address| self.ping(address));
+            let now = Instant::now();
+            for (address, answered) in members.iter().zip(join_all(pings).await) {
+                let seen = last_seen.entry(address.clone()).or_insert(now);
+                if answered {
+                    *seen = Instant::now();
+                }
+            }
+            if config.replication().factor < 2 || members.len() < 2 {
+                continue;
+            }
+            let now = Instant::now();
+            let alive = last_seen.values().filter(|&&seen| now - seen <= self.failure_timeout).count();
+            // A shard master cut off from most members fails none: it may be the one cut off.
+            if alive * 2 <= members.len() {
+                continue;
+            }
+            let failed = last_seen.iter().find(|(_, seen)| now - **seen > self.failure_timeout);
+            if let Some((address, seen)) = failed {
+                warn!(server = address, silent = ?now - *seen, "a member stopped answering: failing it over");
+                let address = address.clone();
+                match self.fail(&address).await {
+                    Ok(config) => {
+                        last_seen.remove(&address);
+                        info!(server = address, epoch = config.epoch(), "failed over");
+                    }
+                    Err(err) => warn!(server = address, cause = %err, "could not fail the member over"),
+                }
+            }
+        }
+    }
+
+    /// Whether `server` answers a ping within the heartbeat.
+    async fn ping(&self, server: &str) -> bool {
+        let mut call = tonic::Request::new(v1::PingRequest {});
+        call.set_timeout(Self::PING_TIMEOUT);
+        match self.peers.node(server) {
+            Ok(mut node) => node.ping(call).await.is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    /// Removes failed member `server`: its slots go to their first secondaries, which serve
+    /// them from their copies, and the replica sets refill (see `kv_replica`'s docs). Installs
+    /// the new configuration at every other member.
+    pub async fn fail(&self, server: &str) -> Result<Arc<Config>, ChangeError> {
+        let _serialised = self.changes.lock().await;
+        let before = self.current();
+        let (next, promoted) = before.fail(server)?;
+        let next = Arc::new(next);
+        self.promotions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(next.epoch(), promoted.clone());
+        info!(
+            epoch = next.epoch(),
+            server,
+            promoted = promoted.len(),
+            "configuration changed: member failed"
+        );
+        self.commit(&next);
+        let started = Instant::now();
+        let deadline = started + self.move_timeout;
+        let members: Vec<&str> = next.members().map(|(_, a)| a).collect();
+        let installs = members.iter().map(|addr| self.install(addr, &before, &next, &[], deadline));
+        let mut problems = Vec::new();
+        for (addr, result) in members.iter().zip(join_all(installs).await) {
+            if let Err(status) = result {
+                problems.push(format!("{addr}: {}", status.message()));
+            }
+        }
+        info!(epoch = next.epoch(), took = ?started.elapsed(), ok = problems.is_empty(), "failover installed");
+        if problems.is_empty() {
+            Ok(next)
+        } else {
+            Err(ChangeError::Incomplete { epoch: next.epoch(), reason: problems.join("; "), lost: false })
+        }
     }
 
     /// Repairs what failures left behind, unless a change is in progress: brings every member
@@ -354,10 +467,18 @@ impl Membership {
         abandoned: &[Slot],
         deadline: Instant,
     ) -> Result<v1::InstallResponse, Status> {
+        let promoted = self
+            .promotions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&next.epoch())
+            .cloned()
+            .unwrap_or_default();
         let request = v1::InstallRequest {
             config: Some(config_to_wire(next)),
             previous: Some(config_to_wire(before)),
             abandoned: abandoned.iter().map(|&s| u32::from(s)).collect(),
+            promoted: promoted.into_iter().map(u32::from).collect(),
         };
         // An install may hand off a lot of data: an attempt may take all the time left.
         retry_until(deadline, self.move_timeout, |timeout| {

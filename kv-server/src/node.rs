@@ -25,6 +25,7 @@ use tokio::sync::{Mutex, RwLock, RwLockReadGuard};
 use tonic::Status;
 use tracing::{error, info, warn};
 
+use crate::lease::Leases;
 use crate::peers::{Peers, retry_until};
 use crate::replication::{Replicas, slot_set};
 
@@ -73,6 +74,9 @@ pub struct Node {
     pub(crate) sessions: Sessions,
     pub(crate) routing: RwLock<Routing>,
     pub(crate) replicas: Replicas,
+    pub(crate) leases: Leases,
+    /// Told when a configuration shows this server was failed over and is no longer a member.
+    pub(crate) evicted: tokio::sync::Notify,
     /// The address this server has as a member.
     me: String,
     /// Serialises installs, and holds the hand-offs still owed.
@@ -99,6 +103,8 @@ impl Node {
             sessions: Sessions::default(),
             routing: RwLock::new(Routing { standalone: true, ownership: Ownership::new(me.clone()) }),
             replicas: Replicas::new(),
+            leases: Leases::new(),
+            evicted: tokio::sync::Notify::new(),
             me,
             outgoing: Mutex::new(Outgoing::default()),
             owed: AtomicUsize::new(0),
@@ -110,6 +116,11 @@ impl Node {
     /// The address this server has as a member.
     pub(crate) fn me(&self) -> &str {
         &self.me
+    }
+
+    /// The epoch of the configuration this server holds (0: none).
+    pub fn epoch(&self) -> u64 {
+        self.replicas.view().epoch()
     }
 
     /// Admits a request for `key`: the returned guard must be held until the operation is done.
@@ -130,7 +141,16 @@ impl Node {
     pub async fn get(&self, key: &str) -> Result<Option<String>, Error> {
         self.storage.limits().check_key(key)?;
         match self.admit(key).await {
-            Ok(_admitted) => self.storage.get(key).await,
+            Ok((_admitted, slot)) => {
+                let view = self.replicas.view();
+                if view.replication().consistency == kv_shard::Consistency::Strong
+                    && view.replication().factor > 1
+                    && !Node::replica_targets(&view, slot).is_empty()
+                {
+                    self.primary_lease(&view, slot).await?;
+                }
+                self.storage.get(key).await
+            }
             Err(refused @ Error::WrongShard { slot, .. }) => self.read_replica(key, slot, refused).await,
             Err(refused) => Err(refused),
         }
@@ -212,6 +232,7 @@ impl Node {
         previous: Config,
         next: Config,
         abandoned: Vec<Slot>,
+        promoted: Vec<Slot>,
     ) -> Result<InstallReport, Status> {
         let mut outgoing = self.outgoing.lock().await;
         let mut report = InstallReport::default();
@@ -231,12 +252,45 @@ impl Node {
                         next.epoch()
                     )));
                 }
-                let handoff = routing
+                let mut handoff = routing
                     .ownership
                     .install(&previous, next.clone())
                     .map_err(|err| Status::invalid_argument(err.to_string()))?;
+                // Slots taken from this server because it was failed over: their new primary
+                // serves them from its copy, and ours is stale. Dropped, not handed off.
+                let failed_over = slot_set(&promoted);
+                let mut stale = Vec::new();
+                for slots in handoff.outgoing.values_mut() {
+                    stale.extend(slots.iter().copied().filter(|&slot| failed_over[usize::from(slot)]));
+                    slots.retain(|&slot| !failed_over[usize::from(slot)]);
+                }
+                handoff.outgoing.retain(|_, slots| !slots.is_empty());
+                if !stale.is_empty() {
+                    let stale_set = slot_set(&stale);
+                    self.storage
+                        .remove_where(&|key| stale_set[usize::from(slot_of(key))])
+                        .await
+                        .map_err(|err| Status::internal(err.to_string()))?;
+                    self.sessions.forget(|slot| stale_set[usize::from(slot)]);
+                    warn!(
+                        slots = stale.len(),
+                        "this server was failed over: its slots are served elsewhere now"
+                    );
+                    if next.id_of(self.me()).is_none() {
+                        self.evicted.notify_one();
+                    }
+                }
                 let handing_off: Vec<Slot> = handoff.outgoing.values().flatten().copied().collect();
-                self.install_replicas(&next, &handing_off).await?;
+                // Slots whose primary failed, given to this server: served from the copy here.
+                let promoted: Vec<Slot> =
+                    promoted.into_iter().filter(|&slot| routing.ownership.is_incoming(slot)).collect();
+                for &slot in &promoted {
+                    routing.ownership.abandon(slot);
+                }
+                if !promoted.is_empty() {
+                    warn!(slots = promoted.len(), "taking over the slots of a failed primary");
+                }
+                self.install_replicas(&next, &handing_off, &promoted).await?;
                 routing.standalone = false;
                 let epoch = routing.ownership.epoch();
                 info!(

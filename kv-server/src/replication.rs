@@ -170,6 +170,7 @@ impl Node {
         mutation: Mutation,
     ) -> Result<Output, Error> {
         let mut seq = self.replicas.seqs[usize::from(slot)].lock().await;
+        self.primary_lease(view, slot).await?;
         let fingerprint = mutation.fingerprint();
         let ticket = match id {
             None => None,
@@ -302,7 +303,11 @@ impl Node {
                 return Err(refused);
             }
             let view = self.replicas.view();
-            if view.replication().consistency == Consistency::Eventual || !copy.is_dirty(key) {
+            if view.replication().consistency == Consistency::Eventual {
+                return self.storage.get(key).await;
+            }
+            self.secondary_lease(&view, slot)?;
+            if !copy.is_dirty(key) {
                 return self.storage.get(key).await;
             }
             view.owner_of_slot(slot).and_then(|id| view.address(id)).map(str::to_owned)
@@ -415,10 +420,16 @@ impl Node {
     /// write lock: resets the copies this server cannot keep, drops the data of slots it no
     /// longer holds, and owes snapshots to the secondaries that need one. `handing_off` are the
     /// slots this server is about to send away as their old primary.
-    pub(crate) async fn install_replicas(&self, next: &Config, handing_off: &[Slot]) -> Result<(), Status> {
+    pub(crate) async fn install_replicas(
+        &self,
+        next: &Config,
+        handing_off: &[Slot],
+        promoted: &[Slot],
+    ) -> Result<(), Status> {
         let previous = self.replicas.view();
         let me = self.me();
         let sending = slot_set(handing_off);
+        let promoted_set = slot_set(promoted);
         // Secondary side: which copies change.
         let mut resets: BTreeMap<Slot, SlotState> = BTreeMap::new();
         let mut drop_data = vec![false; SLOTS];
@@ -434,6 +445,9 @@ impl Node {
                     resets.insert(slot, SlotState::Syncing { touched: HashSet::new() });
                     drop_data[usize::from(slot)] = true;
                 }
+                Role::Primary if promoted_set[usize::from(slot)] => {
+                    resets.insert(slot, SlotState::Idle);
+                }
                 Role::Primary | Role::None if was == Role::Secondary => {
                     resets.insert(slot, SlotState::Idle);
                     drop_data[usize::from(slot)] = true;
@@ -443,14 +457,26 @@ impl Node {
         }
         // A copy that was never reset to anything holds no data to drop.
         let mut guards = Vec::with_capacity(resets.len());
+        let mut committed = 0;
         for (&slot, state) in &resets {
             let mut copy = self.replicas.slots[usize::from(slot)].lock().await;
             if *copy.state() == SlotState::Idle && *state == SlotState::Idle {
                 drop_data[usize::from(slot)] = false;
             }
+            if promoted_set[usize::from(slot)] {
+                // Each prepared write may have been acknowledged by the failed primary.
+                for write in copy.take_pending() {
+                    self.apply_replicated(write).await?;
+                    committed += 1;
+                }
+            }
             copy.reset(state.clone());
             guards.push(copy);
         }
+        if committed > 0 {
+            info!(writes = committed, "committed the writes a failed primary had prepared");
+        }
+        self.fence_install(&previous, next, promoted);
         if drop_data.iter().any(|&d| d) {
             let dropped = self
                 .storage

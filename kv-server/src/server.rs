@@ -91,6 +91,9 @@ pub struct ShardMasterConfig {
     /// How slots are replicated (the binary's default is 3 strong replicas; this one's is a
     /// single copy).
     pub replication: Replication,
+    /// How long a member may go without answering pings before it is failed over (replication
+    /// factor 2 or more).
+    pub failure_timeout: Duration,
 }
 
 impl Default for ShardMasterConfig {
@@ -100,6 +103,7 @@ impl Default for ShardMasterConfig {
             move_timeout: Duration::from_secs(30),
             cluster_token: None,
             replication: Replication::default(),
+            failure_timeout: Duration::from_millis(800),
         }
     }
 }
@@ -154,6 +158,7 @@ pub async fn run_storage(
     let compat_kv =
         CompatKvService::new(Arc::clone(&node)).into_server().max_decoding_message_size(max_message);
     // Transfer batches hold up to 1 MiB of keys plus one value, and the exactly-once records.
+    let evicted = Arc::clone(&node);
     let node_rpc = NodeService::new(node, config.cluster_token.clone())
         .into_server()
         .max_decoding_message_size(max_message.max(256 << 20));
@@ -179,6 +184,17 @@ pub async fn run_storage(
         result = &mut serving => return result,
         joined = join_cluster(&cluster, &me) => joined?,
     }
+    // A server failed over while cut off comes back empty: it joins again, as a new member.
+    let rejoin = tokio::spawn(async move {
+        loop {
+            evicted.evicted.notified().await;
+            warn!("this server was failed over while out of reach: joining the cluster again");
+            if let Err(err) = join_cluster(&cluster, &me).await {
+                warn!(cause = %err, "could not join the cluster again");
+            }
+        }
+    });
+    let _stop_rejoining = AbortOnDrop(rejoin);
     serving.await
 }
 
@@ -284,8 +300,15 @@ pub async fn run_shardmaster(
     config: ShardMasterConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let membership =
-        Arc::new(Membership::new(config.move_timeout, config.cluster_token.clone(), config.replication)?);
+    let membership = Arc::new(Membership::new(
+        config.move_timeout,
+        config.failure_timeout,
+        config.cluster_token.clone(),
+        config.replication,
+    )?);
+    // Fails over members that stop answering.
+    let watcher = tokio::spawn(Arc::clone(&membership).watch());
+    let _stop_watcher = AbortOnDrop(watcher);
     // Repairs what failed moves left behind, for as long as the shard master serves.
     let reconciler = tokio::spawn({
         let membership = Arc::clone(&membership);

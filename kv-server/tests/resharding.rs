@@ -165,7 +165,7 @@ async fn transfers_and_installs_from_outside_are_refused_and_change_nothing() {
     assert_eq!(node_b.transfer(bad_slot).await.unwrap_err().code(), Code::InvalidArgument);
     assert_eq!(get(&b, &key).await.unwrap().as_deref(), Some("real"), "nothing was overwritten");
 
-    let garbage = v1::InstallRequest { config: None, previous: None, abandoned: Vec::new() };
+    let garbage = v1::InstallRequest::default();
     assert_eq!(node_b.install(garbage).await.unwrap_err().code(), Code::InvalidArgument);
     let status = node_b.status(v1::StatusRequest {}).await.unwrap().into_inner();
     assert_eq!((status.epoch, status.keys, status.incoming_slots), (2, 1, 0));
@@ -200,7 +200,7 @@ async fn a_cluster_token_keeps_outsiders_out() {
     let mut wrong = tonic::Request::new(forged);
     wrong.metadata_mut().insert("x-kv-cluster-token", "guess".parse().unwrap());
     assert_eq!(node_b.transfer(wrong).await.unwrap_err().code(), Code::PermissionDenied);
-    let install = v1::InstallRequest { config: None, previous: None, abandoned: Vec::new() };
+    let install = v1::InstallRequest::default();
     assert_eq!(node_b.install(install).await.unwrap_err().code(), Code::PermissionDenied);
     assert_eq!(get(&b, &key).await.unwrap().as_deref(), Some("x"), "nothing changed");
     let status = node_b.status(v1::StatusRequest {}).await.unwrap().into_inner();

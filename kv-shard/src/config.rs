@@ -331,6 +331,34 @@ impl Config {
         Ok(next)
     }
 
+    /// The configuration after member `addr` *failed* (it is gone, and did not hand its slots
+    /// off): the next epoch without it, each of its slots given to the slot's first secondary —
+    /// the next member in id order, wrapping — which holds a copy of it when the replication
+    /// factor is 2 or more. Returns the slots given, with the configuration. The last member
+    /// cannot fail over to anyone.
+    pub fn fail(&self, addr: &str) -> Result<(Config, Vec<Slot>)> {
+        let Some(id) = self.id_of(addr) else {
+            return Err(Error::NotMember(addr.to_owned()));
+        };
+        let heir = self.members.range(id..).nth(1).or_else(|| self.members.iter().next()).map(|(m, _)| *m);
+        let Some(heir) = heir.filter(|&heir| heir != id) else {
+            return Err(Error::InvalidConfig(format!(
+                "{addr} is the last member: no one can take its slots"
+            )));
+        };
+        let mut next = self.clone();
+        next.epoch += 1;
+        next.members.remove(&id);
+        let mut promoted = Vec::new();
+        for (slot, owner) in next.slots.iter_mut().enumerate() {
+            if *owner == Some(id) {
+                *owner = Some(heir);
+                promoted.push(slot as Slot);
+            }
+        }
+        Ok((next, promoted))
+    }
+
     /// The configuration after `addr` leaves: the next epoch, with each of its slots given to a
     /// member holding the fewest. When the last member leaves, no slot has an owner.
     pub fn leave(&self, addr: &str) -> Result<Config> {
@@ -462,6 +490,32 @@ mod tests {
         // The new member's ~1/7 of primaries, plus the slots whose ring neighbourhood it enters.
         assert!(changed < SLOTS / 2, "{changed} slots changed replicas");
         assert_eq!(after.replication().factor, 3, "settings carry over");
+    }
+
+    #[test]
+    fn a_failed_member_s_slots_go_to_their_first_secondary() {
+        let before = replicated(5, 3);
+        for failed in 0..5 {
+            let addr = server(failed);
+            let (after, promoted) = before.fail(&addr).unwrap();
+            assert_eq!(after.epoch(), before.epoch() + 1);
+            assert_eq!(after.id_of(&addr), None);
+            let id = before.id_of(&addr).unwrap();
+            assert_eq!(promoted.len(), before.slot_counts()[&id]);
+            for slot in 0..SLOTS as Slot {
+                let (was, now) = (before.replicas_of_slot(slot), after.replicas_of_slot(slot));
+                if promoted.contains(&slot) {
+                    assert_eq!(now[0], was[1], "slot {slot}: the first secondary takes over");
+                    assert_eq!(now[1], was[2], "slot {slot}: the second secondary stays");
+                } else {
+                    assert_eq!(now[0], was[0], "slot {slot}: other slots keep their primary");
+                }
+                assert_eq!(now.len(), 3, "the replica set is refilled");
+            }
+        }
+        let (one, _) = replicated(2, 2).fail(&server(0)).unwrap();
+        assert!(one.fail(&server(1)).is_err(), "the last member cannot fail over");
+        assert!(one.fail("10.9.9.9:1").is_err());
     }
 
     #[test]

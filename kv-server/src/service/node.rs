@@ -49,7 +49,9 @@ impl NodeRpc for NodeService {
         let previous = config(request.previous, "previous")?;
         let abandoned = slots_from_wire(request.abandoned)
             .map_err(|wire| Status::invalid_argument(format!("no slot {wire}")))?;
-        let report = self.node.install(previous, next, abandoned).await?;
+        let promoted = slots_from_wire(request.promoted)
+            .map_err(|wire| Status::invalid_argument(format!("no slot {wire}")))?;
+        let report = self.node.install(previous, next, abandoned, promoted).await?;
         Ok(Response::new(v1::InstallResponse {
             slots_sent: report.slots_sent,
             keys_sent: report.keys_sent,
@@ -75,6 +77,16 @@ impl NodeRpc for NodeService {
         authorised(&request, self.token.as_deref())?;
         self.node.replicate(request.into_inner()).await?;
         Ok(Response::new(v1::ReplicateResponse {}))
+    }
+
+    #[instrument(level = "debug", skip_all, fields(from = %request.get_ref().from))]
+    async fn lease(&self, request: Request<v1::LeaseRequest>) -> Result<Response<v1::LeaseResponse>, Status> {
+        authorised(&request, self.token.as_deref())?;
+        Ok(Response::new(self.node.grant_lease(request.get_ref())?))
+    }
+
+    async fn ping(&self, _request: Request<v1::PingRequest>) -> Result<Response<v1::PingResponse>, Status> {
+        Ok(Response::new(v1::PingResponse { epoch: self.node.epoch() }))
     }
 
     #[instrument(level = "debug", skip_all)]
