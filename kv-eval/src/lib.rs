@@ -33,6 +33,7 @@ pub mod linearizability;
 pub mod process;
 pub mod proxy;
 pub mod recorder;
+pub mod replicas;
 pub mod report;
 pub mod sharded;
 pub mod single_node;
