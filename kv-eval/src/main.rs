@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use kv_eval::bench::{BenchConfig, Mix};
 use kv_eval::chaos::{ChaosConfig, FaultKind};
 use kv_eval::cluster::ClusterConfig;
+use kv_eval::replicas::{self, ChartPaths, LevelsConfig, Setting, StalenessConfig, ThroughputConfig};
 use kv_eval::sharded::{self, LoadConfig, Phase};
 use kv_eval::{report, single_node};
 use serde::Serialize;
@@ -30,9 +31,12 @@ enum Command {
     /// Subtask 2: a shard master and storage servers; the functional flows through cluster
     /// clients, throughput by number of servers, and resharding under load (with a chart).
     Sharded(ShardedArgs),
-    /// Every subtask that exists: single-node, then sharded (which starts its own servers, also
-    /// with `--endpoint`).
-    All(AllArgs),
+    /// Subtask 3: replicated clusters; the assignment's put-then-get experiment by level,
+    /// throughput by replication factor and level, stale reads and convergence, failover.
+    Replicas(ReplicasArgs),
+    /// Every subtask that exists: single-node, then sharded, then replicas (which start their
+    /// own servers, also with `--endpoint`).
+    All(Box<AllArgs>),
     /// A workload under faults (kill/restart, pause, partition, flaky network) with a
     /// linearizability check of the recorded history.
     Chaos(ChaosArgs),
@@ -202,17 +206,104 @@ enum PhaseArg {
 }
 
 #[derive(Debug, Args)]
+struct ReplicasArgs {
+    /// The `kv-server` binary to start (default: next to this executable, or $KV_SERVER_BIN).
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Phases of the replicas subtask to run: levels, throughput, staleness, failover.
+    #[arg(long, value_delimiter = ',', default_value = REPLICAS_PHASES)]
+    phases: Vec<ReplicasPhaseArg>,
+    /// Seconds the linearizability check of a level may take before it answers unknown (a
+    /// failure at the strong level).
+    #[arg(long, default_value_t = 60.0)]
+    check_budget: f64,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// No progress bar.
+    #[arg(long)]
+    no_progress: bool,
+    /// Also write the results as JSON to this file (and the charts beside it).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[command(flatten)]
+    tuning: ReplicasTuningArgs,
+}
+
+/// The replicas subtask's own flags (`kv-eval all` takes them too).
+#[derive(Debug, Args)]
+struct ReplicasTuningArgs {
+    /// Storage servers of every replicated cluster (at least the largest replication factor).
+    #[arg(long, default_value_t = 6)]
+    replica_servers: usize,
+    /// Levels of the assignment's experiment (at R=3; 2 is strong, 0 and 1 eventual).
+    #[arg(long, value_delimiter = ',', default_value = "0,1,2")]
+    levels: Vec<usize>,
+    /// Seconds the assignment's clients loop over put-then-get pairs, per level.
+    #[arg(long, default_value_t = 8.0)]
+    level_secs: f64,
+    /// Clients of the assignment's experiment.
+    #[arg(long, default_value_t = 3)]
+    level_clients: usize,
+    /// Replication settings of the throughput benchmark, as FACTOR:LEVEL.
+    #[arg(long, value_delimiter = ',', default_value = "1:0,3:0,3:1,3:2,5:0,5:2,5:4")]
+    throughput_settings: Vec<Setting>,
+    /// Seconds the benchmark measures puts, then gets, per setting.
+    #[arg(long, default_value_t = 5.0)]
+    throughput_secs: f64,
+    /// Seconds of benchmark load before measuring.
+    #[arg(long, default_value_t = 1.0)]
+    throughput_warmup: f64,
+    /// Eventual levels (at R=3) whose stale reads and convergence are measured.
+    #[arg(long, value_delimiter = ',', default_value = "0,1")]
+    staleness_levels: Vec<usize>,
+    /// Seconds the writers and readers of the staleness phase run, per level.
+    #[arg(long, default_value_t = 8.0)]
+    staleness_secs: f64,
+    /// Writers of the staleness phase.
+    #[arg(long, default_value_t = 2)]
+    writers: usize,
+    /// Readers of the staleness phase (from any replica).
+    #[arg(long, default_value_t = 4)]
+    readers: usize,
+    /// Seconds between the background syncs of eventual replication (the shard master's
+    /// `--sync-interval-ms`).
+    #[arg(long, default_value_t = 2.0)]
+    sync_interval: f64,
+    /// Write the charts (SVG) into this folder [default: beside --json, else the current folder].
+    #[arg(long)]
+    chart_dir: Option<PathBuf>,
+}
+
+/// Every phase of the replicas subtask.
+const REPLICAS_PHASES: &str = "levels,throughput,staleness,failover";
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ReplicasPhaseArg {
+    Levels,
+    Throughput,
+    Staleness,
+    Failover,
+}
+
+#[derive(Debug, Args)]
 struct AllArgs {
     #[command(flatten)]
     single: SingleNodeArgs,
     #[command(flatten)]
     sharded: ShardedPhaseArgs,
+    /// Phases of the replicas subtask to run: levels, throughput, staleness, failover.
+    #[arg(long, value_delimiter = ',', default_value = REPLICAS_PHASES)]
+    replicas_phases: Vec<ReplicasPhaseArg>,
+    #[command(flatten)]
+    replicas: ReplicasTuningArgs,
 }
 
 #[derive(Serialize)]
 struct AllReport {
     single_node: single_node::Report,
     sharded: sharded::Report,
+    replicas: replicas::Report,
     passed: bool,
 }
 
@@ -254,23 +345,50 @@ fn run(cli: Cli) -> Result<bool> {
             }
             Ok(report.passed)
         }
+        Command::Replicas(args) => {
+            let common = Common { server_bin: &args.server_bin, seed: args.seed, json: &args.json };
+            let bench = default_bench(args.seed);
+            let check_budget = seconds(args.check_budget, "check-budget", false)?;
+            let progress = !args.no_progress;
+            let options =
+                replicas_options(&args.phases, &args.tuning, &common, bench, check_budget, progress)?;
+            let report = replicas::run(&options)?;
+            if let Some(path) = &args.json {
+                report::write_json(path, &report)?;
+            }
+            Ok(report.passed)
+        }
         Command::Chaos(args) => chaos(&args),
         Command::All(args) => {
             let single = &args.single;
             // The sharded benchmark runs the single-node workload, as its flags say.
             let bench = options(single)?.bench.unwrap_or_else(|| default_bench(single.seed));
             let common = Common { server_bin: &single.server_bin, seed: single.seed, json: &single.json };
-            let mut sharded_options = sharded_options(&args.sharded, &common, bench, !single.no_progress)?;
+            let mut sharded_options =
+                sharded_options(&args.sharded, &common, bench.clone(), !single.no_progress)?;
+            // The replicas benchmark, too, runs the single-node workload, for its own durations.
+            let check_budget = seconds(args.sharded.check_budget, "check-budget", false)?;
+            let mut replicas_options = replicas_options(
+                &args.replicas_phases,
+                &args.replicas,
+                &common,
+                bench,
+                check_budget,
+                !single.no_progress,
+            )?;
             if single.no_bench {
                 sharded_options.phases.retain(|p| *p != Phase::Throughput);
+                replicas_options.phases.retain(|p| *p != replicas::Phase::Throughput);
             }
             println!("== subtask 1: single node ==");
             let single_node = single_node::run(&options(single)?)?;
             println!("\n== subtask 2: sharded ==");
             let sharded = sharded::run(&sharded_options)?;
-            let passed = single_node.passed && sharded.passed;
+            println!("\n== subtask 3: replicas ==");
+            let replicas = replicas::run(&replicas_options)?;
+            let passed = single_node.passed && sharded.passed && replicas.passed;
             if let Some(path) = &single.json {
-                report::write_json(path, &AllReport { single_node, sharded, passed })?;
+                report::write_json(path, &AllReport { single_node, sharded, replicas, passed })?;
             }
             Ok(passed)
         }
@@ -382,6 +500,68 @@ fn sharded_options(
         load,
         chart,
         progress,
+    })
+}
+
+/// The replicas subtask's options from its flags; `bench` gives the throughput phase's workload
+/// (its mix and durations are the phase's own).
+fn replicas_options(
+    phases: &[ReplicasPhaseArg],
+    args: &ReplicasTuningArgs,
+    common: &Common<'_>,
+    bench: BenchConfig,
+    check_budget: Duration,
+    progress: bool,
+) -> Result<replicas::Options> {
+    anyhow::ensure!(args.level_clients > 0, "--level-clients must be at least 1");
+    anyhow::ensure!(args.writers > 0 && args.readers > 0, "--writers and --readers must be at least 1");
+    let (dir, stem) = match common.json {
+        Some(json) => (
+            json.parent().map(PathBuf::from).unwrap_or_default(),
+            json.file_stem().map_or_else(|| "kv-eval".into(), |s| s.to_string_lossy().into_owned()),
+        ),
+        None => (PathBuf::new(), "kv-eval".to_owned()),
+    };
+    let dir = args.chart_dir.clone().unwrap_or(dir);
+    let phases = phases
+        .iter()
+        .map(|p| match p {
+            ReplicasPhaseArg::Levels => replicas::Phase::Levels,
+            ReplicasPhaseArg::Throughput => replicas::Phase::Throughput,
+            ReplicasPhaseArg::Staleness => replicas::Phase::Staleness,
+            ReplicasPhaseArg::Failover => replicas::Phase::Failover,
+        })
+        .collect();
+    Ok(replicas::Options {
+        server_bin: common.server_bin.clone(),
+        phases,
+        servers: args.replica_servers,
+        sync_interval: seconds(args.sync_interval, "sync-interval", false)?,
+        levels: LevelsConfig {
+            levels: args.levels.clone(),
+            clients: args.level_clients,
+            duration: seconds(args.level_secs, "level-secs", false)?,
+            check_budget,
+            ..LevelsConfig::default()
+        },
+        throughput: ThroughputConfig {
+            settings: args.throughput_settings.clone(),
+            bench: BenchConfig {
+                duration: seconds(args.throughput_secs, "throughput-secs", false)?,
+                warmup: seconds(args.throughput_warmup, "throughput-warmup", true)?,
+                ..bench
+            },
+        },
+        staleness: StalenessConfig {
+            levels: args.staleness_levels.clone(),
+            writers: args.writers,
+            readers: args.readers,
+            duration: seconds(args.staleness_secs, "staleness-secs", false)?,
+            ..StalenessConfig::default()
+        },
+        charts: ChartPaths::in_dir(&dir, &format!("{stem}-replicas")),
+        progress,
+        seed: common.seed,
     })
 }
 
