@@ -435,3 +435,79 @@ fn a_primary_cut_off_by_a_partition_is_fenced_and_rejoins() {
         assert!(values.iter().all(|(_, v)| v.as_deref() == Some("after")), "{values:?}");
     });
 }
+
+/// A primary that dies in the middle of handing its slots off (here, while leaving) loses
+/// nothing: the secondaries of those slots kept copies, and one of them finishes the hand-off.
+#[test]
+fn a_sender_that_dies_during_a_move_loses_nothing() {
+    let mut cluster = replicated(4, 3, &["--consistency", "strong"]);
+    let rt = runtime();
+    let keys: Vec<String> = (0..200).map(|i| format!("m{i}")).collect();
+    let master = master_addr(&cluster);
+    let (leaver, leaver_addr, real_addr) = rt.block_on(async {
+        let c = Client::cluster_builder(master.as_str()).connect().await.unwrap();
+        for key in &keys {
+            c.put(key.as_str(), format!("value of {key}")).await.unwrap();
+        }
+        let before = config(&cluster).await;
+        let (_, address) = before.members().nth(1).unwrap();
+        let leaver = node_of(&cluster, address);
+        (leaver, address.to_owned(), cluster.nodes()[leaver].addr().to_string())
+    });
+    // Slow the receivers down, so that the hand-off is caught half-way.
+    for (i, node) in cluster.nodes().iter().enumerate() {
+        if i != leaver {
+            node.proxy().unwrap().set_faults(kv_eval::proxy::Faults::delayed(
+                Duration::from_millis(60),
+                Duration::from_millis(10),
+            ));
+        }
+    }
+    let epoch = rt.block_on(config(&cluster)).epoch();
+    let leave = rt.spawn({
+        let (master, leaver_addr) = (master.clone(), leaver_addr.clone());
+        async move { ShardMaster::connect(master).await.unwrap().leave(leaver_addr).await }
+    });
+    // Kill the leaver once it has switched to the new epoch: it is handing its slots off.
+    rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(status) = server_status(&real_addr, Duration::from_secs(1)).await
+                && status.epoch > epoch
+            {
+                println!("killing the leaver mid-move: {status:?}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "the leaver never switched\n{}", cluster.logs());
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    cluster.node_mut(leaver).kill().unwrap();
+    let left = rt.block_on(leave).unwrap();
+    println!("the leave answered: {:?}", left.as_ref().map(|config| config.epoch()));
+    assert!(left.is_ok(), "the leave completed from the copies: {left:?}\n{}", cluster.logs());
+    assert!(
+        cluster.logs().contains("handed off the copies of a dead primary's slots"),
+        "a secondary sent its copies\n{}",
+        cluster.logs()
+    );
+    for node in cluster.nodes() {
+        if let Some(proxy) = node.proxy() {
+            proxy.heal();
+        }
+    }
+    rt.block_on(async {
+        let after = settled(&cluster, Duration::from_secs(60)).await;
+        assert!(after.id_of(&leaver_addr).is_none(), "the leaver is gone");
+        let c =
+            Client::cluster_builder(master.as_str()).read_from(ReadFrom::Primary).connect().await.unwrap();
+        for key in &keys {
+            assert_eq!(
+                c.get(key.as_str()).await.unwrap(),
+                Some(format!("value of {key}")),
+                "{key}\n{}",
+                cluster.logs()
+            );
+        }
+    });
+}

@@ -286,6 +286,19 @@ impl Membership {
         }
     }
 
+    /// Returns once `server` has not answered a ping for the failure timeout.
+    async fn until_silent(&self, server: &str) {
+        let mut last_seen = Instant::now();
+        loop {
+            tokio::time::sleep(Self::HEARTBEAT).await;
+            if self.ping(server).await {
+                last_seen = Instant::now();
+            } else if last_seen.elapsed() > self.failure_timeout {
+                return;
+            }
+        }
+    }
+
     /// Whether `server` answers a ping within the heartbeat.
     async fn ping(&self, server: &str) -> bool {
         let mut call = tonic::Request::new(v1::PingRequest {});
@@ -420,24 +433,42 @@ impl Membership {
 
         // The senders get a time of their own, however long the receivers took.
         let deadline = Instant::now() + self.move_timeout;
-        let installs = senders.iter().map(|addr| self.install(addr, before, next, &[], deadline));
+        // A sender that stops answering pings (it died during its hand-off) is not waited for.
+        let installs = senders.iter().map(|addr| async move {
+            tokio::select! {
+                result = self.install(addr, before, next, &[], deadline) => (result, false),
+                () = self.until_silent(addr) => (Err(Status::unavailable("it stopped answering")), true),
+            }
+        });
         let mut problems = Vec::new();
         let mut lost = false;
-        for (&sender, result) in senders.iter().zip(join_all(installs).await) {
+        let replicated = next.replication().factor > 1;
+        for (&sender, (result, silent)) in senders.iter().zip(join_all(installs).await) {
             let Err(status) = result else { continue };
-            if !self.is_gone(sender).await {
+            if !(silent && replicated) && !self.is_gone(sender).await {
                 // The sender is there and keeps the data; installing this epoch again resumes.
                 problems.push(format!("{sender} could not hand off its slots ({})", status.message()));
                 continue;
             }
-            // The sender is gone, and its slots' data with it: let the receivers serve them.
-            lost = true;
+            // The sender is gone. Its slots' secondaries kept copies: one of them sends them.
             let mut abandoned: BTreeMap<&str, Vec<Slot>> = BTreeMap::new();
             for m in moves.iter().filter(|m| m.from.and_then(|id| before.address(id)) == Some(sender)) {
                 if let Some(to) = m.to.and_then(|id| next.address(id)) {
                     abandoned.entry(to).or_default().push(m.slot);
                 }
             }
+            let mut recovered = Vec::new();
+            for (&to, slots) in &abandoned {
+                if self.hand_off_copies(before, next, sender, to, slots).await {
+                    recovered.push(to);
+                }
+            }
+            abandoned.retain(|to, _| !recovered.contains(to));
+            if abandoned.is_empty() {
+                continue;
+            }
+            // No copy either: let the receivers serve the slots empty.
+            lost = true;
             let slots: usize = abandoned.values().map(Vec::len).sum();
             problems.push(format!(
                 "{sender} is unreachable ({}): the data of its {slots} slots is lost",
@@ -456,6 +487,55 @@ impl Membership {
         } else {
             Err(ChangeError::Incomplete { epoch: next.epoch(), reason: problems.join("; "), lost })
         }
+    }
+
+    /// Has a secondary of `slots` in `before` send the copy it kept of them to `to`, in place of
+    /// their primary `sender`, which died during the move to `next`; returns whether one did.
+    async fn hand_off_copies(
+        &self,
+        before: &Config,
+        next: &Config,
+        sender: &str,
+        to: &str,
+        slots: &[Slot],
+    ) -> bool {
+        let Some(&first) = slots.first() else { return true };
+        let request = v1::HandOffCopyRequest {
+            epoch: next.epoch(),
+            sender: sender.to_owned(),
+            to: to.to_owned(),
+            slots: slots.iter().map(|&s| u32::from(s)).collect(),
+        };
+        for holder in kv_replica::secondaries(before, first) {
+            if next.id_of(holder).is_none() {
+                continue;
+            }
+            let deadline = Instant::now() + self.move_timeout;
+            let sent = retry_until(deadline, self.move_timeout, |timeout| {
+                let mut call = self.peers.request(request.clone());
+                call.set_timeout(timeout);
+                let node = self.peers.node(holder);
+                async move { Ok(node?.hand_off_copy(call).await?.into_inner()) }
+            })
+            .await;
+            match sent {
+                Ok(report) => {
+                    warn!(
+                        sender,
+                        holder,
+                        to,
+                        slots = slots.len(),
+                        keys = report.keys_sent,
+                        "a dead sender's slots were handed off from a copy"
+                    );
+                    return true;
+                }
+                Err(status) => {
+                    warn!(sender, holder, cause = %status.message(), "no copy of a dead sender's slots here")
+                }
+            }
+        }
+        false
     }
 
     /// Installs `next` at `server`, retrying while it is unreachable or busy, until `deadline`.

@@ -378,6 +378,28 @@ impl Node {
         let internal = |err: Error| Status::internal(err.to_string());
         let entries = self.storage.export(&|key| set[usize::from(slot_of(key))]).await.map_err(internal)?;
         let keys = entries.len() as u64;
+        let sessions = self.sessions.export(|slot| set[usize::from(slot)]);
+        let batches = self.send_slots(me, to, epoch, slots, entries, &sessions).await?;
+        // Everything is at `to`: drop our copy.
+        self.storage.remove_where(&|key| set[usize::from(slot_of(key))]).await.map_err(internal)?;
+        self.sessions.forget(|slot| set[usize::from(slot)]);
+        // Where this server stays a secondary of a slot it sent, its copy is rebuilt now.
+        self.handed_off(slots).await;
+        info!(to, epoch, slots = slots.len(), keys, batches, took = ?started.elapsed(), "handed off slots");
+        Ok(keys)
+    }
+
+    /// Sends the keys and exactly-once records of `slots` to `to` as `from` would at a move of
+    /// `epoch`, in batches of about [`BATCH_BYTES`]; returns the number of batches.
+    pub(crate) async fn send_slots(
+        &self,
+        from: &str,
+        to: &str,
+        epoch: u64,
+        slots: &[Slot],
+        entries: Vec<(String, String)>,
+        sessions: &[kv_core::SessionRecord],
+    ) -> Result<usize, Status> {
         let mut by_slot: BTreeMap<Slot, Vec<(String, String)>> = BTreeMap::new();
         for (key, value) in entries {
             by_slot.entry(slot_of(&key)).or_default().push((key, value));
@@ -385,14 +407,9 @@ impl Node {
         // The first batch carries the exactly-once records, and completes the empty slots.
         let mut batch = v1::TransferRequest {
             epoch,
-            from: me.to_owned(),
+            from: from.to_owned(),
             entries: Vec::new(),
-            sessions: self
-                .sessions
-                .export(|slot| set[usize::from(slot)])
-                .iter()
-                .map(session_to_wire)
-                .collect(),
+            sessions: sessions.iter().map(session_to_wire).collect(),
             complete: slots.iter().filter(|s| !by_slot.contains_key(s)).map(|&s| u32::from(s)).collect(),
         };
         let mut bytes = 0;
@@ -400,7 +417,7 @@ impl Node {
         for (slot, entries) in by_slot {
             for (key, value) in entries {
                 if bytes > 0 && bytes + key.len() + value.len() > BATCH_BYTES {
-                    self.send(to, std::mem::replace(&mut batch, empty_batch(epoch, me))).await?;
+                    self.send(to, std::mem::replace(&mut batch, empty_batch(epoch, from))).await?;
                     batches += 1;
                     bytes = 0;
                 }
@@ -410,14 +427,7 @@ impl Node {
             batch.complete.push(u32::from(slot));
         }
         self.send(to, batch).await?;
-        batches += 1;
-        // Everything is at `to`: drop our copy.
-        self.storage.remove_where(&|key| set[usize::from(slot_of(key))]).await.map_err(internal)?;
-        self.sessions.forget(|slot| set[usize::from(slot)]);
-        // Where this server stays a secondary of a slot it sent, its copy is rebuilt now.
-        self.handed_off(slots).await;
-        info!(to, epoch, slots = slots.len(), keys, batches, took = ?started.elapsed(), "handed off slots");
-        Ok(keys)
+        Ok(batches + 1)
     }
 
     /// Sends one batch, retrying while `to` is unreachable or not yet at `epoch`.

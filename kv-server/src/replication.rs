@@ -51,6 +51,20 @@ pub(crate) struct Replicas {
     slots: Vec<Mutex<SlotReplica>>,
     /// Primary side: what each secondary is owed in the background.
     links: std::sync::Mutex<HashMap<String, Arc<Link>>>,
+    /// Copies of slots that moved away from their primary, kept until the move is over.
+    retired: std::sync::Mutex<BTreeMap<Slot, Retired>>,
+}
+
+/// The copy a secondary kept of a slot whose primary handed it off at a move: if that primary
+/// dies before the hand-off is done, this copy is sent in its place.
+#[derive(Debug)]
+struct Retired {
+    /// The epoch of the move.
+    epoch: u64,
+    /// The primary that was handing the slot off.
+    primary: String,
+    entries: Vec<(String, String)>,
+    sessions: Vec<SessionRecord>,
 }
 
 impl std::fmt::Debug for Replicas {
@@ -84,6 +98,7 @@ impl Replicas {
             seqs: (0..SLOTS).map(|_| Mutex::new(0)).collect(),
             slots: (0..SLOTS).map(|_| Mutex::new(SlotReplica::default())).collect(),
             links: std::sync::Mutex::new(HashMap::new()),
+            retired: std::sync::Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -456,8 +471,11 @@ impl Node {
             }
         }
         // A copy that was never reset to anything holds no data to drop.
+        // A later configuration means the moves of earlier ones are over.
+        lock(&self.replicas.retired).retain(|_, copy| copy.epoch >= next.epoch());
         let mut guards = Vec::with_capacity(resets.len());
         let mut committed = 0;
+        let mut retiring: BTreeMap<Slot, Vec<ReplicatedWrite>> = BTreeMap::new();
         for (&slot, state) in &resets {
             let mut copy = self.replicas.slots[usize::from(slot)].lock().await;
             if *copy.state() == SlotState::Idle && *state == SlotState::Idle {
@@ -469,9 +487,15 @@ impl Node {
                     self.apply_replicated(write).await?;
                     committed += 1;
                 }
+            } else if copy.is_ready() && previous.owner_of_slot(slot) != next.owner_of_slot(slot) {
+                // The slot moves away from its primary: keep a copy until the move is over.
+                retiring.insert(slot, copy.take_pending());
             }
             copy.reset(state.clone());
             guards.push(copy);
+        }
+        if !retiring.is_empty() {
+            self.retire(&previous, next.epoch(), retiring).await?;
         }
         if committed > 0 {
             info!(writes = committed, "committed the writes a failed primary had prepared");
@@ -532,6 +556,98 @@ impl Node {
         for &slot in slots {
             self.replicas.slots[usize::from(slot)].lock().await.start_syncing();
         }
+    }
+
+    /// Keeps copies of slots moving away from their primary (with the writes prepared here,
+    /// which the primary may have acknowledged), in case it dies before its hand-off is done.
+    async fn retire(
+        &self,
+        previous: &Config,
+        epoch: u64,
+        retiring: BTreeMap<Slot, Vec<ReplicatedWrite>>,
+    ) -> Result<(), Status> {
+        let set = slot_set(&retiring.keys().copied().collect::<Vec<_>>());
+        let entries = self
+            .storage
+            .export(&|key| set[usize::from(slot_of(key))])
+            .await
+            .map_err(|err| Status::internal(err.to_string()))?;
+        let mut by_slot: BTreeMap<Slot, BTreeMap<String, String>> = BTreeMap::new();
+        for (key, value) in entries {
+            by_slot.entry(slot_of(&key)).or_default().insert(key, value);
+        }
+        let sessions = self.sessions.export(|slot| set[usize::from(slot)]);
+        let mut retired = lock(&self.replicas.retired);
+        for (slot, pending) in retiring {
+            let mut entries = by_slot.remove(&slot).unwrap_or_default();
+            let mut records = Vec::new();
+            for write in pending {
+                match write.value {
+                    Some(value) => entries.insert(write.key, value),
+                    None => entries.remove(&write.key),
+                };
+                records.extend(write.session);
+            }
+            for record in &sessions {
+                let answers: Vec<Answer> = record.answers.iter().filter(|a| a.tag == slot).cloned().collect();
+                if !answers.is_empty() {
+                    records.push(SessionRecord { client: record.client, floor: record.floor, answers });
+                }
+            }
+            let Some(primary) = previous.owner_of_slot(slot).and_then(|id| previous.address(id)) else {
+                continue;
+            };
+            retired.insert(
+                slot,
+                Retired {
+                    epoch,
+                    primary: primary.to_owned(),
+                    entries: entries.into_iter().collect(),
+                    sessions: records,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Sends the copies kept of `slots` to `to`, as their primary `sender`, which died during the
+    /// move of `epoch`, would have; returns the keys sent.
+    pub(crate) async fn hand_off_copy(&self, request: v1::HandOffCopyRequest) -> Result<u64, Status> {
+        let v1::HandOffCopyRequest { epoch, sender, to, slots } = request;
+        let slots =
+            slots_from_wire(slots).map_err(|wire| Status::invalid_argument(format!("no slot {wire}")))?;
+        let (entries, sessions) = {
+            let retired = lock(&self.replicas.retired);
+            let missing: Vec<Slot> = slots
+                .iter()
+                .copied()
+                .filter(|slot| !retired.get(slot).is_some_and(|c| c.epoch == epoch && c.primary == sender))
+                .collect();
+            if !missing.is_empty() {
+                return Err(Status::failed_precondition(format!(
+                    "no copy kept here of {} of the slots {sender} was moving at epoch {epoch}",
+                    missing.len()
+                )));
+            }
+            let mut entries = Vec::new();
+            let mut sessions = Vec::new();
+            for slot in &slots {
+                if let Some(copy) = retired.get(slot) {
+                    entries.extend(copy.entries.iter().cloned());
+                    sessions.extend(copy.sessions.iter().cloned());
+                }
+            }
+            (entries, sessions)
+        };
+        let keys = entries.len() as u64;
+        let started = Instant::now();
+        self.send_slots(&sender, &to, epoch, &slots, entries, &sessions).await?;
+        let mut retired = lock(&self.replicas.retired);
+        for slot in &slots {
+            retired.remove(slot);
+        }
+        warn!(to, epoch, sender, slots = slots.len(), keys, took = ?started.elapsed(), "handed off the copies of a dead primary's slots");
+        Ok(keys)
     }
 
     /// Sends `link` the commits it is owed; keeps them if it is unreachable.

@@ -85,6 +85,22 @@ impl NodeRpc for NodeService {
         Ok(Response::new(self.node.grant_lease(request.get_ref())?))
     }
 
+    #[instrument(skip_all, fields(sender = %request.get_ref().sender, to = %request.get_ref().to))]
+    async fn hand_off_copy(
+        &self,
+        request: Request<v1::HandOffCopyRequest>,
+    ) -> Result<Response<v1::InstallResponse>, Status> {
+        authorised(&request, self.token.as_deref())?;
+        let request = request.into_inner();
+        let slots = request.slots.len() as u64;
+        let keys = self.node.hand_off_copy(request).await?;
+        Ok(Response::new(v1::InstallResponse {
+            slots_sent: slots,
+            keys_sent: keys,
+            never_arrived: Vec::new(),
+        }))
+    }
+
     async fn ping(&self, _request: Request<v1::PingRequest>) -> Result<Response<v1::PingResponse>, Status> {
         Ok(Response::new(v1::PingResponse { epoch: self.node.epoch() }))
     }
