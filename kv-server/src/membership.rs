@@ -445,7 +445,9 @@ impl Membership {
         let replicated = next.replication().factor > 1;
         for (&sender, (result, silent)) in senders.iter().zip(join_all(installs).await) {
             let Err(status) = result else { continue };
-            if !(silent && replicated) && !self.is_gone(sender).await {
+            // With copies elsewhere, a silent sender is failed at once; otherwise make sure.
+            let gone = (silent && replicated) || self.is_gone(sender).await;
+            if !gone {
                 // The sender is there and keeps the data; installing this epoch again resumes.
                 problems.push(format!("{sender} could not hand off its slots ({})", status.message()));
                 continue;
