@@ -270,7 +270,8 @@ struct ReplicasTuningArgs {
     /// `--sync-interval-ms`).
     #[arg(long, default_value_t = 2.0)]
     sync_interval: f64,
-    /// Write the charts (SVG) into this folder [default: beside --json, else the current folder].
+    /// Write the charts (SVG) into this folder [default: beside --json, named after it; else the
+    /// current folder, as kv-eval-replicas-*.svg].
     #[arg(long)]
     chart_dir: Option<PathBuf>,
 }
@@ -351,7 +352,7 @@ fn run(cli: Cli) -> Result<bool> {
             let check_budget = seconds(args.check_budget, "check-budget", false)?;
             let progress = !args.no_progress;
             let options =
-                replicas_options(&args.phases, &args.tuning, &common, bench, check_budget, progress)?;
+                replicas_options(&args.phases, &args.tuning, &common, bench, check_budget, progress, false)?;
             let report = replicas::run(&options)?;
             if let Some(path) = &args.json {
                 report::write_json(path, &report)?;
@@ -375,6 +376,7 @@ fn run(cli: Cli) -> Result<bool> {
                 bench,
                 check_budget,
                 !single.no_progress,
+                true,
             )?;
             if single.no_bench {
                 sharded_options.phases.retain(|p| *p != Phase::Throughput);
@@ -504,7 +506,8 @@ fn sharded_options(
 }
 
 /// The replicas subtask's options from its flags; `bench` gives the throughput phase's workload
-/// (its mix and durations are the phase's own).
+/// (its mix and durations are the phase's own); `shared_json` says the JSON file holds the other
+/// subtasks' results too.
 fn replicas_options(
     phases: &[ReplicasPhaseArg],
     args: &ReplicasTuningArgs,
@@ -512,15 +515,20 @@ fn replicas_options(
     bench: BenchConfig,
     check_budget: Duration,
     progress: bool,
+    shared_json: bool,
 ) -> Result<replicas::Options> {
     anyhow::ensure!(args.level_clients > 0, "--level-clients must be at least 1");
     anyhow::ensure!(args.writers > 0 && args.readers > 0, "--writers and --readers must be at least 1");
-    let (dir, stem) = match common.json {
-        Some(json) => (
-            json.parent().map(PathBuf::from).unwrap_or_default(),
-            json.file_stem().map_or_else(|| "kv-eval".into(), |s| s.to_string_lossy().into_owned()),
-        ),
-        None => (PathBuf::new(), "kv-eval".to_owned()),
+    // Beside the JSON, named after it: STEM-levels.svg, or STEM-replicas-levels.svg where the
+    // JSON holds every subtask; else kv-eval-replicas-levels.svg.
+    let (dir, prefix) = match common.json {
+        Some(json) => {
+            let stem =
+                json.file_stem().map_or_else(|| "kv-eval".into(), |s| s.to_string_lossy().into_owned());
+            let prefix = if shared_json { format!("{stem}-replicas") } else { stem };
+            (json.parent().map(PathBuf::from).unwrap_or_default(), prefix)
+        }
+        None => (PathBuf::new(), "kv-eval-replicas".to_owned()),
     };
     let dir = args.chart_dir.clone().unwrap_or(dir);
     let phases = phases
@@ -559,7 +567,7 @@ fn replicas_options(
             duration: seconds(args.staleness_secs, "staleness-secs", false)?,
             ..StalenessConfig::default()
         },
-        charts: ChartPaths::in_dir(&dir, &format!("{stem}-replicas")),
+        charts: ChartPaths::in_dir(&dir, &prefix),
         progress,
         seed: common.seed,
     })
