@@ -184,17 +184,18 @@ fn run_level(options: &Options, setting: Setting) -> Result<StalenessRow> {
     drop(rt);
 
     let stale = analysis::stale_reads(&history);
-    let count = |put: bool| {
-        let ok = |op: &&crate::history::Operation| matches!(op.outcome, Outcome::Ok(_));
-        history.ops.iter().filter(|op| matches!(op.input, Input::Put(_)) == put).filter(ok).count()
+    let succeeded = |put: bool| {
+        let ops = history.ops.iter();
+        ops.filter(|op| matches!(op.input, Input::Put(_)) == put && matches!(op.outcome, Outcome::Ok(_)))
+            .count()
     };
     let failed = history.ops.iter().filter(|op| !matches!(op.outcome, Outcome::Ok(_))).count();
     keep_files_if_asked(&mut cluster, convergence.secs.is_none() || stale.unexplained > 0);
     Ok(StalenessRow {
         setting,
         load_secs,
-        writes_per_sec: count(true) as f64 / load_secs,
-        reads_per_sec: count(false) as f64 / load_secs,
+        writes_per_sec: succeeded(true) as f64 / load_secs,
+        reads_per_sec: succeeded(false) as f64 / load_secs,
         failed,
         stale,
         convergence,
