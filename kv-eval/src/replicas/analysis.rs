@@ -15,7 +15,9 @@
 //!
 //! A stale read's **lag** is how long before the read began its value had been overwritten: from
 //! the completion of the first put known to overwrite it. That is how far behind the replica that
-//! served it was, at least.
+//! served it was, at least. Its **missed-put age** is the age, when the read began, of the newest
+//! such put: under frequent writes of a key it stays small however far behind the replica is, so
+//! the lag is the measure of staleness, and the age is reported beside it.
 //!
 //! A put whose outcome is unknown may have landed at any time after its invocation: a value it
 //! wrote is never counted stale, and it never counts as overwriting. A value no put wrote, or only
@@ -38,6 +40,9 @@ pub(super) enum Read {
         /// From the completion of the first put known to overwrite the value, to the read's
         /// invocation.
         lag: Duration,
+        /// From the completion of the newest put known to overwrite the value, to the read's
+        /// invocation.
+        missed_age: Duration,
     },
     /// No put wrote its value, or only a refused one.
     Unexplained,
@@ -111,14 +116,16 @@ impl<'h> Puts<'h> {
             },
         };
         let Some(puts) = self.done.get(key) else { return Read::Fresh };
-        // Puts that completed after the writer did, and before the read began; the first of
-        // them that was also invoked after the writer completed overwrote the value.
+        // Puts that completed after the writer did, and before the read began; those also
+        // invoked after the writer completed overwrote the value.
         let from = written.map_or(0, |end| puts.partition_point(|op| op.completed <= end));
-        puts[from..]
+        let mut overwriting = puts[from..]
             .iter()
             .take_while(|op| op.completed < invoked)
-            .find(|op| written.is_none_or(|end| op.invoked > end))
-            .map_or(Read::Fresh, |op| Read::Stale { lag: invoked - op.completed })
+            .filter(|op| written.is_none_or(|end| op.invoked > end));
+        let Some(first) = overwriting.next() else { return Read::Fresh };
+        let newest = overwriting.last().unwrap_or(first);
+        Read::Stale { lag: invoked - first.completed, missed_age: invoked - newest.completed }
     }
 
     /// Judges `op`, if it is a successful get.
@@ -206,6 +213,8 @@ pub struct StaleReads {
     pub median_lag_ms: f64,
     /// The largest lag: how far behind the stalest read was, in milliseconds.
     pub max_lag_ms: f64,
+    /// The largest missed-put age, in milliseconds.
+    pub max_missed_age_ms: f64,
     /// The stalest read, for diagnosis.
     pub stalest: Option<StaleRead>,
 }
@@ -221,6 +230,8 @@ pub struct StaleRead {
     pub at_secs: f64,
     /// Its lag, in milliseconds.
     pub lag_ms: f64,
+    /// Its missed-put age, in milliseconds.
+    pub missed_age_ms: f64,
 }
 
 /// Finds the stale reads of `history`.
@@ -234,15 +245,17 @@ pub(super) fn stale_reads(history: &History) -> StaleReads {
         match puts.judge(&op.key, value.as_deref(), op.invoked) {
             Read::Fresh => {}
             Read::Unexplained => out.unexplained += 1,
-            Read::Stale { lag } => {
+            Read::Stale { lag, missed_age } => {
                 out.stale += 1;
                 lags.push(lag);
+                out.max_missed_age_ms = out.max_missed_age_ms.max(ms(missed_age));
                 if out.stalest.as_ref().is_none_or(|s| s.lag_ms < ms(lag)) {
                     out.stalest = Some(StaleRead {
                         key: op.key.clone(),
                         value: value.clone(),
                         at_secs: op.invoked.as_secs_f64(),
                         lag_ms: ms(lag),
+                        missed_age_ms: ms(missed_age),
                     });
                 }
             }
@@ -290,10 +303,14 @@ mod tests {
     #[test]
     fn a_value_overwritten_by_a_later_completed_put_is_stale() {
         let ops = vec![put(0, "a", (0, 10)), put(1, "b", (20, 30)), put(1, "c", (40, 50))];
-        assert_eq!(judge(ops.clone(), Some("a"), 100), Read::Stale { lag: Duration::from_millis(70) });
-        assert_eq!(judge(ops.clone(), Some("b"), 100), Read::Stale { lag: Duration::from_millis(50) });
+        let stale = |lag, missed_age| Read::Stale {
+            lag: Duration::from_millis(lag),
+            missed_age: Duration::from_millis(missed_age),
+        };
+        assert_eq!(judge(ops.clone(), Some("a"), 100), stale(70, 50));
+        assert_eq!(judge(ops.clone(), Some("b"), 100), stale(50, 50));
         assert_eq!(judge(ops.clone(), Some("c"), 100), Read::Fresh);
-        assert_eq!(judge(ops.clone(), None, 100), Read::Stale { lag: Duration::from_millis(90) });
+        assert_eq!(judge(ops.clone(), None, 100), stale(90, 50));
         assert_eq!(judge(ops.clone(), Some("a"), 30), Read::Fresh, "touching times are concurrent");
         assert_eq!(judge(ops, Some("zz"), 100), Read::Unexplained);
     }
@@ -362,5 +379,6 @@ mod tests {
         assert!((s.max_lag_ms - 100.0).abs() < 1e-6 && (s.median_lag_ms - 100.0).abs() < 1e-6, "{s:?}");
         let stalest = s.stalest.unwrap();
         assert_eq!((stalest.value.as_deref(), stalest.lag_ms.round()), (Some("a"), 100.0));
+        assert_eq!((stalest.missed_age_ms.round(), s.max_missed_age_ms.round()), (100.0, 100.0));
     }
 }

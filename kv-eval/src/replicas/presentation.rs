@@ -266,6 +266,7 @@ pub(super) fn staleness_table(rows: &[StalenessRow]) -> String {
                 format!("{:.2}%", s.fraction * 100.0),
                 format!("{:.0}", s.median_lag_ms),
                 format!("{:.0}", s.max_lag_ms),
+                format!("{:.0}", s.max_missed_age_ms),
                 c.secs.map_or_else(|| "NO".to_owned(), |secs| format!("{secs:.2}")),
                 format!("{:.1}", c.bound_secs),
                 row.failed.to_string(),
@@ -282,23 +283,26 @@ pub(super) fn staleness_table(rows: &[StalenessRow]) -> String {
             "stale %",
             "median lag ms",
             "max lag ms",
+            "max missed age ms",
             "converged s",
             "bound s",
             "failed",
         ],
-        &[Align::Left, Align::Left].into_iter().chain([Align::Right; 9]).collect::<Vec<_>>(),
+        &[Align::Left, Align::Left].into_iter().chain([Align::Right; 10]).collect::<Vec<_>>(),
         &cells,
     );
     out.push_str(
-        "  lag: how long before the read began its value had been overwritten; converged: from the last \
-         write's completion until every replica of every key held the primary's value\n",
+        "  lag: how long before the read began its value had been overwritten (by the first put known to \
+         follow its writer); missed age: the age of the newest such put; converged: from the last write's \
+         completion until every replica of every key held the primary's value\n",
     );
     for row in rows {
         if let Some(s) = &row.stale.stalest {
             let _ = writeln!(
                 out,
-                "  {}: stalest read: key {} at {:.2} s returned {:?}, overwritten {:.0} ms before",
-                row.setting, s.key, s.at_secs, s.value, s.lag_ms
+                "  {}: stalest read: key {} at {:.2} s returned {:?}, overwritten {:.0} ms before (the newest put \
+                 it missed: {:.0} ms before)",
+                row.setting, s.key, s.at_secs, s.value, s.lag_ms, s.missed_age_ms
             );
         }
     }
