@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use kv_eval::bench::{BenchConfig, Mix};
 use kv_eval::chaos::{ChaosConfig, FaultKind};
@@ -540,8 +540,15 @@ fn replicas_options(
             ReplicasPhaseArg::Failover => replicas::Phase::Failover,
         })
         .collect();
+    // Servers run in folders of their own: a relative path must not be taken from there.
+    let server_bin = match common.server_bin {
+        Some(bin) => {
+            Some(std::path::absolute(bin).with_context(|| format!("bad --server-bin {}", bin.display()))?)
+        }
+        None => None,
+    };
     Ok(replicas::Options {
-        server_bin: common.server_bin.clone(),
+        server_bin,
         phases,
         servers: args.replica_servers,
         sync_interval: seconds(args.sync_interval, "sync-interval", false)?,
