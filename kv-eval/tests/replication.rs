@@ -511,3 +511,88 @@ fn a_sender_that_dies_during_a_move_loses_nothing() {
         }
     });
 }
+
+/// Strong consistency through a server paused past the failure timeout (failed over, then
+/// back: it drops its stale copies and joins again) and a server killed and restarted (it
+/// joins again, empty, and catches up): the history stays linearizable, and every replica
+/// ends with the same values.
+#[test]
+fn strong_mode_stays_linearizable_through_a_pause_and_a_kill_and_restart() {
+    let mut cluster = replicated(4, 3, &["--consistency", "strong"]);
+    let rt = runtime();
+    let recorder = Recorder::new();
+    let keys: Arc<[String]> = (0..10).map(|i| format!("c{i}")).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..5u64)
+        .map(|process| {
+            let (keys, stop, recorder) = (Arc::clone(&keys), Arc::clone(&stop), recorder.clone());
+            let master = master_addr(&cluster);
+            rt.spawn(async move {
+                let c =
+                    Client::cluster_builder(master).timeout(Duration::from_secs(1)).connect().await.unwrap();
+                let c = recorder.client(process, c);
+                let mut rng = SmallRng::seed_from_u64(process + 100);
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let key = &keys[rng.random_range(0..keys.len())];
+                    let input = match rng.random_range(0..10) {
+                        0..4 => Input::Get,
+                        4..6 => Input::Put(format!("{process}.{n};")),
+                        6..9 => Input::Append(format!("{process}.{n};")),
+                        _ => Input::Rpop,
+                    };
+                    if c.run(key, input).await == Outcome::Unknown {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    let pause = |ms| std::thread::sleep(Duration::from_millis(ms));
+    pause(700);
+    cluster.node_mut(1).pause().unwrap();
+    pause(2000);
+    cluster.node_mut(1).resume().unwrap();
+    pause(1000);
+    cluster.node_mut(2).kill().unwrap();
+    pause(300);
+    if let Err(err) = cluster.node_mut(2).restart() {
+        panic!("{err:?}\n{}", cluster.logs());
+    }
+    pause(1500);
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        rt.block_on(worker).unwrap();
+    }
+    rt.block_on(async {
+        // Both come back as members.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while config(&cluster).await.len() < 4 {
+            assert!(
+                Instant::now() < deadline,
+                "the paused and the restarted server did not join again\n{}",
+                cluster.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let after = settled(&cluster, Duration::from_secs(30)).await;
+        let c = Client::cluster_builder(master_addr(&cluster))
+            .read_from(ReadFrom::Primary)
+            .connect()
+            .await
+            .unwrap();
+        let reader = recorder.client(99, c);
+        for key in keys.iter() {
+            assert!(matches!(reader.run(key, Input::Get).await, Outcome::Ok(_)), "final read of {key}");
+            let values = at_every_replica(&after, key).await;
+            assert!(values.iter().all(|(_, v)| *v == values[0].1), "replicas of {key} differ: {values:?}");
+        }
+    });
+    let history = recorder.history();
+    let (ok, fail, unknown) = history.counts();
+    let report = linearizability::check_with_budget(&history, Duration::from_secs(60));
+    println!("{ok} ok, {fail} failed, {unknown} unknown: {:?} in {:.2} s", report.verdict, report.elapsed);
+    assert!(ok > 100, "the workload did work: {ok} ok");
+    assert_eq!(report.verdict, Verdict::Linearizable, "{}", cluster.logs());
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use kv_proto::convert::config_to_wire;
 use kv_proto::v1;
-use kv_shard::{Config, Replication, Slot};
+use kv_shard::{Config, Replication, ServerId, Slot};
 use tonic::{Code, Status};
 use tracing::{info, warn};
 
@@ -70,6 +70,9 @@ pub struct Membership {
     /// Slots given to their first secondary at a failover, by the epoch that did it: every
     /// install of that epoch carries them.
     promotions: std::sync::Mutex<BTreeMap<u64, Vec<Slot>>>,
+    /// The incarnation of each member's process when it joined: a member answering with another
+    /// one restarted, and lost what it held.
+    incarnations: std::sync::Mutex<BTreeMap<String, u64>>,
 }
 
 enum Change {
@@ -109,6 +112,7 @@ impl Membership {
             move_timeout,
             failure_timeout,
             promotions: std::sync::Mutex::new(BTreeMap::new()),
+            incarnations: std::sync::Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -146,7 +150,18 @@ impl Membership {
 
     async fn change(&self, change: Change) -> Result<Arc<Config>, ChangeError> {
         let _serialised = self.changes.lock().await;
-        let before = self.current();
+        let mut before = self.current();
+        // A member that restarted empty before it was failed over: fail its old self now.
+        if let Change::Join(server) = &change
+            && before.id_of(server).is_some()
+            && before.replication().factor > 1
+            && let Ok(status) = self.status_after_restart(server).await
+            && self.restarted(server, status.incarnation)
+        {
+            warn!(server, "a member restarted empty: failing its old incarnation over");
+            self.fail_locked(server).await?;
+            before = self.current();
+        }
         let next = match &change {
             Change::Join(server) => before.join(server)?,
             Change::Leave(server) => before.leave(server)?,
@@ -176,6 +191,10 @@ impl Membership {
                         Code::FailedPrecondition,
                     ));
                 }
+                self.incarnations
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(server.clone(), status.incarnation);
                 if status.keys > 0 && !before.is_empty() {
                     return Err(ChangeError::Precondition(
                         format!(
@@ -256,11 +275,27 @@ impl Membership {
             last_seen.retain(|address, _| members.contains(address));
             let pings = members.iter().map(|address| self.ping(address));
             let now = Instant::now();
-            for (address, answered) in members.iter().zip(join_all(pings).await) {
+            let mut restarted = None;
+            for (address, answer) in members.iter().zip(join_all(pings).await) {
                 let seen = last_seen.entry(address.clone()).or_insert(now);
-                if answered {
-                    *seen = Instant::now();
+                match answer {
+                    Some(incarnation) if self.restarted(address, incarnation) => {
+                        restarted = Some(address.clone())
+                    }
+                    Some(_) => *seen = Instant::now(),
+                    None => {}
                 }
+            }
+            // A member that restarted lost what it held: fail its old self at once.
+            if let Some(address) = restarted.filter(|_| config.replication().factor > 1 && members.len() > 1)
+            {
+                warn!(server = address, "a member restarted and lost its data: failing it over");
+                match self.fail_member(&address, config.id_of(&address)).await {
+                    Ok(config) => info!(server = address, epoch = config.epoch(), "failed over"),
+                    Err(err) => warn!(server = address, cause = %err, "could not fail the member over"),
+                }
+                last_seen.remove(&address);
+                continue;
             }
             if config.replication().factor < 2 || members.len() < 2 {
                 continue;
@@ -275,7 +310,7 @@ impl Membership {
             if let Some((address, seen)) = failed {
                 warn!(server = address, silent = ?now - *seen, "a member stopped answering: failing it over");
                 let address = address.clone();
-                match self.fail(&address).await {
+                match self.fail_member(&address, config.id_of(&address)).await {
                     Ok(config) => {
                         last_seen.remove(&address);
                         info!(server = address, epoch = config.epoch(), "failed over");
@@ -291,7 +326,7 @@ impl Membership {
         let mut last_seen = Instant::now();
         loop {
             tokio::time::sleep(Self::HEARTBEAT).await;
-            if self.ping(server).await {
+            if self.ping(server).await.is_some() {
                 last_seen = Instant::now();
             } else if last_seen.elapsed() > self.failure_timeout {
                 return;
@@ -299,14 +334,12 @@ impl Membership {
         }
     }
 
-    /// Whether `server` answers a ping within the heartbeat.
-    async fn ping(&self, server: &str) -> bool {
+    /// The incarnation `server` answers a ping with, if it answers in time.
+    async fn ping(&self, server: &str) -> Option<u64> {
         let mut call = tonic::Request::new(v1::PingRequest {});
         call.set_timeout(Self::PING_TIMEOUT);
-        match self.peers.node(server) {
-            Ok(mut node) => node.ping(call).await.is_ok(),
-            Err(_) => false,
-        }
+        let mut node = self.peers.node(server).ok()?;
+        Some(node.ping(call).await.ok()?.into_inner().incarnation)
     }
 
     /// Removes failed member `server`: its slots go to their first secondaries, which serve
@@ -314,7 +347,44 @@ impl Membership {
     /// the new configuration at every other member.
     pub async fn fail(&self, server: &str) -> Result<Arc<Config>, ChangeError> {
         let _serialised = self.changes.lock().await;
+        self.fail_locked(server).await
+    }
+
+    /// [`Membership::fail`], if `server` is still member `id` by then (it may have been failed
+    /// and have joined again while this waited for the change lock).
+    async fn fail_member(&self, server: &str, id: Option<ServerId>) -> Result<Arc<Config>, ChangeError> {
+        let _serialised = self.changes.lock().await;
+        let current = self.current();
+        if id.is_none() || current.id_of(server) != id {
+            return Ok(current);
+        }
+        self.fail_locked(server).await
+    }
+
+    /// [`Membership::fail`], with the change lock held.
+    async fn fail_locked(&self, server: &str) -> Result<Arc<Config>, ChangeError> {
         let before = self.current();
+        // Slots it was still handing off at the last change: a secondary sends its copy.
+        let previous = {
+            let history = self.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            history.len().checked_sub(2).and_then(|i| history.get(i).cloned())
+        };
+        if let Some(previous) = previous {
+            let mut owed: BTreeMap<&str, Vec<Slot>> = BTreeMap::new();
+            for m in previous.moves_to(&before) {
+                let from = m.from.and_then(|id| previous.address(id));
+                if let (Some(sender), Some(to)) = (from, m.to.and_then(|id| before.address(id)))
+                    && sender == server
+                {
+                    owed.entry(to).or_default().push(m.slot);
+                }
+            }
+            for (to, slots) in owed {
+                if self.receiver_waits(to).await {
+                    self.hand_off_copies(&previous, &before, server, to, &slots).await;
+                }
+            }
+        }
         let (next, promoted) = before.fail(server)?;
         let next = Arc::new(next);
         self.promotions
@@ -351,7 +421,6 @@ impl Membership {
     /// still waits for slots, installs the current epoch again everywhere, which makes their
     /// senders resume the hand-offs that failed. Returns how many installs it made.
     pub async fn reconcile(&self) -> usize {
-        let Ok(_serialised) = self.changes.try_lock() else { return 0 };
         let current = self.current();
         let history: Vec<Arc<Config>> =
             self.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().cloned().collect();
@@ -360,12 +429,21 @@ impl Membership {
         for address in &involved {
             probes.push(self.status_of(address));
         }
+        // Probed without the lock: a server that does not answer must not hold up a failover.
         let statuses = join_all(probes).await;
+        let Ok(_serialised) = self.changes.try_lock() else { return 0 };
+        if self.current().epoch() != current.epoch() {
+            return 0;
+        }
         let mut installs = 0;
         let mut waiting = false;
         let mut up_to_date = Vec::new();
         for (address, status) in involved.iter().zip(statuses) {
             let Ok(status) = status else { continue };
+            // A restarted member holds nothing of what it held: never hand it that role again.
+            if self.restarted(address, status.incarnation) {
+                continue;
+            }
             waiting |= status.incoming_slots > 0 || status.outgoing_slots > 0;
             if status.epoch == current.epoch() {
                 up_to_date.push(address.clone());
@@ -556,11 +634,19 @@ impl Membership {
             .get(&next.epoch())
             .cloned()
             .unwrap_or_default();
+        let incarnation = self
+            .incarnations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(server)
+            .copied()
+            .unwrap_or(0);
         let request = v1::InstallRequest {
             config: Some(config_to_wire(next)),
             previous: Some(config_to_wire(before)),
             abandoned: abandoned.iter().map(|&s| u32::from(s)).collect(),
             promoted: promoted.into_iter().map(u32::from).collect(),
+            incarnation,
         };
         // An install may hand off a lot of data: an attempt may take all the time left.
         retry_until(deadline, self.move_timeout, |timeout| {
@@ -620,6 +706,35 @@ impl Membership {
             }
         }
         true
+    }
+
+    /// Whether `server` answers that it still waits for slots.
+    async fn receiver_waits(&self, server: &str) -> bool {
+        self.status_of(server).await.is_ok_and(|status| status.incoming_slots > 0)
+    }
+
+    /// Whether the process at member `server` is not the one that joined (`incarnation` is
+    /// what it answers now).
+    fn restarted(&self, server: &str, incarnation: u64) -> bool {
+        self.incarnations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(server)
+            .is_some_and(|&joined| joined != incarnation)
+    }
+
+    /// What `server` holds, asked up to three times: the first call on a connection to a
+    /// process that has since restarted may fail.
+    async fn status_after_restart(&self, server: &str) -> Result<v1::StatusResponse, Status> {
+        let mut last = Err(Status::unavailable("not asked"));
+        for _ in 0..3 {
+            last = self.status_of(server).await;
+            if last.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        last
     }
 
     /// What `server` holds, if it answers within the probe timeout.

@@ -79,6 +79,11 @@ pub struct Node {
     pub(crate) evicted: tokio::sync::Notify,
     /// The address this server has as a member.
     me: String,
+    /// Drawn at start: tells the shard master this process from an earlier one at the address.
+    incarnation: u64,
+    /// Started to join a cluster: until its first install it serves nothing (a client with an
+    /// old map must not leave a write on a server that is not a member).
+    joining: bool,
     /// Serialises installs, and holds the hand-offs still owed.
     outgoing: Mutex<Outgoing>,
     /// How many slots `outgoing` holds, readable while a hand-off runs.
@@ -95,8 +100,15 @@ impl std::fmt::Debug for Node {
 }
 
 impl Node {
-    /// A standalone server over `storage`, that will call itself `me` if it joins a cluster.
-    pub fn new(storage: Arc<dyn Storage>, me: String, peers: Peers, handoff_timeout: Duration) -> Arc<Self> {
+    /// A server over `storage`, that calls itself `me` in a cluster. A `joining` one serves
+    /// nothing until it has joined; the other is standalone until then, and serves every key.
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        me: String,
+        peers: Peers,
+        handoff_timeout: Duration,
+        joining: bool,
+    ) -> Arc<Self> {
         Arc::new_cyclic(|this| Node {
             this: this.clone(),
             storage,
@@ -106,6 +118,8 @@ impl Node {
             leases: Leases::new(),
             evicted: tokio::sync::Notify::new(),
             me,
+            incarnation: rand::random::<u64>(),
+            joining,
             outgoing: Mutex::new(Outgoing::default()),
             owed: AtomicUsize::new(0),
             peers,
@@ -123,10 +137,18 @@ impl Node {
         self.replicas.view().epoch()
     }
 
+    /// This process's incarnation: random, drawn at start.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
     /// Admits a request for `key`: the returned guard must be held until the operation is done.
     async fn admit(&self, key: &str) -> Result<(RwLockReadGuard<'_, Routing>, Slot), Error> {
         let slot = slot_of(key);
         let routing = self.routing.read().await;
+        if routing.standalone && self.joining {
+            return Err(Error::Replication("this server has not joined its cluster yet".to_owned()));
+        }
         if !routing.standalone {
             routing.ownership.check(slot).map_err(|refused| match refused {
                 Refused::WrongShard { epoch, owner } => Error::WrongShard { slot, epoch, owner },
@@ -215,6 +237,7 @@ impl Node {
         Ok(v1::StatusResponse {
             replica_slots,
             syncing_slots,
+            incarnation: self.incarnation,
             address: routing.ownership.me().to_owned(),
             epoch: routing.ownership.epoch(),
             serving_slots: if routing.standalone { SLOTS } else { routing.ownership.serving() } as u32,

@@ -148,7 +148,7 @@ pub async fn run_storage(
         None => listener.local_addr()?.to_string(),
     };
     let peers = Peers::new(config.cluster_token.clone());
-    let node = Node::new(storage, me.clone(), peers, config.handoff_timeout);
+    let node = Node::new(storage, me.clone(), peers, config.handoff_timeout, cluster.is_some());
     let leaver = Arc::clone(&node);
     // Room for the largest request the limits allow, plus framing; larger messages are refused
     // by the transport (OUT_OF_RANGE) before they are read into memory.

@@ -49,6 +49,11 @@ impl NodeRpc for NodeService {
         let previous = config(request.previous, "previous")?;
         let abandoned = slots_from_wire(request.abandoned)
             .map_err(|wire| Status::invalid_argument(format!("no slot {wire}")))?;
+        if request.incarnation != 0 && request.incarnation != self.node.incarnation() {
+            return Err(Status::failed_precondition(
+                "this server restarted since it joined, and holds nothing of what it held",
+            ));
+        }
         let promoted = slots_from_wire(request.promoted)
             .map_err(|wire| Status::invalid_argument(format!("no slot {wire}")))?;
         let report = self.node.install(previous, next, abandoned, promoted).await?;
@@ -102,7 +107,7 @@ impl NodeRpc for NodeService {
     }
 
     async fn ping(&self, _request: Request<v1::PingRequest>) -> Result<Response<v1::PingResponse>, Status> {
-        Ok(Response::new(v1::PingResponse { epoch: self.node.epoch() }))
+        Ok(Response::new(v1::PingResponse { epoch: self.node.epoch(), incarnation: self.node.incarnation() }))
     }
 
     #[instrument(level = "debug", skip_all)]
