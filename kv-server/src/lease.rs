@@ -35,8 +35,8 @@ const CLOCK_MARGIN: f64 = 0.9;
 /// One server's leases: those it holds from its peers and those it promised them.
 #[derive(Debug)]
 pub(crate) struct Leases {
-    /// Leases this server holds, by peer, valid until.
-    held: std::sync::Mutex<HashMap<String, Instant>>,
+    /// Leases this server holds, by peer: valid until, and the epoch both were at.
+    held: std::sync::Mutex<HashMap<String, (Instant, u64)>>,
     /// Promises this server made, by peer, until.
     promised: std::sync::Mutex<HashMap<String, Instant>>,
     /// Per slot: no write (and no read at the primary) before this instant.
@@ -61,18 +61,13 @@ impl Leases {
         }
     }
 
-    /// Whether this server holds a live lease from `peer`.
-    fn holds(&self, peer: &str, now: Instant) -> bool {
-        lock(&self.held).get(peer).is_some_and(|&until| until > now)
-    }
-
-    /// Until when this server promised `peer` (now, if it did not).
-    fn promised_to(&self, peer: &str) -> Instant {
-        lock(&self.promised).get(peer).copied().unwrap_or_else(Instant::now)
+    /// Whether this server holds a live lease from `peer`, granted at `epoch`.
+    fn holds(&self, peer: &str, now: Instant, epoch: u64) -> bool {
+        lock(&self.held).get(peer).is_some_and(|&(until, at)| until > now && at == epoch)
     }
 
     /// The fence of `slot`, if it is still up.
-    fn fence(&self, slot: Slot) -> Option<Instant> {
+    pub(crate) fn fence(&self, slot: Slot) -> Option<Instant> {
         let mut fences = lock(&self.fences);
         let fence = fences.get(&slot).copied()?;
         if fence <= Instant::now() {
@@ -87,15 +82,15 @@ impl Node {
     /// As the primary of `slot`: waits out its fence, then checks that every secondary's lease
     /// is live (no one else can have taken the slot over).
     pub(crate) async fn primary_lease(&self, view: &Config, slot: Slot) -> Result<(), Error> {
-        if let Some(fence) = self.leases.fence(slot) {
-            tokio::time::sleep_until(fence.into()).await;
-        }
+        self.wait_fence(slot).await;
         // A lease missing right after an install is on its way: wait for it a little.
         let deadline = Instant::now() + LEASE_WAIT;
         loop {
             let now = Instant::now();
-            let missing: Vec<&str> =
-                secondaries(view, slot).into_iter().filter(|peer| !self.leases.holds(peer, now)).collect();
+            let missing: Vec<&str> = secondaries(view, slot)
+                .into_iter()
+                .filter(|peer| !self.leases.holds(peer, now, view.epoch()))
+                .collect();
             if missing.is_empty() {
                 return Ok(());
             }
@@ -110,12 +105,19 @@ impl Node {
         }
     }
 
+    /// Waits out the fence of `slot`, if it has one.
+    pub(crate) async fn wait_fence(&self, slot: Slot) {
+        if let Some(fence) = self.leases.fence(slot) {
+            tokio::time::sleep_until(fence.into()).await;
+        }
+    }
+
     /// As a strong secondary of `slot`: checks that the primary's lease is live (it cannot have
     /// committed a write without this server).
     pub(crate) fn secondary_lease(&self, view: &Config, slot: Slot) -> Result<(), Error> {
         let primary = view.owner_of_slot(slot).and_then(|id| view.address(id));
         match primary {
-            Some(primary) if self.leases.holds(primary, Instant::now()) => Ok(()),
+            Some(primary) if self.leases.holds(primary, Instant::now(), view.epoch()) => Ok(()),
             _ => {
                 self.leases.kick.notify_one();
                 Err(Error::Replication(format!(
@@ -125,9 +127,21 @@ impl Node {
         }
     }
 
-    /// Grants a lease to `from`, if it is a peer in the configuration held.
+    /// Grants a lease to `from`, if it is a peer in the configuration held, and at its epoch.
+    ///
+    /// The view is read and the promise recorded under the promises' lock, which an install
+    /// takes, after switching the view, to set its fences: so a promise is either made under the
+    /// new view, or seen by the fences.
     pub(crate) fn grant_lease(&self, request: &v1::LeaseRequest) -> Result<v1::LeaseResponse, Status> {
+        let mut promised = lock(&self.leases.promised);
         let view = self.replicas.view();
+        if request.epoch != view.epoch() {
+            return Err(Status::unavailable(format!(
+                "this server is at epoch {}, the caller at {}: leases are between servers at one epoch",
+                view.epoch(),
+                request.epoch
+            )));
+        }
         if !peers(&view, self.me()).contains(&request.from.as_str()) {
             return Err(Status::failed_precondition(format!(
                 "{} shares no slot with this server at epoch {}",
@@ -136,46 +150,48 @@ impl Node {
             )));
         }
         let until = Instant::now() + LEASE;
-        let mut promised = lock(&self.leases.promised);
         let promise = promised.entry(request.from.clone()).or_insert(until);
         *promise = (*promise).max(until);
         Ok(v1::LeaseResponse { epoch: view.epoch(), lease_ms: LEASE.as_millis() as u32 })
     }
 
-    /// Sets the fences of an install from `previous` to `next`: the slots this server keeps as
-    /// primary but without some secondaries wait out its promises to them; the slots it takes
-    /// over from a failed primary (`promoted`) wait out its promise to that primary. Starts the
-    /// renewals on the first install, and renews at once.
+    /// Sets the fences of an install from `previous` to `next`, once the view is `next`:
+    /// - a slot this server keeps as primary but without some secondaries waits out its promises
+    ///   to them (they may still read their copies);
+    /// - a slot it takes over from a failed primary (`promoted`) waits out its promise to that
+    ///   primary (it may still serve);
+    /// - a slot it hands off is sent only once its promises to the slot's secondaries are over
+    ///   (the new owner must not commit a write they could miss).
+    ///
+    /// Starts the renewals on the first install, and renews at once.
     pub(crate) fn fence_install(&self, previous: &Config, next: &Config, promoted: &[Slot]) {
         let me = self.me();
+        let promised = lock(&self.leases.promised);
+        let promised_to = |peer: &str| promised.get(peer).copied();
+        let latest = |peers: Vec<&str>| peers.into_iter().filter_map(promised_to).max();
         let mut fences = lock(&self.leases.fences);
         let mut fenced = 0;
         let promoted_set = crate::replication::slot_set(promoted);
         for slot in 0..SLOTS as Slot {
-            if role(next, me, slot) != Role::Primary {
-                continue;
-            }
-            let mut until = None::<Instant>;
-            if promoted_set[usize::from(slot)] {
-                if let Some(old) = previous.owner_of_slot(slot).and_then(|id| previous.address(id)) {
-                    until = Some(self.leases.promised_to(old));
-                }
-            } else if role(previous, me, slot) == Role::Primary {
+            let (was, now) = (role(previous, me, slot), role(next, me, slot));
+            let until = if now == Role::Primary && promoted_set[usize::from(slot)] {
+                let old = previous.owner_of_slot(slot).and_then(|id| previous.address(id));
+                old.and_then(promised_to)
+            } else if now == Role::Primary && was == Role::Primary {
                 let kept = secondaries(next, slot);
-                for removed in secondaries(previous, slot).into_iter().filter(|s| !kept.contains(s)) {
-                    let promise = self.leases.promised_to(removed);
-                    until = Some(until.map_or(promise, |u| u.max(promise)));
-                }
-            }
+                latest(secondaries(previous, slot).into_iter().filter(|s| !kept.contains(s)).collect())
+            } else if was == Role::Primary {
+                latest(secondaries(previous, slot))
+            } else {
+                None
+            };
             if let Some(until) = until.filter(|&u| u > Instant::now()) {
                 fences.insert(slot, until);
                 fenced += 1;
             }
         }
         drop(fences);
-        // Leases from servers that are no longer peers mean nothing now.
-        let now_peers = peers(next, me);
-        lock(&self.leases.held).retain(|peer, _| now_peers.contains(&peer.as_str()));
+        drop(promised);
         if fenced > 0 {
             info!(slots = fenced, "slots wait out leases promised to servers that lost them");
         }
@@ -198,6 +214,7 @@ async fn renew_leases(node: Weak<Node>) {
             let request = request.clone();
             async move {
                 let sent = Instant::now();
+                let epoch = request.epoch;
                 let mut call = node.peers.request(request);
                 call.set_timeout(RENEW_TIMEOUT);
                 let answer = match node.peers.node(peer) {
@@ -206,12 +223,17 @@ async fn renew_leases(node: Weak<Node>) {
                 };
                 match answer {
                     Ok(response) => {
-                        let granted =
-                            Duration::from_millis(u64::from(response.into_inner().lease_ms)).min(LEASE);
+                        let response = response.into_inner();
+                        if response.epoch != epoch {
+                            return;
+                        }
+                        let granted = Duration::from_millis(u64::from(response.lease_ms)).min(LEASE);
                         let until = sent + granted.mul_f64(CLOCK_MARGIN);
                         let mut held = lock(&node.leases.held);
-                        let lease = held.entry(peer.to_owned()).or_insert(until);
-                        *lease = (*lease).max(until);
+                        let lease = held.entry(peer.to_owned()).or_insert((until, epoch));
+                        if lease.1 != epoch || lease.0 < until {
+                            *lease = (until, epoch);
+                        }
                     }
                     Err(status) => debug!(peer, reason = status.message(), "lease not renewed"),
                 }

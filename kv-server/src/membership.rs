@@ -303,7 +303,7 @@ impl Membership {
             let now = Instant::now();
             let alive = last_seen.values().filter(|&&seen| now - seen <= self.failure_timeout).count();
             // A shard master cut off from most members fails none: it may be the one cut off.
-            if alive * 2 <= members.len() {
+            if alive * 2 < members.len() {
                 continue;
             }
             let failed = last_seen.iter().find(|(_, seen)| now - **seen > self.failure_timeout);

@@ -167,7 +167,6 @@ impl Node {
                 let view = self.replicas.view();
                 if view.replication().consistency == kv_shard::Consistency::Strong
                     && view.replication().factor > 1
-                    && !Node::replica_targets(&view, slot).is_empty()
                 {
                     self.primary_lease(&view, slot).await?;
                 }
@@ -186,6 +185,10 @@ impl Node {
         let targets = Node::replica_targets(&view, slot);
         if !targets.is_empty() {
             return self.write_replicated(&view, targets, slot, id, mutation).await;
+        }
+        if view.replication().factor > 1 {
+            // No secondary left, but the servers that lost the slot may still read it.
+            self.wait_fence(slot).await;
         }
         let Some(id) = id else {
             return self.storage.apply(mutation).await;
@@ -396,6 +399,11 @@ impl Node {
 
     /// Sends `slots` to `to` in batches, then drops them here; returns the keys sent.
     async fn hand_off(&self, me: &str, to: &str, epoch: u64, slots: &[Slot]) -> Result<u64, Status> {
+        // The slots' old secondaries may read their copies until the leases promised to them
+        // end: the new owner must not take writes before that.
+        if let Some(until) = slots.iter().filter_map(|&slot| self.leases.fence(slot)).max() {
+            tokio::time::sleep_until(until.into()).await;
+        }
         let started = Instant::now();
         let set = slot_set(slots);
         let internal = |err: Error| Status::internal(err.to_string());

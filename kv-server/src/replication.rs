@@ -13,7 +13,7 @@
 //! switches the view, so a `Replicate` handler, which checks the view only once it holds the
 //! slot's lock, never applies an old primary's write to a new copy.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -81,8 +81,8 @@ struct Link {
     commits: std::sync::Mutex<Vec<v1::Committed>>,
     /// Eventual mode, outside the synchronous secondaries: keys written since the last flush.
     owed_keys: std::sync::Mutex<HashSet<String>>,
-    /// Slots it is catching up, owed a snapshot.
-    snapshots: std::sync::Mutex<BTreeSet<Slot>>,
+    /// Slots it is catching up, owed a snapshot, with the epoch that made them owed.
+    snapshots: std::sync::Mutex<BTreeMap<Slot, u64>>,
     wake: Notify,
 }
 
@@ -127,7 +127,7 @@ impl Link {
             to: to.to_owned(),
             commits: std::sync::Mutex::new(Vec::new()),
             owed_keys: std::sync::Mutex::new(HashSet::new()),
-            snapshots: std::sync::Mutex::new(BTreeSet::new()),
+            snapshots: std::sync::Mutex::new(BTreeMap::new()),
             wake: Notify::new(),
         }
     }
@@ -231,7 +231,15 @@ impl Node {
                 if !sync.is_empty() {
                     let session = id.map(|id| session_record(id, fingerprint, &output, slot));
                     let write = write_to_wire(slot, *seq, &key, value, session.as_ref());
-                    self.replicate_now(view, sync, vec![write], v1::WriteKind::Apply).await?;
+                    if let Err(err) = self.replicate_now(view, sync, vec![write], v1::WriteKind::Apply).await
+                    {
+                        // Applied here, and answered to a retry: the background flush repairs
+                        // the synchronous secondaries that missed it.
+                        for target in sync {
+                            lock(&self.link(target).owed_keys).insert(key.clone());
+                        }
+                        return Err(err);
+                    }
                 }
                 Ok(output)
             }
@@ -385,7 +393,9 @@ impl Node {
         for committed in commits {
             let slot =
                 slot_from_wire(committed.slot).ok_or_else(|| Status::invalid_argument("no such slot"))?;
-            let mut copy = self.copy_from(&from, slot).await?;
+            // A slot not (or no longer) replicated here from `from` has nothing to commit: its
+            // copy was reset. The batch's other commits still count.
+            let Ok(mut copy) = self.copy_from(&from, slot).await else { continue };
             if let Some(write) = copy.commit(committed.seq) {
                 self.apply_replicated(write).await?;
             }
@@ -411,8 +421,11 @@ impl Node {
             )));
         }
         match copy.state() {
+            // Not retried by the primary, whose write fails at once (the client retries): a
+            // primary waiting here would hold its routing lock while this server's hand-off to
+            // it waits for that lock.
             SlotState::Awaiting => {
-                Err(Status::unavailable(format!("slot {slot} is still being handed off from here; retry")))
+                Err(Status::aborted(format!("slot {slot} is still being handed off from here; retry")))
             }
             SlotState::Idle => {
                 Err(Status::failed_precondition(format!("slot {slot} is not replicated here")))
@@ -500,7 +513,6 @@ impl Node {
         if committed > 0 {
             info!(writes = committed, "committed the writes a failed primary had prepared");
         }
-        self.fence_install(&previous, next, promoted);
         if drop_data.iter().any(|&d| d) {
             let dropped = self
                 .storage
@@ -514,6 +526,7 @@ impl Node {
         }
         *self.replicas.view.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
             Arc::new(next.clone());
+        self.fence_install(&previous, next, promoted);
         drop(guards);
         // Primary side: snapshots owed to secondaries that cannot keep their copies.
         let mut owed: BTreeMap<&str, Vec<Slot>> = BTreeMap::new();
@@ -530,14 +543,14 @@ impl Node {
         // Links to servers that are no longer secondaries of ours forget what they owed.
         let links: Vec<Arc<Link>> = lock(&self.replicas.links).values().cloned().collect();
         for link in links {
-            lock(&link.snapshots).retain(|&slot| {
+            lock(&link.snapshots).retain(|&slot, _| {
                 role(next, me, slot) == Role::Primary && secondaries(next, slot).contains(&link.to.as_str())
             });
         }
         let resyncs = owed.values().map(Vec::len).sum::<usize>();
         for (target, slots) in owed {
             let link = self.link(target);
-            lock(&link.snapshots).extend(slots);
+            lock(&link.snapshots).extend(slots.into_iter().map(|slot| (slot, next.epoch())));
             link.wake.notify_one();
         }
         if !resets.is_empty() || resyncs > 0 {
@@ -730,13 +743,13 @@ impl Node {
 
     /// Sends the snapshots `link` is owed, of the slots this server serves now.
     async fn send_snapshots(&self, link: &Link) -> bool {
-        let owed: Vec<Slot> = lock(&link.snapshots).iter().copied().collect();
+        let owed: Vec<(Slot, u64)> = lock(&link.snapshots).iter().map(|(&s, &e)| (s, e)).collect();
         if owed.is_empty() {
             return true;
         }
         let ready: Vec<Slot> = {
             let routing = self.routing.read().await;
-            owed.into_iter().filter(|&slot| routing.ownership.check(slot).is_ok()).collect()
+            owed.iter().map(|&(slot, _)| slot).filter(|&slot| routing.ownership.check(slot).is_ok()).collect()
         };
         if ready.is_empty() {
             return false;
@@ -778,7 +791,10 @@ impl Node {
         if !self.send_batches(&view, link, batch, v1::WriteKind::Snapshot, complete).await {
             return false;
         }
-        lock(&link.snapshots).retain(|slot| !set[usize::from(*slot)]);
+        // Only the debts this send paid: an install meanwhile may have owed a slot anew.
+        let paid: BTreeMap<Slot, u64> = owed.into_iter().collect();
+        lock(&link.snapshots)
+            .retain(|slot, epoch| !(set[usize::from(*slot)] && paid.get(slot) == Some(epoch)));
         info!(to = link.to, slots = ready.len(), keys, took = ?started.elapsed(), "secondary caught up");
         true
     }
