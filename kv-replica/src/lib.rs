@@ -3,8 +3,8 @@
 //! here ([`roles`], [`secondary`]); the storage server drives them over gRPC (`kv-server`'s
 //! `replication` module, RPC `kv.v1.Node/Replicate`).
 //!
-//! **Status.** Replica sets, both consistency levels, catch-up across joins and leaves, leases
-//! and failover are built; a failed server's return as a secondary is not yet.
+//! **Status.** Replica sets, both consistency levels, catch-up across joins and leaves, leases,
+//! failover and rejoining are built; the known limits are listed at the end.
 //!
 //! # Replica sets
 //!
@@ -92,9 +92,10 @@
 //! **Leases.** Every server that shares slots with another as primary and secondary (its
 //! *peers*: with ring placement, the `R − 1` members on either side of it in id order) asks
 //! each peer for a lease every 100 ms. A grantor answers only a requester that is its peer in the
-//! configuration it holds, and *promises* it `T` (the lease time, 500 ms) from when it received
-//! the request; the requester counts its lease from when it *sent* the request, so its lease ends
-//! before the promise does. What a promise means:
+//! configuration it holds *and at the same epoch*, and *promises* it `T` (the lease time,
+//! 500 ms) from when it received the request; the requester counts its lease from when it *sent*
+//! the request, so its lease ends before the promise does, and counts it only at that epoch. What
+//! a promise means:
 //! - a secondary's promise to its primary `P`: it will not take writes of `P`'s slots as their
 //!   new primary before the promise ends;
 //! - a primary's promise to its secondary `S`: it will not commit a write of a slot of `S`'s
@@ -102,15 +103,19 @@
 //!
 //! So:
 //! - a **primary** admits writes, and in strong mode serves reads, only while it holds a lease
-//!   from every secondary of the slot: none of them can have taken the slot over;
-//! - a **secondary** serves strong reads only while it holds a lease from the slot's primary,
-//!   which cannot have committed a write it missed;
-//! - when an install removes a secondary from a slot, or makes this server the slot's primary
-//!   in place of a failed one, the slot's writes wait until the promise to that server has ended
-//!   (a *fence*, at most `T`).
+//!   from every secondary of the slot at its epoch: none of them can have taken the slot over;
+//! - a **secondary** serves strong reads only while it holds a lease from the slot's primary at
+//!   its epoch, which cannot have committed a write it missed;
+//! - when an install removes a secondary from a slot, or makes this server the slot's primary in
+//!   place of a failed one, the slot's writes and reads wait until the promise to that server
+//!   has ended (a *fence*, at most `T`); a primary hands a slot off (resharding) only once its
+//!   promises to the slot's secondaries have ended, so the new owner cannot commit a write that
+//!   an old secondary could miss.
 //!
-//! A server cut off from its peers loses its leases within `T` and stops; one cut off only from
-//! the shard master keeps them, and serves on.
+//! A grant reads the configuration and records its promise under the lock an install takes
+//! (after switching its configuration) to set the fences: a promise is either made at the new
+//! epoch or counted by the fences. A server cut off from its peers loses its leases within `T`
+//! and stops; one cut off only from the shard master keeps them, and serves on.
 //!
 //! **Failover.** The shard master pings every member every 100 ms. A member that has not
 //! answered for `--failure-timeout-ms` (800 ms) is *failed*: a new configuration without it
@@ -128,6 +133,38 @@
 //!
 //! With a replication factor of 1 no member is failed (its slots have no other copy): they are
 //! unavailable until it comes back, as in sharding.
+//!
+//! **Moves.** When a slot moves away from its primary (a join or a leave), its secondaries keep a
+//! copy of it (prepared writes included) until the next configuration. If the primary dies
+//! before its hand-off is done, the shard master has one of them send that copy to the new owner
+//! in its place, so a failure during a move loses nothing.
+//!
+//! **Restarts.** A server draws a random *incarnation* when its process starts, and the shard
+//! master records it when the server joins. A member answering with another incarnation has
+//! restarted and lost what it held: it is failed over (never caught up as if it were its former
+//! self), installs meant for its former self are refused, and it joins again as a new member.
+//! A failed server that was only cut off learns it was failed from the next configuration it is
+//! given, drops its stale copies, and joins again too.
+//!
+//! # Known limits
+//!
+//! - A failover while the promoted secondary is still catching up (right after a join) loses
+//!   the part of its slots it had not received yet.
+//! - A failover that lands while a *live* sender's hand-off is unfinished (say, on a flaky
+//!   network) makes the sender forget the hand-off; the receiver keeps waiting for the slots.
+//! - A sender that is cut off only from the shard master, during its hand-off, is presumed dead:
+//!   its batches and a secondary's copy may both reach the new owner (the copy holds every
+//!   write the sender acknowledged).
+//! - Eventual mode applies a key's background values in the order they are sent, not by a
+//!   version: when a configuration turns a background secondary into a synchronous one, a flush
+//!   in flight may leave it one value behind until the key is written again.
+//! - A duplicate prepare delivered after its commit and a newer commit of the same key can leave
+//!   a stale pending write, which a takeover would apply (the transport normally cancels the
+//!   first attempt's handler; not seen in tests).
+//! - The shard master is a single process that keeps its state in memory.
+//! - A strong write waits for a prepare round trip to every secondary, holding its slot's write
+//!   lock, and costs a commit message after: measured at about a third of eventual mode's write
+//!   throughput (`kv-eval replicas`).
 //!
 //! While the shard master is down, reads and writes go on with the maps clients and servers
 //! hold (leases are between the servers); membership changes and failovers wait for it.

@@ -7,7 +7,10 @@
 //! - a secondary's `Replicate` handler takes only its own *replica lock* of the slot (one slot at
 //!   a time, never the routing lock) and waits for nothing remote;
 //! - a read at a secondary holds the replica lock only while it looks at its own engine; one that
-//!   must ask the primary lets go first.
+//!   must ask the primary lets go first;
+//! - a secondary still handing a slot off (it was its primary) answers its new primary's writes
+//!   with ABORTED, which the primary does not retry: a primary waiting there would hold its
+//!   routing lock, which the hand-off's transfers to it need.
 //!
 //! An install holds the replica locks of the slots whose role changes while it resets them and
 //! switches the view, so a `Replicate` handler, which checks the view only once it holds the

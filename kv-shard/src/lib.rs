@@ -85,17 +85,19 @@
 //!   master keeps naming it, so clients get errors, never a false "no value". A joiner must hold
 //!   no keys unless it is the first member (whose data the cluster adopts), and must answer.
 //!
-//! Known limits, lifted by replication (leases) and a durable shard master:
-//! - A server presumed dead while merely cut off keeps serving its old slots to clients whose map
-//!   is old (clients refresh only on errors) until the shard master reaches it again: nothing
-//!   fences it yet, and the writes it takes meanwhile are not merged back.
+//! Known limits (replication, in `kv_replica`, lifts the first for replication factors of 2 or
+//! more: leases fence a server cut off, and secondaries keep copies of moving slots):
+//! - Without replication, a server presumed dead while merely cut off keeps serving its old slots
+//!   to clients whose map is old (clients refresh only on errors) until the shard master reaches
+//!   it again, and the writes it takes meanwhile are not merged back.
 //! - The last member's key count is checked just before its leave: a write landing between the
 //!   check and the switch is kept in its memory, unserved, and lost when it stops (it is logged).
 //! - Safety relies on the engine applying a write and its exactly-once record without yielding,
 //!   as the in-memory engine does; a durable engine must keep the two atomic.
 //! - The shard master keeps its configurations in memory: restarting it forgets the cluster.
-//! - A server that crashes loses its data (the engine is in memory), and on restart is refused
-//!   as a member already: an operator removes it (`kv cluster leave`) first.
+//! - A server that crashes loses its data (the engine is in memory). With replication it is
+//!   failed over and joins again when it restarts; without, it is refused as a member already,
+//!   and an operator removes it (`kv cluster leave`) first.
 //!
 //! This crate holds the placement and the servers' slot table, with no I/O; the server crate
 //! runs them over gRPC.
