@@ -9,7 +9,9 @@ use clap::{Args, Parser, Subcommand};
 use kv_eval::bench::{BenchConfig, Mix};
 use kv_eval::chaos::{ChaosConfig, FaultKind};
 use kv_eval::cluster::ClusterConfig;
-use kv_eval::replicas::{self, ChartPaths, LevelsConfig, Setting, StalenessConfig, ThroughputConfig};
+use kv_eval::replicas::{
+    self, ChartPaths, FailoverConfig, LevelsConfig, Setting, StalenessConfig, ThroughputConfig,
+};
 use kv_eval::sharded::{self, LoadConfig, Phase};
 use kv_eval::{report, single_node};
 use serde::Serialize;
@@ -266,6 +268,22 @@ struct ReplicasTuningArgs {
     /// Readers of the staleness phase (from any replica).
     #[arg(long, default_value_t = 4)]
     readers: usize,
+    /// Replication settings at which a primary is killed under load, as FACTOR:LEVEL (each on a
+    /// fresh cluster; the factor at least 2).
+    #[arg(long, value_delimiter = ',', default_value = "3:2,3:1")]
+    failover_settings: Vec<Setting>,
+    /// Recorded clients of the failover load.
+    #[arg(long, default_value_t = 8)]
+    failover_clients: usize,
+    /// Distinct keys of the failover load.
+    #[arg(long, default_value_t = 300)]
+    failover_keys: usize,
+    /// Seconds of failover load before the kill.
+    #[arg(long, default_value_t = 2.0)]
+    failover_before_secs: f64,
+    /// Seconds of failover load after the kill (longer while the slots have not recovered).
+    #[arg(long, default_value_t = 5.0)]
+    failover_after_secs: f64,
     /// Seconds between the background syncs of eventual replication (the shard master's
     /// `--sync-interval-ms`).
     #[arg(long, default_value_t = 2.0)]
@@ -519,6 +537,7 @@ fn replicas_options(
 ) -> Result<replicas::Options> {
     anyhow::ensure!(args.level_clients > 0, "--level-clients must be at least 1");
     anyhow::ensure!(args.writers > 0 && args.readers > 0, "--writers and --readers must be at least 1");
+    anyhow::ensure!(args.failover_clients > 0, "--failover-clients must be at least 1");
     // Beside the JSON, named after it: STEM-levels.svg, or STEM-replicas-levels.svg where the
     // JSON holds every subtask; else kv-eval-replicas-levels.svg.
     let (dir, prefix) = match common.json {
@@ -573,6 +592,15 @@ fn replicas_options(
             readers: args.readers,
             duration: seconds(args.staleness_secs, "staleness-secs", false)?,
             ..StalenessConfig::default()
+        },
+        failover: FailoverConfig {
+            settings: args.failover_settings.clone(),
+            clients: args.failover_clients,
+            keys: args.failover_keys.max(2),
+            before_kill: seconds(args.failover_before_secs, "failover-before-secs", false)?,
+            after_kill: seconds(args.failover_after_secs, "failover-after-secs", false)?,
+            check_budget,
+            ..FailoverConfig::default()
         },
         charts: ChartPaths::in_dir(&dir, &prefix),
         progress,

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use kv_eval::bench::BenchConfig;
 use kv_eval::replicas::{
-    self, ChartPaths, FailoverOutcome, LevelsConfig, NOT_BUILT, Options, Phase, Setting, StalenessConfig,
+    self, ChartPaths, FailoverConfig, LevelsConfig, Options, Phase, Setting, StalenessConfig,
     ThroughputConfig,
 };
 
@@ -49,6 +49,14 @@ fn short_run(charts: &Path) -> Options {
             levels: vec![0],
             duration: Duration::from_secs(2),
             ..StalenessConfig::default()
+        },
+        failover: FailoverConfig {
+            settings: vec![setting("3:2")],
+            clients: 4,
+            keys: 60,
+            before_kill: Duration::from_secs(1),
+            after_kill: Duration::from_millis(2500),
+            ..FailoverConfig::default()
         },
         charts: ChartPaths::in_dir(charts, "run"),
         progress: false,
@@ -98,14 +106,35 @@ fn a_short_replicas_run_passes_every_check_and_draws_its_charts() {
     let c = &row.convergence;
     assert!(c.keys > 0 && c.secs.is_some() && c.unconverged.is_empty(), "{c:?}");
 
-    // Failover: skipped, saying so, with nothing made up.
-    match &report.failover {
-        Some(FailoverOutcome::Skipped { reason }) => assert_eq!(reason, NOT_BUILT),
-        other => panic!("failover: {other:?}"),
+    // Failover: the killed primary's slots took writes again at a promoted secondary, the server
+    // is off the map, and nothing acknowledged was lost (the checks above: a linearizable
+    // history, every acknowledged append found once). How long it took is reported, not judged.
+    let [failover] = report.failover.as_slice() else { panic!("{:?}", report.failover) };
+    assert_eq!(failover.setting, setting("3:2"));
+    assert!(failover.recovered_after_secs.is_some() && failover.failed_over_after_secs.is_some());
+    assert!(failover.probe_secs.iter().all(Option::is_some), "{:?}", failover.probe_secs);
+    assert!(failover.primary_slots > 0 && failover.victim_keys > 0, "the victim held the first key");
+    assert!(failover.epoch_after > failover.epoch_before && failover.promoted.is_some(), "a new map");
+    assert!(failover.linearizability.is_linearizable(), "{}", failover.linearizability);
+    let a = &failover.appends;
+    assert!(a.is_clean() && a.acknowledged > 0 && failover.unread_keys.is_empty(), "{a:?}");
+    assert!(failover.overall.ok > 0 && failover.buckets.len() > 1);
+    for name in [
+        "failover: R=3 level 2: the killed primary's slots took writes again",
+        "failover: R=3 level 2 (strong): the history is linearizable",
+        "failover: R=3 level 2: every acknowledged append applied exactly once",
+    ] {
+        assert!(report.checks.iter().any(|c| c.name == name), "no check {name:?}");
     }
 
     // The charts: SVG documents naming their settings.
-    assert_eq!(report.charts, [options.charts.levels.clone(), options.charts.throughput.clone()]);
+    let failover_chart = options.charts.failover_of(setting("3:2"));
+    assert_eq!(
+        report.charts,
+        [options.charts.levels.clone(), options.charts.throughput.clone(), failover_chart.clone()]
+    );
+    let svg = std::fs::read_to_string(&failover_chart).unwrap();
+    assert!(svg.contains(&format!("kill -9 {}", failover.killed)) && svg.contains("writes again after"));
     for (chart, names) in [
         (&options.charts.levels, ["R=3 level 0", "R=3 level 2"]),
         (&options.charts.throughput, ["R=1 level 0", "R=3 level 2"]),
@@ -122,7 +151,10 @@ fn a_short_replicas_run_passes_every_check_and_draws_its_charts() {
     assert_eq!(json["passed"], true);
     assert_eq!(json["levels"][1]["setting"]["consistency"], "strong");
     assert_eq!(json["levels"][1]["linearizability"]["verdict"]["kind"], "linearizable");
-    assert_eq!(json["failover"]["status"], "skipped");
+    assert_eq!(json["failover"][0]["setting"]["consistency"], "strong");
+    assert!(json["failover"][0]["recovered_after_secs"].is_f64());
+    assert_eq!(json["failover"][0]["linearizability"]["verdict"]["kind"], "linearizable");
+    assert!(json["failover"][0]["buckets"].as_array().is_some_and(|b| b.len() > 1));
 }
 
 #[test]
@@ -138,6 +170,11 @@ fn impossible_options_are_refused_before_any_server_starts() {
     options.levels.levels = vec![3];
     let err = replicas::run(&options).unwrap_err();
     assert!(format!("{err:#}").contains("level 3"), "{err:#}");
+
+    let mut options = short_run(dir.path());
+    options.failover.settings = vec![setting("1:0")];
+    let err = replicas::run(&options).unwrap_err();
+    assert!(format!("{err:#}").contains("replication factor of at least 2"), "{err:#}");
     assert!(report_files(dir.path()).is_empty(), "nothing ran, nothing was drawn");
 }
 

@@ -14,7 +14,11 @@
 //! 3. `staleness`: eventual levels under writers and any-replica readers: the share of stale
 //!    reads and how far behind they were, then how long after the last write every replica of
 //!    every key agrees with its primary; not within three sync intervals and 5 s fails.
-//! 4. `failover`: a primary killed under load — not built yet (`failover`), skipped with a note.
+//! 4. `failover`: per setting, the primary of a key killed (`kill -9`) under a recorded load;
+//!    the time until its slots take writes again (against a 1.5 s bar, reported, not failed),
+//!    operations failed meanwhile, throughput over time with the kill marked, and, where the
+//!    store promises it, the whole history linearizable and every acknowledged append present
+//!    exactly once (`failover`).
 //!
 //! Tables go to standard output and charts to SVG files (`presentation`); every check is a
 //! [`CheckOutcome`], and [`Report::passed`] is false if any failed. Every process started is
@@ -38,7 +42,7 @@ use anyhow::{Context, Result, ensure};
 use serde::Serialize;
 
 pub use analysis::{PairTally, StaleRead, StaleReads};
-pub use failover::{FailoverOutcome, FailoverReport, NOT_BUILT};
+pub use failover::{Counts, FailoverConfig, FailoverReport, RECOVERY_BAR, RECOVERY_LIMIT};
 pub use levels::{LevelRow, LevelsConfig};
 pub use setting::Setting;
 pub use staleness::{Convergence, StalenessConfig, StalenessRow};
@@ -56,7 +60,7 @@ pub enum Phase {
     Throughput,
     /// Stale reads and convergence under eventual consistency.
     Staleness,
-    /// A primary killed under load (not built yet: skipped).
+    /// A primary killed under load.
     Failover,
 }
 
@@ -77,6 +81,8 @@ pub struct Options {
     pub throughput: ThroughputConfig,
     /// The `staleness` phase.
     pub staleness: StalenessConfig,
+    /// The `failover` phase.
+    pub failover: FailoverConfig,
     /// Where the charts go.
     pub charts: ChartPaths,
     /// Show a progress bar while the benchmark runs.
@@ -92,7 +98,8 @@ pub struct ChartPaths {
     pub levels: PathBuf,
     /// Puts and gets per second, by replication factor and level.
     pub throughput: PathBuf,
-    /// Throughput over time across the failover (once it is built).
+    /// Throughput over time across the failover: one chart per setting, named after this path
+    /// and the setting ([`ChartPaths::failover_of`]).
     pub failover: PathBuf,
 }
 
@@ -104,6 +111,13 @@ impl ChartPaths {
             throughput: dir.join(format!("{prefix}-throughput.svg")),
             failover: dir.join(format!("{prefix}-failover.svg")),
         }
+    }
+
+    /// The failover chart of `setting`: `PREFIX-failover-r3-level2.svg` beside `failover`.
+    pub fn failover_of(&self, setting: Setting) -> PathBuf {
+        let stem = self.failover.file_stem().map_or_else(|| "failover".into(), |s| s.to_string_lossy());
+        let name = format!("{stem}-r{}-level{}.svg", setting.factor(), setting.level());
+        self.failover.with_file_name(name)
     }
 }
 
@@ -118,8 +132,8 @@ pub struct Report {
     pub throughput: Vec<ThroughputRow>,
     /// Stale reads and convergence, one row per level.
     pub staleness: Vec<StalenessRow>,
-    /// The failover phase, if asked for.
-    pub failover: Option<FailoverOutcome>,
+    /// A primary killed under load, one row per setting.
+    pub failover: Vec<FailoverReport>,
     /// The charts drawn.
     pub charts: Vec<PathBuf>,
     /// Whether every check passed.
@@ -134,7 +148,7 @@ pub fn run(options: &Options) -> Result<Report> {
         levels: Vec::new(),
         throughput: Vec::new(),
         staleness: Vec::new(),
-        failover: None,
+        failover: Vec::new(),
         charts: Vec::new(),
         passed: false,
     };
@@ -167,12 +181,16 @@ pub fn run(options: &Options) -> Result<Report> {
         report.checks.extend(checks);
     }
     if options.phases.contains(&Phase::Failover) {
-        println!("\nfailover");
-        let outcome = failover::run();
-        if let FailoverOutcome::Ran(failover) = &outcome {
-            report.charts.push(write_chart(&options.charts.failover, &failover.chart()?)?);
+        println!("\nfailover: a primary killed under load");
+        report.failover = failover::run(options)?;
+        let checks = failover::checks(&report.failover);
+        print!("{}", failover::table(&report.failover));
+        print!("{}", crate::report::checks_table(&checks));
+        report.checks.extend(checks);
+        for row in &report.failover {
+            let svg = failover::chart(row)?;
+            report.charts.push(write_chart(&options.charts.failover_of(row.setting), &svg)?);
         }
-        report.failover = Some(outcome);
     }
     report.passed = report.checks.iter().all(|c| c.passed);
     Ok(report)
@@ -185,6 +203,7 @@ fn validate(options: &Options) -> Result<()> {
         .settings
         .iter()
         .map(|s| s.factor())
+        .chain(options.failover.settings.iter().map(|s| s.factor()))
         .chain([options.levels.factor, options.staleness.factor]);
     let largest = factors.max().unwrap_or(1);
     ensure!(
@@ -206,6 +225,18 @@ fn validate(options: &Options) -> Result<()> {
         "the staleness phase needs at least one writer and one reader"
     );
     ensure!(!options.sync_interval.is_zero(), "the sync interval must be above zero");
+    if options.phases.contains(&Phase::Failover) {
+        let failover = &options.failover;
+        for setting in &failover.settings {
+            ensure!(
+                setting.factor() >= 2,
+                "the failover phase needs a replication factor of at least 2 (at {setting}, a killed \
+                 primary's slots have no other copy)"
+            );
+        }
+        ensure!(failover.clients > 0, "the failover phase needs at least one client");
+        ensure!(failover.probes > 0, "the failover phase needs at least one probe");
+    }
     Ok(())
 }
 

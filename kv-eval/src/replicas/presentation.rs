@@ -13,7 +13,7 @@ use crate::linearizability::Verdict;
 use crate::report::{self, Align};
 
 /// A check that passes unless `problem` says why not.
-fn check(name: String, problem: Option<String>, seconds: f64, note: String) -> CheckOutcome {
+pub(super) fn check(name: String, problem: Option<String>, seconds: f64, note: String) -> CheckOutcome {
     CheckOutcome { name, passed: problem.is_none(), detail: problem.unwrap_or(note), seconds }
 }
 

@@ -1,0 +1,281 @@
+//! What a recorded failover run shows: operations by outcome in and out of the outage,
+//! throughput over time, stalls, and whether every acknowledged append landed exactly once.
+//! Pure functions over a [`History`], tested here without a cluster.
+//!
+//! Times are seconds since the load started (`from` on the history's clock). The sharded
+//! runner's analysis does the same for resharding; its functions are private to it, so the few
+//! this phase needs are here, written for it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use super::Counts;
+use crate::history::{History, Input, Operation, Outcome};
+use crate::sharded::{AppendAudit, Bucket};
+
+/// The operations of the load: those of processes below `processes`, invoked at `from` or later
+/// (the preload runs on the same processes, before; the final reader is process `processes`).
+pub(super) fn load_ops(history: &History, processes: u64, from: Duration) -> Vec<&Operation> {
+    history.ops.iter().filter(|op| op.process < processes && op.invoked >= from).collect()
+}
+
+/// Seconds since `from`, at `at` (0 before it).
+fn secs(at: Duration, from: Duration) -> f64 {
+    at.saturating_sub(from).as_secs_f64()
+}
+
+/// Whether `op` was in flight at some time within `window` (seconds since `from`, inclusive).
+pub(super) fn overlaps(op: &Operation, from: Duration, window: (f64, f64)) -> bool {
+    secs(op.invoked, from) <= window.1 && secs(op.completed, from) >= window.0
+}
+
+/// `ops` counted by outcome.
+pub(super) fn counts<'a>(ops: impl IntoIterator<Item = &'a Operation>) -> Counts {
+    ops.into_iter().fold(Counts::default(), |mut c, op| {
+        match op.outcome {
+            Outcome::Ok(_) => c.ok += 1,
+            Outcome::Fail => c.fail += 1,
+            Outcome::Unknown => c.unknown += 1,
+        }
+        c
+    })
+}
+
+/// `ops` by completion time, in slices of `width` over `secs` seconds from `from`. A tail
+/// shorter than half a slice joins the last slice: a sliver holding only the last operations in
+/// flight would show a rate that means nothing.
+pub(super) fn buckets(ops: &[&Operation], from: Duration, total: f64, width: Duration) -> Vec<Bucket> {
+    let width = width.as_secs_f64().max(1e-3);
+    let count = ((total / width).round() as usize).max(1);
+    let mut out: Vec<Bucket> = (0..count)
+        .map(|i| {
+            let start_secs = i as f64 * width;
+            let secs = if i + 1 == count { (total - start_secs).max(1e-3) } else { width };
+            Bucket { start_secs, secs, ok: 0, fail: 0, unknown: 0, ops_per_sec: 0.0 }
+        })
+        .collect();
+    for op in ops {
+        let bucket = &mut out[((secs(op.completed, from) / width) as usize).min(count - 1)];
+        match op.outcome {
+            Outcome::Ok(_) => bucket.ok += 1,
+            Outcome::Fail => bucket.fail += 1,
+            Outcome::Unknown => bucket.unknown += 1,
+        }
+    }
+    for bucket in &mut out {
+        bucket.ops_per_sec = bucket.ok as f64 / bucket.secs;
+    }
+    out
+}
+
+/// Successful operations per second among `ops` that completed within `span` (seconds since
+/// `from`); 0 for an empty span.
+pub(super) fn rate(ops: &[&Operation], from: Duration, span: (f64, f64)) -> f64 {
+    let length = span.1 - span.0;
+    if length <= 0.0 {
+        return 0.0;
+    }
+    let done = ops
+        .iter()
+        .filter(|op| matches!(op.outcome, Outcome::Ok(_)))
+        .filter(|op| (span.0..span.1).contains(&secs(op.completed, from)))
+        .count();
+    done as f64 / length
+}
+
+/// The lowest rate among the slices that overlap `window`; 0 without any.
+pub(super) fn min_rate(buckets: &[Bucket], window: (f64, f64)) -> f64 {
+    let rates = buckets
+        .iter()
+        .filter(|b| b.start_secs <= window.1 && b.start_secs + b.secs >= window.0)
+        .map(|b| b.ops_per_sec);
+    let min = rates.fold(f64::INFINITY, f64::min);
+    if min.is_finite() { min } else { 0.0 }
+}
+
+/// The longest latency, in milliseconds, of a successful operation among `ops` in flight within
+/// `window`.
+pub(super) fn max_stall_ms(ops: &[&Operation], from: Duration, window: (f64, f64)) -> f64 {
+    ops.iter()
+        .filter(|op| matches!(op.outcome, Outcome::Ok(_)) && overlaps(op, from, window))
+        .map(|op| op.completed.saturating_sub(op.invoked).as_secs_f64() * 1e3)
+        .fold(0.0, f64::max)
+}
+
+/// Audits the appends to `keys`, whose final values are in `finals` (`None`, or no entry: not
+/// read) and whose preloaded values `initial` gives.
+///
+/// Every value written is unique and ends with `;`, so a final value reads as the list of the
+/// writes it holds: the preloaded value first, then the appends.
+pub(super) fn audit_appends(
+    history: &History,
+    keys: &[String],
+    finals: &BTreeMap<String, Option<String>>,
+    initial: impl Fn(&str) -> String,
+) -> AppendAudit {
+    let mut audit = AppendAudit { keys: keys.len(), ..AppendAudit::default() };
+    let mut examples = Vec::new();
+    let mut appends: HashMap<&str, Vec<&Operation>> = HashMap::new();
+    for op in &history.ops {
+        if let Input::Append(_) = op.input {
+            appends.entry(op.key.as_str()).or_default().push(op);
+        }
+    }
+    for key in keys {
+        let read = finals.get(key).and_then(Option::as_deref);
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        let tokens: Vec<&str> = read.unwrap_or("").split(';').filter(|t| !t.is_empty()).collect();
+        for token in &tokens {
+            *counts.entry(token).or_default() += 1;
+        }
+        let first = initial(key);
+        let first = first.trim_end_matches(';');
+        if tokens.first() != Some(&first) {
+            audit.initial_missing += 1;
+            let got = read.map_or_else(|| "no value read".to_owned(), |v| format!("{:?}…", head(v, 40)));
+            examples.push(format!("{key}: does not start with its preloaded {first:?}: {got}"));
+        }
+        if counts.remove(first).is_some_and(|n| n > 1) {
+            audit.duplicated += 1;
+            examples.push(format!("{key}: its preloaded value appears more than once"));
+        }
+        for op in appends.get(key.as_str()).into_iter().flatten() {
+            let Input::Append(value) = &op.input else { continue };
+            let token = value.trim_end_matches(';');
+            let found = counts.remove(token).unwrap_or(0);
+            if found > 1 {
+                audit.duplicated += 1;
+                examples.push(format!("{key}: append {token:?} applied {found} times"));
+            }
+            match op.outcome {
+                Outcome::Ok(_) => {
+                    audit.acknowledged += 1;
+                    if found == 0 {
+                        audit.lost += 1;
+                        examples.push(format!(
+                            "{key}: acknowledged append {token:?} (at {:.3} s) is missing",
+                            op.completed.as_secs_f64()
+                        ));
+                    }
+                }
+                Outcome::Fail => {
+                    audit.failed += 1;
+                    if found > 0 {
+                        audit.failed_applied += 1;
+                        examples.push(format!("{key}: append {token:?} failed, yet was applied"));
+                    }
+                }
+                Outcome::Unknown => {
+                    audit.unknown += 1;
+                    audit.unknown_applied += usize::from(found > 0);
+                }
+            }
+        }
+        let mut unexplained: Vec<&str> = counts.into_keys().collect();
+        unexplained.sort_unstable();
+        for token in unexplained {
+            audit.unexplained += 1;
+            examples.push(format!("{key}: {token:?} was written by no append"));
+        }
+    }
+    audit.examples = examples.into_iter().take(5).collect();
+    audit
+}
+
+/// The first `chars` characters of `s`.
+fn head(s: &str, chars: usize) -> &str {
+    s.char_indices().nth(chars).map_or(s, |(i, _)| &s[..i])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::Output;
+
+    fn op(process: u64, key: &str, input: Input, ms: (u64, u64), outcome: Outcome) -> Operation {
+        Operation {
+            process,
+            key: key.to_owned(),
+            input,
+            invoked: Duration::from_millis(ms.0),
+            completed: Duration::from_millis(ms.1),
+            outcome,
+        }
+    }
+
+    fn ok() -> Outcome {
+        Outcome::Ok(Output::Unit)
+    }
+
+    fn get(process: u64, ms: (u64, u64), outcome: Outcome) -> Operation {
+        op(process, "k", Input::Get, ms, outcome)
+    }
+
+    fn audit(ops: Vec<Operation>, last: Option<&str>) -> AppendAudit {
+        let finals = BTreeMap::from([("a".to_owned(), last.map(str::to_owned))]);
+        audit_appends(&History { ops }, &["a".to_owned()], &finals, |k| format!("{k}:0;"))
+    }
+
+    fn append(token: &str, outcome: Outcome) -> Operation {
+        op(0, "a", Input::Append(format!("{token};")), (10, 20), outcome)
+    }
+
+    #[test]
+    fn a_clean_history_passes_the_audit() {
+        let ops = vec![
+            append("0.1", ok()),
+            append("1.1", ok()),
+            append("1.2", Outcome::Unknown),
+            append("2.1", Outcome::Unknown),
+            append("2.2", Outcome::Fail),
+        ];
+        let a = audit(ops, Some("a:0;1.1;0.1;2.1;"));
+        assert!(a.is_clean(), "{a:?}");
+        assert_eq!((a.acknowledged, a.unknown, a.unknown_applied, a.failed), (2, 2, 1, 1));
+    }
+
+    #[test]
+    fn the_audit_finds_lost_duplicated_failed_and_made_up_writes() {
+        let ops = vec![append("0.1", ok()), append("0.2", ok()), append("1.1", Outcome::Fail)];
+        let a = audit(ops, Some("a:0;0.2;0.2;1.1;9.9;"));
+        assert_eq!((a.lost, a.duplicated, a.failed_applied, a.unexplained), (1, 1, 1, 1), "{a:?}");
+        assert!(!a.is_clean());
+        assert!(a.examples.iter().any(|e| e.contains("\"0.1\"") && e.contains("missing")), "{a:?}");
+        let a = audit(vec![append("0.1", ok())], None);
+        assert_eq!((a.initial_missing, a.lost), (1, 1), "a key not read back holds nothing");
+    }
+
+    #[test]
+    fn operations_are_counted_in_and_out_of_the_outage() {
+        // The load starts at 1 s; the outage is 1 s to 2 s into it.
+        let from = Duration::from_secs(1);
+        let ops = vec![
+            get(0, (1000, 1100), Outcome::Ok(Output::Value(None))),
+            get(1, (1900, 2100), Outcome::Unknown),
+            get(2, (2500, 3600), Outcome::Ok(Output::Value(None))),
+            get(3, (3100, 3200), Outcome::Fail),
+            get(0, (3300, 3400), Outcome::Ok(Output::Value(None))),
+            // The preload (before `from`) and the final reader (process 4) are not the load.
+            get(0, (500, 600), ok()),
+            get(4, (3500, 3600), ok()),
+        ];
+        let history = History { ops };
+        let load = load_ops(&history, 4, from);
+        assert_eq!(load.len(), 5);
+        let window = (1.0, 2.0);
+        let outage = counts(load.iter().copied().filter(|op| overlaps(op, from, window)));
+        assert_eq!(outage, Counts { ok: 1, fail: 0, unknown: 1 }, "the op that ends at 2.6 s overlaps");
+        assert_eq!(counts(load.iter().copied()), Counts { ok: 3, fail: 1, unknown: 1 });
+        assert!((max_stall_ms(&load, from, window) - 1100.0).abs() < 1e-6);
+        assert!((max_stall_ms(&load, from, (0.0, 0.5)) - 100.0).abs() < 1e-6);
+        assert!((rate(&load, from, (2.0, 3.0)) - 2.0).abs() < 1e-9, "two ok completions in 2..3 s");
+        assert_eq!(rate(&load, from, (2.0, 2.0)), 0.0);
+
+        let b = buckets(&load, from, 2.6, Duration::from_millis(500));
+        assert_eq!(b.len(), 5, "the 0.1 s tail joins the last slice");
+        assert_eq!((b[0].ok, b[2].unknown, b[4].ok, b[4].fail), (1, 1, 2, 1));
+        assert!((b[4].secs - 0.6).abs() < 1e-9 && (b[0].ops_per_sec - 2.0).abs() < 1e-9);
+        assert_eq!(min_rate(&b, (1.0, 2.0)), 0.0, "nothing succeeded 1.0 to 2.0 s in");
+        assert_eq!(min_rate(&[], (1.0, 2.0)), 0.0);
+    }
+}
