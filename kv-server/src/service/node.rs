@@ -56,7 +56,12 @@ impl NodeRpc for NodeService {
         }
         let promoted = slots_from_wire(request.promoted)
             .map_err(|wire| Status::invalid_argument(format!("no slot {wire}")))?;
-        let report = self.node.install(previous, next, abandoned, promoted).await?;
+        // Run to the end even if the caller goes away: an install stopped half-way would leave
+        // the new epoch in place without the hand-offs it owes (a retry finds it installed).
+        let node = Arc::clone(&self.node);
+        let install = tokio::spawn(async move { node.install(previous, next, abandoned, promoted).await });
+        let report =
+            install.await.map_err(|err| Status::internal(format!("the install failed: {err}")))??;
         Ok(Response::new(v1::InstallResponse {
             slots_sent: report.slots_sent,
             keys_sent: report.keys_sent,
@@ -98,7 +103,10 @@ impl NodeRpc for NodeService {
         authorised(&request, self.token.as_deref())?;
         let request = request.into_inner();
         let slots = request.slots.len() as u64;
-        let keys = self.node.hand_off_copy(request).await?;
+        let node = Arc::clone(&self.node);
+        let hand_off = tokio::spawn(async move { node.hand_off_copy(request).await });
+        let keys =
+            hand_off.await.map_err(|err| Status::internal(format!("the hand-off failed: {err}")))??;
         Ok(Response::new(v1::InstallResponse {
             slots_sent: slots,
             keys_sent: keys,
