@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use kv_client::{Client, ReadFrom};
+use kv_client::{Client, ReadFrom, ShardMaster};
 use kv_shard::{Config, slot_of};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
@@ -297,8 +297,16 @@ async fn probe_until_accepted(
 /// Polls the shard master until its map no longer holds `address` (or [`RECOVERY_LIMIT`] has
 /// passed since `killed`); says when, and who holds `key`'s slot then.
 async fn wait_failed_over(master: &str, address: &str, key: &str, killed: Instant) -> Option<FailedOver> {
+    let mut shardmaster = None;
     while killed.elapsed() < RECOVERY_LIMIT {
-        if let Ok(config) = current_config(master).await
+        if shardmaster.is_none() {
+            shardmaster = ShardMaster::connect(master).await.ok();
+        }
+        let config = match &shardmaster {
+            Some(shardmaster) => shardmaster.config().await.ok(),
+            None => None,
+        };
+        if let Some(config) = config
             && config.id_of(address).is_none()
         {
             let after = killed.elapsed();
