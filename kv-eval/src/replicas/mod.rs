@@ -42,7 +42,7 @@ use anyhow::{Context, Result, ensure};
 use serde::Serialize;
 
 pub use analysis::{PairTally, StaleRead, StaleReads};
-pub use failover::{Counts, FailoverConfig, FailoverReport, RECOVERY_BAR, RECOVERY_LIMIT};
+pub use failover::{Counts, FailoverConfig, FailoverReport, RECOVERY_BAR, RECOVERY_LIMIT, Stalls};
 pub use levels::{LevelRow, LevelsConfig};
 pub use setting::Setting;
 pub use staleness::{Convergence, StalenessConfig, StalenessRow};

@@ -119,6 +119,19 @@ pub struct Counts {
     pub unknown: usize,
 }
 
+/// The slowest successful operation in flight during the outage, in milliseconds, by how the
+/// killed server held its key: a load client's call lasts through its retries, so this is the
+/// outage an application saw.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Stalls {
+    /// On keys it was the primary of.
+    pub primary_ms: f64,
+    /// On keys it was a secondary of.
+    pub secondary_ms: f64,
+    /// On the other keys.
+    pub other_ms: f64,
+}
+
 /// A primary killed under load, at one setting.
 #[derive(Debug, Clone, Serialize)]
 pub struct FailoverReport {
@@ -136,6 +149,8 @@ pub struct FailoverReport {
     pub primary_slots: usize,
     /// Keys of the load whose primary it was.
     pub victim_keys: usize,
+    /// Keys of the load it was a secondary of: in strong mode their writes wait for it too.
+    pub victim_secondary_keys: usize,
     /// The configuration's epoch before the kill, and once the load had stopped.
     pub epoch_before: u64,
     /// See `epoch_before`.
@@ -171,8 +186,8 @@ pub struct FailoverReport {
     pub ops_per_sec_after: f64,
     /// The slowest slice from the kill to the recovery, in successful operations per second.
     pub min_ops_per_sec: f64,
-    /// The slowest successful operation in flight during the outage, in milliseconds.
-    pub max_stall_ms: f64,
+    /// The slowest successful operations in flight during the outage.
+    pub stalls: Stalls,
     /// Keys that could not be read back after the load.
     pub unread_keys: Vec<String>,
     /// Every append checked against the final values.

@@ -55,7 +55,7 @@ pub(in crate::replicas) fn table(reports: &[FailoverReport]) -> String {
                 format!("{:.0}", r.ops_per_sec_before),
                 format!("{:.0}", r.min_ops_per_sec),
                 format!("{:.0}", r.ops_per_sec_after),
-                format!("{:.0}", r.max_stall_ms),
+                format!("{:.0}/{:.0}/{:.0}", r.stalls.primary_ms, r.stalls.secondary_ms, r.stalls.other_ms),
             ]
         })
         .collect();
@@ -72,7 +72,7 @@ pub(in crate::replicas) fn table(reports: &[FailoverReport]) -> String {
             "ops/s before",
             "min ops/s",
             "ops/s after",
-            "longest stall ms",
+            "longest stall ms p/s/o",
         ],
         &[Align::Left, Align::Left, Align::Left].into_iter().chain([Align::Right; 8]).collect::<Vec<_>>(),
         &recovery,
@@ -80,7 +80,8 @@ pub(in crate::replicas) fn table(reports: &[FailoverReport]) -> String {
     out.push_str(
         "  off the map: from the kill until the shard master's map no longer held the server; writes again: \
          until every probed slot took a put; min ops/s: the slowest slice in between; longest stall: the \
-         slowest successful operation in flight in between\n\n",
+         slowest successful operation in flight in between (retries included), on keys the killed server \
+         was the primary of / a secondary of / neither\n\n",
     );
     let operations: Vec<Vec<String>> = reports
         .iter()
@@ -284,7 +285,7 @@ mod tests {
     use crate::history::History;
     use crate::linearizability;
     use crate::replicas::Setting;
-    use crate::replicas::failover::FailoverConfig;
+    use crate::replicas::failover::{FailoverConfig, Stalls};
     use crate::sharded::{AppendAudit, Bucket};
 
     fn report(setting: &str, recovered: Option<f64>) -> FailoverReport {
@@ -306,6 +307,7 @@ mod tests {
             key: "fp0000".into(),
             primary_slots: 683,
             victim_keys: 50,
+            victim_secondary_keys: 100,
             epoch_before: 7,
             epoch_after: 8,
             members_after: 5,
@@ -322,7 +324,7 @@ mod tests {
             ops_per_sec_before: 1000.0,
             ops_per_sec_after: 990.0,
             min_ops_per_sec: 0.0,
-            max_stall_ms: 930.0,
+            stalls: Stalls { primary_ms: 930.0, secondary_ms: 1010.0, other_ms: 12.0 },
             unread_keys: Vec::new(),
             appends: AppendAudit { keys: 225, acknowledged: 300, ..AppendAudit::default() },
             linearizability: linearizability::check(&History::default()),

@@ -14,7 +14,7 @@ use rand::{RngExt, SeedableRng};
 use tokio::task::JoinSet;
 
 use super::analysis;
-use super::{FailoverConfig, FailoverReport, RECOVERY_BAR, RECOVERY_LIMIT};
+use super::{FailoverConfig, FailoverReport, RECOVERY_BAR, RECOVERY_LIMIT, Stalls};
 use crate::bench::{Mix, OpKind};
 use crate::cluster::Cluster;
 use crate::history::{History, Input, Outcome, Output};
@@ -112,7 +112,10 @@ struct Victim {
     address: String,
     key: String,
     primary_slots: usize,
+    /// Keys of the load it was the primary of.
     keys: BTreeSet<String>,
+    /// Keys of the load it was a secondary of.
+    secondary_keys: BTreeSet<String>,
 }
 
 /// What the shard master did about the kill.
@@ -257,8 +260,23 @@ fn victim(cluster: &Cluster, config: &Config, keys: &[String]) -> Result<Victim>
         .position(|n| n.client_addr().to_string() == address)
         .with_context(|| format!("no node of this cluster is {address}"))?;
     let primary_slots = config.slots().iter().filter(|&&owner| owner == Some(id)).count();
-    let mine = keys.iter().filter(|k| config.replicas(k).first().is_some_and(|&(_, a)| a == address));
-    Ok(Victim { node, address: address.to_owned(), key, primary_slots, keys: mine.cloned().collect() })
+    let held = |k: &&String, secondary: bool| {
+        let replicas = config.replicas(k);
+        let (first, rest) = replicas.split_first().map_or((None, &[][..]), |(f, r)| (Some(f), r));
+        if secondary {
+            rest.iter().any(|&(_, a)| a == address)
+        } else {
+            first.is_some_and(|&(_, a)| a == address)
+        }
+    };
+    Ok(Victim {
+        node,
+        address: address.to_owned(),
+        key,
+        primary_slots,
+        keys: keys.iter().filter(|k| held(k, false)).cloned().collect(),
+        secondary_keys: keys.iter().filter(|k| held(k, true)).cloned().collect(),
+    })
 }
 
 /// Keys outside the history in up to `count` distinct slots whose primary is `address`.
@@ -422,6 +440,10 @@ fn analyse(config: &FailoverConfig, setting: Setting, recorded: Recorded) -> Fai
     let end = recovered.map_or(load_secs, |r| (killed_at + r.as_secs_f64()).min(load_secs));
     let window = (killed_at, end);
     let in_outage: Vec<_> = ops.iter().copied().filter(|op| analysis::overlaps(op, from, window)).collect();
+    let stall = |keys: &dyn Fn(&String) -> bool| {
+        let ops: Vec<_> = ops.iter().copied().filter(|op| keys(&op.key)).collect();
+        analysis::max_stall_ms(&ops, from, window)
+    };
     FailoverReport {
         setting,
         config: config.clone(),
@@ -430,6 +452,7 @@ fn analyse(config: &FailoverConfig, setting: Setting, recorded: Recorded) -> Fai
         key: victim.key,
         primary_slots: victim.primary_slots,
         victim_keys: victim.keys.len(),
+        victim_secondary_keys: victim.secondary_keys.len(),
         epoch_before,
         epoch_after: after.epoch(),
         members_after: after.len(),
@@ -452,7 +475,11 @@ fn analyse(config: &FailoverConfig, setting: Setting, recorded: Recorded) -> Fai
             0.0
         },
         min_ops_per_sec: analysis::min_rate(&buckets, window),
-        max_stall_ms: analysis::max_stall_ms(&ops, from, window),
+        stalls: Stalls {
+            primary_ms: stall(&|key| victim.keys.contains(key)),
+            secondary_ms: stall(&|key| victim.secondary_keys.contains(key)),
+            other_ms: stall(&|key| !victim.keys.contains(key) && !victim.secondary_keys.contains(key)),
+        },
         unread_keys,
         appends,
         linearizability,
