@@ -554,7 +554,9 @@ fn strong_mode_stays_linearizable_through_a_pause_and_a_kill_and_restart() {
     cluster.node_mut(1).pause().unwrap();
     pause(2000);
     cluster.node_mut(1).resume().unwrap();
-    pause(1000);
+    // Long enough for the paused server to join again: the kill then lands around its join,
+    // while the victim may have to hand slots to it.
+    pause(1200);
     cluster.node_mut(2).kill().unwrap();
     pause(300);
     if let Err(err) = cluster.node_mut(2).restart() {

@@ -37,6 +37,10 @@ pub enum SlotState {
     Syncing {
         /// Keys written since the catch-up began: their snapshot entries are older.
         touched: HashSet<String>,
+        /// The epoch the catch-up began at: only a snapshot the primary read at this epoch or
+        /// later holds every write this copy will not receive (an older one, still in flight
+        /// from a catch-up this server had at an earlier epoch, may not).
+        since: u64,
     },
     /// An up-to-date secondary: it serves reads.
     Ready,
@@ -63,6 +67,17 @@ impl SlotReplica {
         matches!(self.state, SlotState::Syncing { .. } | SlotState::Ready)
     }
 
+    /// Whether writes the primary sent at `epoch` belong to this copy: a copy catching up takes
+    /// none sent before its catch-up began (they may be older than its snapshot, and would make
+    /// it skip the snapshot's entries for their keys).
+    pub fn takes_writes_from(&self, epoch: u64) -> bool {
+        match self.state {
+            SlotState::Syncing { since, .. } => epoch >= since,
+            SlotState::Ready => true,
+            SlotState::Idle | SlotState::Awaiting => false,
+        }
+    }
+
     /// Whether reads may be served here.
     pub fn is_ready(&self) -> bool {
         self.state == SlotState::Ready
@@ -75,16 +90,17 @@ impl SlotReplica {
         self.dirty.clear();
     }
 
-    /// Starts catching up, if the slot was awaiting its hand-off.
-    pub fn start_syncing(&mut self) {
+    /// Starts catching up at `epoch`, if the slot was awaiting its hand-off.
+    pub fn start_syncing(&mut self, epoch: u64) {
         if self.state == SlotState::Awaiting {
-            self.state = SlotState::Syncing { touched: HashSet::new() };
+            self.state = SlotState::Syncing { touched: HashSet::new(), since: epoch };
         }
     }
 
-    /// The snapshot is complete: the slot is up to date.
-    pub fn synced(&mut self) {
-        if matches!(self.state, SlotState::Syncing { .. }) {
+    /// The snapshot the primary read at `epoch` is complete: the slot is up to date, unless the
+    /// snapshot is older than the catch-up.
+    pub fn synced(&mut self, epoch: u64) {
+        if matches!(self.state, SlotState::Syncing { since, .. } if epoch >= since) {
             self.state = SlotState::Ready;
         }
     }
@@ -123,15 +139,16 @@ impl SlotReplica {
     /// A write applied at once (eventual consistency, or a commit): snapshot entries of its key
     /// are now older than what is here.
     pub fn touch(&mut self, key: &str) {
-        if let SlotState::Syncing { touched } = &mut self.state {
+        if let SlotState::Syncing { touched, .. } = &mut self.state {
             touched.insert(key.to_owned());
         }
     }
 
-    /// Whether a snapshot entry for `key` should be applied: only while catching up, and only if
-    /// no write has reached the key since the catch-up began.
-    pub fn takes_snapshot_of(&self, key: &str) -> bool {
-        matches!(&self.state, SlotState::Syncing { touched } if !touched.contains(key))
+    /// Whether an entry for `key` of a snapshot the primary read at `epoch` should be applied:
+    /// only while catching up, from a snapshot no older than the catch-up, and only if no write
+    /// has reached the key since the catch-up began.
+    pub fn takes_snapshot_of(&self, key: &str, epoch: u64) -> bool {
+        matches!(&self.state, SlotState::Syncing { touched, since } if epoch >= *since && !touched.contains(key))
     }
 
     /// Takes every prepared write, oldest first, to commit them all: this server takes over
@@ -171,7 +188,7 @@ mod tests {
 
     fn syncing() -> SlotReplica {
         let mut slot = SlotReplica::default();
-        slot.reset(SlotState::Syncing { touched: HashSet::new() });
+        slot.reset(SlotState::Syncing { touched: HashSet::new(), since: 3 });
         slot
     }
 
@@ -214,20 +231,20 @@ mod tests {
     #[test]
     fn snapshot_entries_yield_to_writes_applied_since_the_catch_up_began() {
         let mut slot = SlotReplica::default();
-        assert!(!slot.takes_snapshot_of("k"), "not a secondary");
+        assert!(!slot.takes_snapshot_of("k", 3), "not a secondary");
         slot.reset(SlotState::Awaiting);
-        assert!(!slot.takes_writes() && !slot.takes_snapshot_of("k"));
-        slot.start_syncing();
+        assert!(!slot.takes_writes() && !slot.takes_snapshot_of("k", 3));
+        slot.start_syncing(3);
         assert!(slot.takes_writes() && !slot.is_ready());
         slot.touch("k");
         slot.prepare(write(1, "p", "x"));
-        assert!(!slot.takes_snapshot_of("k"));
-        assert!(slot.takes_snapshot_of("p"), "a prepared write may be aborted: only commits count");
+        assert!(!slot.takes_snapshot_of("k", 3));
+        assert!(slot.takes_snapshot_of("p", 3), "a prepared write may be aborted: only commits count");
         slot.commit(1);
-        assert!(!slot.takes_snapshot_of("p"));
-        slot.synced();
+        assert!(!slot.takes_snapshot_of("p", 3));
+        slot.synced(3);
         assert!(slot.is_ready());
-        assert!(!slot.takes_snapshot_of("j"), "a ready slot takes no snapshot");
+        assert!(!slot.takes_snapshot_of("j", 3), "a ready slot takes no snapshot");
     }
 
     #[test]
@@ -239,6 +256,18 @@ mod tests {
         let seqs: Vec<u64> = slot.take_pending().iter().map(|w| w.seq).collect();
         assert_eq!(seqs, [1, 2, 3]);
         assert!(!slot.is_dirty("k") && slot.pending() == 0);
+    }
+
+    #[test]
+    fn a_snapshot_older_than_the_catch_up_is_refused() {
+        let mut slot = syncing();
+        assert!(!slot.takes_snapshot_of("k", 2), "read before this catch-up began");
+        assert!(!slot.takes_writes_from(2) && slot.takes_writes_from(3));
+        slot.synced(2);
+        assert!(!slot.is_ready(), "an old snapshot does not make the copy ready");
+        assert!(slot.takes_snapshot_of("k", 3) && slot.takes_snapshot_of("k", 4));
+        slot.synced(4);
+        assert!(slot.is_ready());
     }
 
     #[test]

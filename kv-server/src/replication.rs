@@ -379,6 +379,11 @@ impl Node {
                 None => None,
             };
             let mut copy = self.copy_from(&from, slot).await?;
+            if kind != v1::WriteKind::Snapshot && !copy.takes_writes_from(epoch) {
+                return Err(Status::failed_precondition(format!(
+                    "slot {slot} started catching up after epoch {epoch}: this write is older than its copy"
+                )));
+            }
             let write = ReplicatedWrite { seq: write.seq, key: write.key, value: write.value, session };
             match kind {
                 v1::WriteKind::Prepare => copy.prepare(write),
@@ -387,7 +392,7 @@ impl Node {
                     self.apply_replicated(write).await?;
                 }
                 v1::WriteKind::Snapshot => {
-                    if copy.takes_snapshot_of(&write.key) {
+                    if copy.takes_snapshot_of(&write.key, epoch) {
                         self.apply_replicated(write).await?;
                     }
                 }
@@ -405,7 +410,7 @@ impl Node {
         }
         for slot in synced {
             let mut copy = self.copy_from(&from, slot).await?;
-            copy.synced();
+            copy.synced(epoch);
             debug!(slot, from, "caught up");
         }
         Ok(())
@@ -473,7 +478,7 @@ impl Node {
                     resets.insert(slot, SlotState::Awaiting);
                 }
                 Role::Secondary => {
-                    resets.insert(slot, SlotState::Syncing { touched: HashSet::new() });
+                    resets.insert(slot, SlotState::Syncing { touched: HashSet::new(), since: next.epoch() });
                     drop_data[usize::from(slot)] = true;
                 }
                 Role::Primary if promoted_set[usize::from(slot)] => {
@@ -569,8 +574,9 @@ impl Node {
 
     /// The hand-off of `slots` (as their old primary) is done: copies awaiting it start syncing.
     pub(crate) async fn handed_off(&self, slots: &[Slot]) {
+        let epoch = self.replicas.view().epoch();
         for &slot in slots {
-            self.replicas.slots[usize::from(slot)].lock().await.start_syncing();
+            self.replicas.slots[usize::from(slot)].lock().await.start_syncing(epoch);
         }
     }
 

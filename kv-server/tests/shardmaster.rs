@@ -96,6 +96,11 @@ async fn joins_leaves_and_queries_follow_the_placement() {
             assert_eq!(answer.server, expected.owner(key).unwrap().1, "{key:?}");
             assert_eq!(answer.epoch, 3);
             assert_eq!(answer.slot, u32::from(slot_of(key)));
+            // Three members, three copies: the two others are the secondaries, in ring order.
+            let secondaries: Vec<&str> = expected.replicas(key).into_iter().skip(1).map(|(_, a)| a).collect();
+            assert_eq!(answer.secondaries, secondaries, "{key:?}");
+            assert_eq!(answer.secondaries.len(), 2);
+            assert!(!answer.secondaries.contains(&answer.server));
         }
 
         // Refused changes change nothing.
