@@ -77,6 +77,9 @@ pub struct Node {
     pub(crate) leases: Leases,
     /// Told when a configuration shows this server was failed over and is no longer a member.
     pub(crate) evicted: tokio::sync::Notify,
+    /// Whether an install waits for the requests in flight: a write stuck replicating to a
+    /// secondary (one the install may remove) then gives up soon.
+    pub(crate) installing: tokio::sync::watch::Sender<bool>,
     /// The address this server has as a member.
     me: String,
     /// Drawn at start: tells the shard master this process from an earlier one at the address.
@@ -117,6 +120,7 @@ impl Node {
             replicas: Replicas::new(),
             leases: Leases::new(),
             evicted: tokio::sync::Notify::new(),
+            installing: tokio::sync::watch::Sender::new(false),
             me,
             incarnation: rand::random::<u64>(),
             joining,
@@ -269,6 +273,10 @@ impl Node {
         // Installing the epoch this server is at only resumes hand-offs: no need to stop requests.
         if !again {
             // Waits for every request admitted so far to finish.
+            self.installing.send_replace(true);
+            let _done = Finally(|| {
+                self.installing.send_replace(false);
+            });
             let mut routing = self.routing.write().await;
             if routing.standalone || next.epoch() != routing.ownership.epoch() {
                 if !routing.standalone && next.epoch() < routing.ownership.epoch() {
@@ -533,4 +541,13 @@ impl Node {
 
 fn empty_batch(epoch: u64, from: &str) -> v1::TransferRequest {
     v1::TransferRequest { epoch, from: from.to_owned(), ..Default::default() }
+}
+
+/// Runs its closure when dropped.
+struct Finally<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for Finally<F> {
+    fn drop(&mut self) {
+        (self.0)();
+    }
 }

@@ -35,6 +35,8 @@ use crate::peers::retry_until;
 
 /// Longest a write waits for its synchronous secondaries before it fails (retryable).
 const REPLICATE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a write waiting for its secondaries lets a pending install wait before giving up.
+const INSTALL_GRACE: Duration = Duration::from_millis(50);
 /// Longest one replication call may take before it is tried again.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest a read at a secondary waits for the primary it has to ask.
@@ -270,8 +272,22 @@ impl Node {
             let request = &request;
             async move { (target, self.send_replicate(target, request, deadline).await) }
         });
-        let failures: Vec<String> = join_all(sends)
-            .await
+        // A write still waiting for a secondary when an install comes gives up soon: the install
+        // waits for it, and may be the one that removes that secondary (it died).
+        let mut installing = self.installing.subscribe();
+        let give_up = async move {
+            let _ = installing.wait_for(|&pending| pending).await;
+            tokio::time::sleep(INSTALL_GRACE).await;
+        };
+        let results = tokio::select! {
+            results = join_all(sends) => results,
+            () = give_up => {
+                return Err(Error::Replication(
+                    "the cluster's configuration is changing while a secondary does not answer".to_owned(),
+                ));
+            }
+        };
+        let failures: Vec<String> = results
             .into_iter()
             .filter_map(|(target, result)| {
                 result.err().map(|status| format!("{target}: {}", status.message()))
