@@ -78,6 +78,73 @@ async fn at_every_replica(config: &Config, key: &str) -> Vec<(String, Option<Str
     values
 }
 
+/// Reads every key back at its primary, recorded (so that a lost write shows in the history),
+/// and checks that every replica of it holds the same value.
+async fn read_back(cluster: &Cluster, recorder: &Recorder, config: &Config, keys: &[String]) {
+    let c =
+        Client::cluster_builder(master_addr(cluster)).read_from(ReadFrom::Primary).connect().await.unwrap();
+    let reader = recorder.client(99, c);
+    for key in keys {
+        assert!(matches!(reader.run(key, Input::Get).await, Outcome::Ok(_)), "final read of {key}");
+        let values = at_every_replica(config, key).await;
+        assert!(values.iter().all(|(_, v)| *v == values[0].1), "replicas of {key} differ: {values:?}");
+    }
+}
+
+/// Checks the recorded history: it did work, and it is linearizable.
+fn assert_linearizable(cluster: &Cluster, recorder: &Recorder) {
+    let history = recorder.history();
+    let (ok, fail, unknown) = history.counts();
+    let report = linearizability::check_with_budget(&history, Duration::from_secs(60));
+    println!("{ok} ok, {fail} failed, {unknown} unknown: {:?} in {:.2} s", report.verdict, report.elapsed);
+    assert!(ok > 100, "the workload did work: {ok} ok");
+    assert_eq!(report.verdict, Verdict::Linearizable, "{}", cluster.logs());
+}
+
+/// `clients` recorded cluster clients (processes `first..`) running a random mix of reads from
+/// any replica, puts, appends and pops over `keys` until `stop`.
+fn workload(
+    rt: &tokio::runtime::Runtime,
+    cluster: &Cluster,
+    recorder: &Recorder,
+    keys: &Arc<[String]>,
+    stop: &Arc<AtomicBool>,
+    clients: u64,
+    first: u64,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (first..first + clients)
+        .map(|process| {
+            let (keys, stop, recorder) = (Arc::clone(keys), Arc::clone(stop), recorder.clone());
+            let master = master_addr(cluster);
+            rt.spawn(async move {
+                let c = Client::cluster_builder(master)
+                    .timeout(Duration::from_secs(1))
+                    .read_from(ReadFrom::AnyReplica)
+                    .connect()
+                    .await
+                    .unwrap();
+                let c = recorder.client(process, c);
+                let mut rng = SmallRng::seed_from_u64(process);
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let key = &keys[rng.random_range(0..keys.len())];
+                    let input = match rng.random_range(0..10) {
+                        0..4 => Input::Get,
+                        4..6 => Input::Put(format!("{process}.{n};")),
+                        6..9 => Input::Append(format!("{process}.{n};")),
+                        _ if process % 2 == 0 => Input::Lpop,
+                        _ => Input::Rpop,
+                    };
+                    if c.run(key, input).await == Outcome::Unknown {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
 /// Strong consistency: clients reading from any replica while writing through the primaries,
 /// with servers joining and leaving and every link flaky, see a linearizable history.
 #[test]
@@ -93,36 +160,7 @@ fn strong_reads_at_any_replica_are_linearizable_through_joins_leaves_and_a_flaky
         }
     };
     flaky(&cluster);
-    let workers: Vec<_> = (0..6u64)
-        .map(|process| {
-            let (keys, stop, recorder) = (Arc::clone(&keys), Arc::clone(&stop), recorder.clone());
-            let master = master_addr(&cluster);
-            rt.spawn(async move {
-                let c = Client::cluster_builder(master)
-                    .timeout(Duration::from_secs(1))
-                    .read_from(ReadFrom::AnyReplica)
-                    .connect()
-                    .await
-                    .unwrap();
-                let c = recorder.client(process, c);
-                let mut rng = SmallRng::seed_from_u64(process);
-                let mut n = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    n += 1;
-                    let key = &keys[rng.random_range(0..keys.len())];
-                    let input = match rng.random_range(0..10) {
-                        0..5 => Input::Get,
-                        5..7 => Input::Put(format!("{process}.{n};")),
-                        7..9 => Input::Append(format!("{process}.{n};")),
-                        _ => Input::Lpop,
-                    };
-                    if c.run(key, input).await == Outcome::Unknown {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            })
-        })
-        .collect();
+    let workers = workload(&rt, &cluster, &recorder, &keys, &stop, 6, 0);
     let pause = || std::thread::sleep(Duration::from_millis(800));
     pause();
     cluster.add_node().unwrap();
@@ -142,24 +180,9 @@ fn strong_reads_at_any_replica_are_linearizable_through_joins_leaves_and_a_flaky
     }
     rt.block_on(async {
         let config = settled(&cluster, Duration::from_secs(30)).await;
-        let c = Client::cluster_builder(master_addr(&cluster))
-            .read_from(ReadFrom::Primary)
-            .connect()
-            .await
-            .unwrap();
-        let reader = recorder.client(99, c);
-        for key in keys.iter() {
-            assert!(matches!(reader.run(key, Input::Get).await, Outcome::Ok(_)), "final read of {key}");
-            let values = at_every_replica(&config, key).await;
-            assert!(values.iter().all(|(_, v)| *v == values[0].1), "replicas of {key} differ: {values:?}");
-        }
+        read_back(&cluster, &recorder, &config, &keys).await;
     });
-    let history = recorder.history();
-    let (ok, fail, unknown) = history.counts();
-    let report = linearizability::check_with_budget(&history, Duration::from_secs(60));
-    println!("{ok} ok, {fail} failed, {unknown} unknown: {:?} in {:.2} s", report.verdict, report.elapsed);
-    assert!(ok > 100, "the workload did work: {ok} ok");
-    assert_eq!(report.verdict, Verdict::Linearizable, "{}", cluster.logs());
+    assert_linearizable(&cluster, &recorder);
 }
 
 /// Eventual consistency: after writes stop, every replica of every key holds the primary's
@@ -303,32 +326,7 @@ fn killing_a_primary_under_load_fails_over_and_loses_no_acknowledged_write() {
     let recorder = Recorder::new();
     let keys: Arc<[String]> = (0..10).map(|i| format!("f{i}")).collect();
     let stop = Arc::new(AtomicBool::new(false));
-    let workers: Vec<_> = (0..6u64)
-        .map(|process| {
-            let (keys, stop, recorder) = (Arc::clone(&keys), Arc::clone(&stop), recorder.clone());
-            let master = master_addr(&cluster);
-            rt.spawn(async move {
-                let c =
-                    Client::cluster_builder(master).timeout(Duration::from_secs(1)).connect().await.unwrap();
-                let c = recorder.client(process, c);
-                let mut rng = SmallRng::seed_from_u64(process);
-                let mut n = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    n += 1;
-                    let key = &keys[rng.random_range(0..keys.len())];
-                    let input = match rng.random_range(0..10) {
-                        0..4 => Input::Get,
-                        4..6 => Input::Put(format!("{process}.{n};")),
-                        6..9 => Input::Append(format!("{process}.{n};")),
-                        _ => Input::Lpop,
-                    };
-                    if c.run(key, input).await == Outcome::Unknown {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            })
-        })
-        .collect();
+    let workers = workload(&rt, &cluster, &recorder, &keys, &stop, 6, 10);
     std::thread::sleep(Duration::from_millis(800));
     let before = rt.block_on(config(&cluster));
     let (_, primary) = before.replicas(&keys[0])[0];
@@ -366,24 +364,9 @@ fn killing_a_primary_under_load_fails_over_and_loses_no_acknowledged_write() {
         let after = settled(&cluster, Duration::from_secs(30)).await;
         assert!(after.id_of(primary).is_none(), "the killed primary was failed over");
         assert_eq!(after.len(), 3);
-        let c = Client::cluster_builder(master_addr(&cluster))
-            .read_from(ReadFrom::Primary)
-            .connect()
-            .await
-            .unwrap();
-        let reader = recorder.client(99, c);
-        for key in keys.iter() {
-            assert!(matches!(reader.run(key, Input::Get).await, Outcome::Ok(_)), "final read of {key}");
-            let values = at_every_replica(&after, key).await;
-            assert!(values.iter().all(|(_, v)| *v == values[0].1), "replicas of {key} differ: {values:?}");
-        }
+        read_back(&cluster, &recorder, &after, &keys).await;
     });
-    let history = recorder.history();
-    let (ok, fail, unknown) = history.counts();
-    let report = linearizability::check_with_budget(&history, Duration::from_secs(60));
-    println!("{ok} ok, {fail} failed, {unknown} unknown: {:?} in {:.2} s", report.verdict, report.elapsed);
-    assert!(ok > 100, "the workload did work: {ok} ok");
-    assert_eq!(report.verdict, Verdict::Linearizable, "{}", cluster.logs());
+    assert_linearizable(&cluster, &recorder);
 }
 
 /// A primary cut off from the shard master and its peers is failed over; a client that still
@@ -523,32 +506,7 @@ fn strong_mode_stays_linearizable_through_a_pause_and_a_kill_and_restart() {
     let recorder = Recorder::new();
     let keys: Arc<[String]> = (0..10).map(|i| format!("c{i}")).collect();
     let stop = Arc::new(AtomicBool::new(false));
-    let workers: Vec<_> = (0..5u64)
-        .map(|process| {
-            let (keys, stop, recorder) = (Arc::clone(&keys), Arc::clone(&stop), recorder.clone());
-            let master = master_addr(&cluster);
-            rt.spawn(async move {
-                let c =
-                    Client::cluster_builder(master).timeout(Duration::from_secs(1)).connect().await.unwrap();
-                let c = recorder.client(process, c);
-                let mut rng = SmallRng::seed_from_u64(process + 100);
-                let mut n = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    n += 1;
-                    let key = &keys[rng.random_range(0..keys.len())];
-                    let input = match rng.random_range(0..10) {
-                        0..4 => Input::Get,
-                        4..6 => Input::Put(format!("{process}.{n};")),
-                        6..9 => Input::Append(format!("{process}.{n};")),
-                        _ => Input::Rpop,
-                    };
-                    if c.run(key, input).await == Outcome::Unknown {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            })
-        })
-        .collect();
+    let workers = workload(&rt, &cluster, &recorder, &keys, &stop, 5, 100);
     let pause = |ms| std::thread::sleep(Duration::from_millis(ms));
     pause(700);
     cluster.node_mut(1).pause().unwrap();
@@ -579,22 +537,7 @@ fn strong_mode_stays_linearizable_through_a_pause_and_a_kill_and_restart() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let after = settled(&cluster, Duration::from_secs(30)).await;
-        let c = Client::cluster_builder(master_addr(&cluster))
-            .read_from(ReadFrom::Primary)
-            .connect()
-            .await
-            .unwrap();
-        let reader = recorder.client(99, c);
-        for key in keys.iter() {
-            assert!(matches!(reader.run(key, Input::Get).await, Outcome::Ok(_)), "final read of {key}");
-            let values = at_every_replica(&after, key).await;
-            assert!(values.iter().all(|(_, v)| *v == values[0].1), "replicas of {key} differ: {values:?}");
-        }
+        read_back(&cluster, &recorder, &after, &keys).await;
     });
-    let history = recorder.history();
-    let (ok, fail, unknown) = history.counts();
-    let report = linearizability::check_with_budget(&history, Duration::from_secs(60));
-    println!("{ok} ok, {fail} failed, {unknown} unknown: {:?} in {:.2} s", report.verdict, report.elapsed);
-    assert!(ok > 100, "the workload did work: {ok} ok");
-    assert_eq!(report.verdict, Verdict::Linearizable, "{}", cluster.logs());
+    assert_linearizable(&cluster, &recorder);
 }
