@@ -1,5 +1,7 @@
-//! What a recorded resharding run shows: throughput over time, stalls, and whether every append
-//! landed exactly once. Pure functions over a [`History`], tested here without a cluster.
+//! What a recorded load under a cluster change shows: throughput over time, stalls, and whether
+//! every append landed exactly once. Pure functions over a [`History`], tested here without a
+//! cluster; the sharded runner's resharding phase and the replicas runner's failover phase share
+//! them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -27,12 +29,12 @@ pub struct Bucket {
 
 /// The operations of the load: those of processes below `processes`, invoked at `from` or later
 /// (the preload runs on the same processes, before).
-pub(super) fn load_ops(history: &History, processes: u64, from: Duration) -> Vec<&Operation> {
+pub(crate) fn load_ops(history: &History, processes: u64, from: Duration) -> Vec<&Operation> {
     history.ops.iter().filter(|op| op.process < processes && op.invoked >= from).collect()
 }
 
 /// `ops` by completion time, in slices of `width` over `secs` seconds from `from`.
-pub(super) fn buckets(ops: &[&Operation], from: Duration, secs: f64, width: Duration) -> Vec<Bucket> {
+pub(crate) fn buckets(ops: &[&Operation], from: Duration, secs: f64, width: Duration) -> Vec<Bucket> {
     let width = width.as_secs_f64().max(1e-3);
     // A tail shorter than half a slice joins the last slice: a sliver holding only the last
     // operations in flight would show a rate that means nothing.
@@ -61,7 +63,7 @@ pub(super) fn buckets(ops: &[&Operation], from: Duration, secs: f64, width: Dura
 
 /// The longest latency, in milliseconds, of a successful operation among `ops` that overlaps
 /// `window` (times since `from`, in seconds), or of all of them without a window.
-pub(super) fn max_latency_ms(ops: &[&Operation], from: Duration, window: Option<(f64, f64)>) -> f64 {
+pub(crate) fn max_latency_ms(ops: &[&Operation], from: Duration, window: Option<(f64, f64)>) -> f64 {
     ops.iter()
         .filter(|op| matches!(op.outcome, Outcome::Ok(_)))
         .filter(|op| {
@@ -76,7 +78,7 @@ pub(super) fn max_latency_ms(ops: &[&Operation], from: Duration, window: Option<
 }
 
 /// The `q` quantile (0..=1) of the latencies of the successful operations, in milliseconds.
-pub(super) fn latency_quantile_ms(ops: &[&Operation], q: f64) -> f64 {
+pub(crate) fn latency_quantile_ms(ops: &[&Operation], q: f64) -> f64 {
     let mut latencies: Vec<Duration> = ops
         .iter()
         .filter(|op| matches!(op.outcome, Outcome::Ok(_)))
@@ -130,6 +132,30 @@ impl AppendAudit {
             && self.initial_missing == 0
     }
 
+    /// What went wrong, for a failed check; `None` if the audit is clean.
+    pub fn problems(&self) -> Option<String> {
+        (!self.is_clean()).then(|| {
+            format!(
+                "{} lost, {} duplicated, {} failed yet applied, {} unexplained, {} keys without their \
+                 preload: {}",
+                self.lost,
+                self.duplicated,
+                self.failed_applied,
+                self.unexplained,
+                self.initial_missing,
+                self.examples.join("; ")
+            )
+        })
+    }
+
+    /// What a clean audit found, for a passed check.
+    pub fn summary(&self) -> String {
+        format!(
+            "ok: {} acknowledged, all found once; {} failed, none applied; {} unknown, {} applied",
+            self.acknowledged, self.failed, self.unknown, self.unknown_applied
+        )
+    }
+
     fn problem(&mut self, text: String) {
         if self.examples.len() < 5 {
             self.examples.push(text);
@@ -139,7 +165,7 @@ impl AppendAudit {
 
 /// Audits the appends to `keys`, whose final values are in `finals` (`None`, or no entry: not
 /// read) and whose preloaded values `initial` gives.
-pub(super) fn audit_appends(
+pub(crate) fn audit_appends(
     history: &History,
     keys: &[String],
     finals: &BTreeMap<String, Option<String>>,

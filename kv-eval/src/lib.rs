@@ -23,6 +23,7 @@
 //!
 //! Anything that makes or reads randomness takes an explicit seed.
 
+mod analysis;
 pub mod bench;
 pub mod chaos;
 pub mod chart;
@@ -32,6 +33,7 @@ pub mod history;
 pub mod linearizability;
 pub mod process;
 pub mod proxy;
+mod recorded_load;
 pub mod recorder;
 pub mod replicas;
 pub mod report;

@@ -13,14 +13,14 @@
 //!    nothing here asserts speed.
 //! 3. `resharding`: recorded clients load a cluster while servers join and leave on a schedule
 //!    (`membership`); throughput over time, keys moved against the ideal, stalls, and the whole
-//!    history checked for linearizability and for appends lost or applied twice (`analysis`),
+//!    history checked for linearizability and for appends lost or applied twice (the crate's
+//!    `analysis`, which the replicas runner's failover phase shares),
 //!    shown as checks, a table and a chart (`presentation`).
 //!
 //! Every check is a [`CheckOutcome`]; [`Report::passed`] is false if any failed, and the binary
 //! then exits non-zero. Every process started is stopped, also on failure: dropping a
 //! [`Cluster`] kills what is left of it.
 
-mod analysis;
 mod functional;
 mod membership;
 mod presentation;
@@ -35,7 +35,7 @@ use kv_client::{Client, ShardMaster};
 use kv_shard::Config;
 use serde::Serialize;
 
-pub use analysis::{AppendAudit, Bucket};
+pub use crate::analysis::{AppendAudit, Bucket};
 pub use membership::{ChangeKind, MemberStatus, MembershipChange};
 pub use resharding::{LoadConfig, ReshardingReport};
 pub use throughput::ThroughputRow;

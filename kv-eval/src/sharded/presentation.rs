@@ -88,23 +88,9 @@ pub(super) fn phase_checks(report: &ReshardingReport) -> Vec<CheckOutcome> {
         ),
         check(
             "resharding: every acknowledged append applied exactly once".into(),
-            (!a.is_clean()).then(|| {
-                format!(
-                    "{} lost, {} duplicated, {} failed yet applied, {} unexplained, {} keys without their \
-                     preload: {}",
-                    a.lost,
-                    a.duplicated,
-                    a.failed_applied,
-                    a.unexplained,
-                    a.initial_missing,
-                    a.examples.join("; ")
-                )
-            }),
+            a.problems(),
             0.0,
-            format!(
-                "ok: {} acknowledged, all found once; {} failed, none applied; {} unknown, {} applied",
-                a.acknowledged, a.failed, a.unknown, a.unknown_applied
-            ),
+            a.summary(),
         ),
     ]
 }

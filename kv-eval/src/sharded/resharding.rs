@@ -22,22 +22,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use kv_client::Client;
-use rand::rngs::SmallRng;
-use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 
-use super::analysis::{self, AppendAudit, Bucket};
 use super::membership::{self, ChangeKind, MembershipChange};
 use super::presentation;
 use super::{Options, client_runtime, keep_files_if_asked, master_addr, secs_since, start_cluster};
-use crate::bench::{Mix, OpKind};
+use crate::analysis::{self, AppendAudit, Bucket};
+use crate::bench::Mix;
 use crate::checks::CheckOutcome;
 use crate::cluster::Cluster;
-use crate::history::{History, Input, Outcome};
+use crate::history::{History, Outcome};
 use crate::linearizability;
-use crate::recorder::{Recorder, RecordingClient};
+use crate::recorded_load::{KeySpace, client_loop, final_reads, initial_value, preload};
+use crate::recorder::Recorder;
 
 /// The load of the resharding phase and its schedule of membership changes.
 #[derive(Debug, Clone, Serialize)]
@@ -132,30 +131,6 @@ pub struct ReshardingReport {
     pub history: History,
 }
 
-/// The keys of the load: put keys hold the last put, append keys every append.
-struct KeySpace {
-    all: Vec<String>,
-    put: Vec<String>,
-    append: Vec<String>,
-}
-
-impl KeySpace {
-    fn new(keys: usize) -> Self {
-        let (mut all, mut put, mut append) = (Vec::new(), Vec::new(), Vec::new());
-        for i in 0..keys.max(2) {
-            let key = if i % 4 == 0 { format!("p{i:04}") } else { format!("a{i:04}") };
-            if i % 4 == 0 { &mut put } else { &mut append }.push(key.clone());
-            all.push(key);
-        }
-        KeySpace { all, put, append }
-    }
-}
-
-/// The value a key is preloaded with; unique, like every value written.
-fn initial_value(key: &str) -> String {
-    format!("{key}:0;")
-}
-
 /// Runs the phase; returns its report and its checks.
 pub(super) fn run(options: &Options) -> Result<(ReshardingReport, Vec<CheckOutcome>)> {
     let config = &options.load;
@@ -200,13 +175,13 @@ fn record(cluster: &mut Cluster, options: &Options) -> Result<Recorded> {
     let recorder = Recorder::new();
     // The recorder's clock started just now: history times are measured from here.
     let clock = Instant::now();
-    let keys = Arc::new(KeySpace::new(config.keys));
+    let keys = Arc::new(KeySpace::new(config.keys, ""));
     let clients = rt.block_on(async {
         let mut clients = Vec::new();
         for process in 0..config.clients as u64 {
             clients.push(recorder.client(process, connect(&master, config.timeout).await?));
         }
-        preload(&clients, &keys).await?;
+        preload(&clients, &keys.all).await?;
         Ok::<_, anyhow::Error>(clients)
     })?;
     println!(
@@ -239,7 +214,8 @@ fn record(cluster: &mut Cluster, options: &Options) -> Result<Recorded> {
             for client in clients {
                 let (keys, done, mix) = (Arc::clone(&keys), Arc::clone(&done), config.mix.clone());
                 let (seed, deadline) = (config.seed, start + config.duration);
-                tasks.spawn(client_loop(client, keys, mix, seed, deadline, done));
+                let go_on = move || Instant::now() < deadline || !done.load(Ordering::Relaxed);
+                tasks.spawn(client_loop(client, keys, mix, seed, go_on));
             }
             while tasks.join_next().await.is_some() {}
         });
@@ -307,83 +283,4 @@ async fn connect(master: &str, timeout: Duration) -> Result<Client> {
         .connect()
         .await
         .with_context(|| format!("cannot connect to the cluster at {master}"))
-}
-
-/// Writes every key once, each process its share, recorded.
-async fn preload(clients: &[RecordingClient], keys: &KeySpace) -> Result<()> {
-    let mut tasks = tokio::task::JoinSet::new();
-    for (i, client) in clients.iter().enumerate() {
-        let client = client.clone();
-        let mine: Vec<String> = keys.all.iter().skip(i).step_by(clients.len()).cloned().collect();
-        tasks.spawn(async move {
-            for key in mine {
-                let outcome = client.run(&key, Input::Put(initial_value(&key))).await;
-                if !matches!(outcome, Outcome::Ok(_)) {
-                    bail!("preloading {key}: {outcome:?}");
-                }
-            }
-            Ok(())
-        });
-    }
-    while let Some(result) = tasks.join_next().await {
-        result.context("a preload task panicked")??;
-    }
-    Ok(())
-}
-
-/// One process: operations back to back until the deadline has passed and the changes are done.
-async fn client_loop(
-    client: RecordingClient,
-    keys: Arc<KeySpace>,
-    mix: Mix,
-    seed: u64,
-    deadline: Instant,
-    done: Arc<AtomicBool>,
-) {
-    let process = client.process();
-    let mut rng = SmallRng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(process));
-    let mut n = 0u64;
-    let mut backoff = Duration::ZERO;
-    while Instant::now() < deadline || !done.load(Ordering::Relaxed) {
-        n += 1;
-        let pick = |rng: &mut SmallRng, keys: &[String]| keys[rng.random_range(0..keys.len())].clone();
-        // Written values are unique, so a read (and a final value) tells which writes it holds.
-        let (key, input) = match mix.pick(&mut rng) {
-            OpKind::Put => (pick(&mut rng, &keys.put), Input::Put(format!("{process}.{n};"))),
-            OpKind::Append => (pick(&mut rng, &keys.append), Input::Append(format!("{process}.{n};"))),
-            _ => (pick(&mut rng, &keys.all), Input::Get),
-        };
-        if let Outcome::Ok(_) = client.run(&key, input).await {
-            backoff = Duration::ZERO;
-        } else {
-            // As a real client would: 20 ms doubling to 200 ms. It also bounds the number of
-            // unknown outcomes, which the checker pays for.
-            backoff = (backoff * 2).clamp(Duration::from_millis(20), Duration::from_millis(200));
-            tokio::time::sleep(backoff).await;
-        }
-    }
-}
-
-/// Reads every key (recorded), each retried for up to 30 s; returns the values and the keys that
-/// could not be read.
-async fn final_reads(
-    reader: &RecordingClient,
-    keys: &[String],
-) -> (BTreeMap<String, Option<String>>, Vec<String>) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (mut finals, mut unread) = (BTreeMap::new(), Vec::new());
-    for key in keys {
-        loop {
-            if let Outcome::Ok(crate::history::Output::Value(value)) = reader.run(key, Input::Get).await {
-                finals.insert(key.clone(), value);
-                break;
-            }
-            if Instant::now() >= deadline {
-                unread.push(key.clone());
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    (finals, unread)
 }

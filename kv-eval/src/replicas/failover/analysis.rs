@@ -2,22 +2,18 @@
 //! throughput over time, stalls, and whether every acknowledged append landed exactly once.
 //! Pure functions over a [`History`], tested here without a cluster.
 //!
-//! Times are seconds since the load started (`from` on the history's clock). The sharded
-//! runner's analysis does the same for resharding; its functions are private to it, so the few
-//! this phase needs are here, written for it.
+//! Times are seconds since the load started (`from` on the history's clock). What the sharded
+//! runner's resharding phase measures the same way (the load's operations, slices of throughput,
+//! the longest latency) comes from the crate's shared [`crate::analysis`]; what is here is the
+//! failover's own.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use super::Counts;
+use crate::analysis::{AppendAudit, Bucket};
+pub(super) use crate::analysis::{buckets, load_ops, max_latency_ms};
 use crate::history::{History, Input, Operation, Outcome};
-use crate::sharded::{AppendAudit, Bucket};
-
-/// The operations of the load: those of processes below `processes`, invoked at `from` or later
-/// (the preload runs on the same processes, before; the final reader is process `processes`).
-pub(super) fn load_ops(history: &History, processes: u64, from: Duration) -> Vec<&Operation> {
-    history.ops.iter().filter(|op| op.process < processes && op.invoked >= from).collect()
-}
 
 /// Seconds since `from`, at `at` (0 before it).
 fn secs(at: Duration, from: Duration) -> f64 {
@@ -39,33 +35,6 @@ pub(super) fn counts<'a>(ops: impl IntoIterator<Item = &'a Operation>) -> Counts
         }
         c
     })
-}
-
-/// `ops` by completion time, in slices of `width` over `secs` seconds from `from`. A tail
-/// shorter than half a slice joins the last slice: a sliver holding only the last operations in
-/// flight would show a rate that means nothing.
-pub(super) fn buckets(ops: &[&Operation], from: Duration, total: f64, width: Duration) -> Vec<Bucket> {
-    let width = width.as_secs_f64().max(1e-3);
-    let count = ((total / width).round() as usize).max(1);
-    let mut out: Vec<Bucket> = (0..count)
-        .map(|i| {
-            let start_secs = i as f64 * width;
-            let secs = if i + 1 == count { (total - start_secs).max(1e-3) } else { width };
-            Bucket { start_secs, secs, ok: 0, fail: 0, unknown: 0, ops_per_sec: 0.0 }
-        })
-        .collect();
-    for op in ops {
-        let bucket = &mut out[((secs(op.completed, from) / width) as usize).min(count - 1)];
-        match op.outcome {
-            Outcome::Ok(_) => bucket.ok += 1,
-            Outcome::Fail => bucket.fail += 1,
-            Outcome::Unknown => bucket.unknown += 1,
-        }
-    }
-    for bucket in &mut out {
-        bucket.ops_per_sec = bucket.ok as f64 / bucket.secs;
-    }
-    out
 }
 
 /// Successful operations per second among `ops` that completed within `span` (seconds since
@@ -91,15 +60,6 @@ pub(super) fn min_rate(buckets: &[Bucket], window: (f64, f64)) -> f64 {
         .map(|b| b.ops_per_sec);
     let min = rates.fold(f64::INFINITY, f64::min);
     if min.is_finite() { min } else { 0.0 }
-}
-
-/// The longest latency, in milliseconds, of a successful operation among `ops` in flight within
-/// `window`.
-pub(super) fn max_stall_ms(ops: &[&Operation], from: Duration, window: (f64, f64)) -> f64 {
-    ops.iter()
-        .filter(|op| matches!(op.outcome, Outcome::Ok(_)) && overlaps(op, from, window))
-        .map(|op| op.completed.saturating_sub(op.invoked).as_secs_f64() * 1e3)
-        .fold(0.0, f64::max)
 }
 
 /// Audits the appends to `keys`, whose final values are in `finals` (`None`, or no entry: not
@@ -266,8 +226,8 @@ mod tests {
         let outage = counts(load.iter().copied().filter(|op| overlaps(op, from, window)));
         assert_eq!(outage, Counts { ok: 1, fail: 0, unknown: 1 }, "the op that ends at 2.6 s overlaps");
         assert_eq!(counts(load.iter().copied()), Counts { ok: 3, fail: 1, unknown: 1 });
-        assert!((max_stall_ms(&load, from, window) - 1100.0).abs() < 1e-6);
-        assert!((max_stall_ms(&load, from, (0.0, 0.5)) - 100.0).abs() < 1e-6);
+        assert!((max_latency_ms(&load, from, Some(window)) - 1100.0).abs() < 1e-6);
+        assert!((max_latency_ms(&load, from, Some((0.0, 0.5))) - 100.0).abs() < 1e-6);
         assert!((rate(&load, from, (2.0, 3.0)) - 2.0).abs() < 1e-9, "two ok completions in 2..3 s");
         assert_eq!(rate(&load, from, (2.0, 2.0)), 0.0);
 

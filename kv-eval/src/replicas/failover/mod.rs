@@ -41,9 +41,9 @@ pub(super) use presentation::{chart, checks, table};
 pub(super) use record::run;
 
 use super::{Setting, as_secs};
+use crate::analysis::{AppendAudit, Bucket};
 use crate::bench::Mix;
 use crate::linearizability;
-use crate::sharded::{AppendAudit, Bucket};
 
 /// The recovery time the store aims at: the failure timeout (800 ms) plus one install, with room.
 /// Above it is reported prominently, never failed: machine noise, not a defect.

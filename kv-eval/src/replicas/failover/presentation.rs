@@ -222,23 +222,9 @@ pub(in crate::replicas) fn checks(reports: &[FailoverReport]) -> Vec<CheckOutcom
             let a = &r.appends;
             out.push(check(
                 format!("failover: {s}: every acknowledged append applied exactly once"),
-                (!a.is_clean()).then(|| {
-                    format!(
-                        "{} lost, {} duplicated, {} failed yet applied, {} unexplained, {} keys without their \
-                         preload: {}",
-                        a.lost,
-                        a.duplicated,
-                        a.failed_applied,
-                        a.unexplained,
-                        a.initial_missing,
-                        a.examples.join("; ")
-                    )
-                }),
+                a.problems(),
                 0.0,
-                format!(
-                    "ok: {} acknowledged, all found once; {} failed, none applied; {} unknown, {} applied",
-                    a.acknowledged, a.failed, a.unknown, a.unknown_applied
-                ),
+                a.summary(),
             ));
         }
     }
@@ -282,11 +268,11 @@ pub(in crate::replicas) fn chart(r: &FailoverReport) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::analysis::{AppendAudit, Bucket};
     use crate::history::History;
     use crate::linearizability;
     use crate::replicas::Setting;
     use crate::replicas::failover::{FailoverConfig, Stalls};
-    use crate::sharded::{AppendAudit, Bucket};
 
     fn report(setting: &str, recovered: Option<f64>) -> FailoverReport {
         let buckets = (0..40)

@@ -9,17 +9,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use kv_client::{Client, ReadFrom, ShardMaster};
 use kv_shard::{Config, slot_of};
-use rand::rngs::SmallRng;
-use rand::{RngExt, SeedableRng};
 use tokio::task::JoinSet;
 
 use super::analysis;
 use super::{FailoverConfig, FailoverReport, RECOVERY_BAR, RECOVERY_LIMIT, Stalls};
-use crate::bench::{Mix, OpKind};
 use crate::cluster::Cluster;
-use crate::history::{History, Input, Outcome, Output};
+use crate::history::History;
 use crate::linearizability;
-use crate::recorder::{Recorder, RecordingClient};
+use crate::recorded_load::{KeySpace, client_loop, final_reads, initial_value, preload};
+use crate::recorder::Recorder;
 use crate::replicas::setup::{
     client_runtime, cluster_client, current_config, keep_files_if_asked, master_addr, start_cluster,
 };
@@ -28,9 +26,6 @@ use crate::replicas::{Options, Setting};
 /// How long the load's clients may take to finish their last call once told to stop: far more
 /// than a call's attempts take against a cluster that has failed over.
 const STOP_LIMIT: Duration = Duration::from_secs(90);
-
-/// How long the final reads may keep retrying, all keys together.
-const FINAL_READS_LIMIT: Duration = Duration::from_secs(30);
 
 /// Pause between two probe puts, and between two polls of the shard master.
 const PROBE_PAUSE: Duration = Duration::from_millis(10);
@@ -82,30 +77,6 @@ fn run_setting(options: &Options, setting: Setting) -> Result<FailoverReport> {
     Ok(report)
 }
 
-/// The keys of the load: put keys hold the last put, append keys every append.
-struct KeySpace {
-    all: Vec<String>,
-    put: Vec<String>,
-    append: Vec<String>,
-}
-
-impl KeySpace {
-    fn new(keys: usize) -> Self {
-        let (mut all, mut put, mut append) = (Vec::new(), Vec::new(), Vec::new());
-        for i in 0..keys.max(2) {
-            let key = if i % 4 == 0 { format!("fp{i:04}") } else { format!("fa{i:04}") };
-            if i % 4 == 0 { &mut put } else { &mut append }.push(key.clone());
-            all.push(key);
-        }
-        KeySpace { all, put, append }
-    }
-}
-
-/// The value a key is preloaded with; unique, like every value written.
-fn initial_value(key: &str) -> String {
-    format!("{key}:0;")
-}
-
 /// The server killed, and where.
 struct Victim {
     node: usize,
@@ -155,7 +126,7 @@ fn record(
     let recorder = Recorder::new();
     // The recorder's clock started just now: history times are measured from here.
     let clock = Instant::now();
-    let keys = KeySpace::new(config.keys);
+    let keys = KeySpace::new(config.keys, "f");
     rt.block_on(async {
         let mut clients = Vec::new();
         for process in 0..config.clients as u64 {
@@ -198,7 +169,9 @@ fn record(
         let mut load = JoinSet::new();
         for client in clients {
             let seed = options.seed ^ ((setting.factor() as u64) << 40) ^ ((setting.level() as u64) << 32);
-            load.spawn(client_loop(client, Arc::clone(&keys), config.mix.clone(), seed, Arc::clone(&stop)));
+            let stop = Arc::clone(&stop);
+            let go_on = move || !stop.load(Ordering::Relaxed);
+            load.spawn(client_loop(client, Arc::clone(&keys), config.mix.clone(), seed, go_on));
         }
         tokio::time::sleep(config.before_kill).await;
 
@@ -336,84 +309,6 @@ async fn wait_failed_over(master: &str, address: &str, key: &str, killed: Instan
     None
 }
 
-/// Writes every key once, each process its share, recorded.
-async fn preload(clients: &[RecordingClient], keys: &[String]) -> Result<()> {
-    let mut tasks = JoinSet::new();
-    for (i, client) in clients.iter().enumerate() {
-        let client = client.clone();
-        let mine: Vec<String> = keys.iter().skip(i).step_by(clients.len()).cloned().collect();
-        tasks.spawn(async move {
-            for key in mine {
-                let outcome = client.run(&key, Input::Put(initial_value(&key))).await;
-                if !matches!(outcome, Outcome::Ok(_)) {
-                    bail!("preloading {key}: {outcome:?}");
-                }
-            }
-            Ok(())
-        });
-    }
-    while let Some(result) = tasks.join_next().await {
-        result.context("a preload task panicked")??;
-    }
-    Ok(())
-}
-
-/// One process: operations back to back until `stop`.
-async fn client_loop(
-    client: RecordingClient,
-    keys: Arc<KeySpace>,
-    mix: Mix,
-    seed: u64,
-    stop: Arc<AtomicBool>,
-) {
-    let process = client.process();
-    let mut rng = SmallRng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(process));
-    let mut n = 0u64;
-    let mut backoff = Duration::ZERO;
-    while !stop.load(Ordering::Relaxed) {
-        n += 1;
-        let pick = |rng: &mut SmallRng, keys: &[String]| keys[rng.random_range(0..keys.len())].clone();
-        // Written values are unique, so a read (and a final value) tells which writes it holds.
-        let (key, input) = match mix.pick(&mut rng) {
-            OpKind::Put => (pick(&mut rng, &keys.put), Input::Put(format!("{process}.{n};"))),
-            OpKind::Append => (pick(&mut rng, &keys.append), Input::Append(format!("{process}.{n};"))),
-            _ => (pick(&mut rng, &keys.all), Input::Get),
-        };
-        if let Outcome::Ok(_) = client.run(&key, input).await {
-            backoff = Duration::ZERO;
-        } else {
-            // As a real client would: 20 ms doubling to 200 ms. It also bounds the number of
-            // unknown outcomes, which the checker pays for.
-            backoff = (backoff * 2).clamp(Duration::from_millis(20), Duration::from_millis(200));
-            tokio::time::sleep(backoff).await;
-        }
-    }
-}
-
-/// Reads every key (recorded), retrying for up to [`FINAL_READS_LIMIT`] in all; returns the
-/// values and the keys that could not be read.
-async fn final_reads(
-    reader: &RecordingClient,
-    keys: &[String],
-) -> (BTreeMap<String, Option<String>>, Vec<String>) {
-    let deadline = Instant::now() + FINAL_READS_LIMIT;
-    let (mut finals, mut unread) = (BTreeMap::new(), Vec::new());
-    for key in keys {
-        loop {
-            if let Outcome::Ok(Output::Value(value)) = reader.run(key, Input::Get).await {
-                finals.insert(key.clone(), value);
-                break;
-            }
-            if Instant::now() >= deadline {
-                unread.push(key.clone());
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    (finals, unread)
-}
-
 /// Puts together what the phase measured; checks the history.
 fn analyse(config: &FailoverConfig, setting: Setting, recorded: Recorded) -> FailoverReport {
     let Recorded {
@@ -442,7 +337,7 @@ fn analyse(config: &FailoverConfig, setting: Setting, recorded: Recorded) -> Fai
     let in_outage: Vec<_> = ops.iter().copied().filter(|op| analysis::overlaps(op, from, window)).collect();
     let stall = |keys: &dyn Fn(&String) -> bool| {
         let ops: Vec<_> = ops.iter().copied().filter(|op| keys(&op.key)).collect();
-        analysis::max_stall_ms(&ops, from, window)
+        analysis::max_latency_ms(&ops, from, Some(window))
     };
     FailoverReport {
         setting,
