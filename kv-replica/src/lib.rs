@@ -150,6 +150,10 @@
 //!
 //! - A failover while the promoted secondary is still catching up (right after a join) loses
 //!   the part of its slots it had not received yet.
+//! - A *receiver* that dies in the middle of a move is failed over like any member: the slots it
+//!   was still waiting for go to its first secondary, which has no copy of them (their data is
+//!   at the sender, which keeps it, unserved): they are served empty. (A *sender* that dies in
+//!   the middle of a move loses nothing: see "Moves".)
 //! - A failover that lands while a *live* sender's hand-off is unfinished (say, on a flaky
 //!   network) makes the sender forget the hand-off; the receiver keeps waiting for the slots.
 //! - A sender that is cut off only from the shard master, during its hand-off, is presumed dead:
