@@ -186,11 +186,11 @@ impl Node {
         self.storage.limits().check_key(&mutation.key)?;
         let (_admitted, slot) = self.admit(&mutation.key).await?;
         let view = self.replicas.view();
-        let targets = Node::replica_targets(&view, slot);
-        if !targets.is_empty() {
-            return self.write_replicated(&view, targets, slot, id, mutation).await;
-        }
         if view.replication().factor > 1 {
+            let targets = Node::replica_targets(&view, slot);
+            if !targets.is_empty() {
+                return self.write_replicated(&view, targets, slot, id, mutation).await;
+            }
             // No secondary left, but the servers that lost the slot may still read it.
             self.wait_fence(slot).await;
         }
