@@ -7,13 +7,16 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::{STOP, config, master_addr, runtime};
 use kv_client::{Client, ReadFrom, ShardMaster, server_status};
-use kv_eval::cluster::{Cluster, ClusterConfig};
+use kv_eval::cluster::Cluster;
 use kv_eval::history::{Input, Outcome};
 use kv_eval::linearizability::{self, Verdict};
 use kv_eval::recorder::Recorder;
@@ -21,29 +24,8 @@ use kv_shard::Config;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
-/// Upper bound for a clean stop, leave and hand-off included.
-const STOP: Duration = Duration::from_secs(60);
-
-/// A cluster of `nodes` storage servers and a shard master keeping `factor` copies of every
-/// slot, with extra shard master flags.
 fn replicated(nodes: usize, factor: usize, flags: &[&str]) -> Cluster {
-    let mut config = ClusterConfig::new(nodes).unwrap();
-    config.shardmaster = true;
-    config.replication_factor = factor;
-    config.shardmaster_args = flags.iter().map(|&f| f.to_owned()).collect();
-    Cluster::start(&config).unwrap()
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
-}
-
-fn master_addr(cluster: &Cluster) -> String {
-    cluster.shardmaster().unwrap().client_addr().to_string()
-}
-
-async fn config(cluster: &Cluster) -> Config {
-    ShardMaster::connect(master_addr(cluster)).await.unwrap().config().await.unwrap()
+    common::with_shardmaster(nodes, factor, flags)
 }
 
 /// Waits until every member is at the shard master's epoch with every slot it owns and every

@@ -7,30 +7,20 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use kv_client::{Client, ShardMaster, server_status};
+use common::{STOP, config, master_addr, runtime};
+use kv_client::{Client, server_status};
 use kv_eval::cluster::{Cluster, ClusterConfig};
 use kv_shard::Config;
 
-/// Upper bound for a clean stop, leave and hand-off included.
-const STOP: Duration = Duration::from_secs(60);
-
 fn sharded(nodes: usize) -> Cluster {
-    let mut config = ClusterConfig::new(nodes).unwrap();
-    config.shardmaster = true;
-    Cluster::start(&config).unwrap()
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
-}
-
-fn master_addr(cluster: &Cluster) -> String {
-    cluster.shardmaster().unwrap().client_addr().to_string()
+    common::with_shardmaster(nodes, 1, &[])
 }
 
 /// A cluster client that rides out moves and restarts: short timeouts, many attempts.
@@ -41,10 +31,6 @@ async fn client(cluster: &Cluster) -> Client {
         .connect()
         .await
         .unwrap()
-}
-
-async fn config(cluster: &Cluster) -> Config {
-    ShardMaster::connect(master_addr(cluster)).await.unwrap().config().await.unwrap()
 }
 
 /// Keys each member holds, by what it reports.

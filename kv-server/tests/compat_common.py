@@ -1,13 +1,15 @@
 """What the Python grpcio compatibility tests share: stub generation and checks.
 
-Imported by compat_python.py and compat_python_shardmaster.py (same folder, so on sys.path when
-either runs as a script). Needs the grpcio-tools package.
+Imported by compat_python.py, compat_python_shardmaster.py and compat_python_replicas.py (same
+folder, so on sys.path when each runs as a script). Needs the grpcio and grpcio-tools packages.
 """
 
 import importlib
 import pathlib
 import subprocess
 import sys
+
+import grpc
 
 PROTO_DIR = pathlib.Path(__file__).resolve().parents[2] / "kv-proto" / "proto"
 RPC_TIMEOUT = 30  # seconds; an upper bound against hangs, never a speed check
@@ -20,6 +22,16 @@ class Mismatch(Exception):
 def check(actual, expected, what):
     if actual != expected:
         raise Mismatch(f"{what}: expected {expected!r}, got {actual!r}")
+
+
+def expect_error(call, code, what):
+    """Runs call(), which must fail with the gRPC status code `code`."""
+    try:
+        call()
+    except grpc.RpcError as err:
+        check(err.code(), code, what)
+        return
+    raise Mismatch(f"{what}: expected {code}, the call succeeded")
 
 
 def generate_stubs(out_dir, proto):

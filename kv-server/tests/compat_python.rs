@@ -14,6 +14,19 @@ use std::process::Command;
 
 use common::{ServerProcess, run_to_exit, try_run_to_exit};
 
+/// Whether the Python tests can run: `python3` imports grpcio and grpcio-tools. If not, the
+/// test is skipped with a message, unless `KV_REQUIRE_PYTHON=1` (as in CI), which fails it.
+fn python_grpc_or_skip() -> bool {
+    let Err(reason) = python_grpc_available() else { return true };
+    assert!(
+        std::env::var("KV_REQUIRE_PYTHON").as_deref() != Ok("1"),
+        "KV_REQUIRE_PYTHON=1 but python3 cannot import grpc and grpc_tools \
+         (pip install grpcio grpcio-tools): {reason}"
+    );
+    println!("skipping: grpcio not installed (pip install grpcio grpcio-tools): {reason}");
+    false
+}
+
 /// Whether `python3` can import grpcio and grpcio-tools.
 fn python_grpc_available() -> Result<(), String> {
     let mut command = Command::new("python3");
@@ -27,13 +40,7 @@ fn python_grpc_available() -> Result<(), String> {
 
 #[test]
 fn a_python_grpcio_client_passes_the_assignments_tests() {
-    if let Err(reason) = python_grpc_available() {
-        assert!(
-            std::env::var("KV_REQUIRE_PYTHON").as_deref() != Ok("1"),
-            "KV_REQUIRE_PYTHON=1 but python3 cannot import grpc and grpc_tools \
-             (pip install grpcio grpcio-tools): {reason}"
-        );
-        println!("skipping: grpcio not installed (pip install grpcio grpcio-tools): {reason}");
+    if !python_grpc_or_skip() {
         return;
     }
 
@@ -60,12 +67,7 @@ fn a_python_grpcio_client_passes_the_assignments_tests() {
 /// key): join, query, leave.
 #[test]
 fn a_python_grpcio_client_uses_the_shard_master() {
-    if let Err(reason) = python_grpc_available() {
-        assert!(
-            std::env::var("KV_REQUIRE_PYTHON").as_deref() != Ok("1"),
-            "KV_REQUIRE_PYTHON=1 but python3 cannot import grpc and grpc_tools: {reason}"
-        );
-        println!("skipping: grpcio not installed (pip install grpcio grpcio-tools): {reason}");
+    if !python_grpc_or_skip() {
         return;
     }
     let master = ServerProcess::start_shardmaster_with(&["--replication-factor", "1"]);
@@ -93,12 +95,7 @@ fn a_python_grpcio_client_uses_the_shard_master() {
 /// JoinReplica, QueryReplica, writes at the primary, reads at any replica.
 #[test]
 fn a_python_grpcio_client_uses_the_replicas() {
-    if let Err(reason) = python_grpc_available() {
-        assert!(
-            std::env::var("KV_REQUIRE_PYTHON").as_deref() != Ok("1"),
-            "KV_REQUIRE_PYTHON=1 but python3 cannot import grpc and grpc_tools: {reason}"
-        );
-        println!("skipping: grpcio not installed (pip install grpcio grpcio-tools): {reason}");
+    if !python_grpc_or_skip() {
         return;
     }
     let master =

@@ -23,18 +23,9 @@ import tempfile
 
 import grpc
 
-from compat_common import RPC_TIMEOUT, Mismatch, check, generate_stubs
+from compat_common import RPC_TIMEOUT, Mismatch, check, expect_error, generate_stubs
 
 SERVERS = []
-
-
-def expect_error(call, code, what):
-    try:
-        call()
-    except grpc.RpcError as err:
-        check(err.code(), code, what)
-        return
-    raise Mismatch(f"{what}: expected {code}, the call succeeded")
 
 
 def main():
