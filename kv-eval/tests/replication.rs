@@ -523,3 +523,178 @@ fn strong_mode_stays_linearizable_through_a_pause_and_a_kill_and_restart() {
     });
     assert_linearizable(&cluster, &recorder);
 }
+
+/// Waits until the server at `address` (its own address, not its proxy) owes no hand-off.
+async fn until_nothing_owed(cluster: &Cluster, address: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        match server_status(address, Duration::from_secs(2)).await {
+            Ok(status) if status.outgoing_slots == 0 => return,
+            status => assert!(
+                Instant::now() < deadline,
+                "{address} still owes slots: {status:?}\n{}",
+                cluster.logs()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A server that dies while slots are still moving to it (here, the slots of a leaver) loses
+/// nothing: its failover gives those slots to its heir, which takes them from the leaver (still
+/// holding them) and keeps what its own copy holds newer, and the leaver's unfinished hand-offs
+/// to the other receivers carry over to the failover's epoch. Recorded clients working on the
+/// moving keys throughout see a linearizable history.
+#[test]
+fn a_receiver_that_dies_during_a_move_loses_nothing() {
+    let mut cluster = replicated(4, 3, &["--consistency", "strong"]);
+    let rt = runtime();
+    let master = master_addr(&cluster);
+    let keys: Vec<String> = (0..200).map(|i| format!("r{i}")).collect();
+    let before = rt.block_on(config(&cluster));
+    let leaver_addr = before.members().nth(1).unwrap().1.to_owned();
+    let leaver = node_of(&cluster, &leaver_addr);
+    let leaver_real = cluster.nodes()[leaver].addr().to_string();
+    // The workload's keys are all the leaver's: they all move.
+    let moving: Arc<[String]> = (0..)
+        .map(|i| format!("w{i}"))
+        .filter(|k| before.owner(k).is_some_and(|(_, a)| a == leaver_addr))
+        .take(12)
+        .collect();
+    rt.block_on(async {
+        let c = Client::cluster_builder(master.as_str()).connect().await.unwrap();
+        for key in &keys {
+            c.put(key.as_str(), format!("value of {key}")).await.unwrap();
+        }
+    });
+    let recorder = Recorder::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = workload(&rt, &cluster, &recorder, &moving, &stop, 4, 200);
+    std::thread::sleep(Duration::from_millis(500));
+    // Slow the receivers down, so that the hand-off is caught half-way.
+    for (i, node) in cluster.nodes().iter().enumerate() {
+        if i != leaver {
+            node.proxy().unwrap().set_faults(kv_eval::proxy::Faults::delayed(
+                Duration::from_millis(40),
+                Duration::from_millis(10),
+            ));
+        }
+    }
+    let leave = rt.spawn({
+        let (master, leaver_addr) = (master.clone(), leaver_addr.clone());
+        async move { ShardMaster::connect(master).await.unwrap().leave(leaver_addr).await }
+    });
+    // Kill a receiver that has switched to the new epoch and still waits for slots.
+    let victim = rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            for (i, node) in cluster.nodes().iter().enumerate() {
+                if i == leaver {
+                    continue;
+                }
+                if let Ok(status) = server_status(&node.addr().to_string(), Duration::from_secs(1)).await
+                    && status.epoch > before.epoch()
+                    && status.incoming_slots > 0
+                {
+                    println!("killing a receiver mid-move: {status:?}");
+                    return i;
+                }
+            }
+            assert!(Instant::now() < deadline, "no receiver was seen waiting\n{}", cluster.logs());
+        }
+    });
+    let victim_addr = cluster.nodes()[victim].client_addr().to_string();
+    cluster.node_mut(victim).kill().unwrap();
+    let left = rt.block_on(leave).unwrap();
+    println!("the leave answered: {left:?}");
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        rt.block_on(worker).unwrap();
+    }
+    for node in cluster.nodes() {
+        if let Some(proxy) = node.proxy() {
+            proxy.heal();
+        }
+    }
+    rt.block_on(async {
+        let after = settled(&cluster, Duration::from_secs(60)).await;
+        assert!(after.id_of(&victim_addr).is_none(), "the receiver was failed over");
+        assert!(after.id_of(&leaver_addr).is_none(), "the leaver is gone");
+        until_nothing_owed(&cluster, &leaver_real, Duration::from_secs(60)).await;
+        assert!(
+            cluster.logs().contains("taking over the slots a failed owner was still receiving"),
+            "the heir took the receiver's unfinished slots from the leaver\n{}",
+            cluster.logs()
+        );
+        let c =
+            Client::cluster_builder(master.as_str()).read_from(ReadFrom::Primary).connect().await.unwrap();
+        for key in &keys {
+            assert_eq!(
+                c.get(key.as_str()).await.unwrap(),
+                Some(format!("value of {key}")),
+                "{key}\n{}",
+                cluster.logs()
+            );
+        }
+        read_back(&cluster, &recorder, &after, &moving).await;
+    });
+    assert_linearizable(&cluster, &recorder);
+}
+
+/// A primary that fails while its first secondary is still catching up (a server that has
+/// just joined) fails over to a secondary whose copy is up to date, not to the one catching up:
+/// nothing is lost. Here the primary is paused through the join, so that it never sends the new
+/// server its snapshot, and is failed after.
+#[test]
+fn a_failover_while_a_new_secondary_catches_up_promotes_an_up_to_date_copy() {
+    // Long enough a failure timeout for the join to start while the primary is paused.
+    let mut cluster = replicated(4, 3, &["--consistency", "strong", "--failure-timeout-ms", "6000"]);
+    let rt = runtime();
+    let master = master_addr(&cluster);
+    let keys: Vec<String> = (0..300).map(|i| format!("j{i}")).collect();
+    let before = rt.block_on(async {
+        let c = Client::cluster_builder(master.as_str()).connect().await.unwrap();
+        for key in &keys {
+            c.put(key.as_str(), format!("value of {key}")).await.unwrap();
+        }
+        settled(&cluster, Duration::from_secs(30)).await
+    });
+    // The newest member: a server that joins becomes the first secondary of its slots.
+    let primary = before.members().last().unwrap().1.to_owned();
+    let victim = node_of(&cluster, &primary);
+    let its_keys = keys.iter().filter(|k| before.owner(k).is_some_and(|(_, a)| a == primary)).count();
+    assert!(its_keys > 0);
+    cluster.node_mut(victim).pause().unwrap();
+    let joined = cluster.add_node().unwrap();
+    let joined_addr = cluster.nodes()[joined].client_addr().to_string();
+    rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while config(&cluster).await.id_of(&primary).is_some() {
+            assert!(Instant::now() < deadline, "the paused primary was not failed over\n{}", cluster.logs());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    cluster.node_mut(victim).kill().unwrap();
+    rt.block_on(async {
+        let after = settled(&cluster, Duration::from_secs(60)).await;
+        assert!(after.id_of(&joined_addr).is_some());
+        assert!(
+            cluster.logs().contains("promoting up-to-date secondaries in place of first secondaries"),
+            "the failover passed over the copies still catching up\n{}",
+            cluster.logs()
+        );
+        let c =
+            Client::cluster_builder(master.as_str()).read_from(ReadFrom::Primary).connect().await.unwrap();
+        for key in &keys {
+            assert_eq!(
+                c.get(key.as_str()).await.unwrap(),
+                Some(format!("value of {key}")),
+                "{key} ({its_keys} keys were the failed primary's)\n{}",
+                cluster.logs()
+            );
+            let values = at_every_replica(&after, key).await;
+            assert!(values.iter().all(|(_, v)| *v == values[0].1), "replicas of {key} differ: {values:?}");
+        }
+    });
+}

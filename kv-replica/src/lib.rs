@@ -176,5 +176,5 @@
 pub mod roles;
 pub mod secondary;
 
-pub use roles::{Role, keeps_copy, peers, role, secondaries};
-pub use secondary::{ReplicatedWrite, SlotReplica, SlotState};
+pub use roles::{Role, heirs, keeps_copy, peers, role, secondaries};
+pub use secondary::{ReplicatedWrite, SlotReplica, SlotState, Takeover};

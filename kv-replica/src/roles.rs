@@ -1,7 +1,9 @@
 //! Which role a server plays for a slot in a configuration, and whether a secondary's copy of
 //! a slot stays valid from one configuration to the next.
 
-use kv_shard::{Config, ServerId, Slot};
+use std::collections::BTreeMap;
+
+use kv_shard::{Config, Consistency, ServerId, Slot};
 
 /// A server's role for one slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +61,41 @@ pub fn secondaries(config: &Config, slot: Slot) -> Vec<&str> {
     config.replicas_of_slot(slot).into_iter().skip(1).filter_map(|id| config.address(id)).collect()
 }
 
+/// Who takes over the primary slots of the failed member at `failed` in `config`, for
+/// [`Config::fail_to`]: per slot, the first of its secondaries whose copy is up to date
+/// (`ready(address, slot)`; a server that did not answer is not) among those that hold every
+/// acknowledged write — every secondary in strong mode, the synchronous ones in eventual mode —
+/// else the first up-to-date secondary at all (eventual mode: it may miss the writes of the last
+/// sync interval). Slots with neither are left out: they go to their first secondary, whose copy
+/// is still catching up.
+pub fn heirs(config: &Config, failed: &str, ready: impl Fn(&str, Slot) -> bool) -> BTreeMap<Slot, ServerId> {
+    let Some(id) = config.id_of(failed) else { return BTreeMap::new() };
+    let replication = config.replication();
+    let synchronous = match replication.consistency {
+        Consistency::Strong => usize::MAX,
+        Consistency::Eventual => replication.sync_replicas,
+    };
+    let mut heirs = BTreeMap::new();
+    for (slot, owner) in (0..).zip(config.slots()) {
+        if *owner != Some(id) {
+            continue;
+        }
+        let candidates: Vec<(ServerId, &str)> = config
+            .replicas_of_slot(slot)
+            .into_iter()
+            .skip(1)
+            .filter_map(|id| Some((id, config.address(id)?)))
+            .collect();
+        let is_ready = |(_, address): &&(ServerId, &str)| ready(address, slot);
+        let heir =
+            candidates.iter().take(synchronous).find(is_ready).or_else(|| candidates.iter().find(is_ready));
+        if let Some(&(heir, _)) = heir {
+            heirs.insert(slot, heir);
+        }
+    }
+    heirs
+}
+
 #[cfg(test)]
 mod tests {
     use kv_shard::{Replication, SLOTS};
@@ -105,6 +142,41 @@ mod tests {
                 assert_eq!(peers, shared, "n={n}, server {i}");
             }
         }
+    }
+
+    #[test]
+    fn a_failed_primary_s_slots_go_to_an_up_to_date_secondary() {
+        let config = cluster(5);
+        let failed = "10.0.0.2:1";
+        let [first, second] = ["10.0.0.3:1", "10.0.0.4:1"].map(|a| config.id_of(a).unwrap());
+        let owned: Vec<Slot> =
+            (0..SLOTS as Slot).filter(|&s| role(&config, failed, s) == Role::Primary).collect();
+        // Every copy up to date: the first secondary, as `Config::fail` gives them.
+        let all = heirs(&config, failed, |_, _| true);
+        assert_eq!(all.len(), owned.len());
+        assert!(all.values().all(|&heir| heir == first));
+        // The first secondary still catching up some slots: those go to the second.
+        let catching_up = |slot: Slot| slot.is_multiple_of(2);
+        let chosen = heirs(&config, failed, |address, slot| address != "10.0.0.3:1" || !catching_up(slot));
+        for slot in &owned {
+            assert_eq!(chosen[slot], if catching_up(*slot) { second } else { first }, "slot {slot}");
+        }
+        // No copy up to date: left to the first secondary.
+        assert!(heirs(&config, failed, |_, _| false).is_empty());
+
+        // Eventual mode prefers a synchronous secondary, then any up-to-date one.
+        let eventual = Replication {
+            factor: 3,
+            consistency: Consistency::Eventual,
+            sync_replicas: 1,
+            ..Replication::default()
+        };
+        let config = (0..5).fold(Config::new().with_replication(eventual).unwrap(), |c, i| {
+            c.join(&format!("10.0.0.{i}:1")).unwrap()
+        });
+        let chosen = heirs(&config, failed, |address, _| address != "10.0.0.3:1");
+        assert!(chosen.values().all(|&heir| heir == second), "the only up-to-date copy");
+        assert!(heirs(&config, "10.9.9.9:1", |_, _| true).is_empty());
     }
 
     #[test]

@@ -46,6 +46,20 @@ pub enum SlotState {
     Ready,
 }
 
+/// What a secondary's copy of a slot holds when the server takes the slot over from its failed
+/// primary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Takeover {
+    /// Up to date: every write the primary may have acknowledged.
+    Complete,
+    /// Still catching up (or no copy at all): only the keys in `written` are up to date; the
+    /// others may be missing or stale, and are to be taken from another copy of the slot.
+    Partial {
+        /// Keys a write has reached since the catch-up began.
+        written: HashSet<String>,
+    },
+}
+
 /// A secondary's state for one slot.
 #[derive(Debug, Default)]
 pub struct SlotReplica {
@@ -163,6 +177,19 @@ impl SlotReplica {
         pending
     }
 
+    /// Takes the slot over from its failed primary: returns what the copy holds, and every
+    /// prepared write to commit first ([`SlotReplica::take_pending`]), whose keys count as
+    /// written. The caller resets the slot after.
+    pub fn take_over(&mut self) -> (Takeover, Vec<ReplicatedWrite>) {
+        let pending = self.take_pending();
+        let takeover = match &self.state {
+            SlotState::Ready => Takeover::Complete,
+            SlotState::Syncing { touched, .. } => Takeover::Partial { written: touched.clone() },
+            SlotState::Idle | SlotState::Awaiting => Takeover::Partial { written: HashSet::new() },
+        };
+        (takeover, pending)
+    }
+
     /// Number of writes prepared and not committed.
     pub fn pending(&self) -> usize {
         self.pending.len()
@@ -256,6 +283,24 @@ mod tests {
         let seqs: Vec<u64> = slot.take_pending().iter().map(|w| w.seq).collect();
         assert_eq!(seqs, [1, 2, 3]);
         assert!(!slot.is_dirty("k") && slot.pending() == 0);
+    }
+
+    #[test]
+    fn a_takeover_says_which_keys_are_up_to_date() {
+        let mut ready = SlotReplica::default();
+        ready.reset(SlotState::Ready);
+        ready.prepare(write(1, "k", "a"));
+        assert_eq!(ready.take_over(), (Takeover::Complete, vec![write(1, "k", "a")]));
+
+        let mut catching_up = syncing();
+        catching_up.touch("written");
+        catching_up.prepare(write(2, "prepared", "b"));
+        let (takeover, pending) = catching_up.take_over();
+        assert_eq!(pending, vec![write(2, "prepared", "b")]);
+        let written = HashSet::from(["written".to_owned(), "prepared".to_owned()]);
+        assert_eq!(takeover, Takeover::Partial { written });
+
+        assert_eq!(SlotReplica::default().take_over().0, Takeover::Partial { written: HashSet::new() });
     }
 
     #[test]

@@ -20,6 +20,7 @@ use tonic::Status;
 use tracing::{debug, info};
 
 use crate::node::Node;
+use crate::replication::lock;
 
 /// How long a lease lasts, from when its request was sent.
 pub(crate) const LEASE: Duration = Duration::from_millis(500);
@@ -44,10 +45,6 @@ pub(crate) struct Leases {
     /// Renew now (after an install).
     kick: Notify,
     started: std::sync::atomic::AtomicBool,
-}
-
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Leases {

@@ -67,9 +67,12 @@ pub struct Membership {
     /// How long a member may go without answering before it is failed (replication factor 2
     /// or more).
     failure_timeout: Duration,
-    /// Slots given to their first secondary at a failover, by the epoch that did it: every
-    /// install of that epoch carries them.
-    promotions: std::sync::Mutex<BTreeMap<u64, Vec<Slot>>>,
+    /// What each failover gave to whom, by the epoch it made: every install of that epoch
+    /// carries it.
+    failovers: std::sync::Mutex<BTreeMap<u64, Failover>>,
+    /// Servers outside the membership that still owe slots (a leaver whose hand-off a failover
+    /// carried over): watched like the members until they owe nothing.
+    owing: std::sync::Mutex<BTreeSet<String>>,
     /// The incarnation of each member's process when it joined: a member answering with another
     /// one restarted, and lost what it held.
     incarnations: std::sync::Mutex<BTreeMap<String, u64>>,
@@ -78,6 +81,26 @@ pub struct Membership {
 enum Change {
     Join(String),
     Leave(String),
+}
+
+/// The slots a failed member held, and where they went.
+#[derive(Debug, Default, Clone)]
+struct Failover {
+    /// Every slot of the failed member's: each new owner serves its share from its own copy...
+    promoted: Vec<Slot>,
+    /// ...but those still moving to the failed member when it failed, which come from the
+    /// server that was sending them (by sender).
+    carried: BTreeMap<String, Vec<Slot>>,
+}
+
+/// How a sender's install of a change ended.
+enum SenderOutcome {
+    /// It answered (done, or failed while it keeps the data).
+    Answered(Result<v1::InstallResponse, Status>),
+    /// It stopped answering pings.
+    Silent,
+    /// A server it sends to stopped answering pings.
+    ReceiverSilent(String),
 }
 
 impl Membership {
@@ -111,7 +134,8 @@ impl Membership {
             peers: Peers::new(token),
             move_timeout,
             failure_timeout,
-            promotions: std::sync::Mutex::new(BTreeMap::new()),
+            failovers: std::sync::Mutex::new(BTreeMap::new()),
+            owing: std::sync::Mutex::new(BTreeSet::new()),
             incarnations: std::sync::Mutex::new(BTreeMap::new()),
         })
     }
@@ -254,7 +278,7 @@ impl Membership {
         history.push_back(Arc::clone(next));
         while history.len() > Self::HISTORY {
             if let Some(dropped) = history.pop_front() {
-                self.promotions
+                self.failovers
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .retain(|&epoch, _| epoch > dropped.epoch());
@@ -334,6 +358,21 @@ impl Membership {
         }
     }
 
+    /// Returns the first of `servers` not to answer pings for the failure timeout; never, if
+    /// there are none.
+    async fn until_any_silent<'s>(&self, servers: &[&'s str]) -> &'s str {
+        if servers.is_empty() {
+            return std::future::pending().await;
+        }
+        let watches = servers.iter().map(|&server| {
+            Box::pin(async move {
+                self.until_silent(server).await;
+                server
+            })
+        });
+        futures_util::future::select_all(watches).await.0
+    }
+
     /// The incarnation `server` answers a ping with, if it answers in time.
     async fn ping(&self, server: &str) -> Option<u64> {
         let mut call = tonic::Request::new(v1::PingRequest {});
@@ -385,25 +424,66 @@ impl Membership {
                 }
             }
         }
-        let (next, promoted) = before.fail(server)?;
+        // What the others hold: which of the failed member's slots they still owe it (a move to
+        // it was not over), and which of their copies are up to date.
+        let others: Vec<String> = self.involved(&before).into_iter().filter(|a| a != server).collect();
+        let statuses = join_all(others.iter().map(|a| self.status_within(a, Self::PING_TIMEOUT * 2))).await;
+        let mut carried: BTreeMap<String, Vec<Slot>> = BTreeMap::new();
+        let mut owing = Vec::new();
+        let mut unready: BTreeMap<&str, BTreeSet<Slot>> = BTreeMap::new();
+        for (address, status) in others.iter().zip(&statuses) {
+            let Ok(status) = status else { continue };
+            if !status.owed.is_empty() {
+                owing.push(address.clone());
+            }
+            for owed in status.owed.iter().filter(|owed| owed.server == server) {
+                let slots = owed.slots.iter().filter_map(|&s| kv_proto::convert::slot_from_wire(s));
+                carried.entry(address.clone()).or_default().extend(slots);
+            }
+            let slots = status.unready.iter().filter_map(|&s| kv_proto::convert::slot_from_wire(s));
+            unready.insert(address.as_str(), slots.collect());
+        }
+        let heirs = kv_replica::heirs(&before, server, |address, slot| {
+            unready.get(address).is_some_and(|unready| !unready.contains(&slot))
+        });
+        let passed_over = before.fail(server).map_or(0, |(first, _)| {
+            heirs.iter().filter(|(slot, heir)| first.owner_of_slot(**slot) != Some(**heir)).count()
+        });
+        if passed_over > 0 {
+            info!(
+                server,
+                slots = passed_over,
+                "promoting up-to-date secondaries in place of first secondaries still catching up"
+            );
+        }
+        let (next, promoted) = before.fail_to(server, &heirs)?;
         let next = Arc::new(next);
-        self.promotions
+        let carried_slots: usize = carried.values().map(Vec::len).sum();
+        self.failovers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(next.epoch(), promoted.clone());
+            .insert(next.epoch(), Failover { promoted: promoted.clone(), carried });
         info!(
             epoch = next.epoch(),
             server,
             promoted = promoted.len(),
+            carried = carried_slots,
             "configuration changed: member failed"
         );
         self.commit(&next);
         let started = Instant::now();
         let deadline = started + self.move_timeout;
-        let members: Vec<&str> = next.members().map(|(_, a)| a).collect();
-        let installs = members.iter().map(|addr| self.install(addr, &before, &next, &[], deadline));
+        // The members, and every server that owes slots: it carries its hand-offs over.
+        let mut targets: Vec<&str> = next.members().map(|(_, a)| a).collect();
+        for address in &owing {
+            if next.id_of(address).is_none() {
+                targets.push(address);
+                self.owing.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(address.clone());
+            }
+        }
+        let installs = targets.iter().map(|addr| self.install(addr, &before, &next, &[], deadline));
         let mut problems = Vec::new();
-        for (addr, result) in members.iter().zip(join_all(installs).await) {
+        for (addr, result) in targets.iter().zip(join_all(installs).await) {
             if let Err(status) = result {
                 problems.push(format!("{addr}: {}", status.message()));
             }
@@ -438,6 +518,13 @@ impl Membership {
         let mut installs = 0;
         let mut waiting = false;
         let mut up_to_date = Vec::new();
+        // A server outside the membership is watched while it owes slots, and while it answers.
+        self.owing.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|address| {
+            involved
+                .iter()
+                .zip(&statuses)
+                .any(|(a, status)| a == address && status.as_ref().is_ok_and(|s| s.outgoing_slots > 0))
+        });
         for (address, status) in involved.iter().zip(statuses) {
             let Ok(status) = status else { continue };
             // A restarted member holds nothing of what it held: never hand it that role again.
@@ -502,7 +589,13 @@ impl Membership {
             moves.iter().filter_map(|m| m.from.and_then(|id| before.address(id))).collect();
         let receivers: Vec<&str> =
             next.members().map(|(_, addr)| addr).filter(|a| !senders.contains(a)).collect();
-        let installs = receivers.iter().map(|addr| self.install(addr, before, next, &[], deadline));
+        // One that stops answering is not waited for: it is failed over once this change is done.
+        let installs = receivers.iter().map(|addr| async move {
+            tokio::select! {
+                result = self.install(addr, before, next, &[], deadline) => result,
+                () = self.until_silent(addr) => Err(Status::unavailable("it stopped answering")),
+            }
+        });
         for (addr, result) in receivers.iter().zip(join_all(installs).await) {
             if let Err(status) = result {
                 warn!(server = addr, cause = %status.message(), "could not install the configuration");
@@ -511,18 +604,41 @@ impl Membership {
 
         // The senders get a time of their own, however long the receivers took.
         let deadline = Instant::now() + self.move_timeout;
-        // A sender that stops answering pings (it died during its hand-off) is not waited for.
-        let installs = senders.iter().map(|addr| async move {
-            tokio::select! {
-                result = self.install(addr, before, next, &[], deadline) => (result, false),
-                () = self.until_silent(addr) => (Err(Status::unavailable("it stopped answering")), true),
+        // A sender that stops answering pings (it died during its hand-off) is not waited for;
+        // nor is one whose receiver stops answering (the receiver's failover carries the
+        // hand-off over to its heir, and must not wait for this change).
+        let installs = senders.iter().map(|&addr| {
+            let mut receivers: Vec<&str> = moves
+                .iter()
+                .filter(|m| m.from.and_then(|id| before.address(id)) == Some(addr))
+                .filter_map(|m| m.to.and_then(|id| next.address(id)))
+                .collect();
+            receivers.sort_unstable();
+            receivers.dedup();
+            async move {
+                tokio::select! {
+                    result = self.install(addr, before, next, &[], deadline) => SenderOutcome::Answered(result),
+                    () = self.until_silent(addr) => SenderOutcome::Silent,
+                    receiver = self.until_any_silent(&receivers) => SenderOutcome::ReceiverSilent(receiver.to_owned()),
+                }
             }
         });
         let mut problems = Vec::new();
         let mut lost = false;
         let replicated = next.replication().factor > 1;
-        for (&sender, (result, silent)) in senders.iter().zip(join_all(installs).await) {
-            let Err(status) = result else { continue };
+        for (&sender, outcome) in senders.iter().zip(join_all(installs).await) {
+            let (status, silent) = match outcome {
+                SenderOutcome::Answered(Ok(_)) => continue,
+                SenderOutcome::Answered(Err(status)) => (status, false),
+                SenderOutcome::Silent => (Status::unavailable("it stopped answering"), true),
+                SenderOutcome::ReceiverSilent(receiver) => {
+                    problems.push(format!(
+                        "{sender} could not hand off its slots to {receiver}, which stopped answering \
+                         ({sender} keeps them, and sends them on once {receiver} is back or failed over)"
+                    ));
+                    continue;
+                }
+            };
             // With copies elsewhere, a silent sender is failed at once; otherwise make sure.
             let gone = (silent && replicated) || self.is_gone(sender).await;
             if !gone {
@@ -627,8 +743,8 @@ impl Membership {
         abandoned: &[Slot],
         deadline: Instant,
     ) -> Result<v1::InstallResponse, Status> {
-        let promoted = self
-            .promotions
+        let failover = self
+            .failovers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(&next.epoch())
@@ -645,7 +761,15 @@ impl Membership {
             config: Some(config_to_wire(next)),
             previous: Some(config_to_wire(before)),
             abandoned: abandoned.iter().map(|&s| u32::from(s)).collect(),
-            promoted: promoted.into_iter().map(u32::from).collect(),
+            promoted: failover.promoted.into_iter().map(u32::from).collect(),
+            carried: failover
+                .carried
+                .into_iter()
+                .map(|(server, slots)| v1::ServerSlots {
+                    server,
+                    slots: slots.into_iter().map(u32::from).collect(),
+                })
+                .collect(),
             incarnation,
         };
         // An install may hand off a lot of data: an attempt may take all the time left.
@@ -689,6 +813,8 @@ impl Membership {
         if let Some(previous) = history.iter().rev().find(|c| c.epoch() < current.epoch()) {
             involved.extend(previous.members().map(|(_, address)| address.to_owned()));
         }
+        drop(history);
+        involved.extend(self.owing.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().cloned());
         involved.sort_unstable();
         involved.dedup();
         involved
@@ -739,8 +865,13 @@ impl Membership {
 
     /// What `server` holds, if it answers within the probe timeout.
     pub async fn status_of(&self, server: &str) -> Result<v1::StatusResponse, Status> {
+        self.status_within(server, Self::PROBE_TIMEOUT).await
+    }
+
+    /// What `server` holds, if it answers within `timeout`.
+    async fn status_within(&self, server: &str, timeout: Duration) -> Result<v1::StatusResponse, Status> {
         let mut call = tonic::Request::new(v1::StatusRequest {});
-        call.set_timeout(Self::PROBE_TIMEOUT);
+        call.set_timeout(timeout);
         Ok(self.peers.node(server)?.status(call).await?.into_inner())
     }
 }

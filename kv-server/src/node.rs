@@ -10,8 +10,7 @@
 //! A server that has never installed a configuration is *standalone*: it serves every key. The
 //! first configuration installed makes it a cluster member for good.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -20,14 +19,15 @@ use kv_core::session::Begin;
 use kv_core::{Error, Mutation, Output, RequestId, Sessions, Storage};
 use kv_proto::convert::{session_from_wire, session_to_wire, slots_from_wire};
 use kv_proto::v1;
+use kv_replica::Takeover;
 use kv_shard::{Accept, Config, Ownership, Refused, SLOTS, Slot, slot_of};
 use tokio::sync::{Mutex, RwLock, RwLockReadGuard};
 use tonic::Status;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::lease::Leases;
 use crate::peers::{Peers, retry_until};
-use crate::replication::{Replicas, slot_set};
+use crate::replication::{Replicas, lock, slot_set};
 
 /// Largest transfer batch, in bytes of keys and values (a batch holds at least one key).
 const BATCH_BYTES: usize = 1 << 20;
@@ -89,8 +89,14 @@ pub struct Node {
     joining: bool,
     /// Serialises installs, and holds the hand-offs still owed.
     outgoing: Mutex<Outgoing>,
-    /// How many slots `outgoing` holds, readable while a hand-off runs.
-    owed: AtomicUsize,
+    /// What `outgoing` holds, readable while a hand-off runs.
+    owed: std::sync::Mutex<BTreeMap<String, Vec<Slot>>>,
+    /// The newest epoch an install was asked for: a hand-off of an older epoch gives way to it
+    /// (the install carries it over), rather than holding it up until it times out.
+    newest_install: tokio::sync::watch::Sender<u64>,
+    /// Per slot still incoming from the sender that holds the data of a failed owner's slot, the
+    /// keys whose value here (from this server's copy) is newer than the sender's.
+    merging: std::sync::Mutex<HashMap<Slot, HashSet<String>>>,
     pub(crate) peers: Peers,
     /// How long one hand-off may keep retrying a peer that does not answer.
     handoff_timeout: Duration,
@@ -125,7 +131,9 @@ impl Node {
             incarnation: rand::random::<u64>(),
             joining,
             outgoing: Mutex::new(Outgoing::default()),
-            owed: AtomicUsize::new(0),
+            owed: std::sync::Mutex::new(BTreeMap::new()),
+            newest_install: tokio::sync::watch::Sender::new(0),
+            merging: std::sync::Mutex::new(HashMap::new()),
             peers,
             handoff_timeout,
         })
@@ -240,30 +248,52 @@ impl Node {
         let keys = self.storage.key_count().await? as u64;
         let routing = self.routing.read().await;
         let incoming = routing.ownership.incoming().values().map(Vec::len).sum::<usize>();
-        let (replica_slots, syncing_slots) = self.replicas.counts().await;
+        let (replica_slots, unready) = self.replicas.readiness().await;
+        let owed: Vec<v1::ServerSlots> = lock(&self.owed)
+            .iter()
+            .map(|(to, slots)| v1::ServerSlots {
+                server: to.clone(),
+                slots: slots.iter().map(|&s| u32::from(s)).collect(),
+            })
+            .collect();
+        let outgoing_slots = owed.iter().map(|o| o.slots.len()).sum::<usize>() as u32;
         Ok(v1::StatusResponse {
             replica_slots,
-            syncing_slots,
+            syncing_slots: unready.len() as u32,
+            unready: unready.into_iter().map(u32::from).collect(),
+            owed,
             incarnation: self.incarnation,
             address: routing.ownership.me().to_owned(),
             epoch: routing.ownership.epoch(),
             serving_slots: if routing.standalone { SLOTS } else { routing.ownership.serving() } as u32,
             incoming_slots: incoming as u32,
-            outgoing_slots: self.owed.load(Ordering::Relaxed) as u32,
+            outgoing_slots,
             keys,
             standalone: routing.standalone,
         })
     }
 
     /// Switches to `next` (whose predecessor at the shard master is `previous`), then hands off
-    /// the slots this server lost; see the `Node.Install` RPC.
+    /// the slots this server lost, and those it still owes from earlier epochs, to their owners
+    /// in `next`; see the `Node.Install` RPC. `promoted` are slots of a failed primary given to
+    /// this server, to serve from its copy; `carried`, slots of a failed owner whose move to it
+    /// was not over, with the server that holds their data.
     pub async fn install(
         &self,
         previous: Config,
         next: Config,
         abandoned: Vec<Slot>,
         promoted: Vec<Slot>,
+        carried: BTreeMap<Slot, String>,
     ) -> Result<InstallReport, Status> {
+        // A hand-off of an earlier epoch still running gives way: this install carries it over.
+        self.newest_install.send_if_modified(|newest| {
+            let newer = next.epoch() > *newest;
+            if newer {
+                *newest = next.epoch();
+            }
+            newer
+        });
         let mut outgoing = self.outgoing.lock().await;
         let mut report = InstallReport::default();
         let again = {
@@ -286,80 +316,8 @@ impl Node {
                         next.epoch()
                     )));
                 }
-                let mut handoff = routing
-                    .ownership
-                    .install(&previous, next.clone())
-                    .map_err(|err| Status::invalid_argument(err.to_string()))?;
-                // Slots taken from this server because it was failed over: their new primary
-                // serves them from its copy, and ours is stale. Dropped, not handed off.
-                let failed_over = slot_set(&promoted);
-                let mut stale = Vec::new();
-                for slots in handoff.outgoing.values_mut() {
-                    stale.extend(slots.iter().copied().filter(|&slot| failed_over[usize::from(slot)]));
-                    slots.retain(|&slot| !failed_over[usize::from(slot)]);
-                }
-                handoff.outgoing.retain(|_, slots| !slots.is_empty());
-                if !stale.is_empty() {
-                    let stale_set = slot_set(&stale);
-                    self.storage
-                        .remove_where(&|key| stale_set[usize::from(slot_of(key))])
-                        .await
-                        .map_err(|err| Status::internal(err.to_string()))?;
-                    self.sessions.forget(|slot| stale_set[usize::from(slot)]);
-                    warn!(
-                        slots = stale.len(),
-                        "this server was failed over: its slots are served elsewhere now"
-                    );
-                    if next.id_of(self.me()).is_none() {
-                        self.evicted.notify_one();
-                    }
-                }
-                let handing_off: Vec<Slot> = handoff.outgoing.values().flatten().copied().collect();
-                // Slots whose primary failed, given to this server: served from the copy here.
-                let promoted: Vec<Slot> =
-                    promoted.into_iter().filter(|&slot| routing.ownership.is_incoming(slot)).collect();
-                for &slot in &promoted {
-                    routing.ownership.abandon(slot);
-                }
-                if !promoted.is_empty() {
-                    warn!(slots = promoted.len(), "taking over the slots of a failed primary");
-                }
-                self.install_replicas(&next, &handing_off, &promoted).await?;
-                routing.standalone = false;
-                let epoch = routing.ownership.epoch();
-                info!(
-                    epoch,
-                    outgoing = handoff.outgoing.values().map(Vec::len).sum::<usize>(),
-                    incoming = handoff.incoming.values().map(Vec::len).sum::<usize>(),
-                    "installed configuration"
-                );
-                if !outgoing.to.is_empty() {
-                    warn!(
-                        epoch = outgoing.epoch,
-                        slots = outgoing.slots(),
-                        "hand-offs of an earlier epoch never finished; their data stays here, unserved"
-                    );
-                }
-                if !handoff.never_arrived.is_empty() {
-                    warn!(slots = handoff.never_arrived.len(), "lost slots whose data never arrived here");
-                }
-                report.never_arrived = handoff.never_arrived;
-                *outgoing = Outgoing { epoch, to: handoff.outgoing };
-                self.owed.store(outgoing.slots(), Ordering::Relaxed);
-                if !handoff.orphaned.is_empty() {
-                    // Kept, not deleted: the shard master lets the last member go only without
-                    // keys, so any key here arrived after it checked, and is reported.
-                    let orphaned = slot_set(&handoff.orphaned);
-                    let stranded = self
-                        .storage
-                        .export(&|key| orphaned[usize::from(slot_of(key))])
-                        .await
-                        .map_err(|err| Status::internal(err.to_string()))?
-                        .len();
-                    if stranded > 0 {
-                        error!(keys = stranded, "no server owns our keys any more: they are not served");
-                    }
-                }
+                self.switch(&mut routing, &mut outgoing, &mut report, previous, next, promoted, carried)
+                    .await?;
             }
             if !abandoned.is_empty() {
                 // Whatever part of their data arrived is dropped: a slot is served whole or empty.
@@ -374,6 +332,7 @@ impl Node {
                 warn!(slots = incoming.len(), "serving slots whose data was lost with their sender, empty");
                 for slot in incoming {
                     routing.ownership.abandon(slot);
+                    lock(&self.merging).remove(&slot);
                 }
             }
         }
@@ -390,7 +349,7 @@ impl Node {
                     report.slots_sent += slots as u64;
                     report.keys_sent += keys;
                     outgoing.to.remove(&to);
-                    self.owed.store(outgoing.slots(), Ordering::Relaxed);
+                    lock(&self.owed).remove(&to);
                 }
                 Err(status) => failures.push(format!("to {to}: {}", status.message())),
             }
@@ -405,20 +364,204 @@ impl Node {
         }
     }
 
-    /// Sends `slots` to `to` in batches, then drops them here; returns the keys sent.
-    async fn hand_off(&self, me: &str, to: &str, epoch: u64, slots: &[Slot]) -> Result<u64, Status> {
-        // The slots' old secondaries may read their copies until the leases promised to them
-        // end: the new owner must not take writes before that.
-        if let Some(until) = slots.iter().filter_map(|&slot| self.leases.fence(slot)).max() {
-            tokio::time::sleep_until(until.into()).await;
+    /// The switch of an install to a new epoch, under the routing write lock and the hand-offs'
+    /// lock: the slot table, the replicas, and what is owed to whom.
+    #[allow(clippy::too_many_arguments)]
+    async fn switch(
+        &self,
+        routing: &mut Routing,
+        outgoing: &mut Outgoing,
+        report: &mut InstallReport,
+        previous: Config,
+        next: Config,
+        promoted: Vec<Slot>,
+        carried: BTreeMap<Slot, String>,
+    ) -> Result<(), Status> {
+        let me = self.me.clone();
+        // Hand-offs still owed from an earlier epoch (their data is here, and served nowhere)
+        // carry over to the slots' owners in this one; those given to this server are served
+        // from here at once.
+        let mut serving_own = Vec::new();
+        let mut carried_over: BTreeMap<String, Vec<Slot>> = BTreeMap::new();
+        for &slot in outgoing.to.values().flatten() {
+            match next.owner_of_slot(slot).and_then(|id| next.address(id)) {
+                Some(owner) if owner == me => serving_own.push(slot),
+                Some(owner) => carried_over.entry(owner.to_owned()).or_default().push(slot),
+                None => warn!(slot, "no member owns a slot still owed here: its data stays, unserved"),
+            }
         }
+        if !outgoing.to.is_empty() {
+            info!(
+                from_epoch = outgoing.epoch,
+                slots = outgoing.slots(),
+                served_here = serving_own.len(),
+                "carrying unfinished hand-offs over to the new epoch"
+            );
+        }
+        // Where the gained slots' data comes from. A slot said to come from here that is not
+        // owed here any more (its hand-off ended meanwhile) has only this server's copy of it.
+        let mut promoted = promoted;
+        let mut sources = BTreeMap::new();
+        for (slot, from) in carried {
+            if from != me {
+                sources.insert(slot, from);
+            } else if !serving_own.contains(&slot) {
+                promoted.push(slot);
+            }
+        }
+        for &slot in &serving_own {
+            sources.insert(slot, me.clone());
+        }
+        let mut handoff = routing
+            .ownership
+            .install(&previous, next.clone(), &sources)
+            .map_err(|err| Status::invalid_argument(err.to_string()))?;
+        // Slots taken from this server because it was failed over: their new primary serves
+        // them from its copy, and ours is stale. Dropped, not handed off.
+        let failed_over = slot_set(&promoted);
+        let mut stale = Vec::new();
+        for slots in handoff.outgoing.values_mut() {
+            stale.extend(slots.iter().copied().filter(|&slot| failed_over[usize::from(slot)]));
+            slots.retain(|&slot| !failed_over[usize::from(slot)]);
+        }
+        handoff.outgoing.retain(|_, slots| !slots.is_empty());
+        if !stale.is_empty() {
+            let stale_set = slot_set(&stale);
+            self.storage
+                .remove_where(&|key| stale_set[usize::from(slot_of(key))])
+                .await
+                .map_err(|err| Status::internal(err.to_string()))?;
+            self.sessions.forget(|slot| stale_set[usize::from(slot)]);
+            warn!(slots = stale.len(), "this server was failed over: its slots are served elsewhere now");
+            if next.id_of(self.me()).is_none() {
+                self.evicted.notify_one();
+            }
+        }
+        for (to, slots) in carried_over {
+            let owed = handoff.outgoing.entry(to).or_default();
+            owed.extend(slots);
+            owed.sort_unstable();
+            owed.dedup();
+        }
+        let handing_off: Vec<Slot> = handoff.outgoing.values().flatten().copied().collect();
+        // Slots this server takes over from a failed primary: promoted ones, served from the
+        // copy here; those whose data is here, never sent; and those whose data comes from the
+        // server that was sending them, merged with the copy here.
+        let promoted: Vec<Slot> = promoted
+            .into_iter()
+            .filter(|&slot| routing.ownership.is_incoming(slot) && !sources.contains_key(&slot))
+            .collect();
+        let merged: Vec<(Slot, String)> = sources
+            .into_iter()
+            .filter(|(slot, from)| *from != me && routing.ownership.is_incoming(*slot))
+            .collect();
+        let takeovers: Vec<Slot> = promoted
+            .iter()
+            .chain(&serving_own)
+            .copied()
+            .chain(merged.iter().map(|(slot, _)| *slot))
+            .collect();
+        let taken = self.install_replicas(&next, &handing_off, &takeovers).await?;
+        let mut partial = 0;
+        for &slot in &promoted {
+            routing.ownership.abandon(slot);
+            partial += usize::from(matches!(taken.get(&slot), Some(Takeover::Partial { .. })));
+        }
+        if !promoted.is_empty() {
+            warn!(slots = promoted.len(), "taking over the slots of a failed primary");
+        }
+        if partial > 0 {
+            error!(
+                slots = partial,
+                "took over slots from a copy that was still catching up, with no up-to-date copy left: \
+                 what it had not received yet is lost"
+            );
+        }
+        {
+            let mut merging = lock(&self.merging);
+            merging.retain(|&slot, _| routing.ownership.is_incoming(slot));
+            for (slot, from) in &merged {
+                match taken.get(slot) {
+                    // Up to date here: the sender's copy is older. Its resend is acknowledged.
+                    Some(Takeover::Complete) => routing.ownership.complete(*slot),
+                    Some(Takeover::Partial { written }) => {
+                        merging.insert(*slot, written.clone());
+                    }
+                    None => {}
+                }
+                debug!(slot, from, "a failed owner's slot comes from the server that was sending it");
+            }
+        }
+        if !merged.is_empty() || !serving_own.is_empty() {
+            warn!(
+                from_sender = merged.len(),
+                from_here = serving_own.len(),
+                "taking over the slots a failed owner was still receiving"
+            );
+        }
+        routing.standalone = false;
+        let epoch = routing.ownership.epoch();
+        info!(
+            epoch,
+            outgoing = handoff.outgoing.values().map(Vec::len).sum::<usize>(),
+            incoming = handoff.incoming.values().map(Vec::len).sum::<usize>(),
+            "installed configuration"
+        );
+        if !handoff.never_arrived.is_empty() {
+            warn!(slots = handoff.never_arrived.len(), "lost slots whose data never arrived here");
+        }
+        report.never_arrived = handoff.never_arrived;
+        *outgoing = Outgoing { epoch, to: handoff.outgoing };
+        *lock(&self.owed) = outgoing.to.clone();
+        if !handoff.orphaned.is_empty() {
+            // Kept, not deleted: the shard master lets the last member go only without keys, so
+            // any key here arrived after it checked, and is reported.
+            let orphaned = slot_set(&handoff.orphaned);
+            let stranded = self
+                .storage
+                .export(&|key| orphaned[usize::from(slot_of(key))])
+                .await
+                .map_err(|err| Status::internal(err.to_string()))?
+                .len();
+            if stranded > 0 {
+                error!(keys = stranded, "no server owns our keys any more: they are not served");
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `slots` to `to` in batches, then drops them here; returns the keys sent. Gives up
+    /// (keeping the data) when an install of a newer epoch arrives: it carries the hand-off
+    /// over.
+    async fn hand_off(&self, me: &str, to: &str, epoch: u64, slots: &[Slot]) -> Result<u64, Status> {
         let started = Instant::now();
         let set = slot_set(slots);
         let internal = |err: Error| Status::internal(err.to_string());
-        let entries = self.storage.export(&|key| set[usize::from(slot_of(key))]).await.map_err(internal)?;
-        let keys = entries.len() as u64;
-        let sessions = self.sessions.export(|slot| set[usize::from(slot)]);
-        let batches = self.send_slots(me, to, epoch, slots, entries, &sessions).await?;
+        let mut newest = self.newest_install.subscribe();
+        let superseded = async move {
+            let _ = newest.wait_for(|&newest| newest > epoch).await;
+        };
+        let send = async {
+            // The slots' old secondaries may read their copies until the leases promised to
+            // them end: the new owner must not take writes before that.
+            if let Some(until) = slots.iter().filter_map(|&slot| self.leases.fence(slot)).max() {
+                tokio::time::sleep_until(until.into()).await;
+            }
+            let entries =
+                self.storage.export(&|key| set[usize::from(slot_of(key))]).await.map_err(internal)?;
+            let keys = entries.len() as u64;
+            let sessions = self.sessions.export(|slot| set[usize::from(slot)]);
+            let batches = self.send_slots(me, to, epoch, slots, entries, &sessions).await?;
+            Ok::<_, Status>((keys, batches))
+        };
+        let (keys, batches) = tokio::select! {
+            sent = send => sent?,
+            () = superseded => {
+                return Err(Status::aborted(format!(
+                    "a newer configuration arrived: the hand-off of epoch {epoch} carries over to it"
+                )));
+            }
+        };
         // Everything is at `to`: drop our copy.
         self.storage.remove_where(&|key| set[usize::from(slot_of(key))]).await.map_err(internal)?;
         self.sessions.forget(|slot| set[usize::from(slot)]);
@@ -515,11 +658,18 @@ impl Node {
                 }
             }
         }
-        let entries: Vec<(String, String)> = entries
-            .into_iter()
-            .filter(|e| take[usize::from(slot_of(&e.key))])
-            .map(|e| (e.key, e.value))
-            .collect();
+        // A failed owner's slot taken over here keeps what its copy here holds newer.
+        let entries: Vec<(String, String)> = {
+            let merging = lock(&self.merging);
+            entries
+                .into_iter()
+                .filter(|e| {
+                    let slot = slot_of(&e.key);
+                    take[usize::from(slot)] && !merging.get(&slot).is_some_and(|newer| newer.contains(&e.key))
+                })
+                .map(|e| (e.key, e.value))
+                .collect()
+        };
         self.storage.import(entries).await.map_err(|err| Status::internal(err.to_string()))?;
         let sessions = sessions
             .into_iter()
@@ -530,12 +680,19 @@ impl Node {
             .collect();
         self.sessions.import(sessions, Instant::now());
         let mut routing = self.routing.write().await;
-        for slot in complete {
+        for &slot in &complete {
             if take[usize::from(slot)] && routing.ownership.accept(epoch, &from, slot) == Accept::Take {
                 routing.ownership.complete(slot);
+                lock(&self.merging).remove(&slot);
             }
         }
-        Ok(())
+        let served: Vec<Slot> = complete
+            .into_iter()
+            .filter(|&slot| routing.ownership.accept(epoch, &from, slot) == Accept::Done)
+            .collect();
+        drop(routing);
+        // The sender drops its copy once this is acknowledged: only once another copy exists.
+        self.until_replicated(&served, &from).await
     }
 }
 

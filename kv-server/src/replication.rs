@@ -24,7 +24,7 @@ use futures_util::future::join_all;
 use kv_core::{Answer, Error, Mutation, Output, RequestId, SessionRecord, Storage};
 use kv_proto::convert::{session_from_wire, session_to_wire, slot_from_wire, slots_from_wire};
 use kv_proto::v1;
-use kv_replica::{ReplicatedWrite, Role, SlotReplica, SlotState, keeps_copy, role, secondaries};
+use kv_replica::{ReplicatedWrite, Role, SlotReplica, SlotState, Takeover, keeps_copy, role, secondaries};
 use kv_shard::{Config, Consistency, SLOTS, Slot, slot_of};
 use tokio::sync::{Mutex, MutexGuard, Notify};
 use tonic::Status;
@@ -43,6 +43,9 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 const READ_TIMEOUT: Duration = Duration::from_secs(1);
 /// Largest snapshot or flush batch, in bytes of keys and values.
 const BATCH_BYTES: usize = 1 << 20;
+/// Longest a receiver holds back its acknowledgement of a hand-off's last batch while the
+/// slots' secondaries catch up (the sender then asks again); below the sender's batch timeout.
+const REPLICATED_WAIT: Duration = Duration::from_secs(3);
 /// How often a link retries what it could not send.
 const RETRY_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -92,7 +95,7 @@ struct Link {
 }
 
 /// A poisoned lock's data is still consistent here (no invariant spans a panic): take it.
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -112,17 +115,31 @@ impl Replicas {
         Arc::clone(&self.view.read().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
-    /// Ready and syncing secondary slots, for `Status`.
-    pub(crate) async fn counts(&self) -> (u32, u32) {
-        let (mut ready, mut syncing) = (0, 0);
-        for slot in &self.slots {
-            match slot.lock().await.state() {
+    /// How many secondary slots are up to date, and which are not yet, for `Status`.
+    pub(crate) async fn readiness(&self) -> (u32, Vec<Slot>) {
+        let mut ready = 0;
+        let mut unready = Vec::new();
+        for (slot, copy) in (0..).zip(&self.slots) {
+            match copy.lock().await.state() {
                 SlotState::Ready => ready += 1,
-                SlotState::Syncing { .. } | SlotState::Awaiting => syncing += 1,
+                SlotState::Syncing { .. } | SlotState::Awaiting => unready.push(slot),
                 SlotState::Idle => {}
             }
         }
-        (ready, syncing)
+        (ready, unready)
+    }
+
+    /// Whether the primary here still owes secondary `to` a snapshot of `slot`.
+    fn snapshot_owed(&self, to: &str, slot: Slot) -> bool {
+        let link = lock(&self.links).get(to).cloned();
+        link.is_some_and(|link| lock(&link.snapshots).contains_key(&slot))
+    }
+
+    /// Wakes every link (a slot became servable here: its snapshots can go).
+    fn wake_links(&self) {
+        for link in lock(&self.links).values() {
+            link.wake.notify_one();
+        }
     }
 }
 
@@ -270,7 +287,7 @@ impl Node {
         let deadline = Instant::now() + REPLICATE_TIMEOUT;
         let sends = targets.iter().map(|target| {
             let request = &request;
-            async move { (target, self.send_replicate(target, request, deadline).await) }
+            async move { (target, self.send_replicate(target, request, deadline).await.map(drop)) }
         });
         // A write still waiting for a secondary when an install comes gives up soon: the install
         // waits for it, and may be the one that removes that secondary (it died).
@@ -309,12 +326,12 @@ impl Node {
         to: &str,
         request: &v1::ReplicateRequest,
         deadline: Instant,
-    ) -> Result<(), Status> {
+    ) -> Result<v1::ReplicateResponse, Status> {
         retry_until(deadline, ATTEMPT_TIMEOUT, |timeout| {
             let mut request = self.peers.request(request.clone());
             request.set_timeout(timeout);
             let client = self.peers.node(to);
-            async move { client?.replicate(request).await.map(drop) }
+            async move { Ok(client?.replicate(request).await?.into_inner()) }
         })
         .await
     }
@@ -369,8 +386,9 @@ impl Node {
         }
     }
 
-    /// Takes one `Replicate` batch from a primary.
-    pub(crate) async fn replicate(&self, request: v1::ReplicateRequest) -> Result<(), Status> {
+    /// Takes one `Replicate` batch from a primary; returns the slots of a snapshot batch not
+    /// taken, because this server still hands them off (it was their primary).
+    pub(crate) async fn replicate(&self, request: v1::ReplicateRequest) -> Result<Vec<Slot>, Status> {
         let v1::ReplicateRequest { epoch, from, writes, kind, commits, synced } = request;
         let kind = v1::WriteKind::try_from(kind)
             .map_err(|_| Status::invalid_argument(format!("unknown write kind {kind}")))?;
@@ -383,6 +401,7 @@ impl Node {
                 view.epoch()
             )));
         }
+        let mut refused = HashSet::new();
         for write in writes {
             let slot = slot_from_wire(write.slot).ok_or_else(|| Status::invalid_argument("no such slot"))?;
             if slot_of(&write.key) != slot {
@@ -394,7 +413,17 @@ impl Node {
                 ),
                 None => None,
             };
-            let mut copy = self.copy_from(&from, slot).await?;
+            if refused.contains(&slot) {
+                continue;
+            }
+            let mut copy = match self.copy_from(&from, slot).await {
+                Ok(copy) => copy,
+                Err(status) if kind == v1::WriteKind::Snapshot && status.code() == tonic::Code::Aborted => {
+                    refused.insert(slot);
+                    continue;
+                }
+                Err(status) => return Err(status),
+            };
             if kind != v1::WriteKind::Snapshot && !copy.takes_writes_from(epoch) {
                 return Err(Status::failed_precondition(format!(
                     "slot {slot} started catching up after epoch {epoch}: this write is older than its copy"
@@ -425,11 +454,21 @@ impl Node {
             }
         }
         for slot in synced {
-            let mut copy = self.copy_from(&from, slot).await?;
+            if refused.contains(&slot) {
+                continue;
+            }
+            let mut copy = match self.copy_from(&from, slot).await {
+                Ok(copy) => copy,
+                Err(status) if status.code() == tonic::Code::Aborted => {
+                    refused.insert(slot);
+                    continue;
+                }
+                Err(status) => return Err(status),
+            };
             copy.synced(epoch);
             debug!(slot, from, "caught up");
         }
-        Ok(())
+        Ok(refused.into_iter().collect())
     }
 
     /// The copy of `slot`, locked, if `from` is its primary and this server its secondary in
@@ -471,38 +510,42 @@ impl Node {
     /// Switches the replication state from the configuration held to `next`, under the routing
     /// write lock: resets the copies this server cannot keep, drops the data of slots it no
     /// longer holds, and owes snapshots to the secondaries that need one. `handing_off` are the
-    /// slots this server is about to send away as their old primary.
+    /// slots whose data this server still holds to send away (it was their primary, or carries
+    /// an unfinished hand-off over): their data is never dropped here. `takeovers` are the slots
+    /// it becomes the primary of in place of a failed one: their prepared writes are committed,
+    /// and the answer says, per slot, what its copy held.
     pub(crate) async fn install_replicas(
         &self,
         next: &Config,
         handing_off: &[Slot],
-        promoted: &[Slot],
-    ) -> Result<(), Status> {
+        takeovers: &[Slot],
+    ) -> Result<BTreeMap<Slot, Takeover>, Status> {
         let previous = self.replicas.view();
         let me = self.me();
         let sending = slot_set(handing_off);
-        let promoted_set = slot_set(promoted);
+        let taken_set = slot_set(takeovers);
         // Secondary side: which copies change.
         let mut resets: BTreeMap<Slot, SlotState> = BTreeMap::new();
         let mut drop_data = vec![false; SLOTS];
         for slot in 0..SLOTS as Slot {
             let was = role(&previous, me, slot);
             let now = role(next, me, slot);
+            let sends = sending[usize::from(slot)];
             match now {
                 Role::Secondary if keeps_copy(&previous, next, me, slot) => {}
-                Role::Secondary if sending[usize::from(slot)] => {
+                Role::Secondary if sends => {
                     resets.insert(slot, SlotState::Awaiting);
                 }
                 Role::Secondary => {
                     resets.insert(slot, SlotState::Syncing { touched: HashSet::new(), since: next.epoch() });
                     drop_data[usize::from(slot)] = true;
                 }
-                Role::Primary if promoted_set[usize::from(slot)] => {
+                Role::Primary if taken_set[usize::from(slot)] => {
                     resets.insert(slot, SlotState::Idle);
                 }
                 Role::Primary | Role::None if was == Role::Secondary => {
                     resets.insert(slot, SlotState::Idle);
-                    drop_data[usize::from(slot)] = true;
+                    drop_data[usize::from(slot)] = !sends;
                 }
                 Role::Primary | Role::None => {}
             }
@@ -512,18 +555,21 @@ impl Node {
         lock(&self.replicas.retired).retain(|_, copy| copy.epoch >= next.epoch());
         let mut guards = Vec::with_capacity(resets.len());
         let mut committed = 0;
+        let mut taken = BTreeMap::new();
         let mut retiring: BTreeMap<Slot, Vec<ReplicatedWrite>> = BTreeMap::new();
         for (&slot, state) in &resets {
             let mut copy = self.replicas.slots[usize::from(slot)].lock().await;
             if *copy.state() == SlotState::Idle && *state == SlotState::Idle {
                 drop_data[usize::from(slot)] = false;
             }
-            if promoted_set[usize::from(slot)] {
+            if taken_set[usize::from(slot)] {
                 // Each prepared write may have been acknowledged by the failed primary.
-                for write in copy.take_pending() {
+                let (takeover, pending) = copy.take_over();
+                for write in pending {
                     self.apply_replicated(write).await?;
                     committed += 1;
                 }
+                taken.insert(slot, takeover);
             } else if copy.is_ready() && previous.owner_of_slot(slot) != next.owner_of_slot(slot) {
                 // The slot moves away from its primary: keep a copy until the move is over.
                 retiring.insert(slot, copy.take_pending());
@@ -550,7 +596,7 @@ impl Node {
         }
         *self.replicas.view.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
             Arc::new(next.clone());
-        self.fence_install(&previous, next, promoted);
+        self.fence_install(&previous, next, takeovers);
         drop(guards);
         // Primary side: snapshots owed to secondaries that cannot keep their copies.
         let mut owed: BTreeMap<&str, Vec<Slot>> = BTreeMap::new();
@@ -585,7 +631,40 @@ impl Node {
                 "replica roles switched"
             );
         }
-        Ok(())
+        Ok(taken)
+    }
+
+    /// Waits until every secondary of `slots`, but `sender` (which sent them here, and rebuilds
+    /// its own copy once its hand-off is over), holds a copy caught up with this server, the
+    /// slots' new primary; fails (retryable) after [`REPLICATED_WAIT`]. A receiver acknowledges
+    /// a hand-off's last batch only then, so the sender drops its copy only once another copy
+    /// exists: a receiver that dies at any point of a move leaves either the sender's data or
+    /// an up-to-date secondary.
+    pub(crate) async fn until_replicated(&self, slots: &[Slot], sender: &str) -> Result<(), Status> {
+        let deadline = Instant::now() + REPLICATED_WAIT;
+        self.replicas.wake_links();
+        loop {
+            // Read again each time: a failover may change the secondaries.
+            let view = self.replicas.view();
+            let behind: HashSet<&str> = slots
+                .iter()
+                .flat_map(|&slot| secondaries(&view, slot).into_iter().map(move |to| (to, slot)))
+                .filter(|&(to, slot)| to != sender && self.replicas.snapshot_owed(to, slot))
+                .map(|(to, _)| to)
+                .collect();
+            if behind.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let mut behind: Vec<&str> = behind.into_iter().collect();
+                behind.sort_unstable();
+                return Err(Status::unavailable(format!(
+                    "the slots arrived, but their secondaries {} are still catching up; retry",
+                    behind.join(", ")
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The hand-off of `slots` (as their old primary) is done: copies awaiting it start syncing.
@@ -702,7 +781,7 @@ impl Node {
         };
         let deadline = Instant::now() + ATTEMPT_TIMEOUT;
         match self.send_replicate(&link.to, &request, deadline).await {
-            Ok(()) => true,
+            Ok(_) => true,
             Err(status) if crate::peers::retryable(&status) => {
                 let mut commits = lock(&link.commits);
                 let mut retried = request.commits;
@@ -751,7 +830,7 @@ impl Node {
                 let sent = std::mem::take(&mut batch);
                 bytes = 0;
                 let keys: Vec<String> = sent.iter().map(|w| w.key.clone()).collect();
-                if !self.send_batches(&view, link, sent, v1::WriteKind::Apply, Vec::new()).await {
+                if self.send_batches(&view, link, sent, v1::WriteKind::Apply, Vec::new()).await.is_none() {
                     // Sent again later, with the values of then.
                     unsent.extend(keys);
                     unsent.extend(writes.by_ref().map(|w| w.key));
@@ -795,17 +874,23 @@ impl Node {
         let mut batch = Vec::new();
         let mut bytes = 0;
         let mut complete = Vec::new();
+        // Slots the secondary could not take yet (it still hands them off itself): the others
+        // go on, so that no two hand-offs wait on each other's catch-up; these go again later,
+        // whole, and are never marked synced from a part.
+        let mut refused = HashSet::new();
         for (slot, writes) in by_slot {
             for write in writes {
                 let size = write.key.len() + write.value.as_ref().map_or(0, String::len);
                 if bytes > 0 && bytes + size > BATCH_BYTES {
-                    let done = std::mem::take(&mut complete);
-                    if !self
-                        .send_batches(&view, link, std::mem::take(&mut batch), v1::WriteKind::Snapshot, done)
-                        .await
-                    {
+                    let mut done = std::mem::take(&mut complete);
+                    done.retain(|slot| !refused.contains(slot));
+                    let sent = std::mem::take(&mut batch);
+                    let Some(not_taken) =
+                        self.send_batches(&view, link, sent, v1::WriteKind::Snapshot, done).await
+                    else {
                         return false;
-                    }
+                    };
+                    refused.extend(not_taken);
                     bytes = 0;
                 }
                 bytes += size;
@@ -813,18 +898,30 @@ impl Node {
             }
             complete.push(slot);
         }
-        if !self.send_batches(&view, link, batch, v1::WriteKind::Snapshot, complete).await {
+        complete.retain(|slot| !refused.contains(slot));
+        let Some(not_taken) = self.send_batches(&view, link, batch, v1::WriteKind::Snapshot, complete).await
+        else {
             return false;
-        }
+        };
+        refused.extend(not_taken);
         // Only the debts this send paid: an install meanwhile may have owed a slot anew.
-        let paid: BTreeMap<Slot, u64> = owed.into_iter().collect();
+        let paid: BTreeMap<Slot, u64> =
+            owed.into_iter().filter(|(slot, _)| !refused.contains(slot)).collect();
         lock(&link.snapshots)
             .retain(|slot, epoch| !(set[usize::from(*slot)] && paid.get(slot) == Some(epoch)));
-        info!(to = link.to, slots = ready.len(), keys, took = ?started.elapsed(), "secondary caught up");
-        true
+        info!(
+            to = link.to,
+            slots = ready.len() - refused.len(),
+            later = refused.len(),
+            keys,
+            took = ?started.elapsed(),
+            "secondary caught up"
+        );
+        refused.is_empty()
     }
 
-    /// Sends `writes` (and `synced`) to `link` in one request.
+    /// Sends `writes` (and `synced`) to `link` in one request; returns the slots of a snapshot
+    /// it did not take (to send again later), or nothing if the request failed.
     async fn send_batches(
         &self,
         view: &Config,
@@ -832,9 +929,9 @@ impl Node {
         writes: Vec<v1::ReplicatedWrite>,
         kind: v1::WriteKind,
         synced: Vec<Slot>,
-    ) -> bool {
+    ) -> Option<Vec<Slot>> {
         if writes.is_empty() && synced.is_empty() {
-            return true;
+            return Some(Vec::new());
         }
         let request = v1::ReplicateRequest {
             epoch: view.epoch(),
@@ -846,10 +943,10 @@ impl Node {
         };
         let deadline = Instant::now() + ATTEMPT_TIMEOUT * 5;
         match self.send_replicate(&link.to, &request, deadline).await {
-            Ok(()) => true,
+            Ok(response) => Some(response.refused.into_iter().filter_map(slot_from_wire).collect()),
             Err(status) => {
                 debug!(to = link.to, reason = status.message(), "replication batch not taken");
-                false
+                None
             }
         }
     }

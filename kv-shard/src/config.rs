@@ -337,23 +337,39 @@ impl Config {
     /// factor is 2 or more. Returns the slots given, with the configuration. The last member
     /// cannot fail over to anyone.
     pub fn fail(&self, addr: &str) -> Result<(Config, Vec<Slot>)> {
+        self.fail_to(addr, &BTreeMap::new())
+    }
+
+    /// [`Config::fail`], with the slots `heirs` names given to the member it names for them
+    /// (another member: one of their secondaries whose copy is up to date, say), and the others
+    /// to their first secondary.
+    pub fn fail_to(&self, addr: &str, heirs: &BTreeMap<Slot, ServerId>) -> Result<(Config, Vec<Slot>)> {
         let Some(id) = self.id_of(addr) else {
             return Err(Error::NotMember(addr.to_owned()));
         };
-        let heir = self.members.range(id..).nth(1).or_else(|| self.members.iter().next()).map(|(m, _)| *m);
-        let Some(heir) = heir.filter(|&heir| heir != id) else {
+        let first = self.members.range(id..).nth(1).or_else(|| self.members.iter().next()).map(|(m, _)| *m);
+        let Some(first) = first.filter(|&heir| heir != id) else {
             return Err(Error::InvalidConfig(format!(
                 "{addr} is the last member: no one can take its slots"
             )));
         };
+        if let Some((slot, heir)) =
+            heirs.iter().find(|(_, heir)| **heir == id || !self.members.contains_key(heir))
+        {
+            return Err(Error::InvalidConfig(format!(
+                "slot {slot} cannot go to member {}: it is not a member that stays",
+                heir.0
+            )));
+        }
         let mut next = self.clone();
         next.epoch += 1;
         next.members.remove(&id);
         let mut promoted = Vec::new();
         for (slot, owner) in next.slots.iter_mut().enumerate() {
             if *owner == Some(id) {
-                *owner = Some(heir);
-                promoted.push(slot as Slot);
+                let slot = slot as Slot;
+                *owner = Some(heirs.get(&slot).copied().unwrap_or(first));
+                promoted.push(slot);
             }
         }
         Ok((next, promoted))
@@ -513,6 +529,16 @@ mod tests {
                 assert_eq!(now.len(), 3, "the replica set is refilled");
             }
         }
+        // A slot may go to another secondary than its first (one whose copy is up to date).
+        let victim = before.id_of(&server(1)).unwrap();
+        let slot = (0..SLOTS as Slot).find(|&s| before.owner_of_slot(s) == Some(victim)).unwrap();
+        let second = before.replicas_of_slot(slot)[2];
+        let (after, promoted) = before.fail_to(&server(1), &BTreeMap::from([(slot, second)])).unwrap();
+        assert_eq!(after.owner_of_slot(slot), Some(second));
+        assert_eq!(after.replicas_of_slot(slot)[0], second);
+        assert_eq!(promoted.len(), before.slot_counts()[&victim], "every slot of the victim is given");
+        assert!(before.fail_to(&server(1), &BTreeMap::from([(slot, victim)])).is_err(), "not to itself");
+        assert!(before.fail_to(&server(1), &BTreeMap::from([(slot, ServerId(99))])).is_err());
         let (one, _) = replicated(2, 2).fail(&server(0)).unwrap();
         assert!(one.fail(&server(1)).is_err(), "the last member cannot fail over");
         assert!(one.fail("10.9.9.9:1").is_err());

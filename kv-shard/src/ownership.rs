@@ -105,8 +105,16 @@ impl Ownership {
     /// Installs `next`, whose predecessor at the shard master was `previous` (that says where
     /// the slots this server gains come from; this server may have missed it). Slots this server
     /// served and no longer owns are to be sent to their new owner; slots it gains are served at
-    /// once if nobody owned them, and are otherwise incoming from their previous owner.
-    pub fn install(&mut self, previous: &Config, next: Config) -> Result<Handoff> {
+    /// once if nobody owned them, and are otherwise incoming from their previous owner — or from
+    /// the server `sources` names for them (a failed owner's slots whose move to it was not over
+    /// come from the server still holding their data; from this server itself, they are served
+    /// at once).
+    pub fn install(
+        &mut self,
+        previous: &Config,
+        next: Config,
+        sources: &BTreeMap<Slot, String>,
+    ) -> Result<Handoff> {
         // Only a server that has installed nothing may skip epochs: it holds nothing the skipped
         // changes could have moved.
         let skips = self.epoch() != 0 && previous.epoch() != self.epoch();
@@ -126,7 +134,11 @@ impl Ownership {
             let mine = me_next.is_some() && owner == me_next;
             *held = match (std::mem::replace(held, Held::Nothing), mine) {
                 (Held::Nothing, true) => {
-                    match previous.owner_of_slot(slot).and_then(|id| previous.address(id)) {
+                    let source = match sources.get(&slot) {
+                        Some(from) => Some(from.as_str()),
+                        None => previous.owner_of_slot(slot).and_then(|id| previous.address(id)),
+                    };
+                    match source {
                         Some(from) if from != self.me => {
                             handoff.incoming.entry(from.to_owned()).or_default().push(slot);
                             Held::Incoming { from: from.to_owned() }
@@ -134,8 +146,8 @@ impl Ownership {
                         _ => Held::Serving { from: None },
                     }
                 }
-                // Kept; where its data came from belongs to the epoch before.
-                (Held::Serving { .. }, true) => Held::Serving { from: None },
+                // Kept, with where its data came from: a sender that carried an unfinished
+                // hand-off over to this epoch may resend it, and is told it is done.
                 (kept, true) => kept,
                 (Held::Serving { .. }, false) => {
                     match owner.and_then(|id| next.address(id)) {
@@ -219,6 +231,10 @@ mod tests {
     const A: &str = "127.0.0.1:1";
     const B: &str = "127.0.0.1:2";
 
+    fn none() -> BTreeMap<Slot, String> {
+        BTreeMap::new()
+    }
+
     fn owned_by(config: &Config, addr: &str) -> Vec<Slot> {
         let id = config.id_of(addr);
         (0..).zip(config.slots()).filter(|(_, owner)| **owner == id && id.is_some()).map(|(s, _)| s).collect()
@@ -229,7 +245,7 @@ mod tests {
         let (c0, c1) = (Config::new(), Config::new().join(A).unwrap());
         let mut a = Ownership::new(A);
         assert_eq!(a.check(0), Err(Refused::WrongShard { epoch: 0, owner: None }));
-        let handoff = a.install(&c0, c1.clone()).unwrap();
+        let handoff = a.install(&c0, c1.clone(), &none()).unwrap();
         assert_eq!(handoff, Handoff::default());
         assert_eq!(a.serving(), SLOTS);
         assert_eq!(a.check(7), Ok(()));
@@ -242,9 +258,9 @@ mod tests {
         let c2 = c1.join(B).unwrap();
         let moved = owned_by(&c2, B);
         let (mut a, mut b) = (Ownership::new(A), Ownership::new(B));
-        a.install(&c0, c1.clone()).unwrap();
+        a.install(&c0, c1.clone(), &none()).unwrap();
 
-        let at_b = b.install(&c1, c2.clone()).unwrap();
+        let at_b = b.install(&c1, c2.clone(), &none()).unwrap();
         assert_eq!(at_b.incoming, BTreeMap::from([(A.to_owned(), moved.clone())]));
         assert_eq!(b.check(moved[0]), Err(Refused::Moving { epoch: 2 }));
         // A has not switched yet: it still serves under epoch 1, and refuses nothing.
@@ -254,7 +270,7 @@ mod tests {
         assert!(matches!(b.accept(1, A, moved[0]), Accept::Refuse(_)), "an old epoch");
         assert_eq!(b.accept(3, A, moved[0]), Accept::Later);
 
-        let at_a = a.install(&c1, c2.clone()).unwrap();
+        let at_a = a.install(&c1, c2.clone(), &none()).unwrap();
         assert_eq!(at_a.outgoing, BTreeMap::from([(B.to_owned(), moved.clone())]));
         assert_eq!(
             a.check(moved[0]),
@@ -275,16 +291,16 @@ mod tests {
     fn installs_go_forward_only() {
         let c1 = Config::new().join(A).unwrap();
         let mut a = Ownership::new(A);
-        a.install(&Config::new(), c1.clone()).unwrap();
-        assert!(a.install(&Config::new(), c1.clone()).is_err());
-        assert!(a.install(&c1, c1.clone()).is_err());
+        a.install(&Config::new(), c1.clone(), &none()).unwrap();
+        assert!(a.install(&Config::new(), c1.clone(), &none()).is_err());
+        assert!(a.install(&c1, c1.clone(), &none()).is_err());
         // Skipping an epoch is refused: the slots moved in it would be misjudged.
         let c2 = c1.join(B).unwrap();
         let c3 = c2.join("127.0.0.1:3").unwrap();
-        assert!(a.install(&c2, c3.clone()).is_err());
+        assert!(a.install(&c2, c3.clone(), &none()).is_err());
         // A server that has installed nothing may start anywhere.
         let mut fresh = Ownership::new("127.0.0.1:3");
-        fresh.install(&c2, c3).unwrap();
+        fresh.install(&c2, c3, &none()).unwrap();
     }
 
     #[test]
@@ -294,16 +310,54 @@ mod tests {
         let c2 = c1.join(B).unwrap();
         let c3 = c2.leave(B).unwrap();
         let mut b = Ownership::new(B);
-        b.install(&c1, c2.clone()).unwrap();
+        b.install(&c1, c2.clone(), &none()).unwrap();
         // B leaves before A's data arrived: it has nothing to send on.
-        let handoff = b.install(&c2, c3.clone()).unwrap();
+        let handoff = b.install(&c2, c3.clone(), &none()).unwrap();
         assert_eq!(handoff.never_arrived, owned_by(&c2, B));
         assert!(handoff.outgoing.is_empty());
 
         let mut a = Ownership::new(A);
-        a.install(&c0, c1.clone()).unwrap();
+        a.install(&c0, c1.clone(), &none()).unwrap();
         let empty = c1.leave(A).unwrap();
-        let handoff = a.install(&c1, empty).unwrap();
+        let handoff = a.install(&c1, empty, &none()).unwrap();
         assert_eq!(handoff.orphaned.len(), SLOTS);
+    }
+
+    #[test]
+    fn a_failed_receiver_s_slots_come_from_the_server_still_holding_them() {
+        const C: &str = "127.0.0.1:3";
+        let c1 = Config::new().join(A).unwrap();
+        let c2 = c1.join(C).unwrap();
+        let c3 = c2.join(B).unwrap();
+        let (from_a, from_c): (Vec<Slot>, Vec<Slot>) =
+            owned_by(&c3, B).into_iter().partition(|&s| c2.owner_of_slot(s) == c2.id_of(A));
+        assert!(!from_a.is_empty() && !from_c.is_empty());
+        // B fails before anything arrived; its heir, A, gets every slot of B's.
+        let (c4, _) = c3.fail(B).unwrap();
+        let mut a = Ownership::new(A);
+        a.install(&c1, c2.clone(), &none()).unwrap();
+        let at_a = a.install(&c2, c3.clone(), &none()).unwrap();
+        assert_eq!(at_a.outgoing[B], from_a);
+        let sources: BTreeMap<Slot, String> = from_a
+            .iter()
+            .map(|&s| (s, A.to_owned()))
+            .chain(from_c.iter().map(|&s| (s, C.to_owned())))
+            .collect();
+        let at_a = a.install(&c3, c4.clone(), &sources).unwrap();
+        assert_eq!(a.check(from_a[0]), Ok(()), "its own data, never sent: served at once");
+        assert_eq!(at_a.incoming, BTreeMap::from([(C.to_owned(), from_c.clone())]));
+        assert_eq!(a.accept(c4.epoch(), C, from_c[0]), Accept::Take, "from the sender, not the failed B");
+        assert!(matches!(a.accept(c4.epoch(), B, from_c[0]), Accept::Refuse(_)));
+
+        // Another member fails while C's hand-off to B is half done: a slot that arrived stays
+        // done at the next epoch (C's carried-over resend is acknowledged, not applied over newer
+        // writes), and the others are still expected from C.
+        let mut b = Ownership::new(B);
+        b.install(&c2, c3.clone(), &none()).unwrap();
+        b.complete(from_c[0]);
+        let (c4, _) = c3.fail(A).unwrap();
+        b.install(&c3, c4.clone(), &none()).unwrap();
+        assert_eq!(b.accept(c4.epoch(), C, from_c[0]), Accept::Done);
+        assert_eq!(b.accept(c4.epoch(), C, from_c[1]), Accept::Take, "still waiting for the rest");
     }
 }

@@ -1,5 +1,6 @@
 //! `kv.v1.Node`: the storage server's side of resharding (see [`crate::node`]).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use kv_proto::convert::{config_from_wire, slots_from_wire};
@@ -56,10 +57,17 @@ impl NodeRpc for NodeService {
         }
         let promoted = slots_from_wire(request.promoted)
             .map_err(|wire| Status::invalid_argument(format!("no slot {wire}")))?;
+        let mut carried = BTreeMap::new();
+        for source in request.carried {
+            let slots = slots_from_wire(source.slots)
+                .map_err(|wire| Status::invalid_argument(format!("no slot {wire}")))?;
+            carried.extend(slots.into_iter().map(|slot| (slot, source.server.clone())));
+        }
         // Run to the end even if the caller goes away: an install stopped half-way would leave
         // the new epoch in place without the hand-offs it owes (a retry finds it installed).
         let node = Arc::clone(&self.node);
-        let install = tokio::spawn(async move { node.install(previous, next, abandoned, promoted).await });
+        let install =
+            tokio::spawn(async move { node.install(previous, next, abandoned, promoted, carried).await });
         let report =
             install.await.map_err(|err| Status::internal(format!("the install failed: {err}")))??;
         Ok(Response::new(v1::InstallResponse {
@@ -85,8 +93,8 @@ impl NodeRpc for NodeService {
         request: Request<v1::ReplicateRequest>,
     ) -> Result<Response<v1::ReplicateResponse>, Status> {
         authorised(&request, self.token.as_deref())?;
-        self.node.replicate(request.into_inner()).await?;
-        Ok(Response::new(v1::ReplicateResponse {}))
+        let refused = self.node.replicate(request.into_inner()).await?;
+        Ok(Response::new(v1::ReplicateResponse { refused: refused.into_iter().map(u32::from).collect() }))
     }
 
     #[instrument(level = "debug", skip_all, fields(from = %request.get_ref().from))]
