@@ -59,7 +59,12 @@
 //!
 //! A prepare that fails leaves the write unapplied at the primary (the client gets an error and
 //! may retry); the secondaries that prepared it keep the key dirty, and reads ask the primary,
-//! until a later write of the key commits.
+//! until a later write of the key commits. The primary remembers such an *aborted* write, and
+//! the next prepare of the same key names it: every secondary that takes that prepare drops it.
+//! Otherwise a takeover, which commits every prepared write in order, could commit it (with its
+//! exactly-once record, which would answer its client's retry "done") under a later write that
+//! was computed without it, and lose it. A secondary ignores a prepare older than the newest it
+//! holds (the primary prepares a slot's writes one at a time: it is a late duplicate).
 //!
 //! # Eventual consistency
 //!
@@ -119,12 +124,17 @@
 //!
 //! **Failover.** The shard master pings every member every 100 ms. A member that has not
 //! answered for `--failure-timeout-ms` (800 ms) is *failed*: a new configuration without it
-//! gives each of its primary slots to its first secondary (the next member in id order, which
-//! holds a copy of every slot it was primary of) and the replica sets refill along the ring;
-//! the new primaries are told these slots are *promoted*: they serve them from their copy,
-//! committing the writes they hold prepared (each may have been acknowledged). The epoch grows;
-//! clients follow on their next error. With the default timeouts a failover takes about the
-//! failure timeout plus one install: about 0.9 s.
+//! gives each of its primary slots to one of the slot's secondaries, and the replica sets refill
+//! along the ring; the new primaries are told these slots are *promoted*: they serve them from
+//! their copy, committing the writes they hold prepared (each may have been acknowledged). The
+//! epoch grows; clients follow on their next error. With the default timeouts a failover takes
+//! about the failure timeout plus one install: about 0.9 s.
+//!
+//! Which secondary ([`heirs`]): the shard master asks the members which of their copies are
+//! still catching up (`Status`), and gives each slot to its first secondary whose copy is up to
+//! date — in eventual mode a synchronous one first, then any. A copy catching up (a server that
+//! has just joined, say) is passed over while an up-to-date one exists; with none, the slot goes
+//! to its first secondary and what its copy had not received yet is lost (logged as an error).
 //!
 //! Strong mode loses no acknowledged write: a write is acknowledged only after every secondary
 //! held it (prepared or applied). Eventual mode promotes the first secondary, which holds every
@@ -134,10 +144,30 @@
 //! With a replication factor of 1 no member is failed (its slots have no other copy): they are
 //! unavailable until it comes back, as in sharding.
 //!
-//! **Moves.** When a slot moves away from its primary (a join or a leave), its secondaries keep a
-//! copy of it (prepared writes included) until the next configuration. If the primary dies
-//! before its hand-off is done, the shard master has one of them send that copy to the new owner
-//! in its place, so a failure during a move loses nothing.
+//! **Moves.** A failure in the middle of a move loses nothing, whichever server it hits:
+//! - *The sender dies.* When a slot moves away from its primary (a join or a leave), its
+//!   secondaries keep a copy of it (prepared writes included) until the next configuration. If
+//!   the primary dies before its hand-off is done, the shard master has one of them send that
+//!   copy to the new owner in its place.
+//! - *The receiver dies.* A sender keeps a slot's data until the receiver acknowledges it, and a
+//!   receiver acknowledges a hand-off's last batch only once the slot's secondaries (but the
+//!   sender) have caught up with it: so at every moment either the sender still holds the slot,
+//!   or an up-to-date secondary does (and is promoted, as above). Every sender reports what it
+//!   still owes (`Status.owed`); when the receiver fails, those slots go to its heir *carried*:
+//!   the heir expects them from the sender, not from the failed receiver (or serves them at once
+//!   if it is the sender itself). Its own copy of such a slot holds the writes the receiver took
+//!   after the data arrived (prepared at every secondary, in strong mode), so it keeps its value
+//!   for every key written since its catch-up began, and takes the sender's for the others — the
+//!   sender's copy is exactly what the receiver started from. An heir whose copy is up to date
+//!   keeps it whole and acknowledges the sender's batches without applying them.
+//! - *Another member dies.* A hand-off still owed when a configuration arrives carries over to
+//!   the slot's owner in it (the same receiver, mostly), at the new epoch; a hand-off of an older
+//!   epoch that is still retrying gives way to the newer install at once. A receiver that had
+//!   already completed a slot answers the carried-over batches "done". The shard master installs
+//!   a failover's configuration at every server that still owes slots, members or not (a leaver
+//!   handing off), and watches those until they owe nothing.
+//! - A change does not wait for a server that stops answering in the middle of it (it is
+//!   reported incomplete, and the failover follows at once).
 //!
 //! **Restarts.** A server draws a random *incarnation* when its process starts, and the shard
 //! master records it when the server joins. A member answering with another incarnation has
@@ -148,23 +178,22 @@
 //!
 //! # Known limits
 //!
-//! - A failover while the promoted secondary is still catching up (right after a join) loses
-//!   the part of its slots it had not received yet.
-//! - A *receiver* that dies in the middle of a move is failed over like any member: the slots it
-//!   was still waiting for go to its first secondary, which has no copy of them (their data is
-//!   at the sender, which keeps it, unserved): they are served empty. (A *sender* that dies in
-//!   the middle of a move loses nothing: see "Moves".)
-//! - A failover that lands while a *live* sender's hand-off is unfinished (say, on a flaky
-//!   network) makes the sender forget the hand-off; the receiver keeps waiting for the slots.
+//! - A failover with no up-to-date copy of a slot left loses what the promoted copy had not
+//!   received yet. Under one failure this happens only with a replication factor of 2, in the
+//!   moments after a join or a move where the slot's only secondary is still catching up (with 3
+//!   or more, a join or leave leaves at least one secondary's copy of every slot intact, or the
+//!   sender's).
 //! - A sender that is cut off only from the shard master, during its hand-off, is presumed dead:
 //!   its batches and a secondary's copy may both reach the new owner (the copy holds every
-//!   write the sender acknowledged).
+//!   write the sender acknowledged). Likewise a receiver cut off only from the shard master may
+//!   finish receiving a slot after the shard master asked who still owes it: its heir then serves
+//!   the slot from its own copy, which is up to date (the receiver acknowledged only once it was).
+//! - The guarantees above are for one failure at a time: a second failure in the middle of a
+//!   first one's repair (say, the sender of a carried hand-off dying before it is done) can lose
+//!   the slots concerned.
 //! - Eventual mode applies a key's background values in the order they are sent, not by a
 //!   version: when a configuration turns a background secondary into a synchronous one, a flush
 //!   in flight may leave it one value behind until the key is written again.
-//! - A duplicate prepare delivered after its commit and a newer commit of the same key can leave
-//!   a stale pending write, which a takeover would apply (the transport normally cancels the
-//!   first attempt's handler; not seen in tests).
 //! - The shard master is a single process that keeps its state in memory.
 //! - A strong write waits for a prepare round trip to every secondary, holding its slot's write
 //!   lock, and costs a commit message after: measured at about a third of eventual mode's write

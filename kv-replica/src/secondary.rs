@@ -68,6 +68,9 @@ pub struct SlotReplica {
     pending: BTreeMap<u64, ReplicatedWrite>,
     /// How many pending writes each key has: a key with any is *dirty*.
     dirty: HashMap<String, usize>,
+    /// The newest write prepared here: the primary prepares a slot's writes one after the
+    /// other, so an older one arriving now is a late duplicate of an attempt already answered.
+    last_prepared: u64,
 }
 
 impl SlotReplica {
@@ -102,6 +105,7 @@ impl SlotReplica {
         self.state = state;
         self.pending.clear();
         self.dirty.clear();
+        self.last_prepared = 0;
     }
 
     /// Starts catching up at `epoch`, if the slot was awaiting its hand-off.
@@ -125,10 +129,19 @@ impl SlotReplica {
         self.dirty.contains_key(key)
     }
 
-    /// Holds a prepared write until it is committed.
-    pub fn prepare(&mut self, write: ReplicatedWrite) {
-        if self.pending.contains_key(&write.seq) {
+    /// Holds a prepared write until it is committed, and drops the `aborted` ones: earlier
+    /// writes of the same key the primary prepared but never applied (some secondary did not
+    /// take them), so that a takeover cannot commit them under a write computed without them.
+    /// A write older than the newest prepared here is a late duplicate, and ignored.
+    pub fn prepare(&mut self, write: ReplicatedWrite, aborted: &[u64]) {
+        if write.seq <= self.last_prepared {
             return;
+        }
+        self.last_prepared = write.seq;
+        for seq in aborted {
+            if let Some(dropped) = self.pending.remove(seq) {
+                self.undirty(&dropped.key);
+            }
         }
         *self.dirty.entry(write.key.clone()).or_default() += 1;
         self.pending.insert(write.seq, write);
@@ -213,6 +226,12 @@ mod tests {
         ReplicatedWrite { seq, key: key.to_owned(), value: Some(value.to_owned()), session: None }
     }
 
+    impl SlotReplica {
+        fn prepare_(&mut self, write: ReplicatedWrite) {
+            self.prepare(write, &[]);
+        }
+    }
+
     fn syncing() -> SlotReplica {
         let mut slot = SlotReplica::default();
         slot.reset(SlotState::Syncing { touched: HashSet::new(), since: 3 });
@@ -223,7 +242,7 @@ mod tests {
     fn a_prepared_key_is_dirty_until_its_write_is_committed() {
         let mut slot = SlotReplica::default();
         slot.reset(SlotState::Ready);
-        slot.prepare(write(1, "k", "a"));
+        slot.prepare_(write(1, "k", "a"));
         assert!(slot.is_dirty("k"));
         assert!(!slot.is_dirty("other"));
         assert_eq!(slot.commit(1), Some(write(1, "k", "a")));
@@ -234,9 +253,9 @@ mod tests {
     #[test]
     fn a_late_commit_of_an_older_write_is_ignored() {
         let mut slot = syncing();
-        slot.prepare(write(1, "k", "a"));
-        slot.prepare(write(2, "k", "b"));
-        slot.prepare(write(3, "j", "c"));
+        slot.prepare_(write(1, "k", "a"));
+        slot.prepare_(write(2, "k", "b"));
+        slot.prepare_(write(3, "j", "c"));
         assert_eq!(slot.commit(2), Some(write(2, "k", "b")));
         assert!(!slot.is_dirty("k"), "the older write of k went with the newer");
         assert_eq!(slot.commit(1), None, "never apply an older value over a newer one");
@@ -247,8 +266,8 @@ mod tests {
     #[test]
     fn an_aborted_write_stays_dirty_until_a_later_commit_of_its_key() {
         let mut slot = syncing();
-        slot.prepare(write(1, "k", "never committed"));
-        slot.prepare(write(2, "k", "b"));
+        slot.prepare_(write(1, "k", "never committed"));
+        slot.prepare_(write(2, "k", "b"));
         assert!(slot.is_dirty("k"));
         assert_eq!(slot.commit(2).map(|w| w.value), Some(Some("b".to_owned())));
         assert!(!slot.is_dirty("k"));
@@ -264,7 +283,7 @@ mod tests {
         slot.start_syncing(3);
         assert!(slot.takes_writes() && !slot.is_ready());
         slot.touch("k");
-        slot.prepare(write(1, "p", "x"));
+        slot.prepare_(write(1, "p", "x"));
         assert!(!slot.takes_snapshot_of("k", 3));
         assert!(slot.takes_snapshot_of("p", 3), "a prepared write may be aborted: only commits count");
         slot.commit(1);
@@ -277,24 +296,49 @@ mod tests {
     #[test]
     fn a_takeover_commits_every_prepared_write_in_order() {
         let mut slot = syncing();
-        slot.prepare(write(2, "k", "b"));
-        slot.prepare(write(1, "k", "a"));
-        slot.prepare(write(3, "j", "c"));
+        slot.prepare_(write(1, "k", "a"));
+        slot.prepare_(write(2, "k", "b"));
+        slot.prepare_(write(3, "j", "c"));
         let seqs: Vec<u64> = slot.take_pending().iter().map(|w| w.seq).collect();
         assert_eq!(seqs, [1, 2, 3]);
         assert!(!slot.is_dirty("k") && slot.pending() == 0);
     }
 
     #[test]
+    fn a_write_the_primary_never_applied_is_dropped_by_the_next_one_of_its_key() {
+        let mut slot = syncing();
+        // 1 was prepared here, failed elsewhere, and was not applied; 2 was computed without it.
+        slot.prepare_(write(1, "k", "popped"));
+        slot.prepare_(write(2, "j", "other key"));
+        slot.prepare(write(3, "k", "appended"), &[1]);
+        let taken: Vec<u64> = slot.take_pending().iter().map(|w| w.seq).collect();
+        assert_eq!(taken, [2, 3], "a takeover must not commit 1 (its answer would be a lie)");
+    }
+
+    #[test]
+    fn a_late_duplicate_prepare_is_ignored() {
+        let mut slot = syncing();
+        slot.prepare_(write(1, "k", "a"));
+        slot.prepare_(write(2, "k", "b"));
+        assert_eq!(slot.commit(2).map(|w| w.seq), Some(2));
+        slot.prepare_(write(1, "k", "a"));
+        assert!(!slot.is_dirty("k"), "an older attempt arriving late is not pending again");
+        assert!(slot.take_pending().is_empty());
+        slot.reset(SlotState::Ready);
+        slot.prepare_(write(1, "k", "a"));
+        assert!(slot.is_dirty("k"), "a new primary numbers from its own count");
+    }
+
+    #[test]
     fn a_takeover_says_which_keys_are_up_to_date() {
         let mut ready = SlotReplica::default();
         ready.reset(SlotState::Ready);
-        ready.prepare(write(1, "k", "a"));
+        ready.prepare_(write(1, "k", "a"));
         assert_eq!(ready.take_over(), (Takeover::Complete, vec![write(1, "k", "a")]));
 
         let mut catching_up = syncing();
         catching_up.touch("written");
-        catching_up.prepare(write(2, "prepared", "b"));
+        catching_up.prepare_(write(2, "prepared", "b"));
         let (takeover, pending) = catching_up.take_over();
         assert_eq!(pending, vec![write(2, "prepared", "b")]);
         let written = HashSet::from(["written".to_owned(), "prepared".to_owned()]);
@@ -318,7 +362,7 @@ mod tests {
     #[test]
     fn reset_forgets_pending_writes() {
         let mut slot = syncing();
-        slot.prepare(write(1, "k", "a"));
+        slot.prepare_(write(1, "k", "a"));
         slot.reset(SlotState::Idle);
         assert!(!slot.is_dirty("k"));
         assert_eq!(slot.commit(1), None);

@@ -53,14 +53,24 @@ const RETRY_INTERVAL: Duration = Duration::from_millis(100);
 pub(crate) struct Replicas {
     /// The configuration this server holds (epoch 0 while standalone).
     view: std::sync::RwLock<Arc<Config>>,
-    /// Primary side: each slot's write sequence, locked while a write is replicated.
-    seqs: Vec<Mutex<u64>>,
+    /// Primary side: each slot's writes, locked while a write is replicated.
+    seqs: Vec<Mutex<SlotWrites>>,
     /// Secondary side: each slot's copy.
     slots: Vec<Mutex<SlotReplica>>,
     /// Primary side: what each secondary is owed in the background.
     links: std::sync::Mutex<HashMap<String, Arc<Link>>>,
     /// Copies of slots that moved away from their primary, kept until the move is over.
     retired: std::sync::Mutex<BTreeMap<Slot, Retired>>,
+}
+
+/// A primary's record of one slot's writes.
+#[derive(Debug, Default)]
+struct SlotWrites {
+    /// The number of the last write.
+    seq: u64,
+    /// Strong mode: writes prepared and then not applied (a secondary did not take them), by
+    /// key, until the next write of the key that every secondary takes tells them to drop them.
+    aborted: HashMap<String, Vec<u64>>,
 }
 
 /// The copy a secondary kept of a slot whose primary handed it off at a move: if that primary
@@ -103,7 +113,7 @@ impl Replicas {
     pub(crate) fn new() -> Self {
         Replicas {
             view: std::sync::RwLock::new(Arc::new(Config::new())),
-            seqs: (0..SLOTS).map(|_| Mutex::new(0)).collect(),
+            seqs: (0..SLOTS).map(|_| Mutex::new(SlotWrites::default())).collect(),
             slots: (0..SLOTS).map(|_| Mutex::new(SlotReplica::default())).collect(),
             links: std::sync::Mutex::new(HashMap::new()),
             retired: std::sync::Mutex::new(BTreeMap::new()),
@@ -169,6 +179,7 @@ fn write_to_wire(
         key: key.to_owned(),
         value,
         session: session.map(session_to_wire),
+        aborted: Vec::new(),
     }
 }
 
@@ -222,16 +233,29 @@ impl Node {
             Consistency::Strong => {
                 let mut value = self.storage.get(&key).await?;
                 let output = op.apply(&mut value, self.storage.limits())?;
-                *seq += 1;
+                seq.seq += 1;
                 let session = id.map(|id| session_record(id, fingerprint, &output, slot));
-                let write = write_to_wire(slot, *seq, &key, value.clone(), session.as_ref());
-                self.replicate_now(view, &targets, vec![write], v1::WriteKind::Prepare).await?;
+                let mut write = write_to_wire(slot, seq.seq, &key, value.clone(), session.as_ref());
+                write.aborted = seq.aborted.get(&key).cloned().unwrap_or_default();
+                if let Err(err) =
+                    self.replicate_now(view, &targets, vec![write], v1::WriteKind::Prepare).await
+                {
+                    // Not applied here: the secondaries that prepared it must not commit it.
+                    let number = seq.seq;
+                    seq.aborted.entry(key).or_default().push(number);
+                    return Err(err);
+                }
                 // The linearization point: from here on, reads here see the write.
-                store(self.storage.as_ref(), key, value).await?;
+                if let Err(err) = store(self.storage.as_ref(), key.clone(), value).await {
+                    let number = seq.seq;
+                    seq.aborted.entry(key).or_default().push(number);
+                    return Err(err);
+                }
+                seq.aborted.remove(&key);
                 if let Some(ticket) = ticket {
                     ticket.finish(&output);
                 }
-                let committed = v1::Committed { slot: u32::from(slot), seq: *seq };
+                let committed = v1::Committed { slot: u32::from(slot), seq: seq.seq };
                 for target in &targets {
                     let link = self.link(target);
                     lock(&link.commits).push(committed);
@@ -245,14 +269,14 @@ impl Node {
                     ticket.finish(&output);
                 }
                 let value = self.storage.get(&key).await?;
-                *seq += 1;
+                seq.seq += 1;
                 let (sync, background) = targets.split_at(replication.sync_replicas.min(targets.len()));
                 for target in background {
                     lock(&self.link(target).owed_keys).insert(key.clone());
                 }
                 if !sync.is_empty() {
                     let session = id.map(|id| session_record(id, fingerprint, &output, slot));
-                    let write = write_to_wire(slot, *seq, &key, value, session.as_ref());
+                    let write = write_to_wire(slot, seq.seq, &key, value, session.as_ref());
                     if let Err(err) = self.replicate_now(view, sync, vec![write], v1::WriteKind::Apply).await
                     {
                         // Applied here, and answered to a retry: the background flush repairs
@@ -429,9 +453,10 @@ impl Node {
                     "slot {slot} started catching up after epoch {epoch}: this write is older than its copy"
                 )));
             }
+            let aborted = write.aborted;
             let write = ReplicatedWrite { seq: write.seq, key: write.key, value: write.value, session };
             match kind {
-                v1::WriteKind::Prepare => copy.prepare(write),
+                v1::WriteKind::Prepare => copy.prepare(write, &aborted),
                 v1::WriteKind::Apply => {
                     copy.touch(&write.key);
                     self.apply_replicated(write).await?;
