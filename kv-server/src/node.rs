@@ -286,14 +286,18 @@ impl Node {
         promoted: Vec<Slot>,
         carried: BTreeMap<Slot, String>,
     ) -> Result<InstallReport, Status> {
-        // A hand-off of an earlier epoch still running gives way: this install carries it over.
-        self.newest_install.send_if_modified(|newest| {
-            let newer = next.epoch() > *newest;
-            if newer {
-                *newest = next.epoch();
-            }
-            newer
-        });
+        // A hand-off of the epoch held, still running, gives way to the next epoch's install,
+        // which carries it over.
+        let held = self.epoch();
+        if next.epoch() > held && (held == 0 || previous.epoch() == held) {
+            self.newest_install.send_if_modified(|newest| {
+                let newer = next.epoch() > *newest;
+                if newer {
+                    *newest = next.epoch();
+                }
+                newer
+            });
+        }
         let mut outgoing = self.outgoing.lock().await;
         let mut report = InstallReport::default();
         let again = {
