@@ -46,7 +46,9 @@
 //!    the floor, and the answers tagged with these slots). Each batch names the slots it
 //!    completes; `B` serves a slot as soon as the batch completing it is in. Merging a client's
 //!    records takes the larger floor.
-//! 4. Once `B` has acknowledged every batch, `A` drops its copy, and its `Install` returns.
+//! 4. Once `B` has acknowledged every batch, `A` drops its copy, and its `Install` returns. (With
+//!    replication, `B` acknowledges the batch completing a slot only once the slot's secondaries
+//!    have caught up with it: see `kv_replica`'s "Moves".)
 //!
 //! Invariants:
 //! - **One server serves a slot at a time.** `B` starts after it has everything, and `A` stops
@@ -74,7 +76,9 @@
 //!   `A`, which keeps owing it; the change is reported incomplete (`ABORTED`). Every second the
 //!   shard master brings members that missed epochs up to date, one epoch at a time from its
 //!   history of configurations, and re-installs the current epoch where slots are still owed or
-//!   awaited, which resumes the hand-offs. A sender that fails three probes a second apart is
+//!   awaited, which resumes the hand-offs. A hand-off still owed when a newer configuration
+//!   arrives is carried over to the slots' owners in it, at its epoch (a receiver that already
+//!   completed a slot answers "done"); a change does not wait for a server that stops answering. A sender that fails three probes a second apart is
 //!   presumed dead: without replication its slots' data is lost with it, so the receivers drop
 //!   what part of it arrived and serve them empty, refusing any later batch for them (a sender
 //!   that was only cut off keeps its copy), and the change is reported as `DATA_LOSS`, not hidden.
