@@ -622,6 +622,20 @@ fn a_receiver_that_dies_during_a_move_loses_nothing() {
         assert!(after.id_of(&victim_addr).is_none(), "the receiver was failed over");
         assert!(after.id_of(&leaver_addr).is_none(), "the leaver is gone");
         until_nothing_owed(&cluster, &leaver_real, Duration::from_secs(60)).await;
+        let log = cluster.nodes()[leaver].log();
+        let moves: Vec<&str> =
+            log.lines().filter(|l| l.contains("carrying") || l.contains("handed off slots")).collect();
+        println!("the leaver's moves:\n{}", moves.join("\n"));
+        // Every receiver's acknowledgement waited for the dead one's catch-up (with three members
+        // left, it is a secondary of every slot): the hand-offs to the others were unfinished at
+        // the failover too, and carried over to its epoch.
+        let at_failover = format!(" epoch={} ", after.epoch());
+        let carried_over =
+            moves.iter().filter(|l| l.contains("handed off slots") && l.contains(&at_failover));
+        assert!(
+            carried_over.count() >= 2,
+            "hand-offs to the heir and to another receiver at the failover's epoch"
+        );
         assert!(
             cluster.logs().contains("taking over the slots a failed owner was still receiving"),
             "the heir took the receiver's unfinished slots from the leaver\n{}",

@@ -427,7 +427,20 @@ impl Membership {
         // What the others hold: which of the failed member's slots they still owe it (a move to
         // it was not over), and which of their copies are up to date.
         let others: Vec<String> = self.involved(&before).into_iter().filter(|a| a != server).collect();
-        let statuses = join_all(others.iter().map(|a| self.status_within(a, Self::PING_TIMEOUT * 2))).await;
+        let mut statuses =
+            join_all(others.iter().map(|a| self.status_within(a, Self::PING_TIMEOUT * 2))).await;
+        // One slow to answer gets a longer second chance: what it owes the failed member would
+        // otherwise be given away without its data.
+        let again = others.iter().zip(&statuses).filter(|(_, status)| status.is_err()).map(|(a, _)| a);
+        let again: Vec<&String> = again.collect();
+        if !again.is_empty() {
+            let answers = join_all(again.iter().map(|a| self.status_of(a))).await;
+            for (address, answer) in again.into_iter().zip(answers) {
+                if let Some(at) = others.iter().position(|a| a == address) {
+                    statuses[at] = answer;
+                }
+            }
+        }
         let mut carried: BTreeMap<String, Vec<Slot>> = BTreeMap::new();
         let mut owing = Vec::new();
         let mut unready: BTreeMap<&str, BTreeSet<Slot>> = BTreeMap::new();
