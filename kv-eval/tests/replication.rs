@@ -712,3 +712,64 @@ fn a_failover_while_a_new_secondary_catches_up_promotes_an_up_to_date_copy() {
         }
     });
 }
+
+/// With two copies of every slot, a server that dies right after joining loses nothing: every
+/// slot that moved to it was acknowledged only once its one secondary held an up-to-date copy,
+/// even where that secondary is the server that sent it (which keeps the data it sent as its
+/// copy, rather than dropping it and catching up from the joiner).
+#[test]
+fn with_two_copies_a_server_that_dies_right_after_joining_loses_nothing() {
+    let mut cluster = replicated(3, 2, &["--consistency", "strong"]);
+    let rt = runtime();
+    let master = master_addr(&cluster);
+    let keys: Vec<String> = (0..300).map(|i| format!("t{i}")).collect();
+    rt.block_on(async {
+        let c = Client::cluster_builder(master.as_str()).connect().await.unwrap();
+        for key in &keys {
+            c.put(key.as_str(), format!("value of {key}")).await.unwrap();
+        }
+        settled(&cluster, Duration::from_secs(30)).await;
+    });
+    let joined = cluster.add_node().unwrap();
+    let joined_addr = cluster.nodes()[joined].client_addr().to_string();
+    let (moved, secondary) = rt.block_on(async {
+        let after = config(&cluster).await;
+        let id = after.id_of(&joined_addr).unwrap();
+        let slot = (0..).find(|&s| after.owner_of_slot(s) == Some(id)).unwrap();
+        let secondary = after.address(after.replicas_of_slot(slot)[1]).unwrap().to_owned();
+        let moved = keys.iter().filter(|k| after.owner(k).is_some_and(|(owner, _)| owner == id)).count();
+        (moved, secondary)
+    });
+    assert!(moved > 0, "some keys moved to the new server");
+    // The join has returned: the new server's secondary is up to date with every slot of it.
+    let secondary_real = cluster.nodes()[node_of(&cluster, &secondary)].addr().to_string();
+    let status = rt.block_on(server_status(&secondary_real, Duration::from_secs(2))).unwrap();
+    assert_eq!(status.syncing_slots, 0, "{secondary} right after the join: {status:?}\n{}", cluster.logs());
+    // It sent the new server some of those slots itself, and kept what it sent as its copy.
+    let log = cluster.nodes()[node_of(&cluster, &secondary)].log();
+    assert!(
+        log.lines().any(|l| l.contains("handed off slots") && !l.contains("kept_as_copies=0 ")),
+        "{secondary} kept the slots it handed off as its copies\n{log}"
+    );
+    cluster.node_mut(joined).kill().unwrap();
+    rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while config(&cluster).await.id_of(&joined_addr).is_some() {
+            assert!(Instant::now() < deadline, "the killed server was not failed over\n{}", cluster.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let after = settled(&cluster, Duration::from_secs(60)).await;
+        let c =
+            Client::cluster_builder(master.as_str()).read_from(ReadFrom::Primary).connect().await.unwrap();
+        for key in &keys {
+            assert_eq!(
+                c.get(key.as_str()).await.unwrap(),
+                Some(format!("value of {key}")),
+                "{key} ({moved} keys had moved to the killed server)\n{}",
+                cluster.logs()
+            );
+            let values = at_every_replica(&after, key).await;
+            assert!(values.iter().all(|(_, v)| *v == values[0].1), "replicas of {key} differ: {values:?}");
+        }
+    });
+}

@@ -152,7 +152,11 @@
 //! - *The receiver dies.* A sender keeps a slot's data until the receiver acknowledges it, and a
 //!   receiver acknowledges a hand-off's last batch only once the slot's secondaries (but the
 //!   sender) have caught up with it: so at every moment either the sender still holds the slot,
-//!   or an up-to-date secondary does (and is promoted, as above). Every sender reports what it
+//!   or an up-to-date secondary does (and is promoted, as above). A sender that stays a
+//!   secondary of a slot it sent keeps the data as its copy, up to date at once, when the
+//!   receiver says it took the slot exactly as sent (`TransferResponse.verbatim`): the receiver
+//!   could take no write of the slot meanwhile, since that secondary refused them while its
+//!   hand-off ran. Every sender reports what it
 //!   still owes (`Status.owed`); when the receiver fails, those slots go to its heir *carried*:
 //!   the heir expects them from the sender, not from the failed receiver (or serves them at once
 //!   if it is the sender itself). Its own copy of such a slot holds the writes the receiver took
@@ -179,10 +183,12 @@
 //! # Known limits
 //!
 //! - A failover with no up-to-date copy of a slot left loses what the promoted copy had not
-//!   received yet. Under one failure this happens only with a replication factor of 2, in the
-//!   moments after a join or a move where the slot's only secondary is still catching up (with 3
-//!   or more, a join or leave leaves at least one secondary's copy of every slot intact, or the
-//!   sender's).
+//!   received yet. Under one failure this happens only with a replication factor of 2: a join or
+//!   leave that gives a slot a new secondary without moving it drops the old secondary's copy at
+//!   once, so until the new one has caught up the primary's is the only up-to-date copy. (A slot
+//!   that moves is covered: its sender keeps it until the receiver's secondary is up to date, or,
+//!   being that secondary itself, keeps what it sent as its copy.) With 3 or more copies, every
+//!   join or leave leaves at least one secondary's copy of every slot intact.
 //! - A sender that is cut off only from the shard master, during its hand-off, is presumed dead:
 //!   its batches and a secondary's copy may both reach the new owner (the copy holds every
 //!   write the sender acknowledged). Likewise a receiver cut off only from the shard master may

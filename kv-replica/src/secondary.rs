@@ -115,6 +115,18 @@ impl SlotReplica {
         }
     }
 
+    /// The hand-off this slot was awaiting is done, and the new primary took the data exactly as
+    /// sent: the data kept here is its copy, and the primary took no write of the slot meanwhile
+    /// (this secondary refused them while awaiting): up to date at once. Returns whether the slot
+    /// was awaiting.
+    pub fn keep_handed_off(&mut self) -> bool {
+        let awaiting = self.state == SlotState::Awaiting;
+        if awaiting {
+            self.state = SlotState::Ready;
+        }
+        awaiting
+    }
+
     /// The snapshot the primary read at `epoch` is complete: the slot is up to date, unless the
     /// snapshot is older than the catch-up.
     pub fn synced(&mut self, epoch: u64) {
@@ -236,6 +248,16 @@ mod tests {
         let mut slot = SlotReplica::default();
         slot.reset(SlotState::Syncing { touched: HashSet::new(), since: 3 });
         slot
+    }
+
+    #[test]
+    fn a_copy_handed_off_as_is_is_up_to_date_at_once() {
+        let mut slot = SlotReplica::default();
+        assert!(!slot.keep_handed_off(), "only a copy awaiting its hand-off");
+        slot.reset(SlotState::Awaiting);
+        assert!(!slot.takes_writes());
+        assert!(slot.keep_handed_off());
+        assert!(slot.is_ready() && slot.takes_writes());
     }
 
     #[test]

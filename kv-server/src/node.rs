@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use kv_core::session::Begin;
 use kv_core::{Error, Mutation, Output, RequestId, Sessions, Storage};
-use kv_proto::convert::{session_from_wire, session_to_wire, slots_from_wire};
+use kv_proto::convert::{session_from_wire, session_to_wire, slot_from_wire, slots_from_wire};
 use kv_proto::v1;
 use kv_replica::Takeover;
 use kv_shard::{Accept, Config, Ownership, Refused, SLOTS, Slot, slot_of};
@@ -555,10 +555,10 @@ impl Node {
                 self.storage.export(&|key| set[usize::from(slot_of(key))]).await.map_err(internal)?;
             let keys = entries.len() as u64;
             let sessions = self.sessions.export(|slot| set[usize::from(slot)]);
-            let batches = self.send_slots(me, to, epoch, slots, entries, &sessions).await?;
-            Ok::<_, Status>((keys, batches))
+            let sent = self.send_slots(me, to, epoch, slots, entries, &sessions).await?;
+            Ok::<_, Status>((keys, sent))
         };
-        let (keys, batches) = tokio::select! {
+        let (keys, (batches, verbatim)) = tokio::select! {
             sent = send => sent?,
             () = superseded => {
                 return Err(Status::aborted(format!(
@@ -566,17 +566,33 @@ impl Node {
                 )));
             }
         };
-        // Everything is at `to`: drop our copy.
-        self.storage.remove_where(&|key| set[usize::from(slot_of(key))]).await.map_err(internal)?;
-        self.sessions.forget(|slot| set[usize::from(slot)]);
-        // Where this server stays a secondary of a slot it sent, its copy is rebuilt now.
-        self.handed_off(slots).await;
-        info!(to, epoch, slots = slots.len(), keys, batches, took = ?started.elapsed(), "handed off slots");
+        // Everything is at `to`. Where this server stays a secondary of a slot `to` took as sent,
+        // the data here is its copy, up to date; the rest is dropped first, then copies of it
+        // are rebuilt from `to`.
+        let as_sent = slot_set(&verbatim);
+        let kept: Vec<Slot> =
+            self.awaiting(slots).await.into_iter().filter(|&slot| as_sent[usize::from(slot)]).collect();
+        let kept_set = slot_set(&kept);
+        let dropped = |slot: Slot| set[usize::from(slot)] && !kept_set[usize::from(slot)];
+        self.storage.remove_where(&|key| dropped(slot_of(key))).await.map_err(internal)?;
+        self.sessions.forget(dropped);
+        self.handed_off(slots, &kept).await;
+        info!(
+            to,
+            epoch,
+            slots = slots.len(),
+            kept_as_copies = kept.len(),
+            keys,
+            batches,
+            took = ?started.elapsed(),
+            "handed off slots"
+        );
         Ok(keys)
     }
 
     /// Sends the keys and exactly-once records of `slots` to `to` as `from` would at a move of
-    /// `epoch`, in batches of about [`BATCH_BYTES`]; returns the number of batches.
+    /// `epoch`, in batches of about [`BATCH_BYTES`]; returns the number of batches, and the slots
+    /// `to` took exactly as sent.
     pub(crate) async fn send_slots(
         &self,
         from: &str,
@@ -585,7 +601,7 @@ impl Node {
         slots: &[Slot],
         entries: Vec<(String, String)>,
         sessions: &[kv_core::SessionRecord],
-    ) -> Result<usize, Status> {
+    ) -> Result<(usize, Vec<Slot>), Status> {
         let mut by_slot: BTreeMap<Slot, Vec<(String, String)>> = BTreeMap::new();
         for (key, value) in entries {
             by_slot.entry(slot_of(&key)).or_default().push((key, value));
@@ -600,10 +616,12 @@ impl Node {
         };
         let mut bytes = 0;
         let mut batches = 0;
+        let mut verbatim = Vec::new();
         for (slot, entries) in by_slot {
             for (key, value) in entries {
                 if bytes > 0 && bytes + key.len() + value.len() > BATCH_BYTES {
-                    self.send(to, std::mem::replace(&mut batch, empty_batch(epoch, from))).await?;
+                    let sent = std::mem::replace(&mut batch, empty_batch(epoch, from));
+                    verbatim.extend(self.send(to, sent).await?);
                     batches += 1;
                     bytes = 0;
                 }
@@ -612,25 +630,28 @@ impl Node {
             }
             batch.complete.push(u32::from(slot));
         }
-        self.send(to, batch).await?;
-        Ok(batches + 1)
+        verbatim.extend(self.send(to, batch).await?);
+        Ok((batches + 1, verbatim))
     }
 
-    /// Sends one batch, retrying while `to` is unreachable or not yet at `epoch`.
-    async fn send(&self, to: &str, batch: v1::TransferRequest) -> Result<(), Status> {
+    /// Sends one batch, retrying while `to` is unreachable or not yet at `epoch`; returns the
+    /// slots it completed that `to` took exactly as sent.
+    async fn send(&self, to: &str, batch: v1::TransferRequest) -> Result<Vec<Slot>, Status> {
         let deadline = Instant::now() + self.handoff_timeout;
         // One lost batch must not eat the whole hand-off's time.
         retry_until(deadline, BATCH_TIMEOUT, |timeout| {
             let mut request = self.peers.request(batch.clone());
             request.set_timeout(timeout);
             let client = self.peers.node(to);
-            async move { client?.transfer(request).await.map(drop) }
+            async move { Ok(client?.transfer(request).await?.into_inner()) }
         })
         .await
+        .map(|response| response.verbatim.into_iter().filter_map(slot_from_wire).collect())
     }
 
-    /// Installs one batch from the slots' previous owner.
-    pub async fn transfer(&self, batch: v1::TransferRequest) -> Result<(), Status> {
+    /// Installs one batch from the slots' previous owner; returns the slots it completed that
+    /// were taken exactly as sent (not merged with a copy here).
+    pub async fn transfer(&self, batch: v1::TransferRequest) -> Result<Vec<Slot>, Status> {
         let v1::TransferRequest { epoch, from, entries, sessions, complete } = batch;
         let complete =
             slots_from_wire(complete).map_err(|wire| Status::invalid_argument(format!("no slot {wire}")))?;
@@ -684,10 +705,13 @@ impl Node {
             .collect();
         self.sessions.import(sessions, Instant::now());
         let mut routing = self.routing.write().await;
+        let mut verbatim = Vec::new();
         for &slot in &complete {
             if take[usize::from(slot)] && routing.ownership.accept(epoch, &from, slot) == Accept::Take {
                 routing.ownership.complete(slot);
-                lock(&self.merging).remove(&slot);
+                if lock(&self.merging).remove(&slot).is_none() {
+                    verbatim.push(slot);
+                }
             }
         }
         let served: Vec<Slot> = complete
@@ -696,7 +720,8 @@ impl Node {
             .collect();
         drop(routing);
         // The sender drops its copy once this is acknowledged: only once another copy exists.
-        self.until_replicated(&served, &from).await
+        self.until_replicated(&served, &from).await?;
+        Ok(verbatim)
     }
 }
 

@@ -692,11 +692,31 @@ impl Node {
         }
     }
 
-    /// The hand-off of `slots` (as their old primary) is done: copies awaiting it start syncing.
-    pub(crate) async fn handed_off(&self, slots: &[Slot]) {
-        let epoch = self.replicas.view().epoch();
+    /// Of `slots`, those whose copy here awaits their hand-off (this server was their primary,
+    /// and stays a secondary).
+    pub(crate) async fn awaiting(&self, slots: &[Slot]) -> Vec<Slot> {
+        let mut awaiting = Vec::new();
         for &slot in slots {
-            self.replicas.slots[usize::from(slot)].lock().await.start_syncing(epoch);
+            if *self.replicas.slots[usize::from(slot)].lock().await.state() == SlotState::Awaiting {
+                awaiting.push(slot);
+            }
+        }
+        awaiting
+    }
+
+    /// The hand-off of `slots` (as their old primary) is done, and their data dropped here but
+    /// for `kept`: copies awaiting it of the `kept` slots (which the new primary took exactly as
+    /// sent) are up to date with the data here, the other ones start catching up.
+    pub(crate) async fn handed_off(&self, slots: &[Slot], kept: &[Slot]) {
+        let epoch = self.replicas.view().epoch();
+        let kept = slot_set(kept);
+        for &slot in slots {
+            let mut copy = self.replicas.slots[usize::from(slot)].lock().await;
+            if kept[usize::from(slot)] {
+                copy.keep_handed_off();
+            } else {
+                copy.start_syncing(epoch);
+            }
         }
     }
 
@@ -783,6 +803,7 @@ impl Node {
         };
         let keys = entries.len() as u64;
         let started = Instant::now();
+        // What the new owner took as sent says nothing about this server's copies.
         self.send_slots(&sender, &to, epoch, &slots, entries, &sessions).await?;
         let mut retired = lock(&self.replicas.retired);
         for slot in &slots {

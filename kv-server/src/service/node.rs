@@ -83,8 +83,8 @@ impl NodeRpc for NodeService {
         request: Request<v1::TransferRequest>,
     ) -> Result<Response<v1::TransferResponse>, Status> {
         authorised(&request, self.token.as_deref())?;
-        self.node.transfer(request.into_inner()).await?;
-        Ok(Response::new(v1::TransferResponse {}))
+        let verbatim = self.node.transfer(request.into_inner()).await?;
+        Ok(Response::new(v1::TransferResponse { verbatim: verbatim.into_iter().map(u32::from).collect() }))
     }
 
     #[instrument(level = "debug", skip_all, fields(from = %request.get_ref().from, epoch = request.get_ref().epoch))]
