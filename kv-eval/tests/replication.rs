@@ -773,3 +773,57 @@ fn with_two_copies_a_server_that_dies_right_after_joining_loses_nothing() {
         }
     });
 }
+
+/// With two copies of every slot, a join gives some slots a new secondary (the joiner) without
+/// moving them, and the old one leaves their replica set. If their primary fails before the new
+/// secondary has caught up, the old secondary, which kept its copy, brings it up to date first:
+/// nothing is lost. Here the primary is paused through the join, so that it never sends the new
+/// server its snapshot, and is failed after.
+#[test]
+fn with_two_copies_a_failover_while_a_new_secondary_catches_up_loses_nothing() {
+    let mut cluster = replicated(3, 2, &["--consistency", "strong", "--failure-timeout-ms", "6000"]);
+    let rt = runtime();
+    let master = master_addr(&cluster);
+    let keys: Vec<String> = (0..300).map(|i| format!("s{i}")).collect();
+    let before = rt.block_on(async {
+        let c = Client::cluster_builder(master.as_str()).connect().await.unwrap();
+        for key in &keys {
+            c.put(key.as_str(), format!("value of {key}")).await.unwrap();
+        }
+        settled(&cluster, Duration::from_secs(30)).await
+    });
+    // The newest member: a server that joins becomes the secondary of its slots, in place of the
+    // oldest member.
+    let primary = before.members().last().unwrap().1.to_owned();
+    let victim = node_of(&cluster, &primary);
+    cluster.node_mut(victim).pause().unwrap();
+    cluster.add_node().unwrap();
+    rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while config(&cluster).await.id_of(&primary).is_some() {
+            assert!(Instant::now() < deadline, "the paused primary was not failed over\n{}", cluster.logs());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    cluster.node_mut(victim).kill().unwrap();
+    rt.block_on(async {
+        let after = settled(&cluster, Duration::from_secs(60)).await;
+        assert!(
+            cluster.logs().contains("a former secondary's copy brought a failed primary's heir up to date"),
+            "the old secondary's copy was used\n{}",
+            cluster.logs()
+        );
+        let c =
+            Client::cluster_builder(master.as_str()).read_from(ReadFrom::Primary).connect().await.unwrap();
+        for key in &keys {
+            assert_eq!(
+                c.get(key.as_str()).await.unwrap(),
+                Some(format!("value of {key}")),
+                "{key}\n{}",
+                cluster.logs()
+            );
+            let values = at_every_replica(&after, key).await;
+            assert!(values.iter().all(|(_, v)| *v == values[0].1), "replicas of {key} differ: {values:?}");
+        }
+    });
+}

@@ -133,8 +133,16 @@
 //! Which secondary ([`heirs`]): the shard master asks the members which of their copies are
 //! still catching up (`Status`), and gives each slot to its first secondary whose copy is up to
 //! date — in eventual mode a synchronous one first, then any. A copy catching up (a server that
-//! has just joined, say) is passed over while an up-to-date one exists; with none, the slot goes
-//! to its first secondary and what its copy had not received yet is lost (logged as an error).
+//! has just joined, say) is passed over while an up-to-date one exists. A secondary whose slot
+//! leaves it at a change (the slot moves, or the change gives it another secondary) keeps its
+//! copy until the next configuration: if no secondary of a failed primary's slot is up to date
+//! (with two copies of each slot, a join or leave replaces the only one), such a former
+//! secondary sends its copy to the first secondary as the snapshot the primary would have sent,
+//! which makes it up to date, before the failover. With neither, the slot goes to its first
+//! secondary and what its copy had not received yet is lost (logged as an error).
+//!
+//! Catch-up snapshots carry the slots' exactly-once records, so a promoted copy answers the
+//! retry of a write it only ever saw in a snapshot.
 //!
 //! Strong mode loses no acknowledged write: a write is acknowledged only after every secondary
 //! held it (prepared or applied). Eventual mode promotes the first secondary, which holds every
@@ -183,12 +191,9 @@
 //! # Known limits
 //!
 //! - A failover with no up-to-date copy of a slot left loses what the promoted copy had not
-//!   received yet. Under one failure this happens only with a replication factor of 2: a join or
-//!   leave that gives a slot a new secondary without moving it drops the old secondary's copy at
-//!   once, so until the new one has caught up the primary's is the only up-to-date copy. (A slot
-//!   that moves is covered: its sender keeps it until the receiver's secondary is up to date, or,
-//!   being that secondary itself, keeps what it sent as its copy.) With 3 or more copies, every
-//!   join or leave leaves at least one secondary's copy of every slot intact.
+//!   received yet. Under one failure this does not happen: after a join or leave, every slot
+//!   has an up-to-date secondary, or its sender still holds it, or a former secondary kept its
+//!   copy (see "Failover" and "Moves").
 //! - A sender that is cut off only from the shard master, during its hand-off, is presumed dead:
 //!   its batches and a secondary's copy may both reach the new owner (the copy holds every
 //!   write the sender acknowledged). Likewise a receiver cut off only from the shard master may

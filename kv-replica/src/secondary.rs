@@ -183,6 +183,12 @@ impl SlotReplica {
         }
     }
 
+    /// Whether this copy takes a snapshot the primary read at `epoch`: it is catching up, since
+    /// that epoch or before.
+    pub fn takes_snapshot(&self, epoch: u64) -> bool {
+        matches!(&self.state, SlotState::Syncing { since, .. } if epoch >= *since)
+    }
+
     /// Whether an entry for `key` of a snapshot the primary read at `epoch` should be applied:
     /// only while catching up, from a snapshot no older than the catch-up, and only if no write
     /// has reached the key since the catch-up began.

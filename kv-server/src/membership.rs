@@ -358,6 +358,23 @@ impl Membership {
         }
     }
 
+    /// Returns once none of `servers` that answers has a copy still catching up, or at
+    /// `deadline`.
+    async fn until_caught_up(&self, servers: &[&str], deadline: Instant) {
+        loop {
+            let statuses = join_all(servers.iter().map(|server| self.status_of(server))).await;
+            let syncing: u32 = statuses.iter().flatten().map(|status| status.syncing_slots).sum();
+            if syncing == 0 {
+                return;
+            }
+            if Instant::now() >= deadline {
+                warn!(slots = syncing, "copies still catching up at the end of a change");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Returns the first of `servers` not to answer pings for the failure timeout; never, if
     /// there are none.
     async fn until_any_silent<'s>(&self, servers: &[&'s str]) -> &'s str {
@@ -444,8 +461,13 @@ impl Membership {
         let mut carried: BTreeMap<String, Vec<Slot>> = BTreeMap::new();
         let mut owing = Vec::new();
         let mut unready: BTreeMap<&str, BTreeSet<Slot>> = BTreeMap::new();
+        let mut retired: BTreeMap<&str, BTreeSet<Slot>> = BTreeMap::new();
         for (address, status) in others.iter().zip(&statuses) {
             let Ok(status) = status else { continue };
+            for copies in status.retired.iter().filter(|copies| copies.server == server) {
+                let slots = copies.slots.iter().filter_map(|&s| kv_proto::convert::slot_from_wire(s));
+                retired.entry(address.as_str()).or_default().extend(slots);
+            }
             if !status.owed.is_empty() {
                 owing.push(address.clone());
             }
@@ -456,9 +478,30 @@ impl Membership {
             let slots = status.unready.iter().filter_map(|&s| kv_proto::convert::slot_from_wire(s));
             unready.insert(address.as_str(), slots.collect());
         }
-        let heirs = kv_replica::heirs(&before, server, |address, slot| {
+        let mut heirs = kv_replica::heirs(&before, server, |address, slot| {
             unready.get(address).is_some_and(|unready| !unready.contains(&slot))
         });
+        // Slots with no up-to-date secondary (the last change gave them new ones, still catching
+        // up): a former secondary that kept its copy brings the first one up to date.
+        let carried_set: BTreeSet<Slot> = carried.values().flatten().copied().collect();
+        let mut behind: BTreeMap<(&str, &str), Vec<Slot>> = BTreeMap::new();
+        for (slot, owner) in (0..).zip(before.slots()) {
+            if *owner != before.id_of(server) || heirs.contains_key(&slot) || carried_set.contains(&slot) {
+                continue;
+            }
+            let first = kv_replica::secondaries(&before, slot).into_iter().next();
+            let holder = retired.iter().find(|(_, slots)| slots.contains(&slot)).map(|(holder, _)| *holder);
+            if let (Some(first), Some(holder)) = (first, holder) {
+                behind.entry((holder, first)).or_default().push(slot);
+            }
+        }
+        for ((holder, to), slots) in behind {
+            if self.snapshot_from_copy(&before, server, holder, to, &slots).await
+                && let Some(id) = before.id_of(to)
+            {
+                heirs.extend(slots.iter().map(|&slot| (slot, id)));
+            }
+        }
         let passed_over = before.fail(server).map_or(0, |(first, _)| {
             heirs.iter().filter(|(slot, heir)| first.owner_of_slot(**slot) != Some(**heir)).count()
         });
@@ -690,6 +733,23 @@ impl Membership {
                 }
             }
         }
+        // The change is over once the copies it reset have caught up: until then, the copies
+        // former secondaries kept (a leaver's among them: it stays up until its leave returns)
+        // may be the only up-to-date ones besides the primaries'. A member that stops answering
+        // meanwhile is failed over at once, while those copies are there.
+        if replicated {
+            let members: Vec<&str> = next.members().map(|(_, a)| a).collect();
+            let deadline = Instant::now() + self.move_timeout;
+            tokio::select! {
+                () = self.until_caught_up(&members, deadline) => {}
+                silent = self.until_any_silent(&members) => {
+                    warn!(server = silent, "a member stopped answering while copies caught up: failing it over");
+                    if let Err(err) = self.fail_locked(silent).await {
+                        problems.push(format!("the failover of {silent} did not finish ({err})"));
+                    }
+                }
+            }
+        }
         info!(epoch = next.epoch(), slots = moves.len(), took = ?started.elapsed(), ok = problems.is_empty(), "moves done");
         if problems.is_empty() {
             Ok(())
@@ -714,6 +774,7 @@ impl Membership {
             sender: sender.to_owned(),
             to: to.to_owned(),
             slots: slots.iter().map(|&s| u32::from(s)).collect(),
+            as_snapshot: false,
         };
         for holder in kv_replica::secondaries(before, first) {
             if next.id_of(holder).is_none() {
@@ -745,6 +806,51 @@ impl Membership {
             }
         }
         false
+    }
+
+    /// Has `holder`, a former secondary of `slots` (whose primary `server` failed), send the
+    /// copy it kept of them to `to`, a secondary of them in `config` still catching up, as the
+    /// snapshot the primary would have sent; returns whether `to` is up to date now.
+    async fn snapshot_from_copy(
+        &self,
+        config: &Config,
+        server: &str,
+        holder: &str,
+        to: &str,
+        slots: &[Slot],
+    ) -> bool {
+        let request = v1::HandOffCopyRequest {
+            epoch: config.epoch(),
+            sender: server.to_owned(),
+            to: to.to_owned(),
+            slots: slots.iter().map(|&s| u32::from(s)).collect(),
+            as_snapshot: true,
+        };
+        let deadline = Instant::now() + self.move_timeout;
+        let sent = retry_until(deadline, self.move_timeout, |timeout| {
+            let mut call = self.peers.request(request.clone());
+            call.set_timeout(timeout);
+            let node = self.peers.node(holder);
+            async move { Ok(node?.hand_off_copy(call).await?.into_inner()) }
+        })
+        .await;
+        match sent {
+            Ok(report) => {
+                warn!(
+                    server,
+                    holder,
+                    to,
+                    slots = slots.len(),
+                    keys = report.keys_sent,
+                    "a former secondary's copy brought a failed primary's heir up to date"
+                );
+                true
+            }
+            Err(status) => {
+                warn!(server, holder, to, cause = %status.message(), "could not bring the heir up to date from a kept copy");
+                false
+            }
+        }
     }
 
     /// Installs `next` at `server`, retrying while it is unreachable or busy, until `deadline`.
@@ -814,6 +920,9 @@ impl Membership {
                     "{address} waits for {} slots and owes {}",
                     status.incoming_slots, status.outgoing_slots
                 ));
+            }
+            if status.syncing_slots > 0 {
+                return Some(format!("{address} has {} copies still catching up", status.syncing_slots));
             }
         }
         None

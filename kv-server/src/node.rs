@@ -257,11 +257,21 @@ impl Node {
             })
             .collect();
         let outgoing_slots = owed.iter().map(|o| o.slots.len()).sum::<usize>() as u32;
+        let retired = self
+            .replicas
+            .retired()
+            .into_iter()
+            .map(|(primary, slots)| v1::ServerSlots {
+                server: primary,
+                slots: slots.into_iter().map(u32::from).collect(),
+            })
+            .collect();
         Ok(v1::StatusResponse {
             replica_slots,
             syncing_slots: unready.len() as u32,
             unready: unready.into_iter().map(u32::from).collect(),
             owed,
+            retired,
             incarnation: self.incarnation,
             address: routing.ownership.me().to_owned(),
             epoch: routing.ownership.epoch(),

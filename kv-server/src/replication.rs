@@ -139,6 +139,15 @@ impl Replicas {
         (ready, unready)
     }
 
+    /// The copies kept of slots this server stopped being a secondary of, by their primary.
+    pub(crate) fn retired(&self) -> BTreeMap<String, Vec<Slot>> {
+        let mut by_primary: BTreeMap<String, Vec<Slot>> = BTreeMap::new();
+        for (&slot, copy) in lock(&self.retired).iter() {
+            by_primary.entry(copy.primary.clone()).or_default().push(slot);
+        }
+        by_primary
+    }
+
     /// Whether the primary here still owes secondary `to` a snapshot of `slot`.
     fn snapshot_owed(&self, to: &str, slot: Slot) -> bool {
         let link = lock(&self.links).get(to).cloned();
@@ -413,7 +422,7 @@ impl Node {
     /// Takes one `Replicate` batch from a primary; returns the slots of a snapshot batch not
     /// taken, because this server still hands them off (it was their primary).
     pub(crate) async fn replicate(&self, request: v1::ReplicateRequest) -> Result<Vec<Slot>, Status> {
-        let v1::ReplicateRequest { epoch, from, writes, kind, commits, synced } = request;
+        let v1::ReplicateRequest { epoch, from, writes, kind, commits, synced, sessions } = request;
         let kind = v1::WriteKind::try_from(kind)
             .map_err(|_| Status::invalid_argument(format!("unknown write kind {kind}")))?;
         let synced =
@@ -478,6 +487,9 @@ impl Node {
                 self.apply_replicated(write).await?;
             }
         }
+        if kind == v1::WriteKind::Snapshot && !sessions.is_empty() {
+            self.import_snapshot_sessions(&from, epoch, sessions, &refused).await?;
+        }
         for slot in synced {
             if refused.contains(&slot) {
                 continue;
@@ -494,6 +506,39 @@ impl Node {
             debug!(slot, from, "caught up");
         }
         Ok(refused.into_iter().collect())
+    }
+
+    /// Takes the exactly-once records of a snapshot from `from`, read at `epoch`: the answers of
+    /// the slots whose copy here is catching up and takes it (not those `refused`).
+    async fn import_snapshot_sessions(
+        &self,
+        from: &str,
+        epoch: u64,
+        records: Vec<v1::SessionRecord>,
+        refused: &HashSet<Slot>,
+    ) -> Result<(), Status> {
+        let mut records = records
+            .into_iter()
+            .map(|record| {
+                session_from_wire(record).ok_or_else(|| Status::invalid_argument("malformed record"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let tags: std::collections::BTreeSet<Slot> =
+            records.iter().flat_map(|r| r.answers.iter().map(|a| a.tag)).collect();
+        let mut taking = vec![false; SLOTS];
+        for slot in tags {
+            if refused.contains(&slot) || usize::from(slot) >= SLOTS {
+                continue;
+            }
+            if let Ok(copy) = self.copy_from(from, slot).await {
+                taking[usize::from(slot)] = copy.takes_snapshot(epoch);
+            }
+        }
+        for record in &mut records {
+            record.answers.retain(|answer| taking.get(usize::from(answer.tag)).copied().unwrap_or(false));
+        }
+        self.sessions.import(records, Instant::now());
+        Ok(())
     }
 
     /// The copy of `slot`, locked, if `from` is its primary and this server its secondary in
@@ -595,8 +640,10 @@ impl Node {
                     committed += 1;
                 }
                 taken.insert(slot, takeover);
-            } else if copy.is_ready() && previous.owner_of_slot(slot) != next.owner_of_slot(slot) {
-                // The slot moves away from its primary: keep a copy until the move is over.
+            } else if copy.is_ready() {
+                // The slot moves away from its primary, or this server stops being its secondary:
+                // keep a copy until the change is over (the copies that replace it may still be
+                // catching up).
                 retiring.insert(slot, copy.take_pending());
             }
             copy.reset(state.clone());
@@ -775,7 +822,7 @@ impl Node {
     /// Sends the copies kept of `slots` to `to`, as their primary `sender`, which died during the
     /// move of `epoch`, would have; returns the keys sent.
     pub(crate) async fn hand_off_copy(&self, request: v1::HandOffCopyRequest) -> Result<u64, Status> {
-        let v1::HandOffCopyRequest { epoch, sender, to, slots } = request;
+        let v1::HandOffCopyRequest { epoch, sender, to, slots, as_snapshot } = request;
         let slots =
             slots_from_wire(slots).map_err(|wire| Status::invalid_argument(format!("no slot {wire}")))?;
         let (entries, sessions) = {
@@ -803,13 +850,40 @@ impl Node {
         };
         let keys = entries.len() as u64;
         let started = Instant::now();
-        // What the new owner took as sent says nothing about this server's copies.
-        self.send_slots(&sender, &to, epoch, &slots, entries, &sessions).await?;
+        if as_snapshot {
+            let writes = entries.into_iter().map(|(key, value)| (slot_of(&key), key, Some(value)));
+            let batches = snapshot_batches(writes.collect(), &slots);
+            let view = self.replicas.view();
+            let deadline = Instant::now() + ATTEMPT_TIMEOUT * 5;
+            let mut sessions = Some(sessions);
+            for (writes, synced) in batches {
+                let request = v1::ReplicateRequest {
+                    epoch,
+                    from: sender.clone(),
+                    writes,
+                    kind: v1::WriteKind::Snapshot as i32,
+                    synced: synced.into_iter().map(u32::from).collect(),
+                    sessions: sessions.take().unwrap_or_default().iter().map(session_to_wire).collect(),
+                    ..Default::default()
+                };
+                let response = self.send_replicate(&to, &request, deadline).await?;
+                if !response.refused.is_empty() {
+                    return Err(Status::failed_precondition(format!(
+                        "{to} took no snapshot of {} of the slots (at epoch {})",
+                        response.refused.len(),
+                        view.epoch()
+                    )));
+                }
+            }
+        } else {
+            // What the new owner took as sent says nothing about this server's copies.
+            self.send_slots(&sender, &to, epoch, &slots, entries, &sessions).await?;
+        }
         let mut retired = lock(&self.replicas.retired);
         for slot in &slots {
             retired.remove(slot);
         }
-        warn!(to, epoch, sender, slots = slots.len(), keys, took = ?started.elapsed(), "handed off the copies of a dead primary's slots");
+        warn!(to, epoch, sender, as_snapshot, slots = slots.len(), keys, took = ?started.elapsed(), "handed off the copies of a dead primary's slots");
         Ok(keys)
     }
 
@@ -876,7 +950,8 @@ impl Node {
                 let sent = std::mem::take(&mut batch);
                 bytes = 0;
                 let keys: Vec<String> = sent.iter().map(|w| w.key.clone()).collect();
-                if self.send_batches(&view, link, sent, v1::WriteKind::Apply, Vec::new()).await.is_none() {
+                if self.send_batches(&view, link, sent, v1::WriteKind::Apply, Vec::new(), &[]).await.is_none()
+                {
                     // Sent again later, with the values of then.
                     unsent.extend(keys);
                     unsent.extend(writes.by_ref().map(|w| w.key));
@@ -909,47 +984,24 @@ impl Node {
         let Ok(entries) = self.storage.export(&|key| set[usize::from(slot_of(key))]).await else {
             return false;
         };
-        let mut by_slot: BTreeMap<Slot, Vec<v1::ReplicatedWrite>> =
-            ready.iter().map(|&s| (s, Vec::new())).collect();
-        for (key, value) in entries {
-            let slot = slot_of(&key);
-            by_slot.entry(slot).or_default().push(write_to_wire(slot, 0, &key, Some(value), None));
-        }
         let started = Instant::now();
-        let keys: usize = by_slot.values().map(Vec::len).sum();
-        let mut batch = Vec::new();
-        let mut bytes = 0;
-        let mut complete = Vec::new();
+        let keys = entries.len();
+        let writes = entries.into_iter().map(|(key, value)| (slot_of(&key), key, Some(value))).collect();
+        let mut sessions = Some(self.sessions.export(|slot| set[usize::from(slot)]));
         // Slots the secondary could not take yet (it still hands them off itself): the others
         // go on, so that no two hand-offs wait on each other's catch-up; these go again later,
         // whole, and are never marked synced from a part.
         let mut refused = HashSet::new();
-        for (slot, writes) in by_slot {
-            for write in writes {
-                let size = write.key.len() + write.value.as_ref().map_or(0, String::len);
-                if bytes > 0 && bytes + size > BATCH_BYTES {
-                    let mut done = std::mem::take(&mut complete);
-                    done.retain(|slot| !refused.contains(slot));
-                    let sent = std::mem::take(&mut batch);
-                    let Some(not_taken) =
-                        self.send_batches(&view, link, sent, v1::WriteKind::Snapshot, done).await
-                    else {
-                        return false;
-                    };
-                    refused.extend(not_taken);
-                    bytes = 0;
-                }
-                bytes += size;
-                batch.push(write);
-            }
-            complete.push(slot);
+        for (writes, mut done) in snapshot_batches(writes, &ready) {
+            done.retain(|slot| !refused.contains(slot));
+            let records = sessions.take().unwrap_or_default();
+            let Some(not_taken) =
+                self.send_batches(&view, link, writes, v1::WriteKind::Snapshot, done, &records).await
+            else {
+                return false;
+            };
+            refused.extend(not_taken);
         }
-        complete.retain(|slot| !refused.contains(slot));
-        let Some(not_taken) = self.send_batches(&view, link, batch, v1::WriteKind::Snapshot, complete).await
-        else {
-            return false;
-        };
-        refused.extend(not_taken);
         // Only the debts this send paid: an install meanwhile may have owed a slot anew.
         let paid: BTreeMap<Slot, u64> =
             owed.into_iter().filter(|(slot, _)| !refused.contains(slot)).collect();
@@ -966,8 +1018,9 @@ impl Node {
         refused.is_empty()
     }
 
-    /// Sends `writes` (and `synced`) to `link` in one request; returns the slots of a snapshot
-    /// it did not take (to send again later), or nothing if the request failed.
+    /// Sends `writes` (and `synced`, and exactly-once records) to `link` in one request;
+    /// returns the slots of a snapshot it did not take (to send again later), or nothing if the
+    /// request failed.
     async fn send_batches(
         &self,
         view: &Config,
@@ -975,6 +1028,7 @@ impl Node {
         writes: Vec<v1::ReplicatedWrite>,
         kind: v1::WriteKind,
         synced: Vec<Slot>,
+        sessions: &[SessionRecord],
     ) -> Option<Vec<Slot>> {
         if writes.is_empty() && synced.is_empty() {
             return Some(Vec::new());
@@ -985,6 +1039,7 @@ impl Node {
             writes,
             kind: kind as i32,
             synced: synced.into_iter().map(u32::from).collect(),
+            sessions: sessions.iter().map(session_to_wire).collect(),
             ..Default::default()
         };
         let deadline = Instant::now() + ATTEMPT_TIMEOUT * 5;
@@ -1020,6 +1075,38 @@ async fn run_link(node: Weak<Node>, link: Arc<Link>) {
         ok &= node.send_snapshots(&link).await;
         behind = !ok;
     }
+}
+
+/// A snapshot of `slots` (`writes`: slot, key, value), cut into requests of about
+/// [`BATCH_BYTES`], each with the slots it completes; every slot is completed once, empty ones
+/// in the first request.
+fn snapshot_batches(
+    writes: Vec<(Slot, String, Option<String>)>,
+    slots: &[Slot],
+) -> Vec<(Vec<v1::ReplicatedWrite>, Vec<Slot>)> {
+    let mut by_slot: BTreeMap<Slot, Vec<(String, Option<String>)>> =
+        slots.iter().map(|&s| (s, Vec::new())).collect();
+    for (slot, key, value) in writes {
+        by_slot.entry(slot).or_default().push((key, value));
+    }
+    let mut batches = Vec::new();
+    let mut batch = Vec::new();
+    let mut complete = Vec::new();
+    let mut bytes = 0;
+    for (slot, writes) in by_slot {
+        for (key, value) in writes {
+            let size = key.len() + value.as_ref().map_or(0, String::len);
+            if bytes > 0 && bytes + size > BATCH_BYTES {
+                batches.push((std::mem::take(&mut batch), std::mem::take(&mut complete)));
+                bytes = 0;
+            }
+            bytes += size;
+            batch.push(write_to_wire(slot, 0, &key, value, None));
+        }
+        complete.push(slot);
+    }
+    batches.push((batch, complete));
+    batches
 }
 
 /// A membership table over all slots.
