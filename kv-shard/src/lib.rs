@@ -27,8 +27,8 @@
 //!
 //! The shard master owns the sequence of configurations and changes it one step at a time: a
 //! `Join` or `Leave` computes epoch `e+1` from `e`, and returns only when every slot that changed
-//! owner is installed at its new owner. Changes are serialised: the next one starts after the
-//! last has finished. Servers learn configurations by being told (`Node.Install`, pushed by the
+//! owner is installed at its new owner (with replication, and every copy the change rebuilt has
+//! caught up). Changes are serialised: the next one starts after the last has finished. Servers learn configurations by being told (`Node.Install`, pushed by the
 //! shard master, which carries the new configuration and its predecessor); a server's slot table
 //! is [`Ownership`].
 //!
