@@ -131,7 +131,8 @@
 //! about the failure timeout plus one install: about 0.9 s.
 //!
 //! Which secondary ([`heirs`]): the shard master asks the members which of their copies are
-//! still catching up (`Status`), and gives each slot to its first secondary whose copy is up to
+//! still catching up (`Status`; only answers at the epoch being failed over count, and a slow
+//! server is asked again, longer), and gives each slot to its first secondary whose copy is up to
 //! date — in eventual mode a synchronous one first, then any. A copy catching up (a server that
 //! has just joined, say) is passed over while an up-to-date one exists. A secondary whose slot
 //! leaves it at a change (the slot moves, or the change gives it another secondary) keeps its
@@ -160,14 +161,16 @@
 //! - *The receiver dies.* A sender keeps a slot's data until the receiver acknowledges it, and a
 //!   receiver acknowledges a hand-off's last batch only once the slot's secondaries (but the
 //!   sender) have caught up with it: so at every moment either the sender still holds the slot,
-//!   or an up-to-date secondary does (and is promoted, as above). A sender that stays a
-//!   secondary of a slot it sent keeps the data as its copy, up to date at once, when the
-//!   receiver says it took the slot exactly as sent (`TransferResponse.verbatim`): the receiver
-//!   could take no write of the slot meanwhile, since that secondary refused them while its
-//!   hand-off ran. Every sender reports what it
+//!   or an up-to-date secondary does (and is promoted, as above). In strong mode, a sender that
+//!   stays a secondary of a slot it sent keeps the data as its copy, up to date at once, when the
+//!   receiver says it took the slot exactly as sent (`TransferResponse.verbatim`, told on every
+//!   answer, a resend's too): the receiver could commit no write of the slot meanwhile, since
+//!   that secondary refused to prepare them while its hand-off ran. (In eventual mode the
+//!   receiver applies a write before replicating it: the sender's copy catches up instead.) Every sender reports what it
 //!   still owes (`Status.owed`); when the receiver fails, those slots go to its heir *carried*:
 //!   the heir expects them from the sender, not from the failed receiver (or serves them at once
-//!   if it is the sender itself). Its own copy of such a slot holds the writes the receiver took
+//!   if it is the sender itself). A sender that has not switched to the change yet counts as
+//!   owing its moves to the receiver: it will, once brought up to date. Its own copy of such a slot holds the writes the receiver took
 //!   after the data arrived (prepared at every secondary, in strong mode), so it keeps its value
 //!   for every key written since its catch-up began, and takes the sender's for the others — the
 //!   sender's copy is exactly what the receiver started from. An heir whose copy is up to date
@@ -200,8 +203,10 @@
 //!   finish receiving a slot after the shard master asked who still owes it: its heir then serves
 //!   the slot from its own copy, which is up to date (the receiver acknowledged only once it was).
 //! - The guarantees above are for one failure at a time: a second failure in the middle of a
-//!   first one's repair (say, the sender of a carried hand-off dying before it is done) can lose
-//!   the slots concerned.
+//!   first one's repair (say, the sender of a carried hand-off dying before it is done, or not
+//!   answering the failover's questions) can lose the slots concerned.
+//! - A storage error in the middle of an install (impossible with the in-memory engine) could
+//!   leave its replication state half switched.
 //! - Eventual mode applies a key's background values in the order they are sent, not by a
 //!   version: when a configuration turns a background secondary into a synchronous one, a flush
 //!   in flight may leave it one value behind until the key is written again.

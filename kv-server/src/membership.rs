@@ -99,8 +99,8 @@ enum SenderOutcome {
     Answered(Result<v1::InstallResponse, Status>),
     /// It stopped answering pings.
     Silent,
-    /// A server it sends to stopped answering pings.
-    ReceiverSilent(String),
+    /// Another server of the change stopped answering pings.
+    OtherSilent(String),
 }
 
 impl Membership {
@@ -358,8 +358,14 @@ impl Membership {
         }
     }
 
+    /// Whether at least half of `servers` answer a ping.
+    async fn most_answer(&self, servers: &[&str]) -> bool {
+        let answers = join_all(servers.iter().map(|server| self.ping(server))).await;
+        answers.iter().filter(|answer| answer.is_some()).count() * 2 >= servers.len()
+    }
+
     /// Returns once none of `servers` that answers has a copy still catching up, or at
-    /// `deadline`.
+    /// `deadline` (with a warning: the change is then over with copies still catching up).
     async fn until_caught_up(&self, servers: &[&str], deadline: Instant) {
         loop {
             let statuses = join_all(servers.iter().map(|server| self.status_of(server))).await;
@@ -425,7 +431,7 @@ impl Membership {
             let history = self.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             history.len().checked_sub(2).and_then(|i| history.get(i).cloned())
         };
-        if let Some(previous) = previous {
+        if let Some(previous) = &previous {
             let mut owed: BTreeMap<&str, Vec<Slot>> = BTreeMap::new();
             for m in previous.moves_to(&before) {
                 let from = m.from.and_then(|id| previous.address(id));
@@ -437,69 +443,79 @@ impl Membership {
             }
             for (to, slots) in owed {
                 if self.receiver_waits(to).await {
-                    self.hand_off_copies(&previous, &before, server, to, &slots).await;
+                    self.hand_off_copies(previous, &before, server, to, &slots).await;
                 }
             }
         }
         // What the others hold: which of the failed member's slots they still owe it (a move to
-        // it was not over), and which of their copies are up to date.
+        // it was not over), and which of their copies are up to date. A slow server is asked
+        // again, longer: what it owes would otherwise be given away without its data.
         let others: Vec<String> = self.involved(&before).into_iter().filter(|a| a != server).collect();
-        let mut statuses =
-            join_all(others.iter().map(|a| self.status_within(a, Self::PING_TIMEOUT * 2))).await;
-        // One slow to answer gets a longer second chance: what it owes the failed member would
-        // otherwise be given away without its data.
-        let again = others.iter().zip(&statuses).filter(|(_, status)| status.is_err()).map(|(a, _)| a);
-        let again: Vec<&String> = again.collect();
-        if !again.is_empty() {
-            let answers = join_all(again.iter().map(|a| self.status_of(a))).await;
-            for (address, answer) in again.into_iter().zip(answers) {
-                if let Some(at) = others.iter().position(|a| a == address) {
-                    statuses[at] = answer;
-                }
-            }
-        }
-        let mut carried: BTreeMap<String, Vec<Slot>> = BTreeMap::new();
+        let statuses = join_all(others.iter().map(|a| self.status_for_failover(a))).await;
+        let mut carried: BTreeMap<String, BTreeSet<Slot>> = BTreeMap::new();
         let mut owing = Vec::new();
         let mut unready: BTreeMap<&str, BTreeSet<Slot>> = BTreeMap::new();
         let mut retired: BTreeMap<&str, BTreeSet<Slot>> = BTreeMap::new();
+        let wire_slots = |slots: &[u32]| -> Vec<Slot> {
+            slots.iter().filter_map(|&s| kv_proto::convert::slot_from_wire(s)).collect()
+        };
         for (address, status) in others.iter().zip(&statuses) {
             let Ok(status) = status else { continue };
-            for copies in status.retired.iter().filter(|copies| copies.server == server) {
-                let slots = copies.slots.iter().filter_map(|&s| kv_proto::convert::slot_from_wire(s));
-                retired.entry(address.as_str()).or_default().extend(slots);
-            }
-            if !status.owed.is_empty() {
+            if !status.owed.is_empty() || status.epoch < before.epoch() {
                 owing.push(address.clone());
             }
             for owed in status.owed.iter().filter(|owed| owed.server == server) {
-                let slots = owed.slots.iter().filter_map(|&s| kv_proto::convert::slot_from_wire(s));
-                carried.entry(address.clone()).or_default().extend(slots);
+                carried.entry(address.clone()).or_default().extend(wire_slots(&owed.slots));
             }
-            let slots = status.unready.iter().filter_map(|&s| kv_proto::convert::slot_from_wire(s));
-            unready.insert(address.as_str(), slots.collect());
+            if status.epoch < before.epoch()
+                && let Some(previous) = &previous
+            {
+                // Not switched to the last change yet: it still holds what it has to send the
+                // failed member, and will owe it once brought up to date.
+                for m in previous.moves_to(&before) {
+                    let from = m.from.and_then(|id| previous.address(id));
+                    let to = m.to.and_then(|id| before.address(id));
+                    if from == Some(address.as_str()) && to == Some(server) {
+                        carried.entry(address.clone()).or_default().insert(m.slot);
+                    }
+                }
+            }
+            // Copies are judged only at the epoch being failed over.
+            if status.epoch == before.epoch() {
+                for copies in status.retired.iter().filter(|copies| copies.server == server) {
+                    retired.entry(address.as_str()).or_default().extend(wire_slots(&copies.slots));
+                }
+                unready.insert(address.as_str(), wire_slots(&status.unready).into_iter().collect());
+            }
         }
+        let carried: BTreeMap<String, Vec<Slot>> =
+            carried.into_iter().map(|(from, slots)| (from, slots.into_iter().collect())).collect();
         let mut heirs = kv_replica::heirs(&before, server, |address, slot| {
             unready.get(address).is_some_and(|unready| !unready.contains(&slot))
         });
         // Slots with no up-to-date secondary (the last change gave them new ones, still catching
         // up): a former secondary that kept its copy brings the first one up to date.
         let carried_set: BTreeSet<Slot> = carried.values().flatten().copied().collect();
-        let mut behind: BTreeMap<(&str, &str), Vec<Slot>> = BTreeMap::new();
+        let mut behind: BTreeMap<&str, Vec<Slot>> = BTreeMap::new();
         for (slot, owner) in (0..).zip(before.slots()) {
             if *owner != before.id_of(server) || heirs.contains_key(&slot) || carried_set.contains(&slot) {
                 continue;
             }
-            let first = kv_replica::secondaries(&before, slot).into_iter().next();
-            let holder = retired.iter().find(|(_, slots)| slots.contains(&slot)).map(|(holder, _)| *holder);
-            if let (Some(first), Some(holder)) = (first, holder) {
-                behind.entry((holder, first)).or_default().push(slot);
+            if let Some(first) = kv_replica::secondaries(&before, slot).into_iter().next() {
+                behind.entry(first).or_default().push(slot);
             }
         }
-        for ((holder, to), slots) in behind {
-            if self.snapshot_from_copy(&before, server, holder, to, &slots).await
-                && let Some(id) = before.id_of(to)
-            {
-                heirs.extend(slots.iter().map(|&slot| (slot, id)));
+        for (to, slots) in behind {
+            let Some(id) = before.id_of(to) else { continue };
+            let mut left: BTreeSet<Slot> = slots.into_iter().collect();
+            for (&holder, kept) in &retired {
+                let from_here: Vec<Slot> = left.iter().copied().filter(|slot| kept.contains(slot)).collect();
+                if !from_here.is_empty()
+                    && self.snapshot_from_copy(&before, server, holder, to, &from_here).await
+                {
+                    heirs.extend(from_here.iter().map(|&slot| (slot, id)));
+                    left.retain(|slot| !from_here.contains(slot));
+                }
             }
         }
         let passed_over = before.fail(server).map_or(0, |(first, _)| {
@@ -574,12 +590,14 @@ impl Membership {
         let mut installs = 0;
         let mut waiting = false;
         let mut up_to_date = Vec::new();
-        // A server outside the membership is watched while it owes slots, and while it answers.
+        // A server outside the membership is watched until it answers that it owes nothing (or
+        // answers as another process, which holds nothing).
         self.owing.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|address| {
-            involved
-                .iter()
-                .zip(&statuses)
-                .any(|(a, status)| a == address && status.as_ref().is_ok_and(|s| s.outgoing_slots > 0))
+            let status = involved.iter().zip(&statuses).find(|(a, _)| *a == address).map(|(_, s)| s);
+            match status {
+                Some(Ok(status)) => status.outgoing_slots > 0 && !self.restarted(address, status.incarnation),
+                Some(Err(_)) | None => true,
+            }
         });
         for (address, status) in involved.iter().zip(statuses) {
             let Ok(status) = status else { continue };
@@ -661,21 +679,19 @@ impl Membership {
         // The senders get a time of their own, however long the receivers took.
         let deadline = Instant::now() + self.move_timeout;
         // A sender that stops answering pings (it died during its hand-off) is not waited for;
-        // nor is one whose receiver stops answering (the receiver's failover carries the
-        // hand-off over to its heir, and must not wait for this change).
+        // nor is one while another member stops answering (a receiver, or a secondary the
+        // receivers wait for): that member's failover carries the hand-off over to the new
+        // owners, and must not wait for this change.
+        let members: Vec<&str> =
+            next.members().map(|(_, addr)| addr).filter(|a| !senders.contains(a)).collect();
         let installs = senders.iter().map(|&addr| {
-            let mut receivers: Vec<&str> = moves
-                .iter()
-                .filter(|m| m.from.and_then(|id| before.address(id)) == Some(addr))
-                .filter_map(|m| m.to.and_then(|id| next.address(id)))
-                .collect();
-            receivers.sort_unstable();
-            receivers.dedup();
+            let others: Vec<&str> =
+                members.iter().copied().chain(senders.iter().copied().filter(|&s| s != addr)).collect();
             async move {
                 tokio::select! {
                     result = self.install(addr, before, next, &[], deadline) => SenderOutcome::Answered(result),
                     () = self.until_silent(addr) => SenderOutcome::Silent,
-                    receiver = self.until_any_silent(&receivers) => SenderOutcome::ReceiverSilent(receiver.to_owned()),
+                    other = self.until_any_silent(&others) => SenderOutcome::OtherSilent(other.to_owned()),
                 }
             }
         });
@@ -687,10 +703,10 @@ impl Membership {
                 SenderOutcome::Answered(Ok(_)) => continue,
                 SenderOutcome::Answered(Err(status)) => (status, false),
                 SenderOutcome::Silent => (Status::unavailable("it stopped answering"), true),
-                SenderOutcome::ReceiverSilent(receiver) => {
+                SenderOutcome::OtherSilent(other) => {
                     problems.push(format!(
-                        "{sender} could not hand off its slots to {receiver}, which stopped answering \
-                         ({sender} keeps them, and sends them on once {receiver} is back or failed over)"
+                        "{sender} could not hand off its slots while {other} stopped answering \
+                         ({sender} keeps them, and sends them on once {other} is back or failed over)"
                     ));
                     continue;
                 }
@@ -743,9 +759,14 @@ impl Membership {
             tokio::select! {
                 () = self.until_caught_up(&members, deadline) => {}
                 silent = self.until_any_silent(&members) => {
-                    warn!(server = silent, "a member stopped answering while copies caught up: failing it over");
-                    if let Err(err) = self.fail_locked(silent).await {
-                        problems.push(format!("the failover of {silent} did not finish ({err})"));
+                    // Unless this shard master is the one cut off: then it fails no one.
+                    if self.most_answer(&members).await {
+                        warn!(server = silent, "a member stopped answering while copies caught up: failing it over");
+                        if let Err(err) = self.fail_locked(silent).await {
+                            problems.push(format!("the failover of {silent} did not finish ({err})"));
+                        }
+                    } else {
+                        problems.push(format!("{silent} stopped answering while copies caught up"));
                     }
                 }
             }
@@ -988,6 +1009,19 @@ impl Membership {
     /// What `server` holds, if it answers within the probe timeout.
     pub async fn status_of(&self, server: &str) -> Result<v1::StatusResponse, Status> {
         self.status_within(server, Self::PROBE_TIMEOUT).await
+    }
+
+    /// What `server` holds, for a failover: asked three times, the last two with the probe
+    /// timeout (a server busy switching configurations may take a while).
+    async fn status_for_failover(&self, server: &str) -> Result<v1::StatusResponse, Status> {
+        let mut answer = self.status_within(server, Self::PING_TIMEOUT * 2).await;
+        for _ in 0..2 {
+            if answer.is_ok() {
+                break;
+            }
+            answer = self.status_of(server).await;
+        }
+        answer
     }
 
     /// What `server` holds, if it answers within `timeout`.

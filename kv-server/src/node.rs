@@ -97,6 +97,10 @@ pub struct Node {
     /// Per slot still incoming from the sender that holds the data of a failed owner's slot, the
     /// keys whose value here (from this server's copy) is newer than the sender's.
     merging: std::sync::Mutex<HashMap<Slot, HashSet<String>>>,
+    /// Slots served here whose data was taken exactly as their sender (named) sent it.
+    as_sent: std::sync::Mutex<HashMap<Slot, String>>,
+    /// Serialises the import of transfer batches.
+    transfers: Mutex<()>,
     pub(crate) peers: Peers,
     /// How long one hand-off may keep retrying a peer that does not answer.
     handoff_timeout: Duration,
@@ -134,6 +138,8 @@ impl Node {
             owed: std::sync::Mutex::new(BTreeMap::new()),
             newest_install: tokio::sync::watch::Sender::new(0),
             merging: std::sync::Mutex::new(HashMap::new()),
+            as_sent: std::sync::Mutex::new(HashMap::new()),
+            transfers: Mutex::new(()),
             peers,
             handoff_timeout,
         })
@@ -296,10 +302,9 @@ impl Node {
         promoted: Vec<Slot>,
         carried: BTreeMap<Slot, String>,
     ) -> Result<InstallReport, Status> {
-        // A hand-off of the epoch held, still running, gives way to the next epoch's install,
-        // which carries it over.
-        let held = self.epoch();
-        if next.epoch() > held && (held == 0 || previous.epoch() == held) {
+        // A hand-off of an older epoch, still running, gives way to this install, which carries
+        // it over (an install this server refuses withdraws its claim).
+        if next.epoch() > self.epoch() {
             self.newest_install.send_if_modified(|newest| {
                 let newer = next.epoch() > *newest;
                 if newer {
@@ -330,8 +335,21 @@ impl Node {
                         next.epoch()
                     )));
                 }
-                self.switch(&mut routing, &mut outgoing, &mut report, previous, next, promoted, carried)
-                    .await?;
+                let epoch = next.epoch();
+                let switched = self
+                    .switch(&mut routing, &mut outgoing, &mut report, previous, next, promoted, carried)
+                    .await;
+                if switched.is_err() {
+                    let held = routing.ownership.epoch();
+                    self.newest_install.send_if_modified(|newest| {
+                        let withdrawn = *newest == epoch && held < epoch;
+                        if withdrawn {
+                            *newest = held;
+                        }
+                        withdrawn
+                    });
+                }
+                switched?;
             }
             if !abandoned.is_empty() {
                 // Whatever part of their data arrived is dropped: a slot is served whole or empty.
@@ -491,6 +509,7 @@ impl Node {
                  what it had not received yet is lost"
             );
         }
+        lock(&self.as_sent).retain(|&slot, _| routing.ownership.check(slot).is_ok());
         {
             let mut merging = lock(&self.merging);
             merging.retain(|&slot, _| routing.ownership.is_incoming(slot));
@@ -579,7 +598,10 @@ impl Node {
         // Everything is at `to`. Where this server stays a secondary of a slot `to` took as sent,
         // the data here is its copy, up to date; the rest is dropped first, then copies of it
         // are rebuilt from `to`.
-        let as_sent = slot_set(&verbatim);
+        // Strong mode only: in eventual mode the new primary applies a write before replicating it,
+        // so it may have taken writes this copy refused while awaiting.
+        let strong = self.replicas.view().replication().consistency == kv_shard::Consistency::Strong;
+        let as_sent = slot_set(if strong { &verbatim } else { &[] });
         let kept: Vec<Slot> =
             self.awaiting(slots).await.into_iter().filter(|&slot| as_sent[usize::from(slot)]).collect();
         let kept_set = slot_set(&kept);
@@ -671,6 +693,9 @@ impl Node {
                 session_from_wire(record).ok_or_else(|| Status::invalid_argument("malformed record"))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // One batch at a time: a resend decided before the first attempt's slots went live
+        // must not import after them, over the writes taken since.
+        let importing = self.transfers.lock().await;
         // Decide per slot, under the lock, what to do with it.
         let mut take = vec![false; SLOTS];
         {
@@ -715,12 +740,14 @@ impl Node {
             .collect();
         self.sessions.import(sessions, Instant::now());
         let mut routing = self.routing.write().await;
-        let mut verbatim = Vec::new();
         for &slot in &complete {
             if take[usize::from(slot)] && routing.ownership.accept(epoch, &from, slot) == Accept::Take {
                 routing.ownership.complete(slot);
+                let mut as_sent = lock(&self.as_sent);
                 if lock(&self.merging).remove(&slot).is_none() {
-                    verbatim.push(slot);
+                    as_sent.insert(slot, from.clone());
+                } else {
+                    as_sent.remove(&slot);
                 }
             }
         }
@@ -729,9 +756,12 @@ impl Node {
             .filter(|&slot| routing.ownership.accept(epoch, &from, slot) == Accept::Done)
             .collect();
         drop(routing);
+        drop(importing);
         // The sender drops its copy once this is acknowledged: only once another copy exists.
         self.until_replicated(&served, &from).await?;
-        Ok(verbatim)
+        // Told on every answer, a resend's too: the first one may have been lost.
+        let as_sent = lock(&self.as_sent);
+        Ok(served.into_iter().filter(|slot| as_sent.get(slot) == Some(&from)).collect())
     }
 }
 

@@ -457,6 +457,10 @@ impl Node {
                 }
                 Err(status) => return Err(status),
             };
+            if kind == v1::WriteKind::Snapshot && stale_snapshot(&copy, epoch) {
+                refused.insert(slot);
+                continue;
+            }
             if kind != v1::WriteKind::Snapshot && !copy.takes_writes_from(epoch) {
                 return Err(Status::failed_precondition(format!(
                     "slot {slot} started catching up after epoch {epoch}: this write is older than its copy"
@@ -502,6 +506,10 @@ impl Node {
                 }
                 Err(status) => return Err(status),
             };
+            if stale_snapshot(&copy, epoch) {
+                refused.insert(slot);
+                continue;
+            }
             copy.synced(epoch);
             debug!(slot, from, "caught up");
         }
@@ -718,6 +726,14 @@ impl Node {
         loop {
             // Read again each time: a failover may change the secondaries.
             let view = self.replicas.view();
+            let me = view.id_of(self.me());
+            if slots.iter().any(|&slot| me.is_none() || view.owner_of_slot(slot) != me) {
+                // Moved on (this server was failed over): the sender keeps its data.
+                return Err(Status::unavailable(format!(
+                    "some of the slots are not this server's any more at epoch {}",
+                    view.epoch()
+                )));
+            }
             let behind: HashSet<&str> = slots
                 .iter()
                 .flat_map(|&slot| secondaries(&view, slot).into_iter().map(move |to| (to, slot)))
@@ -1107,6 +1123,12 @@ fn snapshot_batches(
     }
     batches.push((batch, complete));
     batches
+}
+
+/// Whether a snapshot read at `epoch` is older than the catch-up of `copy`: it is refused (not
+/// silently dropped), so that the primary sends it again, newer.
+fn stale_snapshot(copy: &SlotReplica, epoch: u64) -> bool {
+    matches!(copy.state(), SlotState::Syncing { .. }) && !copy.takes_snapshot(epoch)
 }
 
 /// A membership table over all slots.
