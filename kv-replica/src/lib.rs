@@ -146,9 +146,10 @@
 //! retry of a write it only ever saw in a snapshot.
 //!
 //! Strong mode loses no acknowledged write: a write is acknowledged only after every secondary
-//! held it (prepared or applied). Eventual mode promotes the first secondary, which holds every
-//! acknowledged write when `--sync-replicas` is 1 or more; with 0 it loses the writes the old
-//! primary acknowledged that no background flush had carried yet (up to one sync interval).
+//! held it (prepared or applied). Eventual mode promotes an up-to-date synchronous secondary,
+//! which holds every acknowledged write, when `--sync-replicas` is 1 or more; with 0 it loses the
+//! writes the old primary acknowledged that no background flush had carried yet (up to one sync
+//! interval).
 //!
 //! With a replication factor of 1 no member is failed (its slots have no other copy): they are
 //! unavailable until it comes back, as in sharding.
@@ -161,20 +162,21 @@
 //! - *The receiver dies.* A sender keeps a slot's data until the receiver acknowledges it, and a
 //!   receiver acknowledges a hand-off's last batch only once the slot's secondaries (but the
 //!   sender) have caught up with it: so at every moment either the sender still holds the slot,
-//!   or an up-to-date secondary does (and is promoted, as above). In strong mode, a sender that
-//!   stays a secondary of a slot it sent keeps the data as its copy, up to date at once, when the
-//!   receiver says it took the slot exactly as sent (`TransferResponse.verbatim`, told on every
-//!   answer, a resend's too): the receiver could commit no write of the slot meanwhile, since
-//!   that secondary refused to prepare them while its hand-off ran. (In eventual mode the
-//!   receiver applies a write before replicating it: the sender's copy catches up instead.) Every sender reports what it
-//!   still owes (`Status.owed`); when the receiver fails, those slots go to its heir *carried*:
-//!   the heir expects them from the sender, not from the failed receiver (or serves them at once
-//!   if it is the sender itself). A sender that has not switched to the change yet counts as
-//!   owing its moves to the receiver: it will, once brought up to date. Its own copy of such a slot holds the writes the receiver took
-//!   after the data arrived (prepared at every secondary, in strong mode), so it keeps its value
-//!   for every key written since its catch-up began, and takes the sender's for the others — the
-//!   sender's copy is exactly what the receiver started from. An heir whose copy is up to date
-//!   keeps it whole and acknowledges the sender's batches without applying them.
+//!   or an up-to-date secondary does (and is promoted, as above). Every sender reports what it
+//!   still owes (`Status.owed`; one that has not switched to the change yet counts as owing its
+//!   moves). When the receiver fails, those slots go to its heir *carried*: the heir expects them
+//!   from the sender, not from the failed receiver (or serves them at once if it is the sender
+//!   itself). The heir's own copy of such a slot holds the writes the receiver took after the
+//!   data arrived (prepared at every secondary, in strong mode), so it keeps its value for every
+//!   key written since its catch-up began and takes the sender's for the others: the sender's
+//!   copy is exactly what the receiver started from. An heir whose copy is up to date keeps it
+//!   whole, and acknowledges the sender's batches without applying them.
+//! - *The sender stays a secondary.* In strong mode, a sender that stays a secondary of a slot
+//!   it sent keeps the data as its copy, up to date at once, when the receiver says it took the
+//!   slot exactly as sent (`TransferResponse.verbatim`, told on every answer, a resend's too):
+//!   the receiver could commit no write of the slot meanwhile, since that secondary refused to
+//!   prepare them while its hand-off ran. (In eventual mode the receiver applies a write before
+//!   replicating it, so the sender's copy catches up instead.)
 //! - *Another member dies.* A hand-off still owed when a configuration arrives carries over to
 //!   the slot's owner in it (the same receiver, mostly), at the new epoch; a hand-off of an older
 //!   epoch that is still retrying gives way to the newer install at once. A receiver that had
@@ -182,7 +184,9 @@
 //!   a failover's configuration at every server that still owes slots, members or not (a leaver
 //!   handing off), and watches those until they owe nothing.
 //! - A change does not wait for a server that stops answering in the middle of it (it is
-//!   reported incomplete, and the failover follows at once).
+//!   reported incomplete, and the failover follows at once). A change is over once the copies it
+//!   reset have caught up (the next one is refused until then), so that the copies former
+//!   secondaries kept, a leaver's among them, are there for as long as they may be needed.
 //!
 //! **Restarts.** A server draws a random *incarnation* when its process starts, and the shard
 //! master records it when the server joins. A member answering with another incarnation has
