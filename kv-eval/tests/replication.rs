@@ -524,6 +524,19 @@ fn strong_mode_stays_linearizable_through_a_pause_and_a_kill_and_restart() {
     assert_linearizable(&cluster, &recorder);
 }
 
+/// Checks that every one of `keys` holds `"value of KEY"` at its primary, and the same at every
+/// replica of `config` (`what` says what the test did).
+async fn every_value_intact(cluster: &Cluster, config: &Config, keys: &[String], what: &str) {
+    let c =
+        Client::cluster_builder(master_addr(cluster)).read_from(ReadFrom::Primary).connect().await.unwrap();
+    for key in keys {
+        let value = c.get(key.as_str()).await.unwrap();
+        assert_eq!(value, Some(format!("value of {key}")), "{key} ({what})\n{}", cluster.logs());
+        let values = at_every_replica(config, key).await;
+        assert!(values.iter().all(|(_, v)| *v == values[0].1), "replicas of {key} differ: {values:?}");
+    }
+}
+
 /// Waits until the server at `address` (its own address, not its proxy) owes no hand-off.
 async fn until_nothing_owed(cluster: &Cluster, address: &str, within: Duration) {
     let deadline = Instant::now() + within;
@@ -660,16 +673,7 @@ fn a_receiver_dies_during_a_move(factor: usize) {
             "the heir took the receiver's unfinished slots from the leaver\n{}",
             cluster.logs()
         );
-        let c =
-            Client::cluster_builder(master.as_str()).read_from(ReadFrom::Primary).connect().await.unwrap();
-        for key in &keys {
-            assert_eq!(
-                c.get(key.as_str()).await.unwrap(),
-                Some(format!("value of {key}")),
-                "{key}\n{}",
-                cluster.logs()
-            );
-        }
+        every_value_intact(&cluster, &after, &keys, "a receiver was killed mid-move").await;
         read_back(&cluster, &recorder, &after, &moving).await;
     });
     assert_linearizable(&cluster, &recorder);
@@ -677,12 +681,23 @@ fn a_receiver_dies_during_a_move(factor: usize) {
 
 /// A primary that fails while its first secondary is still catching up (a server that has
 /// just joined) fails over to a secondary whose copy is up to date, not to the one catching up:
-/// nothing is lost. Here the primary is paused through the join, so that it never sends the new
-/// server its snapshot, and is failed after.
+/// nothing is lost.
 #[test]
 fn a_failover_while_a_new_secondary_catches_up_promotes_an_up_to_date_copy() {
+    failover_while_a_joiner_catches_up(
+        4,
+        3,
+        "promoting up-to-date secondaries in place of first secondaries",
+    );
+}
+
+/// The primary of the newest member's slots is paused through a join, so that it never sends
+/// the joiner (which becomes the secondary of those slots) its snapshot, and is failed after:
+/// every key is then read back, at every replica, and `log` must have been logged.
+fn failover_while_a_joiner_catches_up(nodes: usize, factor: usize, log: &str) {
     // Long enough a failure timeout for the join to start while the primary is paused.
-    let mut cluster = replicated(4, 3, &["--consistency", "strong", "--failure-timeout-ms", "6000"]);
+    let flags = ["--consistency", "strong", "--failure-timeout-ms", "6000"];
+    let mut cluster = replicated(nodes, factor, &flags);
     let rt = runtime();
     let master = master_addr(&cluster);
     let keys: Vec<String> = (0..300).map(|i| format!("j{i}")).collect();
@@ -712,23 +727,9 @@ fn a_failover_while_a_new_secondary_catches_up_promotes_an_up_to_date_copy() {
     rt.block_on(async {
         let after = settled(&cluster, Duration::from_secs(60)).await;
         assert!(after.id_of(&joined_addr).is_some());
-        assert!(
-            cluster.logs().contains("promoting up-to-date secondaries in place of first secondaries"),
-            "the failover passed over the copies still catching up\n{}",
-            cluster.logs()
-        );
-        let c =
-            Client::cluster_builder(master.as_str()).read_from(ReadFrom::Primary).connect().await.unwrap();
-        for key in &keys {
-            assert_eq!(
-                c.get(key.as_str()).await.unwrap(),
-                Some(format!("value of {key}")),
-                "{key} ({its_keys} keys were the failed primary's)\n{}",
-                cluster.logs()
-            );
-            let values = at_every_replica(&after, key).await;
-            assert!(values.iter().all(|(_, v)| *v == values[0].1), "replicas of {key} differ: {values:?}");
-        }
+        assert!(cluster.logs().contains(log), "expected {log:?} in the logs\n{}", cluster.logs());
+        let what = format!("{its_keys} keys were the failed primary's");
+        every_value_intact(&cluster, &after, &keys, &what).await;
     });
 }
 
@@ -778,71 +779,20 @@ fn with_two_copies_a_server_that_dies_right_after_joining_loses_nothing() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let after = settled(&cluster, Duration::from_secs(60)).await;
-        let c =
-            Client::cluster_builder(master.as_str()).read_from(ReadFrom::Primary).connect().await.unwrap();
-        for key in &keys {
-            assert_eq!(
-                c.get(key.as_str()).await.unwrap(),
-                Some(format!("value of {key}")),
-                "{key} ({moved} keys had moved to the killed server)\n{}",
-                cluster.logs()
-            );
-            let values = at_every_replica(&after, key).await;
-            assert!(values.iter().all(|(_, v)| *v == values[0].1), "replicas of {key} differ: {values:?}");
-        }
+        let what = format!("{moved} keys had moved to the killed server");
+        every_value_intact(&cluster, &after, &keys, &what).await;
     });
 }
 
 /// With two copies of every slot, a join gives some slots a new secondary (the joiner) without
 /// moving them, and the old one leaves their replica set. If their primary fails before the new
 /// secondary has caught up, the old secondary, which kept its copy, brings it up to date first:
-/// nothing is lost. Here the primary is paused through the join, so that it never sends the new
-/// server its snapshot, and is failed after.
+/// nothing is lost.
 #[test]
 fn with_two_copies_a_failover_while_a_new_secondary_catches_up_loses_nothing() {
-    let mut cluster = replicated(3, 2, &["--consistency", "strong", "--failure-timeout-ms", "6000"]);
-    let rt = runtime();
-    let master = master_addr(&cluster);
-    let keys: Vec<String> = (0..300).map(|i| format!("s{i}")).collect();
-    let before = rt.block_on(async {
-        let c = Client::cluster_builder(master.as_str()).connect().await.unwrap();
-        for key in &keys {
-            c.put(key.as_str(), format!("value of {key}")).await.unwrap();
-        }
-        settled(&cluster, Duration::from_secs(30)).await
-    });
-    // The newest member: a server that joins becomes the secondary of its slots, in place of the
-    // oldest member.
-    let primary = before.members().last().unwrap().1.to_owned();
-    let victim = node_of(&cluster, &primary);
-    cluster.node_mut(victim).pause().unwrap();
-    cluster.add_node().unwrap();
-    rt.block_on(async {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while config(&cluster).await.id_of(&primary).is_some() {
-            assert!(Instant::now() < deadline, "the paused primary was not failed over\n{}", cluster.logs());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    });
-    cluster.node_mut(victim).kill().unwrap();
-    rt.block_on(async {
-        let after = settled(&cluster, Duration::from_secs(60)).await;
-        assert!(
-            cluster.logs().contains("a former secondary's copy brought a failed primary's heir up to date"),
-            "the old secondary's copy was used\n{}",
-            cluster.logs()
-        );
-        let c =
-            Client::cluster_builder(master.as_str()).read_from(ReadFrom::Primary).connect().await.unwrap();
-        for key in &keys {
-            assert_eq!(
-                c.get(key.as_str()).await.unwrap(),
-                Some(format!("value of {key}")),
-                "{key}\n{}",
-                cluster.logs()
-            );
-            let values = at_every_replica(&after, key).await;
-            assert!(values.iter().all(|(_, v)| *v == values[0].1), "replicas of {key} differ: {values:?}");
-        }
-    });
+    failover_while_a_joiner_catches_up(
+        3,
+        2,
+        "a former secondary's copy brought a failed primary's heir up to date",
+    );
 }

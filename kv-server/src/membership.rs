@@ -801,15 +801,7 @@ impl Membership {
             if next.id_of(holder).is_none() {
                 continue;
             }
-            let deadline = Instant::now() + self.move_timeout;
-            let sent = retry_until(deadline, self.move_timeout, |timeout| {
-                let mut call = self.peers.request(request.clone());
-                call.set_timeout(timeout);
-                let node = self.peers.node(holder);
-                async move { Ok(node?.hand_off_copy(call).await?.into_inner()) }
-            })
-            .await;
-            match sent {
+            match self.hand_off_copy(holder, &request).await {
                 Ok(report) => {
                     warn!(
                         sender,
@@ -827,6 +819,23 @@ impl Membership {
             }
         }
         false
+    }
+
+    /// Asks `holder` to send a copy it kept (`Node.HandOffCopy`), retrying while it is
+    /// unreachable, for up to the move timeout.
+    async fn hand_off_copy(
+        &self,
+        holder: &str,
+        request: &v1::HandOffCopyRequest,
+    ) -> Result<v1::InstallResponse, Status> {
+        let deadline = Instant::now() + self.move_timeout;
+        retry_until(deadline, self.move_timeout, |timeout| {
+            let mut call = self.peers.request(request.clone());
+            call.set_timeout(timeout);
+            let node = self.peers.node(holder);
+            async move { Ok(node?.hand_off_copy(call).await?.into_inner()) }
+        })
+        .await
     }
 
     /// Has `holder`, a former secondary of `slots` (whose primary `server` failed), send the
@@ -847,15 +856,7 @@ impl Membership {
             slots: slots.iter().map(|&s| u32::from(s)).collect(),
             as_snapshot: true,
         };
-        let deadline = Instant::now() + self.move_timeout;
-        let sent = retry_until(deadline, self.move_timeout, |timeout| {
-            let mut call = self.peers.request(request.clone());
-            call.set_timeout(timeout);
-            let node = self.peers.node(holder);
-            async move { Ok(node?.hand_off_copy(call).await?.into_inner()) }
-        })
-        .await;
-        match sent {
+        match self.hand_off_copy(holder, &request).await {
             Ok(report) => {
                 warn!(
                     server,
