@@ -193,7 +193,8 @@ impl SlotReplica {
     /// only while catching up, from a snapshot no older than the catch-up, and only if no write
     /// has reached the key since the catch-up began.
     pub fn takes_snapshot_of(&self, key: &str, epoch: u64) -> bool {
-        matches!(&self.state, SlotState::Syncing { touched, since } if epoch >= *since && !touched.contains(key))
+        self.takes_snapshot(epoch)
+            && matches!(&self.state, SlotState::Syncing { touched, .. } if !touched.contains(key))
     }
 
     /// Takes every prepared write, oldest first, to commit them all: this server takes over
@@ -213,9 +214,9 @@ impl SlotReplica {
     /// written. The caller resets the slot after.
     pub fn take_over(&mut self) -> (Takeover, Vec<ReplicatedWrite>) {
         let pending = self.take_pending();
-        let takeover = match &self.state {
+        let takeover = match &mut self.state {
             SlotState::Ready => Takeover::Complete,
-            SlotState::Syncing { touched, .. } => Takeover::Partial { written: touched.clone() },
+            SlotState::Syncing { touched, .. } => Takeover::Partial { written: std::mem::take(touched) },
             SlotState::Idle | SlotState::Awaiting => Takeover::Partial { written: HashSet::new() },
         };
         (takeover, pending)

@@ -431,15 +431,20 @@ impl Membership {
             let history = self.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             history.len().checked_sub(2).and_then(|i| history.get(i).cloned())
         };
+        // The last change's moves, by sender and receiver address.
+        let moves: Vec<(&str, &str, Slot)> = previous
+            .iter()
+            .flat_map(|previous| {
+                previous.moves_to(&before).into_iter().filter_map(|m| {
+                    let from = m.from.and_then(|id| previous.address(id))?;
+                    Some((from, m.to.and_then(|id| before.address(id))?, m.slot))
+                })
+            })
+            .collect();
         if let Some(previous) = &previous {
             let mut owed: BTreeMap<&str, Vec<Slot>> = BTreeMap::new();
-            for m in previous.moves_to(&before) {
-                let from = m.from.and_then(|id| previous.address(id));
-                if let (Some(sender), Some(to)) = (from, m.to.and_then(|id| before.address(id)))
-                    && sender == server
-                {
-                    owed.entry(to).or_default().push(m.slot);
-                }
+            for &(_, to, slot) in moves.iter().filter(|(from, _, _)| *from == server) {
+                owed.entry(to).or_default().push(slot);
             }
             for (to, slots) in owed {
                 if self.receiver_waits(to).await {
@@ -467,17 +472,11 @@ impl Membership {
             for owed in status.owed.iter().filter(|owed| owed.server == server) {
                 carried.entry(address.clone()).or_default().extend(wire_slots(&owed.slots));
             }
-            if status.epoch < before.epoch()
-                && let Some(previous) = &previous
-            {
+            if status.epoch < before.epoch() {
                 // Not switched to the last change yet: it still holds what it has to send the
                 // failed member, and will owe it once brought up to date.
-                for m in previous.moves_to(&before) {
-                    let from = m.from.and_then(|id| previous.address(id));
-                    let to = m.to.and_then(|id| before.address(id));
-                    if from == Some(address.as_str()) && to == Some(server) {
-                        carried.entry(address.clone()).or_default().insert(m.slot);
-                    }
+                for &(_, _, slot) in moves.iter().filter(|(from, to, _)| from == address && *to == server) {
+                    carried.entry(address.clone()).or_default().insert(slot);
                 }
             }
             // Copies are judged only at the epoch being failed over.
@@ -518,9 +517,8 @@ impl Membership {
                 }
             }
         }
-        let passed_over = before.fail(server).map_or(0, |(first, _)| {
-            heirs.iter().filter(|(slot, heir)| first.owner_of_slot(**slot) != Some(**heir)).count()
-        });
+        let passed_over =
+            heirs.iter().filter(|(slot, heir)| before.replicas_of_slot(**slot).get(1) != Some(*heir)).count();
         if passed_over > 0 {
             info!(
                 server,

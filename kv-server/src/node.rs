@@ -431,16 +431,10 @@ impl Node {
             );
         }
         // Where the gained slots' data comes from. A slot said to come from here that is not
-        // owed here any more (its hand-off ended meanwhile) has only this server's copy of it.
-        let mut promoted = promoted;
-        let mut sources = BTreeMap::new();
-        for (slot, from) in carried {
-            if from != me {
-                sources.insert(slot, from);
-            } else if !serving_own.contains(&slot) {
-                promoted.push(slot);
-            }
-        }
+        // owed here any more (its hand-off ended meanwhile) is left to `promoted` (which names
+        // every slot of the failed member's): only this server's copy of it is left.
+        let mut sources: BTreeMap<Slot, String> =
+            carried.into_iter().filter(|(_, from)| *from != me).collect();
         for &slot in &serving_own {
             sources.insert(slot, me.clone());
         }

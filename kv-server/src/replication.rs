@@ -246,16 +246,14 @@ impl Node {
                 let session = id.map(|id| session_record(id, fingerprint, &output, slot));
                 let mut write = write_to_wire(slot, seq.seq, &key, value.clone(), session.as_ref());
                 write.aborted = seq.aborted.get(&key).cloned().unwrap_or_default();
-                if let Err(err) =
-                    self.replicate_now(view, &targets, vec![write], v1::WriteKind::Prepare).await
-                {
+                // Applying it is the linearization point: from then on, reads here see the write.
+                let applied =
+                    match self.replicate_now(view, &targets, vec![write], v1::WriteKind::Prepare).await {
+                        Ok(()) => store(self.storage.as_ref(), key.clone(), value).await,
+                        Err(err) => Err(err),
+                    };
+                if let Err(err) = applied {
                     // Not applied here: the secondaries that prepared it must not commit it.
-                    let number = seq.seq;
-                    seq.aborted.entry(key).or_default().push(number);
-                    return Err(err);
-                }
-                // The linearization point: from here on, reads here see the write.
-                if let Err(err) = store(self.storage.as_ref(), key.clone(), value).await {
                     let number = seq.seq;
                     seq.aborted.entry(key).or_default().push(number);
                     return Err(err);
@@ -449,18 +447,15 @@ impl Node {
             if refused.contains(&slot) {
                 continue;
             }
-            let mut copy = match self.copy_from(&from, slot).await {
-                Ok(copy) => copy,
-                Err(status) if kind == v1::WriteKind::Snapshot && status.code() == tonic::Code::Aborted => {
+            let mut copy = if kind == v1::WriteKind::Snapshot {
+                let Some(copy) = self.snapshot_copy(&from, slot, epoch).await? else {
                     refused.insert(slot);
                     continue;
-                }
-                Err(status) => return Err(status),
+                };
+                copy
+            } else {
+                self.copy_from(&from, slot).await?
             };
-            if kind == v1::WriteKind::Snapshot && stale_snapshot(&copy, epoch) {
-                refused.insert(slot);
-                continue;
-            }
             if kind != v1::WriteKind::Snapshot && !copy.takes_writes_from(epoch) {
                 return Err(Status::failed_precondition(format!(
                     "slot {slot} started catching up after epoch {epoch}: this write is older than its copy"
@@ -498,18 +493,10 @@ impl Node {
             if refused.contains(&slot) {
                 continue;
             }
-            let mut copy = match self.copy_from(&from, slot).await {
-                Ok(copy) => copy,
-                Err(status) if status.code() == tonic::Code::Aborted => {
-                    refused.insert(slot);
-                    continue;
-                }
-                Err(status) => return Err(status),
-            };
-            if stale_snapshot(&copy, epoch) {
+            let Some(mut copy) = self.snapshot_copy(&from, slot, epoch).await? else {
                 refused.insert(slot);
                 continue;
-            }
+            };
             copy.synced(epoch);
             debug!(slot, from, "caught up");
         }
@@ -538,7 +525,7 @@ impl Node {
             if refused.contains(&slot) || usize::from(slot) >= SLOTS {
                 continue;
             }
-            if let Ok(copy) = self.copy_from(from, slot).await {
+            if let Ok(Some(copy)) = self.snapshot_copy(from, slot, epoch).await {
                 taking[usize::from(slot)] = copy.takes_snapshot(epoch);
             }
         }
@@ -547,6 +534,25 @@ impl Node {
         }
         self.sessions.import(records, Instant::now());
         Ok(())
+    }
+
+    /// The copy of `slot` that a snapshot from `from`, read at `epoch`, goes to; none if it
+    /// cannot take it yet (it is still being handed off from here, or catching up since a later
+    /// epoch): the slot is then refused, not silently dropped, and the primary sends it again.
+    async fn snapshot_copy(
+        &self,
+        from: &str,
+        slot: Slot,
+        epoch: u64,
+    ) -> Result<Option<MutexGuard<'_, SlotReplica>>, Status> {
+        match self.copy_from(from, slot).await {
+            Ok(copy) if matches!(copy.state(), SlotState::Syncing { .. }) && !copy.takes_snapshot(epoch) => {
+                Ok(None)
+            }
+            Ok(copy) => Ok(Some(copy)),
+            Err(status) if status.code() == tonic::Code::Aborted => Ok(None),
+            Err(status) => Err(status),
+        }
     }
 
     /// The copy of `slot`, locked, if `from` is its primary and this server its secondary in
@@ -867,9 +873,7 @@ impl Node {
         let keys = entries.len() as u64;
         let started = Instant::now();
         if as_snapshot {
-            let writes = entries.into_iter().map(|(key, value)| (slot_of(&key), key, Some(value)));
-            let batches = snapshot_batches(writes.collect(), &slots);
-            let view = self.replicas.view();
+            let batches = snapshot_batches(entries, &slots);
             let deadline = Instant::now() + ATTEMPT_TIMEOUT * 5;
             let mut sessions = Some(sessions);
             for (writes, synced) in batches {
@@ -885,9 +889,8 @@ impl Node {
                 let response = self.send_replicate(&to, &request, deadline).await?;
                 if !response.refused.is_empty() {
                     return Err(Status::failed_precondition(format!(
-                        "{to} took no snapshot of {} of the slots (at epoch {})",
-                        response.refused.len(),
-                        view.epoch()
+                        "{to} took no snapshot of {} of the slots (at epoch {epoch})",
+                        response.refused.len()
                     )));
                 }
             }
@@ -1002,13 +1005,12 @@ impl Node {
         };
         let started = Instant::now();
         let keys = entries.len();
-        let writes = entries.into_iter().map(|(key, value)| (slot_of(&key), key, Some(value))).collect();
         let mut sessions = Some(self.sessions.export(|slot| set[usize::from(slot)]));
         // Slots the secondary could not take yet (it still hands them off itself): the others
         // go on, so that no two hand-offs wait on each other's catch-up; these go again later,
         // whole, and are never marked synced from a part.
         let mut refused = HashSet::new();
-        for (writes, mut done) in snapshot_batches(writes, &ready) {
+        for (writes, mut done) in snapshot_batches(entries, &ready) {
             done.retain(|slot| !refused.contains(slot));
             let records = sessions.take().unwrap_or_default();
             let Some(not_taken) =
@@ -1093,17 +1095,16 @@ async fn run_link(node: Weak<Node>, link: Arc<Link>) {
     }
 }
 
-/// A snapshot of `slots` (`writes`: slot, key, value), cut into requests of about
+/// A snapshot of `slots` (`entries`: their keys and values), cut into requests of about
 /// [`BATCH_BYTES`], each with the slots it completes; every slot is completed once, empty ones
 /// in the first request.
 fn snapshot_batches(
-    writes: Vec<(Slot, String, Option<String>)>,
+    entries: Vec<(String, String)>,
     slots: &[Slot],
 ) -> Vec<(Vec<v1::ReplicatedWrite>, Vec<Slot>)> {
-    let mut by_slot: BTreeMap<Slot, Vec<(String, Option<String>)>> =
-        slots.iter().map(|&s| (s, Vec::new())).collect();
-    for (slot, key, value) in writes {
-        by_slot.entry(slot).or_default().push((key, value));
+    let mut by_slot: BTreeMap<Slot, Vec<(String, String)>> = slots.iter().map(|&s| (s, Vec::new())).collect();
+    for (key, value) in entries {
+        by_slot.entry(slot_of(&key)).or_default().push((key, value));
     }
     let mut batches = Vec::new();
     let mut batch = Vec::new();
@@ -1111,24 +1112,18 @@ fn snapshot_batches(
     let mut bytes = 0;
     for (slot, writes) in by_slot {
         for (key, value) in writes {
-            let size = key.len() + value.as_ref().map_or(0, String::len);
+            let size = key.len() + value.len();
             if bytes > 0 && bytes + size > BATCH_BYTES {
                 batches.push((std::mem::take(&mut batch), std::mem::take(&mut complete)));
                 bytes = 0;
             }
             bytes += size;
-            batch.push(write_to_wire(slot, 0, &key, value, None));
+            batch.push(write_to_wire(slot, 0, &key, Some(value), None));
         }
         complete.push(slot);
     }
     batches.push((batch, complete));
     batches
-}
-
-/// Whether a snapshot read at `epoch` is older than the catch-up of `copy`: it is refused (not
-/// silently dropped), so that the primary sends it again, newer.
-fn stale_snapshot(copy: &SlotReplica, epoch: u64) -> bool {
-    matches!(copy.state(), SlotState::Syncing { .. }) && !copy.takes_snapshot(epoch)
 }
 
 /// A membership table over all slots.
