@@ -1,6 +1,7 @@
 //! The primary/secondary replication protocol of the kv store: replica sets, strong and
 //! eventual consistency, and catching up. The parts that decide correctness are pure and live
-//! here ([`roles`], [`secondary`]); the storage server drives them over gRPC (`kv-server`'s
+//! here ([`secondary`]; the roles a configuration gives each server are
+//! [`kv_shard::roles`]); the storage server drives them over gRPC (`kv-server`'s
 //! `replication` module, RPC `kv.v1.Node/Replicate`).
 //!
 //! **Status.** Replica sets, both consistency levels, catch-up across joins and leaves, leases,
@@ -79,7 +80,7 @@
 //! # Catching up
 //!
 //! When a configuration makes a server the secondary of a slot whose copy it cannot keep (it
-//! is new to the slot, or the slot has a new primary: [`roles::keeps_copy`]), the server drops
+//! is new to the slot, or the slot has a new primary: [`keeps_copy`]), the server drops
 //! what it held of the slot and starts **syncing** it, and the primary owes it a snapshot:
 //! 1. From the moment the primary installs the configuration, the syncing secondary receives
 //!    every write of the slot, as any secondary does, and applies the committed ones.
@@ -222,8 +223,7 @@
 //! While the shard master is down, reads and writes go on with the maps clients and servers
 //! hold (leases are between the servers); membership changes and failovers wait for it.
 
-pub mod roles;
 pub mod secondary;
 
-pub use roles::{Role, heirs, keeps_copy, peers, role, secondaries};
+pub use kv_shard::roles::{Role, heirs, keeps_copy, peers, role, secondaries};
 pub use secondary::{ReplicatedWrite, SlotReplica, SlotState, Takeover};

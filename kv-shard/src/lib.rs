@@ -109,6 +109,7 @@
 mod config;
 mod error;
 mod ownership;
+pub mod roles;
 
 pub use config::{Config, Consistency, Replication, SLOTS, ServerId, Slot, SlotMove, slot_of};
 pub use error::{Error, Result};

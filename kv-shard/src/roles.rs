@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use kv_shard::{Config, Consistency, ServerId, Slot};
+use crate::{Config, Consistency, ServerId, Slot};
 
 /// A server's role for one slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,7 +98,7 @@ pub fn heirs(config: &Config, failed: &str, ready: impl Fn(&str, Slot) -> bool) 
 
 #[cfg(test)]
 mod tests {
-    use kv_shard::{Replication, SLOTS};
+    use crate::{Replication, SLOTS};
 
     use super::*;
 
