@@ -15,6 +15,12 @@
 //! The detail travels encoded in the status details, so a client gets the typed error back
 //! with [`error_from_status`]; a client that knows nothing of it still gets a fitting code and a
 //! readable message.
+//!
+//! The protocols' errors ([`kv_shard::Error`], [`kv_replica::Error`]) cross the wire as a code
+//! and their message ([`status_from_shard_error`], [`status_from_replica_error`]) and come back
+//! by code ([`shard_error_from_status`], [`replica_error_from_status`]): a call that never
+//! reached its target is *unavailable*, one that timed out or was cut off *interrupted*, and
+//! those two are the retryable ones, as they always were.
 
 use kv_core::Error;
 use prost::Message;
@@ -55,15 +61,88 @@ pub fn status_from_error(err: &Error) -> Status {
     Status::with_details(code, err.to_string(), detail.encode_to_vec().into())
 }
 
-/// The status a shard master returns for a refused membership change.
+/// The status for an error of the sharding protocol (a shard master's answer to a change, a
+/// storage server's to an install).
 pub fn status_from_shard_error(err: &kv_shard::Error) -> Status {
+    use kv_shard::Error as E;
     let code = match err {
-        kv_shard::Error::AlreadyMember(_) => Code::AlreadyExists,
-        kv_shard::Error::NotMember(_) => Code::NotFound,
-        kv_shard::Error::InvalidAddress(_) => Code::InvalidArgument,
-        kv_shard::Error::InvalidConfig(_) => Code::Internal,
+        E::AlreadyMember(_) => Code::AlreadyExists,
+        E::NotMember(_) => Code::NotFound,
+        E::InvalidAddress(_) | E::InvalidArgument(_) => Code::InvalidArgument,
+        E::InvalidConfig(_) | E::Internal(_) => Code::Internal,
+        E::Incomplete { lost: true, .. } => Code::DataLoss,
+        E::Incomplete { lost: false, .. } | E::Aborted(_) => Code::Aborted,
+        E::Unavailable(_) => Code::Unavailable,
+        E::Interrupted(_) => Code::DeadlineExceeded,
+        E::FailedPrecondition(_) => Code::FailedPrecondition,
+        E::PermissionDenied(_) => Code::PermissionDenied,
     };
     Status::new(code, err.to_string())
+}
+
+/// The sharding error a status stands for, as a shard master or storage server answered it
+/// (or as the transport failed). A membership refusal comes back as it was sent; every other
+/// status keeps its message, and its code decides the variant: a call that never reached its
+/// target is `Unavailable`, one cut off or timed out `Interrupted`.
+pub fn shard_error_from_status(status: &Status) -> kv_shard::Error {
+    use kv_shard::Error as E;
+    let message = status.message().to_owned();
+    match status.code() {
+        Code::AlreadyExists => match message.strip_suffix(" is already a member") {
+            Some(server) => E::AlreadyMember(server.to_owned()),
+            None => E::FailedPrecondition(message),
+        },
+        Code::NotFound => match message.strip_suffix(" is not a member") {
+            Some(server) => E::NotMember(server.to_owned()),
+            None => E::FailedPrecondition(message),
+        },
+        Code::Unavailable => E::Unavailable(message),
+        Code::Cancelled | Code::DeadlineExceeded | Code::Unknown => E::Interrupted(message),
+        Code::Aborted => E::Aborted(message),
+        Code::InvalidArgument | Code::OutOfRange => E::InvalidArgument(message),
+        Code::PermissionDenied | Code::Unauthenticated => E::PermissionDenied(message),
+        Code::Internal | Code::DataLoss => E::Internal(message),
+        Code::Ok | Code::FailedPrecondition | Code::ResourceExhausted | Code::Unimplemented => {
+            E::FailedPrecondition(message)
+        }
+    }
+}
+
+/// The status for an error of the replication protocol (a storage server's answer to another).
+pub fn status_from_replica_error(err: &kv_replica::Error) -> Status {
+    use kv_replica::Error as E;
+    let code = match err {
+        E::Unavailable(_) => Code::Unavailable,
+        E::Interrupted(_) => Code::DeadlineExceeded,
+        E::Aborted(_) => Code::Aborted,
+        E::FailedPrecondition(_) => Code::FailedPrecondition,
+        E::InvalidArgument(_) => Code::InvalidArgument,
+        E::PermissionDenied(_) => Code::PermissionDenied,
+        E::Internal(_) => Code::Internal,
+    };
+    Status::new(code, err.to_string())
+}
+
+/// The replication error a status stands for, as a storage server answered it (or as the
+/// transport failed): its message kept, its code deciding the variant, as
+/// [`shard_error_from_status`] does.
+pub fn replica_error_from_status(status: &Status) -> kv_replica::Error {
+    use kv_replica::Error as E;
+    let message = status.message().to_owned();
+    match status.code() {
+        Code::Unavailable => E::Unavailable(message),
+        Code::Cancelled | Code::DeadlineExceeded | Code::Unknown => E::Interrupted(message),
+        Code::Aborted => E::Aborted(message),
+        Code::InvalidArgument | Code::OutOfRange => E::InvalidArgument(message),
+        Code::PermissionDenied | Code::Unauthenticated => E::PermissionDenied(message),
+        Code::Internal | Code::DataLoss => E::Internal(message),
+        Code::Ok
+        | Code::FailedPrecondition
+        | Code::NotFound
+        | Code::AlreadyExists
+        | Code::ResourceExhausted
+        | Code::Unimplemented => E::FailedPrecondition(message),
+    }
 }
 
 /// The data-model error a status stands for, if it carries one of ours; `None` for statuses
@@ -129,5 +208,48 @@ mod tests {
             error_from_status(&Status::with_details(Code::Internal, "x", vec![0xff, 0x01].into())),
             None
         );
+    }
+
+    #[test]
+    fn protocol_errors_keep_their_kind_and_message_across_the_wire() {
+        use kv_shard::Error as S;
+        for err in [
+            S::AlreadyMember("a:1".into()),
+            S::NotMember("a:1".into()),
+            S::Unavailable("an earlier change is still settling".into()),
+            S::Aborted("gave way".into()),
+            S::FailedPrecondition("holds keys".into()),
+            S::InvalidArgument("no slot 9999".into()),
+            S::PermissionDenied("no token".into()),
+            S::Internal("the change failed".into()),
+        ] {
+            assert_eq!(shard_error_from_status(&status_from_shard_error(&err)), err);
+        }
+        let incomplete = S::Incomplete { epoch: 4, reason: "a:1 is gone".into(), lost: true };
+        let status = status_from_shard_error(&incomplete);
+        assert_eq!(
+            (status.code(), status.message()),
+            (Code::DataLoss, "epoch 4 is in place, but a:1 is gone")
+        );
+        assert!(shard_error_from_status(&Status::deadline_exceeded("slow")).is_retryable());
+        assert!(shard_error_from_status(&Status::unknown("connection reset")).is_retryable());
+        assert!(!shard_error_from_status(&Status::failed_precondition("no")).is_retryable());
+
+        use kv_replica::Error as R;
+        for err in [
+            R::Unavailable("behind".into()),
+            R::Interrupted("timed out".into()),
+            R::Aborted("still handing the slot off".into()),
+            R::FailedPrecondition("not a secondary".into()),
+            R::InvalidArgument("no such slot".into()),
+            R::PermissionDenied("no token".into()),
+            R::Internal("disk".into()),
+        ] {
+            let status = status_from_replica_error(&err);
+            assert_eq!(status.message(), err.to_string());
+            assert_eq!(replica_error_from_status(&status), err);
+        }
+        assert!(replica_error_from_status(&Status::cancelled("gone")).is_retryable());
+        assert!(!replica_error_from_status(&Status::aborted("handing off")).is_retryable());
     }
 }

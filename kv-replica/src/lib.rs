@@ -223,7 +223,11 @@
 //! While the shard master is down, reads and writes go on with the maps clients and servers
 //! hold (leases are between the servers); membership changes and failovers wait for it.
 
+mod error;
+pub mod messages;
 pub mod secondary;
+pub mod transport;
 
+pub use error::{Error, Result};
 pub use kv_shard::roles::{Role, heirs, keeps_copy, peers, role, secondaries};
 pub use secondary::{ReplicatedWrite, SlotReplica, SlotState, Takeover};

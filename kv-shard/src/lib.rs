@@ -106,10 +106,13 @@
 //! This crate holds the placement and the servers' slot table, with no I/O; the server crate
 //! runs them over gRPC.
 
+pub mod clock;
 mod config;
 mod error;
+pub mod messages;
 mod ownership;
 pub mod roles;
+pub mod transport;
 
 pub use config::{Config, Consistency, Replication, SLOTS, ServerId, Slot, SlotMove, slot_of};
 pub use error::{Error, Result};

@@ -1,9 +1,24 @@
-//! Wire requests to data-model values, and cluster configurations both ways.
+//! Every conversion between wire and domain types: requests to data-model values, cluster
+//! configurations, and the messages of the sharding and replication protocols, both ways.
 
+mod master;
 mod node;
+mod replica;
 mod shard;
 
-pub use node::{session_from_wire, session_to_wire, slot_from_wire, slots_from_wire};
+pub use master::{
+    checked_slots, hand_off_copy_from_wire, hand_off_copy_to_wire, install_from_wire,
+    install_report_from_wire, install_report_to_wire, install_to_wire, pong_from_wire, pong_to_wire,
+    server_status_from_wire, server_status_to_wire,
+};
+pub use node::{
+    checked_sessions, session_from_wire, session_to_wire, slot_from_wire, slots_from_wire,
+    transfer_from_wire, transfer_to_wire,
+};
+pub use replica::{
+    lease_grant_from_wire, lease_grant_to_wire, lease_request_from_wire, lease_request_to_wire,
+    replicate_ack_from_wire, replicate_ack_to_wire, replicate_from_wire, replicate_to_wire,
+};
 pub use shard::{config_from_wire, config_to_wire, replication_from_wire, replication_to_wire};
 
 use kv_core::Mutation;

@@ -1,7 +1,10 @@
-//! Exactly-once records on the wire, for moving them between servers.
+//! Exactly-once records and slot hand-off batches on the wire, for moving them between
+//! servers.
 
 use kv_core::{Answer, Output, SessionRecord};
+use kv_shard::messages::TransferBatch;
 use kv_shard::{SLOTS, Slot};
+use tonic::Status;
 
 use crate::v1::{self, answer};
 
@@ -56,6 +59,42 @@ pub fn session_from_wire(wire: v1::SessionRecord) -> Option<SessionRecord> {
     Some(SessionRecord { client: wire.client, floor: wire.floor, answers })
 }
 
+/// Exactly-once records from the wire, refusing the request at the first malformed one.
+pub fn checked_sessions(wire: Vec<v1::SessionRecord>) -> Result<Vec<SessionRecord>, Status> {
+    wire.into_iter()
+        .map(|record| session_from_wire(record).ok_or_else(|| Status::invalid_argument("malformed record")))
+        .collect()
+}
+
+/// The wire form of a hand-off batch.
+pub fn transfer_to_wire(batch: &TransferBatch) -> v1::TransferRequest {
+    v1::TransferRequest {
+        epoch: batch.epoch,
+        from: batch.from.clone(),
+        entries: batch
+            .entries
+            .iter()
+            .map(|(key, value)| v1::Entry { key: key.clone(), value: value.clone() })
+            .collect(),
+        sessions: batch.sessions.iter().map(session_to_wire).collect(),
+        complete: batch.complete.iter().map(|&slot| u32::from(slot)).collect(),
+    }
+}
+
+/// A hand-off batch from the wire, checked: every slot in range, every record well formed.
+pub fn transfer_from_wire(wire: v1::TransferRequest) -> Result<TransferBatch, Status> {
+    let complete =
+        slots_from_wire(wire.complete).map_err(|slot| Status::invalid_argument(format!("no slot {slot}")))?;
+    let sessions = checked_sessions(wire.sessions)?;
+    Ok(TransferBatch {
+        epoch: wire.epoch,
+        from: wire.from,
+        entries: wire.entries.into_iter().map(|entry| (entry.key, entry.value)).collect(),
+        sessions,
+        complete,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,5 +118,27 @@ mod tests {
         let mut bad = session_to_wire(&record);
         bad.answers[1].output = None;
         assert_eq!(session_from_wire(bad), None);
+    }
+
+    #[test]
+    fn transfer_batches_survive_the_round_trip_and_bad_ones_are_refused() {
+        let batch = TransferBatch {
+            epoch: 3,
+            from: "a:1".into(),
+            entries: vec![("k".into(), "v".into())],
+            sessions: vec![SessionRecord { client: 1, floor: 2, answers: Vec::new() }],
+            complete: vec![0, 4095],
+        };
+        assert_eq!(transfer_from_wire(transfer_to_wire(&batch)).unwrap(), batch);
+        let mut bad = transfer_to_wire(&batch);
+        bad.complete.push(4096);
+        assert_eq!(transfer_from_wire(bad).unwrap_err().message(), "no slot 4096");
+        let mut bad = transfer_to_wire(&batch);
+        bad.sessions.push(v1::SessionRecord {
+            client: 1,
+            floor: 0,
+            answers: vec![v1::Answer { output: None, ..Default::default() }],
+        });
+        assert_eq!(transfer_from_wire(bad).unwrap_err().message(), "malformed record");
     }
 }
