@@ -50,3 +50,9 @@ impl Error {
 
 /// Result of a replication operation.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl kv_shard::retry::Retryable for Error {
+    fn is_retryable(&self) -> bool {
+        Error::is_retryable(self)
+    }
+}

@@ -8,7 +8,7 @@
 //!
 //! A shard master serves `kv.v1.ShardMaster` and the assignment's `ShardMaster`
 //! ([`service::ShardMasterService`], [`service::CompatShardMasterService`]) over one
-//! [`service::Membership`], with the same health and reflection services.
+//! [`service::ShardMaster`], with the same health and reflection services.
 //!
 //! [`run_storage`] and [`run_shardmaster`] take a bound listener and a shutdown future, so tests start servers on
 //! `127.0.0.1:0` and stop them on cue; the `kv-server` binary parses flags, binds, and calls it.
@@ -20,11 +20,9 @@
 pub mod node;
 pub mod service;
 
-mod lease;
-mod membership;
-mod peers;
-mod replication;
+mod master;
 mod server;
+pub mod transport;
 
 pub use server::{
     ClusterMembership, ServeError, ShardMasterConfig, StorageConfig, run_shardmaster, run_storage,

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kv_core::{Limits, MemoryStorage, Storage};
-use kv_proto::v1::{self, shard_master_client::ShardMasterClient};
 use kv_shard::Replication;
+use kv_shard::clock::TokioClock;
+use kv_shard::member::{self, Left};
 use tokio::net::TcpListener;
-use tonic::Code;
 use tonic::server::NamedService;
 use tonic::service::Routes;
 use tonic::transport::Server;
@@ -16,11 +16,12 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
-use crate::node::Node;
-use crate::peers::Peers;
+use crate::node::{Node, NodeSettings};
 use crate::service::{
-    CompatKvService, CompatShardMasterService, KeyValueService, Membership, NodeService, ShardMasterService,
+    CompatKvService, CompatShardMasterService, KeyValueService, MasterSettings, NodeService, ShardMaster,
+    ShardMasterService,
 };
+use crate::transport::{GrpcMaster, GrpcTransport};
 
 /// How a storage server is set up.
 #[derive(Debug, Clone)]
@@ -147,8 +148,14 @@ pub async fn run_storage(
         Some(advertise) => advertise,
         None => listener.local_addr()?.to_string(),
     };
-    let peers = Peers::new(config.cluster_token.clone());
-    let node = Node::new(storage, me.clone(), peers, config.handoff_timeout, cluster.is_some());
+    let settings = NodeSettings {
+        me: me.clone(),
+        joining: cluster.is_some(),
+        handoff_timeout: config.handoff_timeout,
+        incarnation: rand::random::<u64>(),
+    };
+    let peers = Arc::new(GrpcTransport::new(config.cluster_token.clone()));
+    let node = Node::new(storage, settings, peers, Arc::new(TokioClock));
     let leaver = Arc::clone(&node);
     // Room for the largest request the limits allow, plus framing; larger messages are refused
     // by the transport (OUT_OF_RANGE) before they are read into memory.
@@ -187,7 +194,7 @@ pub async fn run_storage(
     // A server failed over while cut off comes back empty: it joins again, as a new member.
     let rejoin = tokio::spawn(async move {
         loop {
-            evicted.evicted.notified().await;
+            evicted.evicted().notified().await;
             warn!("this server was failed over while out of reach: joining the cluster again");
             if let Err(err) = join_cluster(&cluster, &me).await {
                 warn!(cause = %err, "could not join the cluster again");
@@ -200,98 +207,29 @@ pub async fn run_storage(
 
 /// Joins the cluster, retrying while the shard master cannot be reached (or cannot reach us).
 async fn join_cluster(cluster: &ClusterMembership, me: &str) -> Result<(), ServeError> {
-    let failed = |reason: String| ServeError::Join { shardmaster: cluster.shardmaster.clone(), reason };
-    let joined = |epoch: u64| {
-        info!(epoch, address = me, "joined the cluster");
-        println!("kv-server storage joined the cluster as {me} at epoch {epoch}");
-    };
-    match ask_shardmaster(cluster, Change::Join, me, cluster.join_timeout).await {
-        (Ok(config), _) => joined(config.epoch),
-        (Err(status), true) if status.code() == Code::AlreadyExists => joined(0),
-        (Err(status), false) if status.code() == Code::AlreadyExists => {
-            return Err(failed(format!(
-                "{me} is a member already: it stopped without leaving, and the data it held is lost; \
-                 remove it (kv cluster leave {me}) before starting it again"
-            )));
+    let master = GrpcMaster::new(cluster.shardmaster.clone());
+    match member::join(&master, &TokioClock, me, cluster.join_timeout).await {
+        Ok(epoch) => {
+            info!(epoch, address = me, "joined the cluster");
+            println!("kv-server storage joined the cluster as {me} at epoch {epoch}");
+            Ok(())
         }
-        (Err(status), _) => return Err(failed(status.message().to_owned())),
+        Err(err) => {
+            Err(ServeError::Join { shardmaster: cluster.shardmaster.clone(), reason: err.to_string() })
+        }
     }
-    Ok(())
 }
 
 /// Leaves the cluster, handing this server's data to the others; logs what went wrong.
 async fn leave_cluster(cluster: &ClusterMembership, me: &str) {
     info!(shardmaster = %cluster.shardmaster, "leaving the cluster: handing off this server's data");
-    match ask_shardmaster(cluster, Change::Leave, me, cluster.leave_timeout).await {
-        (Ok(config), _) => info!(epoch = config.epoch, "left the cluster"),
-        (Err(status), true) if status.code() == Code::NotFound => info!("left the cluster"),
-        (Err(status), false) if status.code() == Code::NotFound => info!("not a member any more"),
-        (Err(status), _) => {
-            warn!(code = ?status.code(), cause = %status.message(), "could not leave the cluster")
-        }
+    let master = GrpcMaster::new(cluster.shardmaster.clone());
+    match member::leave(&master, &TokioClock, me, cluster.leave_timeout).await {
+        Ok(Left::Left(config)) => info!(epoch = config.epoch(), "left the cluster"),
+        Ok(Left::Earlier) => info!("left the cluster"),
+        Ok(Left::NotMember) => info!("not a member any more"),
+        Err(err) => warn!(cause = %err, "could not leave the cluster"),
     }
-}
-
-/// A membership change a storage server asks for itself.
-#[derive(Debug, Clone, Copy)]
-enum Change {
-    Join,
-    Leave,
-}
-
-/// Asks the shard master to make `me` join or leave, again and again while the shard master
-/// cannot be reached or is settling an earlier change, for up to `patience`. Returns its last
-/// answer, and whether an earlier attempt may have reached it (so a join answered "a member
-/// already", or a leave answered "not a member", may be that attempt's doing).
-async fn ask_shardmaster(
-    cluster: &ClusterMembership,
-    change: Change,
-    me: &str,
-    patience: Duration,
-) -> (Result<v1::ClusterConfig, tonic::Status>, bool) {
-    let deadline = tokio::time::Instant::now() + patience;
-    let mut backoff = Duration::from_millis(50);
-    let mut sent = false;
-    loop {
-        let answer = match Peers::new(None).channel(&cluster.shardmaster) {
-            Ok(channel) => {
-                let mut master = ShardMasterClient::new(channel);
-                let server = me.to_owned();
-                match change {
-                    Change::Join => {
-                        let mut request = tonic::Request::new(v1::JoinRequest { server });
-                        request.set_timeout(CHANGE_TIMEOUT);
-                        master.join(request).await
-                    }
-                    Change::Leave => {
-                        let mut request = tonic::Request::new(v1::LeaveRequest { server });
-                        request.set_timeout(CHANGE_TIMEOUT.min(patience));
-                        master.leave(request).await
-                    }
-                }
-            }
-            Err(status) => Err(status),
-        };
-        match answer {
-            Err(status) if retry_change(&status) && tokio::time::Instant::now() + backoff < deadline => {
-                sent |= status.code() != Code::Unavailable;
-                warn!(?change, cause = %status.message(), "the shard master cannot take the change yet; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-            }
-            answer => return (answer.map(tonic::Response::into_inner), sent),
-        }
-    }
-}
-
-/// The longest a join or leave call waits for the shard master: its moves have timeouts of their
-/// own, and the change goes on even if the call gives up.
-const CHANGE_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// Whether a join or leave that failed with `status` may succeed if sent again: the shard master
-/// was unreachable, busy settling an earlier change, or the call was cut off.
-fn retry_change(status: &tonic::Status) -> bool {
-    matches!(status.code(), Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded | Code::Unknown)
 }
 
 /// Serves a shard master on `listener` until `shutdown` completes.
@@ -300,36 +238,31 @@ pub async fn run_shardmaster(
     config: ShardMasterConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let membership = Arc::new(Membership::new(
-        config.move_timeout,
-        config.failure_timeout,
-        config.cluster_token.clone(),
-        config.replication,
-    )?);
+    let settings = MasterSettings {
+        move_timeout: config.move_timeout,
+        failure_timeout: config.failure_timeout,
+        replication: config.replication,
+    };
+    let servers = Arc::new(GrpcTransport::new(config.cluster_token.clone()));
+    let master = ShardMaster::new(settings, servers, Arc::new(TokioClock))?;
     // Fails over members that stop answering.
-    let watcher = tokio::spawn(Arc::clone(&membership).watch());
+    let watcher = tokio::spawn({
+        let master = master.clone();
+        async move { master.watch().await }
+    });
     let _stop_watcher = AbortOnDrop(watcher);
     // Repairs what failed moves left behind, for as long as the shard master serves.
     let reconciler = tokio::spawn({
-        let membership = Arc::clone(&membership);
-        async move {
-            loop {
-                tokio::time::sleep(RECONCILE_INTERVAL).await;
-                membership.reconcile().await;
-            }
-        }
+        let master = master.clone();
+        async move { master.repair().await }
     });
     let _stop_reconciler = AbortOnDrop(reconciler);
-    let native = ShardMasterService::new(Arc::clone(&membership)).into_server();
-    let compat = CompatShardMasterService::new(membership).into_server();
+    let native = ShardMasterService::new(master.clone()).into_server();
+    let compat = CompatShardMasterService::new(master).into_server();
     let names = [service_name(&native), service_name(&compat)];
     let routes = Routes::new(native).add_service(compat);
     serve(listener, routes, &names, config.shutdown_grace, shutdown).await
 }
-
-/// How often the shard master checks that every member is at the current epoch and has all its
-/// slots.
-const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Aborts a task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -109,8 +109,11 @@
 pub mod clock;
 mod config;
 mod error;
+pub mod handoff;
+pub mod member;
 pub mod messages;
 mod ownership;
+pub mod retry;
 pub mod roles;
 pub mod transport;
 

@@ -13,7 +13,7 @@ pub use key_value::KeyValueService;
 pub use node::NodeService;
 pub use shard_master::ShardMasterService;
 
-pub use crate::membership::{ChangeError, Membership};
+pub use crate::master::{MasterSettings, ShardMaster};
 
 use kv_core::Error;
 use tonic::Status;

@@ -1,25 +1,24 @@
 //! `kv.v1.ShardMaster`: membership and placement, native API.
 
-use std::sync::Arc;
-
 use kv_proto::convert::config_to_wire;
-use kv_proto::v1::{self, shard_master_server::ShardMaster};
+use kv_proto::status::status_from_shard_error;
+use kv_proto::v1::{self, shard_master_server::ShardMaster as ShardMasterRpc};
 use kv_shard::slot_of;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
-use crate::membership::Membership;
+use crate::master::ShardMaster;
 
-/// Serves the native shard master API over the shared [`Membership`].
+/// Serves the native shard master API over the shared [`ShardMaster`].
 #[derive(Debug, Clone)]
 pub struct ShardMasterService {
-    membership: Arc<Membership>,
+    master: ShardMaster,
 }
 
 impl ShardMasterService {
     /// Serves `membership`.
-    pub fn new(membership: Arc<Membership>) -> Self {
-        ShardMasterService { membership }
+    pub fn new(master: ShardMaster) -> Self {
+        ShardMasterService { master }
     }
 
     /// The tonic server for this service.
@@ -29,24 +28,24 @@ impl ShardMasterService {
 }
 
 #[tonic::async_trait]
-impl ShardMaster for ShardMasterService {
+impl ShardMasterRpc for ShardMasterService {
     #[instrument(skip_all, fields(server = %request.get_ref().server))]
     async fn join(&self, request: Request<v1::JoinRequest>) -> Result<Response<v1::ClusterConfig>, Status> {
-        let config = self.membership.join(&request.get_ref().server).await;
-        let config = config.map_err(|e| e.to_status())?;
+        let config = self.master.join(&request.get_ref().server).await;
+        let config = config.map_err(|e| status_from_shard_error(&e))?;
         Ok(Response::new(config_to_wire(&config)))
     }
 
     #[instrument(skip_all, fields(server = %request.get_ref().server))]
     async fn leave(&self, request: Request<v1::LeaveRequest>) -> Result<Response<v1::ClusterConfig>, Status> {
-        let config = self.membership.leave(&request.get_ref().server).await;
-        let config = config.map_err(|e| e.to_status())?;
+        let config = self.master.leave(&request.get_ref().server).await;
+        let config = config.map_err(|e| status_from_shard_error(&e))?;
         Ok(Response::new(config_to_wire(&config)))
     }
 
     #[instrument(level = "debug", skip_all, fields(key = %request.get_ref().key))]
     async fn query(&self, request: Request<v1::QueryRequest>) -> Result<Response<v1::QueryResponse>, Status> {
-        let config = self.membership.current();
+        let config = self.master.current();
         let key = &request.get_ref().key;
         let mut replicas = config.replicas(key).into_iter().map(|(_, address)| address.to_owned());
         let server = replicas.next().ok_or_else(no_member)?;
@@ -63,7 +62,7 @@ impl ShardMaster for ShardMasterService {
         &self,
         _request: Request<v1::GetConfigRequest>,
     ) -> Result<Response<v1::ClusterConfig>, Status> {
-        Ok(Response::new(config_to_wire(&self.membership.current())))
+        Ok(Response::new(config_to_wire(&self.master.current())))
     }
 }
 

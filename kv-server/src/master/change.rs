@@ -1,0 +1,224 @@
+//! Joins and leaves: the driver of one membership change, from its checks to the end of its
+//! data moves (the protocol is in the crate docs, "Moving data", and in `kv_replica`'s,
+//! "Moves").
+//!
+//! A change is checked against what the servers answer ([`super::plan::checks`]), committed,
+//! and installed in [`super::plan::moves::install_order`]: the servers that send nothing
+//! first, then the senders, which answer once their slots are at the new owners. A server that
+//! stops answering is not waited for: the change is reported incomplete, and its failover
+//! follows. With replication, the change is over once the copies it reset have caught up.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures_util::future::join_all;
+use kv_shard::messages::InstallReport;
+use kv_shard::{Config, Error, Slot};
+use tracing::{info, warn};
+
+use super::copies::hand_off_copies;
+use super::failover::fail_locked;
+use super::plan::checks;
+use super::plan::failover::{moves_between, moves_from};
+use super::plan::moves::install_order;
+use super::shared::Shared;
+
+/// A membership change a server asks for.
+#[derive(Debug, Clone)]
+pub(crate) enum Change {
+    Join(String),
+    Leave(String),
+}
+
+/// How a sender's install of a change ended.
+enum SenderOutcome {
+    /// It answered (done, or failed while it keeps the data).
+    Answered(Result<InstallReport, Error>),
+    /// It stopped answering pings.
+    Silent,
+    /// Another server of the change stopped answering pings.
+    OtherSilent(String),
+}
+
+/// Makes `change`, once no other change runs; returns the configuration it made.
+pub(crate) async fn change(shared: &Shared, change: Change) -> Result<Arc<Config>, Error> {
+    let (records, calls) = (&shared.records, &shared.calls);
+    let _serialised = shared.changes.lock().await;
+    let mut before = records.current();
+    // A member that restarted empty before it was failed over: fail its old self now.
+    if let Change::Join(server) = &change
+        && before.id_of(server).is_some()
+        && before.replication().factor > 1
+        && let Ok(status) = calls.status_after_restart(server).await
+        && records.restarted(server, status.incarnation)
+    {
+        warn!(server, "a member restarted empty: failing its old incarnation over");
+        fail_locked(shared, server).await?;
+        before = records.current();
+    }
+    let next = match &change {
+        Change::Join(server) => before.join(server)?,
+        Change::Leave(server) => before.leave(server)?,
+    };
+    // An earlier change whose data has not settled would be overtaken, its hand-offs lost.
+    if let Some(why) = unsettled(shared, &before).await {
+        return Err(Error::Unavailable(format!(
+            "an earlier change is still settling ({why}); retry shortly"
+        )));
+    }
+    match &change {
+        Change::Join(server) => {
+            let status = calls
+                .status_of(server)
+                .await
+                .map_err(|err| Error::Unavailable(format!("cannot reach storage server {server}: {err}")))?;
+            checks::joiner_address(server, &status)?;
+            records.joined(server, status.incarnation);
+            checks::joiner_data(server, &status, &before)?;
+        }
+        Change::Leave(server) if next.is_empty() => match calls.status_of(server).await {
+            Ok(status) => checks::last_leaver(server, &status)?,
+            // Removing a dead last member is allowed: its data is gone with it.
+            Err(_) if calls.is_gone(server).await => {}
+            Err(err) => {
+                return Err(Error::Unavailable(format!(
+                    "cannot tell whether {server}, the last member, holds keys: {err}"
+                )));
+            }
+        },
+        Change::Leave(_) => {}
+    }
+    let next = Arc::new(next);
+    let moves = before.moves_to(&next);
+    info!(epoch = next.epoch(), members = next.len(), slots_moving = moves.len(), "configuration changed");
+    records.commit(&next);
+    apply(shared, &before, &next).await?;
+    Ok(next)
+}
+
+/// Why the last change has not settled, if it has not, from what the servers involved in it
+/// answer (those that do not are not waited for: a dead one would block every change).
+async fn unsettled(shared: &Shared, current: &Config) -> Option<String> {
+    let involved = shared.records.involved(current);
+    let statuses = join_all(involved.iter().map(|address| shared.calls.status_of(address))).await;
+    let answers: Vec<_> = involved.into_iter().zip(statuses.into_iter().map(Result::ok)).collect();
+    checks::unsettled(current, &answers)
+}
+
+/// Installs `next` everywhere: first at the servers that send nothing (so every receiver
+/// expects its slots), then at the servers that lose slots, which return once their slots are
+/// at the new owners.
+async fn apply(shared: &Shared, before: &Config, next: &Config) -> Result<(), Error> {
+    let calls = &shared.calls;
+    let started = calls.now();
+    let deadline = started + calls.move_timeout;
+    let order = install_order(before, next);
+    // One that stops answering is not waited for: it is failed over once this change is done.
+    let installs = order.receivers.iter().map(|addr| async move {
+        tokio::select! {
+            result = shared.install(addr, before, next, &[], deadline) => result,
+            () = calls.until_silent(addr) => Err(Error::Unavailable("it stopped answering".to_owned())),
+        }
+    });
+    for (addr, result) in order.receivers.iter().zip(join_all(installs).await) {
+        if let Err(err) = result {
+            warn!(server = addr, cause = %err, "could not install the configuration");
+        }
+    }
+
+    // The senders get a time of their own, however long the receivers took.
+    let deadline = calls.now() + calls.move_timeout;
+    // A sender that stops answering pings (it died during its hand-off) is not waited for; nor
+    // is one while another member stops answering (a receiver, or a secondary the receivers
+    // wait for): that member's failover carries the hand-off over to the new owners, and must
+    // not wait for this change.
+    let members: Vec<&str> = order.receivers.iter().map(String::as_str).collect();
+    let senders: Vec<&str> = order.senders.iter().map(String::as_str).collect();
+    let installs = senders.iter().map(|&addr| {
+        let others: Vec<&str> =
+            members.iter().copied().chain(senders.iter().copied().filter(|&s| s != addr)).collect();
+        async move {
+            tokio::select! {
+                result = shared.install(addr, before, next, &[], deadline) => SenderOutcome::Answered(result),
+                () = calls.until_silent(addr) => SenderOutcome::Silent,
+                other = calls.until_any_silent(&others) => SenderOutcome::OtherSilent(other.to_owned()),
+            }
+        }
+    });
+    let moves = moves_between(before, next);
+    let mut problems = Vec::new();
+    let mut lost = false;
+    let replicated = next.replication().factor > 1;
+    for (&sender, outcome) in senders.iter().zip(join_all(installs).await) {
+        let (err, silent) = match outcome {
+            SenderOutcome::Answered(Ok(_)) => continue,
+            SenderOutcome::Answered(Err(err)) => (err, false),
+            SenderOutcome::Silent => (Error::Unavailable("it stopped answering".to_owned()), true),
+            SenderOutcome::OtherSilent(other) => {
+                problems.push(format!(
+                    "{sender} could not hand off its slots while {other} stopped answering \
+                     ({sender} keeps them, and sends them on once {other} is back or failed over)"
+                ));
+                continue;
+            }
+        };
+        // With copies elsewhere, a silent sender is failed at once; otherwise make sure.
+        let gone = (silent && replicated) || calls.is_gone(sender).await;
+        if !gone {
+            // The sender is there and keeps the data; installing this epoch again resumes.
+            problems.push(format!("{sender} could not hand off its slots ({err})"));
+            continue;
+        }
+        // The sender is gone. Its slots' secondaries kept copies: one of them sends them.
+        let mut abandoned: BTreeMap<String, Vec<Slot>> = moves_from(&moves, sender);
+        let mut recovered = Vec::new();
+        for (to, slots) in &abandoned {
+            if hand_off_copies(calls, before, next, sender, to, slots).await {
+                recovered.push(to.clone());
+            }
+        }
+        abandoned.retain(|to, _| !recovered.contains(to));
+        if abandoned.is_empty() {
+            continue;
+        }
+        // No copy either: let the receivers serve the slots empty.
+        lost = true;
+        let slots: usize = abandoned.values().map(Vec::len).sum();
+        problems.push(format!("{sender} is unreachable ({err}): the data of its {slots} slots is lost"));
+        for (to, slots) in abandoned {
+            let deadline = calls.now() + calls.move_timeout;
+            if let Err(err) = shared.install(&to, before, next, &slots, deadline).await {
+                problems.push(format!("{to} did not take over the lost slots ({err})"));
+            }
+        }
+    }
+    // The change is over once the copies it reset have caught up: until then, the copies former
+    // secondaries kept (a leaver's among them: it stays up until its leave returns) may be the
+    // only up-to-date ones besides the primaries'. A member that stops answering meanwhile is
+    // failed over at once, while those copies are there.
+    if replicated {
+        let members: Vec<&str> = next.members().map(|(_, a)| a).collect();
+        let deadline = calls.now() + calls.move_timeout;
+        tokio::select! {
+            () = calls.until_caught_up(&members, deadline) => {}
+            silent = calls.until_any_silent(&members) => {
+                // Unless this shard master is the one cut off: then it fails no one.
+                if calls.most_answer(&members).await {
+                    warn!(server = silent, "a member stopped answering while copies caught up: failing it over");
+                    if let Err(err) = fail_locked(shared, silent).await {
+                        problems.push(format!("the failover of {silent} did not finish ({err})"));
+                    }
+                } else {
+                    problems.push(format!("{silent} stopped answering while copies caught up"));
+                }
+            }
+        }
+    }
+    let moved = before.moves_to(next).len();
+    info!(epoch = next.epoch(), slots = moved, took = ?calls.now() - started, ok = problems.is_empty(), "moves done");
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Incomplete { epoch: next.epoch(), reason: problems.join("; "), lost })
+    }
+}

@@ -1,0 +1,124 @@
+//! Failing a member over: the driver of [`super::plan::failover`]. It asks the other servers
+//! what they hold, has kept copies sent where the plan needs them, commits the configuration
+//! without the failed member, and installs it everywhere it must go (the protocol is in
+//! `kv_replica`'s docs, "Failover").
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use futures_util::future::join_all;
+use kv_shard::{Config, Error, ServerId, Slot};
+use tracing::info;
+
+use super::copies::{hand_off_copies, snapshot_from_copy};
+use super::plan::failover::{moves_between, moves_from, plan_failover};
+use super::shared::Shared;
+use super::state::Failover;
+
+/// Fails `server` over, once no other change runs.
+pub(crate) async fn fail(shared: &Shared, server: &str) -> Result<Arc<Config>, Error> {
+    let _serialised = shared.changes.lock().await;
+    fail_locked(shared, server).await
+}
+
+/// [`fail`], if `server` is still member `id` by then (it may have been failed and have joined
+/// again while this waited for the change lock).
+pub(crate) async fn fail_member(
+    shared: &Shared,
+    server: &str,
+    id: Option<ServerId>,
+) -> Result<Arc<Config>, Error> {
+    let _serialised = shared.changes.lock().await;
+    let current = shared.records.current();
+    if id.is_none() || current.id_of(server) != id {
+        return Ok(current);
+    }
+    fail_locked(shared, server).await
+}
+
+/// Removes failed member `server`, with the change lock held: its slots go to up-to-date
+/// secondaries, which serve them from their copies, and the replica sets refill. Installs the
+/// new configuration at every member, and at every server that still owes slots.
+pub(crate) async fn fail_locked(shared: &Shared, server: &str) -> Result<Arc<Config>, Error> {
+    let (records, calls) = (&shared.records, &shared.calls);
+    let before = records.current();
+    // Slots it was still handing off at the last change: a secondary sends its copy.
+    let previous = records.previous();
+    let moves = previous.as_ref().map(|previous| moves_between(previous, &before)).unwrap_or_default();
+    if let Some(previous) = &previous {
+        for (to, slots) in moves_from(&moves, server) {
+            if calls.receiver_waits(&to).await {
+                hand_off_copies(calls, previous, &before, server, &to, &slots).await;
+            }
+        }
+    }
+    // What the others hold: which of the failed member's slots they still owe it, and which of
+    // their copies are up to date. A slow server is asked again, longer: what it owes would
+    // otherwise be given away without its data.
+    let others: Vec<String> = records.involved(&before).into_iter().filter(|a| a != server).collect();
+    let statuses = join_all(others.iter().map(|a| calls.status_for_failover(a))).await;
+    let answers: Vec<_> = others.into_iter().zip(statuses.into_iter().map(Result::ok)).collect();
+    let mut plan = plan_failover(&before, &moves, server, &answers);
+    // Slots with no up-to-date copy: a former secondary that kept its copy brings the first
+    // secondary up to date, which then takes them.
+    for (to, slots) in &plan.behind {
+        let Some(id) = before.id_of(to) else { continue };
+        let mut left: BTreeSet<Slot> = slots.iter().copied().collect();
+        for (holder, kept) in &plan.retired {
+            let from_here: Vec<Slot> = left.iter().copied().filter(|slot| kept.contains(slot)).collect();
+            if !from_here.is_empty()
+                && snapshot_from_copy(calls, &before, server, holder, to, &from_here).await
+            {
+                plan.heirs.extend(from_here.iter().map(|&slot| (slot, id)));
+                left.retain(|slot| !from_here.contains(slot));
+            }
+        }
+    }
+    let passed_over = plan
+        .heirs
+        .iter()
+        .filter(|(slot, heir)| before.replicas_of_slot(**slot).get(1) != Some(*heir))
+        .count();
+    if passed_over > 0 {
+        info!(
+            server,
+            slots = passed_over,
+            "promoting up-to-date secondaries in place of first secondaries still catching up"
+        );
+    }
+    let (next, promoted) = before.fail_to(server, &plan.heirs)?;
+    let next = Arc::new(next);
+    let carried_slots: usize = plan.carried.values().map(Vec::len).sum();
+    records.failed_over(next.epoch(), Failover { promoted: promoted.clone(), carried: plan.carried });
+    info!(
+        epoch = next.epoch(),
+        server,
+        promoted = promoted.len(),
+        carried = carried_slots,
+        "configuration changed: member failed"
+    );
+    records.commit(&next);
+    let started = calls.now();
+    let deadline = started + calls.move_timeout;
+    // The members, and every server that owes slots: it carries its hand-offs over.
+    let mut targets: Vec<&str> = next.members().map(|(_, a)| a).collect();
+    for address in &plan.owing {
+        if next.id_of(address).is_none() {
+            targets.push(address);
+            records.owes(address);
+        }
+    }
+    let installs = targets.iter().map(|addr| shared.install(addr, &before, &next, &[], deadline));
+    let mut problems = Vec::new();
+    for (addr, result) in targets.iter().zip(join_all(installs).await) {
+        if let Err(err) = result {
+            problems.push(format!("{addr}: {err}"));
+        }
+    }
+    info!(epoch = next.epoch(), took = ?calls.now() - started, ok = problems.is_empty(), "failover installed");
+    if problems.is_empty() {
+        Ok(next)
+    } else {
+        Err(Error::Incomplete { epoch: next.epoch(), reason: problems.join("; "), lost: false })
+    }
+}

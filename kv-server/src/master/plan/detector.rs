@@ -1,0 +1,185 @@
+//! The shard master's failure detector, as a pure state machine: it is told who answered each
+//! round of pings, and says which member to fail over.
+//!
+//! Invariants:
+//! - a member is failed only once it has not answered for longer than the failure timeout,
+//!   counted from the first round that saw it as a member (a new member gets the whole timeout);
+//! - no member is failed while fewer than half the members answer: the shard master may be the
+//!   one cut off;
+//! - nothing is failed with a replication factor of 1, or a single member: there is no other
+//!   copy to promote;
+//! - a member answering as another process than the one that joined (it restarted, and lost
+//!   what it held) is failed at once.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// What one member answered a ping with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Heard {
+    /// Nothing, in time.
+    Nothing,
+    /// The process that joined answered.
+    Alive,
+    /// Another process answered: the member restarted.
+    Restarted,
+}
+
+/// What to do after a round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Nothing.
+    Wait,
+    /// Fail over this member, which restarted.
+    Restarted(String),
+    /// Fail over this member, silent for this long.
+    Silent(String, Duration),
+}
+
+/// When each member last answered.
+#[derive(Debug, Clone)]
+pub(crate) struct Detector {
+    timeout: Duration,
+    last_seen: BTreeMap<String, Instant>,
+}
+
+impl Detector {
+    /// A detector that fails members silent for longer than `timeout`.
+    pub(crate) fn new(timeout: Duration) -> Self {
+        Detector { timeout, last_seen: BTreeMap::new() }
+    }
+
+    /// Takes one round: what every current member (in member order) answered, heard by `now`;
+    /// `replicated` is whether slots have more than one copy.
+    pub(crate) fn round(&mut self, heard: &[(String, Heard)], now: Instant, replicated: bool) -> Verdict {
+        self.last_seen.retain(|address, _| heard.iter().any(|(member, _)| member == address));
+        let mut restarted = None;
+        for (address, answer) in heard {
+            let seen = self.last_seen.entry(address.clone()).or_insert(now);
+            match answer {
+                Heard::Restarted => restarted = Some(address.clone()),
+                Heard::Alive => *seen = now,
+                Heard::Nothing => {}
+            }
+        }
+        if !replicated || heard.len() < 2 {
+            return Verdict::Wait;
+        }
+        if let Some(address) = restarted {
+            return Verdict::Restarted(address);
+        }
+        let silent = |seen: &Instant| now.saturating_duration_since(*seen) > self.timeout;
+        let alive = self.last_seen.values().filter(|seen| !silent(seen)).count();
+        // A shard master cut off from most members fails none: it may be the one cut off.
+        if alive * 2 < heard.len() {
+            return Verdict::Wait;
+        }
+        match self.last_seen.iter().find(|(_, seen)| silent(seen)) {
+            Some((address, seen)) => Verdict::Silent(address.clone(), now.saturating_duration_since(*seen)),
+            None => Verdict::Wait,
+        }
+    }
+
+    /// Forgets `server` (failed over: if it comes back, it is a new member).
+    pub(crate) fn forget(&mut self, server: &str) {
+        self.last_seen.remove(server);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_millis(800);
+    const TICK: Duration = Duration::from_millis(100);
+
+    fn heard(answers: &[(&str, Heard)]) -> Vec<(String, Heard)> {
+        answers.iter().map(|&(a, h)| (a.to_owned(), h)).collect()
+    }
+
+    /// Runs rounds every 100 ms from `start` until a verdict other than `Wait`, or `limit`.
+    fn until_verdict(
+        detector: &mut Detector,
+        answers: &[(&str, Heard)],
+        start: Instant,
+        limit: Duration,
+    ) -> (Verdict, Duration) {
+        let mut elapsed = Duration::ZERO;
+        while elapsed <= limit {
+            let verdict = detector.round(&heard(answers), start + elapsed, true);
+            if verdict != Verdict::Wait {
+                return (verdict, elapsed);
+            }
+            elapsed += TICK;
+        }
+        (Verdict::Wait, elapsed)
+    }
+
+    #[test]
+    fn a_member_silent_past_the_timeout_is_failed_not_before() {
+        let start = Instant::now();
+        let mut detector = Detector::new(TIMEOUT);
+        let all = [("a:1", Heard::Alive), ("b:1", Heard::Alive), ("c:1", Heard::Alive)];
+        assert_eq!(until_verdict(&mut detector, &all, start, Duration::from_secs(5)).0, Verdict::Wait);
+        let later = start + Duration::from_secs(5);
+        let b_silent = [("a:1", Heard::Alive), ("b:1", Heard::Nothing), ("c:1", Heard::Alive)];
+        let (verdict, after) = until_verdict(&mut detector, &b_silent, later + TICK, Duration::from_secs(5));
+        assert!(
+            matches!(verdict, Verdict::Silent(ref a, silent) if a == "b:1" && silent > TIMEOUT),
+            "{verdict:?}"
+        );
+        assert!(after > TIMEOUT - TICK && after <= TIMEOUT + TICK, "failed after {after:?}");
+    }
+
+    #[test]
+    fn a_new_member_gets_the_whole_timeout_and_a_forgotten_one_starts_over() {
+        let start = Instant::now();
+        let mut detector = Detector::new(TIMEOUT);
+        let silent_from_the_start = [("a:1", Heard::Alive), ("b:1", Heard::Alive), ("c:1", Heard::Nothing)];
+        let (verdict, after) =
+            until_verdict(&mut detector, &silent_from_the_start, start, Duration::from_secs(5));
+        assert_eq!(verdict, Verdict::Silent("c:1".into(), TIMEOUT + TICK));
+        assert_eq!(after, TIMEOUT + TICK);
+        detector.forget("c:1");
+        let again = start + after + TICK;
+        assert_eq!(detector.round(&heard(&silent_from_the_start), again, true), Verdict::Wait);
+    }
+
+    #[test]
+    fn a_master_cut_off_from_most_members_fails_none() {
+        let start = Instant::now();
+        let mut detector = Detector::new(TIMEOUT);
+        let most_silent = [
+            ("a:1", Heard::Alive),
+            ("b:1", Heard::Nothing),
+            ("c:1", Heard::Nothing),
+            ("d:1", Heard::Nothing),
+        ];
+        assert_eq!(
+            until_verdict(&mut detector, &most_silent, start, Duration::from_secs(10)).0,
+            Verdict::Wait
+        );
+        let half =
+            [("a:1", Heard::Alive), ("b:1", Heard::Alive), ("c:1", Heard::Nothing), ("d:1", Heard::Nothing)];
+        let mut detector = Detector::new(TIMEOUT);
+        assert!(matches!(
+            until_verdict(&mut detector, &half, start, Duration::from_secs(10)).0,
+            Verdict::Silent(..)
+        ));
+    }
+
+    #[test]
+    fn a_restarted_member_is_failed_at_once_and_only_where_copies_exist() {
+        let now = Instant::now();
+        let answers = heard(&[("a:1", Heard::Alive), ("b:1", Heard::Restarted)]);
+        assert_eq!(Detector::new(TIMEOUT).round(&answers, now, true), Verdict::Restarted("b:1".into()));
+        assert_eq!(Detector::new(TIMEOUT).round(&answers, now, false), Verdict::Wait);
+        let alone = heard(&[("b:1", Heard::Restarted)]);
+        assert_eq!(Detector::new(TIMEOUT).round(&alone, now, true), Verdict::Wait);
+        let mut unreplicated = Detector::new(TIMEOUT);
+        let silent = heard(&[("a:1", Heard::Alive), ("b:1", Heard::Nothing)]);
+        for i in 0..100 {
+            assert_eq!(unreplicated.round(&silent, now + TICK * i, false), Verdict::Wait);
+        }
+    }
+}

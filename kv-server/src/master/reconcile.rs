@@ -1,0 +1,74 @@
+//! Repairing what failures left behind: the driver of [`super::plan::catch_up`].
+//!
+//! Every member that answers and is behind is brought up to the current epoch, one epoch at a
+//! time; where a server still waits for slots or owes them, the current epoch is installed again
+//! at every server at it, which makes their senders resume the hand-offs that failed. Only when
+//! no change runs: a change in progress is never second-guessed.
+
+use futures_util::future::join_all;
+use tracing::{info, warn};
+
+use super::plan::catch_up::catch_up_steps;
+use super::shared::Shared;
+
+/// One round of repairs; returns how many installs it made.
+pub(crate) async fn reconcile(shared: &Shared) -> usize {
+    let (records, calls) = (&shared.records, &shared.calls);
+    let current = records.current();
+    let history = records.history();
+    let involved = records.involved(&current);
+    // Probed without the lock: a server that does not answer must not hold up a failover.
+    let statuses = join_all(involved.iter().map(|address| calls.status_of(address))).await;
+    let Ok(_serialised) = shared.changes.try_lock() else { return 0 };
+    if records.current().epoch() != current.epoch() {
+        return 0;
+    }
+    let mut installs = 0;
+    let mut waiting = false;
+    let mut up_to_date = Vec::new();
+    // A server outside the membership is watched until it answers that it owes nothing (or
+    // answers as another process, which holds nothing).
+    records.retain_owing(|address| {
+        let status = involved.iter().zip(&statuses).find(|(a, _)| *a == address).map(|(_, s)| s);
+        match status {
+            Some(Ok(status)) => status.outgoing_slots > 0 && !records.restarted(address, status.incarnation),
+            Some(Err(_)) | None => true,
+        }
+    });
+    for (address, status) in involved.iter().zip(statuses) {
+        let Ok(status) = status else { continue };
+        // A restarted member holds nothing of what it held: never hand it that role again.
+        if records.restarted(address, status.incarnation) {
+            continue;
+        }
+        waiting |= status.incoming_slots > 0 || status.outgoing_slots > 0;
+        if status.epoch == current.epoch() {
+            up_to_date.push(address.clone());
+        }
+        // A leaver that missed its last epochs is brought up to date too: then it hands off.
+        if status.epoch >= current.epoch() {
+            continue;
+        }
+        let Some(steps) = catch_up_steps(&history, address, status.epoch) else {
+            warn!(server = address, epoch = status.epoch, "too far behind to catch up step by step");
+            continue;
+        };
+        for (previous, next) in steps {
+            let deadline = calls.now() + calls.move_timeout;
+            installs += 1;
+            if let Err(err) = shared.install(address, &previous, &next, &[], deadline).await {
+                warn!(server = address, cause = %err, "could not bring a server up to date");
+                break;
+            }
+            info!(server = address, epoch = next.epoch(), "brought a lagging server up to date");
+        }
+    }
+    if waiting && let Some(previous) = history.len().checked_sub(2).map(|i| &history[i]) {
+        // Only at servers at the current epoch: the others are being brought up to date.
+        let deadline = calls.now() + calls.move_timeout;
+        let again =
+            up_to_date.iter().map(|address| shared.install(address, previous, &current, &[], deadline));
+        installs += join_all(again).await.len();
+    }
+    installs
+}

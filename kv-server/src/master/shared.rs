@@ -1,0 +1,39 @@
+//! What the shard master's drivers share: its records, its calls to the servers, and the lock
+//! that serialises changes.
+//!
+//! Changes (joins, leaves, failovers) hold [`Shared::changes`] from their first question to the
+//! end of their moves, so the next starts only after the last has finished; the repair of what
+//! failures left behind runs only when no change does.
+
+use std::time::Instant;
+
+use kv_shard::messages::InstallReport;
+use kv_shard::{Config, Error, Slot};
+
+use super::calls::Calls;
+use super::state::Records;
+
+/// The shard master's state and means, shared by its drivers.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) records: Records,
+    pub(crate) calls: Calls,
+    /// Held for the whole of a change, data moves included.
+    pub(crate) changes: tokio::sync::Mutex<()>,
+}
+
+impl Shared {
+    /// Installs `next` (after `previous`) at `server`, as the records say it should be given
+    /// there, retrying while it is unreachable or busy, until `deadline`.
+    pub(crate) async fn install(
+        &self,
+        server: &str,
+        previous: &Config,
+        next: &Config,
+        abandoned: &[Slot],
+        deadline: Instant,
+    ) -> Result<InstallReport, Error> {
+        let install = self.records.install(server, previous, next, abandoned);
+        self.calls.install(server, &install, deadline).await
+    }
+}

@@ -1,0 +1,154 @@
+//! What the shard master keeps: the current configuration, the last ones, and what it must
+//! remember about the servers between changes (who failed over what, who still owes slots, which
+//! process joined).
+//!
+//! Plain state behind short-lived locks, never held across an await: the changes themselves are
+//! serialised elsewhere (see [`super`]). Reads of the current configuration never wait for a
+//! change in progress.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+
+use kv_shard::messages::Install;
+use kv_shard::{Config, Slot};
+
+/// How many configurations are kept for servers that missed some.
+pub(crate) const HISTORY: usize = 64;
+
+/// The slots a failed member held, and where they went.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Failover {
+    /// Every slot of the failed member's: each new owner serves its share from its own copy...
+    pub(crate) promoted: Vec<Slot>,
+    /// ...but those still moving to the failed member when it failed, which come from the
+    /// server that was sending them (by sender).
+    pub(crate) carried: BTreeMap<String, Vec<Slot>>,
+}
+
+/// The shard master's records.
+#[derive(Debug)]
+pub(crate) struct Records {
+    current: RwLock<Arc<Config>>,
+    /// The last configurations, oldest first, the current one last: a server that missed some
+    /// is brought up to date one epoch at a time.
+    history: Mutex<VecDeque<Arc<Config>>>,
+    /// What each failover gave to whom, by the epoch it made: every install of that epoch
+    /// carries it.
+    failovers: Mutex<BTreeMap<u64, Failover>>,
+    /// Servers outside the membership that still owe slots (a leaver whose hand-off a failover
+    /// carried over): watched like the members until they owe nothing.
+    owing: Mutex<BTreeSet<String>>,
+    /// The incarnation of each member's process when it joined: a member answering with another
+    /// one restarted, and lost what it held.
+    incarnations: Mutex<BTreeMap<String, u64>>,
+}
+
+/// A poisoned lock's data is still consistent here (no invariant spans a panic): take it.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Records {
+    /// Records that start at `first`.
+    pub(crate) fn new(first: Config) -> Self {
+        let first = Arc::new(first);
+        Records {
+            current: RwLock::new(Arc::clone(&first)),
+            history: Mutex::new(VecDeque::from([first])),
+            failovers: Mutex::new(BTreeMap::new()),
+            owing: Mutex::new(BTreeSet::new()),
+            incarnations: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The current configuration.
+    pub(crate) fn current(&self) -> Arc<Config> {
+        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Makes `next` the current configuration; forgets the oldest beyond [`HISTORY`], and the
+    /// failovers of the epochs forgotten.
+    pub(crate) fn commit(&self, next: &Arc<Config>) {
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::clone(next);
+        let mut history = lock(&self.history);
+        history.push_back(Arc::clone(next));
+        while history.len() > HISTORY {
+            if let Some(dropped) = history.pop_front() {
+                lock(&self.failovers).retain(|&epoch, _| epoch > dropped.epoch());
+            }
+        }
+    }
+
+    /// The configurations kept, oldest first.
+    pub(crate) fn history(&self) -> Vec<Arc<Config>> {
+        lock(&self.history).iter().cloned().collect()
+    }
+
+    /// The configuration before the current one, if it is kept.
+    pub(crate) fn previous(&self) -> Option<Arc<Config>> {
+        let history = lock(&self.history);
+        history.len().checked_sub(2).and_then(|i| history.get(i).cloned())
+    }
+
+    /// The servers a change must hear from: the members of `current` and of the configuration
+    /// before it (a leaver is one of those), and the servers outside that still owe slots.
+    pub(crate) fn involved(&self, current: &Config) -> Vec<String> {
+        let mut involved: Vec<String> = current.members().map(|(_, address)| address.to_owned()).collect();
+        let history = lock(&self.history);
+        if let Some(previous) = history.iter().rev().find(|c| c.epoch() < current.epoch()) {
+            involved.extend(previous.members().map(|(_, address)| address.to_owned()));
+        }
+        drop(history);
+        involved.extend(lock(&self.owing).iter().cloned());
+        involved.sort_unstable();
+        involved.dedup();
+        involved
+    }
+
+    /// Records the incarnation of the process that joins at `server`.
+    pub(crate) fn joined(&self, server: &str, incarnation: u64) {
+        lock(&self.incarnations).insert(server.to_owned(), incarnation);
+    }
+
+    /// Whether the process at member `server` is not the one that joined (`incarnation` is
+    /// what it answers now).
+    pub(crate) fn restarted(&self, server: &str, incarnation: u64) -> bool {
+        lock(&self.incarnations).get(server).is_some_and(|&joined| joined != incarnation)
+    }
+
+    /// Records what the failover that made `epoch` gave to whom.
+    pub(crate) fn failed_over(&self, epoch: u64, failover: Failover) {
+        lock(&self.failovers).insert(epoch, failover);
+    }
+
+    /// Watches `server`, outside the membership, until it owes nothing.
+    pub(crate) fn owes(&self, server: &str) {
+        lock(&self.owing).insert(server.to_owned());
+    }
+
+    /// Keeps watching only the servers outside the membership for which `still` holds.
+    pub(crate) fn retain_owing(&self, still: impl FnMut(&String) -> bool) {
+        lock(&self.owing).retain(still);
+    }
+
+    /// The install of `next` (after `previous`) at `server`: with what the failover that made
+    /// `next` gave away, and the incarnation of the process that joined there.
+    pub(crate) fn install(
+        &self,
+        server: &str,
+        previous: &Config,
+        next: &Config,
+        abandoned: &[Slot],
+    ) -> Install {
+        let failover = lock(&self.failovers).get(&next.epoch()).cloned().unwrap_or_default();
+        let incarnation = lock(&self.incarnations).get(server).copied().unwrap_or(0);
+        Install {
+            next: next.clone(),
+            previous: previous.clone(),
+            abandoned: abandoned.to_vec(),
+            promoted: failover.promoted,
+            carried: failover.carried,
+            incarnation,
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! Watching the members: the driver of [`super::plan::detector`]. Every heartbeat it pings each
+//! member and fails over the one the detector names.
+
+use futures_util::future::join_all;
+use tracing::{info, warn};
+
+use super::calls::HEARTBEAT;
+use super::failover::fail_member;
+use super::plan::detector::{Detector, Heard, Verdict};
+use super::shared::Shared;
+
+/// Watches the members for as long as it runs: pings each every heartbeat, and fails one that
+/// has not answered for the failure timeout, or that restarted (with a replication factor of 2
+/// or more: otherwise a member's slots have no other copy, and wait for it).
+pub(crate) async fn watch(shared: &Shared) {
+    let (records, calls) = (&shared.records, &shared.calls);
+    let mut detector = Detector::new(calls.failure_timeout);
+    loop {
+        calls.clock.sleep(HEARTBEAT).await;
+        let config = records.current();
+        let members: Vec<String> = config.members().map(|(_, a)| a.to_owned()).collect();
+        let answers = join_all(members.iter().map(|address| calls.ping(address))).await;
+        let heard: Vec<(String, Heard)> = members
+            .into_iter()
+            .zip(answers)
+            .map(|(address, answer)| {
+                let heard = match answer {
+                    Some(incarnation) if records.restarted(&address, incarnation) => Heard::Restarted,
+                    Some(_) => Heard::Alive,
+                    None => Heard::Nothing,
+                };
+                (address, heard)
+            })
+            .collect();
+        match detector.round(&heard, calls.now(), config.replication().factor > 1) {
+            Verdict::Wait => {}
+            Verdict::Restarted(address) => {
+                // A member that restarted lost what it held: fail its old self at once.
+                warn!(server = address, "a member restarted and lost its data: failing it over");
+                match fail_member(shared, &address, config.id_of(&address)).await {
+                    Ok(config) => info!(server = address, epoch = config.epoch(), "failed over"),
+                    Err(err) => warn!(server = address, cause = %err, "could not fail the member over"),
+                }
+                detector.forget(&address);
+            }
+            Verdict::Silent(address, silent) => {
+                warn!(server = address, silent = ?silent, "a member stopped answering: failing it over");
+                match fail_member(shared, &address, config.id_of(&address)).await {
+                    Ok(config) => {
+                        detector.forget(&address);
+                        info!(server = address, epoch = config.epoch(), "failed over");
+                    }
+                    Err(err) => warn!(server = address, cause = %err, "could not fail the member over"),
+                }
+            }
+        }
+    }
+}

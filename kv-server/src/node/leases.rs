@@ -1,0 +1,254 @@
+//! Leases between replicas, and the fences they put on slots that change hands (the argument
+//! is in `kv_replica`'s docs, "Failures").
+//!
+//! Every server asks each of its peers for a lease every [`RENEW_INTERVAL`]; a peer grants one
+//! only to its peers, and remembers its promise. A primary needs a live lease from every
+//! secondary of a slot to take its writes (and, in strong mode, serve its reads); a strong
+//! secondary needs one from the slot's primary to serve reads.
+//!
+//! Invariants:
+//! - a lease counts from when its request was *sent*, for [`CLOCK_MARGIN`] of what was granted,
+//!   so it ends before the promise the grantor made, which counts from when it answered;
+//! - a lease counts only at the epoch both servers were at when it was granted;
+//! - a grant reads the configuration and records its promise under the promises' lock, which an
+//!   install takes (after switching the configuration) to set its fences: a promise is either
+//!   made under the new configuration, or seen by the fences.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use kv_replica::messages::{LeaseGrant, LeaseRequest};
+use kv_replica::transport::PeerCalls;
+use kv_replica::{Error, Role, peers, role, secondaries};
+use kv_shard::clock::{Clock, timeout};
+use kv_shard::{Config, SLOTS, Slot};
+use tokio::sync::Notify;
+use tracing::{debug, info};
+
+use super::view::{View, lock, slot_set};
+
+/// How long a lease lasts, from when its request was sent.
+pub(crate) const LEASE: Duration = Duration::from_millis(500);
+/// How often leases are renewed.
+const RENEW_INTERVAL: Duration = Duration::from_millis(100);
+/// Longest one renewal may take.
+const RENEW_TIMEOUT: Duration = Duration::from_millis(250);
+/// Longest a primary waits for a lease it lacks before it refuses a request.
+const LEASE_WAIT: Duration = Duration::from_millis(300);
+/// The share of a lease the holder counts on, for clocks that run at slightly different rates.
+const CLOCK_MARGIN: f64 = 0.9;
+
+/// One server's leases: those it holds from its peers and those it promised them.
+pub(crate) struct Leases {
+    this: Weak<Leases>,
+    view: Arc<View>,
+    peers: Arc<dyn PeerCalls>,
+    clock: Arc<dyn Clock>,
+    /// Leases this server holds, by peer: valid until, and the epoch both were at.
+    held: Mutex<HashMap<String, (Instant, u64)>>,
+    /// Promises this server made, by peer, until.
+    promised: Mutex<HashMap<String, Instant>>,
+    /// Per slot: no write (and no read at the primary) before this instant.
+    fences: Mutex<HashMap<Slot, Instant>>,
+    /// Renew now (after an install).
+    kick: Notify,
+    started: AtomicBool,
+}
+
+impl std::fmt::Debug for Leases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leases").field("held", &self.held).finish_non_exhaustive()
+    }
+}
+
+impl Leases {
+    pub(crate) fn new(view: Arc<View>, peers: Arc<dyn PeerCalls>, clock: Arc<dyn Clock>) -> Arc<Self> {
+        Arc::new_cyclic(|this| Leases {
+            this: this.clone(),
+            view,
+            peers,
+            clock,
+            held: Mutex::new(HashMap::new()),
+            promised: Mutex::new(HashMap::new()),
+            fences: Mutex::new(HashMap::new()),
+            kick: Notify::new(),
+            started: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether this server holds a live lease from `peer`, granted at `epoch`.
+    fn holds(&self, peer: &str, now: Instant, epoch: u64) -> bool {
+        lock(&self.held).get(peer).is_some_and(|&(until, at)| until > now && at == epoch)
+    }
+
+    /// The fence of `slot`, if it is still up.
+    pub(crate) fn fence(&self, slot: Slot) -> Option<Instant> {
+        let mut fences = lock(&self.fences);
+        let fence = fences.get(&slot).copied()?;
+        if fence <= self.clock.now() {
+            fences.remove(&slot);
+            return None;
+        }
+        Some(fence)
+    }
+
+    /// Waits out the fence of `slot`, if it has one.
+    pub(crate) async fn wait_fence(&self, slot: Slot) {
+        if let Some(fence) = self.fence(slot) {
+            self.clock.sleep_until(fence).await;
+        }
+    }
+
+    /// As the primary of `slot` in `view`: waits out its fence, then checks that every
+    /// secondary's lease is live (no one else can have taken the slot over).
+    pub(crate) async fn primary_lease(&self, view: &Config, slot: Slot) -> Result<(), kv_core::Error> {
+        self.wait_fence(slot).await;
+        // A lease missing right after an install is on its way: wait for it a little.
+        let deadline = self.clock.now() + LEASE_WAIT;
+        loop {
+            let now = self.clock.now();
+            let missing: Vec<&str> = secondaries(view, slot)
+                .into_iter()
+                .filter(|peer| !self.holds(peer, now, view.epoch()))
+                .collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if now >= deadline {
+                return Err(kv_core::Error::Replication(format!(
+                    "the primary of slot {slot} holds no lease from {} (unreachable, or being replaced)",
+                    missing.join(", ")
+                )));
+            }
+            self.kick.notify_one();
+            self.clock.sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// As a strong secondary of `slot` in `view`: checks that the primary's lease is live (it
+    /// cannot have committed a write without this server).
+    pub(crate) fn secondary_lease(&self, view: &Config, slot: Slot) -> Result<(), kv_core::Error> {
+        let primary = view.owner_of_slot(slot).and_then(|id| view.address(id));
+        match primary {
+            Some(primary) if self.holds(primary, self.clock.now(), view.epoch()) => Ok(()),
+            _ => {
+                self.kick.notify_one();
+                Err(kv_core::Error::Replication(format!(
+                    "this secondary of slot {slot} holds no lease from its primary: read at the primary"
+                )))
+            }
+        }
+    }
+
+    /// Grants a lease to the caller of `request`, if it is a peer in the configuration held,
+    /// and at its epoch.
+    pub(crate) fn grant(&self, request: &LeaseRequest) -> Result<LeaseGrant, Error> {
+        let mut promised = lock(&self.promised);
+        let view = self.view.get();
+        if request.epoch != view.epoch() {
+            return Err(Error::Unavailable(format!(
+                "this server is at epoch {}, the caller at {}: leases are between servers at one epoch",
+                view.epoch(),
+                request.epoch
+            )));
+        }
+        if !peers(&view, self.view.me()).contains(&request.from.as_str()) {
+            return Err(Error::FailedPrecondition(format!(
+                "{} shares no slot with this server at epoch {}",
+                request.from,
+                view.epoch()
+            )));
+        }
+        let until = self.clock.now() + LEASE;
+        let promise = promised.entry(request.from.clone()).or_insert(until);
+        *promise = (*promise).max(until);
+        Ok(LeaseGrant { epoch: view.epoch(), lease: LEASE })
+    }
+
+    /// Sets the fences of an install from `previous` to `next`, once the view is `next`:
+    /// - a slot this server keeps as primary but without some secondaries waits out its promises
+    ///   to them (they may still read their copies);
+    /// - a slot it takes over from a failed primary (`promoted`) waits out its promise to that
+    ///   primary (it may still serve);
+    /// - a slot it hands off is sent only once its promises to the slot's secondaries are over
+    ///   (the new owner must not commit a write they could miss).
+    ///
+    /// Starts the renewals on the first install, and renews at once.
+    pub(crate) fn fence_install(&self, previous: &Config, next: &Config, promoted: &[Slot]) {
+        let me = self.view.me();
+        let now = self.clock.now();
+        let promised = lock(&self.promised);
+        let promised_to = |peer: &str| promised.get(peer).copied();
+        let latest = |peers: Vec<&str>| peers.into_iter().filter_map(promised_to).max();
+        let mut fences = lock(&self.fences);
+        let mut fenced = 0;
+        let promoted_set = slot_set(promoted);
+        for slot in 0..SLOTS as Slot {
+            let (was, now_role) = (role(previous, me, slot), role(next, me, slot));
+            let until = if now_role == Role::Primary && promoted_set[usize::from(slot)] {
+                let old = previous.owner_of_slot(slot).and_then(|id| previous.address(id));
+                old.and_then(promised_to)
+            } else if now_role == Role::Primary && was == Role::Primary {
+                let kept = secondaries(next, slot);
+                latest(secondaries(previous, slot).into_iter().filter(|s| !kept.contains(s)).collect())
+            } else if was == Role::Primary {
+                latest(secondaries(previous, slot))
+            } else {
+                None
+            };
+            if let Some(until) = until.filter(|&u| u > now) {
+                fences.insert(slot, until);
+                fenced += 1;
+            }
+        }
+        drop(fences);
+        drop(promised);
+        if fenced > 0 {
+            info!(slots = fenced, "slots wait out leases promised to servers that lost them");
+        }
+        if !self.started.swap(true, Ordering::Relaxed) {
+            tokio::spawn(renew(self.this.clone()));
+        }
+        self.kick.notify_one();
+    }
+
+    /// Asks every peer for a lease, once, and records what they grant.
+    async fn renew_once(&self) {
+        let view = self.view.get();
+        let request = LeaseRequest { from: self.view.me().to_owned(), epoch: view.epoch() };
+        let asks = peers(&view, self.view.me()).into_iter().map(|peer| {
+            let request = &request;
+            async move {
+                let sent = self.clock.now();
+                match self.peers.lease(peer, request, RENEW_TIMEOUT).await {
+                    Ok(grant) => {
+                        if grant.epoch != request.epoch {
+                            return;
+                        }
+                        let until = sent + grant.lease.min(LEASE).mul_f64(CLOCK_MARGIN);
+                        let mut held = lock(&self.held);
+                        let lease = held.entry(peer.to_owned()).or_insert((until, request.epoch));
+                        if lease.1 != request.epoch || lease.0 < until {
+                            *lease = (until, request.epoch);
+                        }
+                    }
+                    Err(err) => debug!(peer, reason = %err, "lease not renewed"),
+                }
+            }
+        });
+        join_all(asks).await;
+    }
+}
+
+/// Renews a server's leases from its peers, every [`RENEW_INTERVAL`] (or at once when kicked),
+/// for as long as the server lives.
+async fn renew(leases: Weak<Leases>) {
+    loop {
+        let Some(leases) = leases.upgrade() else { return };
+        leases.renew_once().await;
+        let _ = timeout(leases.clock.as_ref(), RENEW_INTERVAL, leases.kick.notified()).await;
+    }
+}

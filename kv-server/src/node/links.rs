@@ -1,0 +1,362 @@
+//! A primary's debts to its secondaries, paid in the background: one *link* per secondary,
+//! with a task that sends it what it is owed.
+//!
+//! What a secondary is owed: the commits of strong writes (sent at once, batched), the keys
+//! written that it gets outside the synchronous path (eventual mode, at least every sync
+//! interval, with their values of then), and the catch-up snapshots of slots it is rebuilding
+//! (sent as soon as the slot is served here).
+//!
+//! Invariants:
+//! - a debt is dropped only once paid, or once its secondary is no longer one under this
+//!   primary (its copy is reset anyway); what could not be sent is sent again;
+//! - a snapshot debt is paid only by a send that read the slot at the debt's epoch or later,
+//!   and a slot the secondary refused (it still hands it off itself) stays owed, whole;
+//! - each key's values reach a secondary in the order the primary sent them.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use kv_core::{SessionRecord, Sessions, Storage};
+use kv_replica::messages::{Committed, Replicate, SlotWrite, WriteKind};
+use kv_replica::transport::PeerCalls;
+use kv_replica::{Role, keeps_copy, role, secondaries};
+use kv_shard::clock::{Clock, timeout};
+use kv_shard::{Config, SLOTS, Slot, slot_of};
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use super::batches::{BATCH_BYTES, slot_write, snapshot_batches};
+use super::calls::{ATTEMPT_TIMEOUT, replicate_until};
+use super::routing::Routing;
+use super::view::{View, lock, slot_set};
+
+/// How often a link retries what it could not send.
+const RETRY_INTERVAL: Duration = Duration::from_millis(100);
+
+/// What one secondary is owed, sent by a background task.
+#[derive(Debug)]
+struct Link {
+    to: String,
+    /// Strong mode: writes committed here, to tell it.
+    commits: Mutex<Vec<Committed>>,
+    /// Eventual mode, outside the synchronous secondaries: keys written since the last flush.
+    owed_keys: Mutex<HashSet<String>>,
+    /// Slots it is catching up, owed a snapshot, with the epoch that made them owed.
+    snapshots: Mutex<BTreeMap<Slot, u64>>,
+    wake: Notify,
+}
+
+impl Link {
+    fn new(to: &str) -> Self {
+        Link {
+            to: to.to_owned(),
+            commits: Mutex::new(Vec::new()),
+            owed_keys: Mutex::new(HashSet::new()),
+            snapshots: Mutex::new(BTreeMap::new()),
+            wake: Notify::new(),
+        }
+    }
+}
+
+/// A primary's links to its secondaries.
+pub(crate) struct Links {
+    this: Weak<Links>,
+    view: Arc<View>,
+    routing: Arc<Routing>,
+    storage: Arc<dyn Storage>,
+    sessions: Arc<Sessions>,
+    peers: Arc<dyn PeerCalls>,
+    clock: Arc<dyn Clock>,
+    links: Mutex<HashMap<String, Arc<Link>>>,
+}
+
+impl std::fmt::Debug for Links {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Links")
+            .field("links", &lock(&self.links).keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Links {
+    pub(crate) fn new(
+        view: Arc<View>,
+        routing: Arc<Routing>,
+        storage: Arc<dyn Storage>,
+        sessions: Arc<Sessions>,
+        peers: Arc<dyn PeerCalls>,
+        clock: Arc<dyn Clock>,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|this| Links {
+            this: this.clone(),
+            view,
+            routing,
+            storage,
+            sessions,
+            peers,
+            clock,
+            links: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The link to secondary `to`, started on first use.
+    fn link(&self, to: &str) -> Arc<Link> {
+        let mut links = lock(&self.links);
+        if let Some(link) = links.get(to) {
+            return Arc::clone(link);
+        }
+        let link = Arc::new(Link::new(to));
+        links.insert(to.to_owned(), Arc::clone(&link));
+        tokio::spawn(run(self.this.clone(), Arc::clone(&link)));
+        link
+    }
+
+    /// Owes every one of `targets` the commit of write `seq` of `slot`, and wakes them.
+    pub(crate) fn committed(&self, targets: &[String], slot: Slot, seq: u64) {
+        for target in targets {
+            let link = self.link(target);
+            lock(&link.commits).push(Committed { slot, seq });
+            link.wake.notify_one();
+        }
+    }
+
+    /// Owes every one of `targets` the current value of `key`, at their next flush.
+    pub(crate) fn owe_key(&self, targets: &[String], key: &str) {
+        for target in targets {
+            lock(&self.link(target).owed_keys).insert(key.to_owned());
+        }
+    }
+
+    /// Whether this primary still owes secondary `to` a snapshot of `slot`.
+    pub(crate) fn snapshot_owed(&self, to: &str, slot: Slot) -> bool {
+        let link = lock(&self.links).get(to).cloned();
+        link.is_some_and(|link| lock(&link.snapshots).contains_key(&slot))
+    }
+
+    /// Wakes every link (a slot became servable here: its snapshots can go).
+    pub(crate) fn wake_all(&self) {
+        for link in lock(&self.links).values() {
+            link.wake.notify_one();
+        }
+    }
+
+    /// The primary side of an install from `previous` to `next`: links to servers that are no
+    /// longer secondaries of ours forget what they owed, and every secondary that cannot keep its
+    /// copy of a slot is owed a snapshot of it; returns how many.
+    pub(crate) fn install(&self, previous: &Config, next: &Config) -> usize {
+        let me = self.view.me();
+        let mut owed: BTreeMap<&str, Vec<Slot>> = BTreeMap::new();
+        for slot in 0..SLOTS as Slot {
+            if role(next, me, slot) != Role::Primary {
+                continue;
+            }
+            for target in secondaries(next, slot) {
+                if !keeps_copy(previous, next, target, slot) {
+                    owed.entry(target).or_default().push(slot);
+                }
+            }
+        }
+        let links: Vec<Arc<Link>> = lock(&self.links).values().cloned().collect();
+        for link in links {
+            lock(&link.snapshots).retain(|&slot, _| {
+                role(next, me, slot) == Role::Primary && secondaries(next, slot).contains(&link.to.as_str())
+            });
+        }
+        let resyncs = owed.values().map(Vec::len).sum::<usize>();
+        for (target, slots) in owed {
+            let link = self.link(target);
+            lock(&link.snapshots).extend(slots.into_iter().map(|slot| (slot, next.epoch())));
+            link.wake.notify_one();
+        }
+        resyncs
+    }
+
+    /// Sends `link` the commits it is owed; keeps them if it is unreachable.
+    async fn send_commits(&self, link: &Link) -> bool {
+        let commits = std::mem::take(&mut *lock(&link.commits));
+        if commits.is_empty() {
+            return true;
+        }
+        let batch = Replicate {
+            epoch: self.view.get().epoch(),
+            from: self.view.me().to_owned(),
+            commits,
+            ..Replicate::default()
+        };
+        let deadline = self.clock.now() + ATTEMPT_TIMEOUT;
+        match replicate_until(self.peers.as_ref(), self.clock.as_ref(), &link.to, &batch, deadline).await {
+            Ok(_) => true,
+            Err(err) if err.is_retryable() => {
+                let mut commits = lock(&link.commits);
+                let mut retried = batch.commits;
+                retried.append(&mut commits);
+                *commits = retried;
+                false
+            }
+            Err(err) => {
+                // Not our secondary any more: its copy is reset anyway.
+                debug!(to = link.to, reason = %err, "commits dropped");
+                true
+            }
+        }
+    }
+
+    /// Sends `link` the current values of the keys it is owed (eventual mode's background
+    /// writes).
+    async fn flush(&self, link: &Link) -> bool {
+        let keys = std::mem::take(&mut *lock(&link.owed_keys));
+        if keys.is_empty() {
+            return true;
+        }
+        let view = self.view.get();
+        let me = self.view.me();
+        let mut writes = Vec::with_capacity(keys.len());
+        let mut unsent = Vec::new();
+        for key in keys {
+            let slot = slot_of(&key);
+            if role(&view, me, slot) != Role::Primary || !secondaries(&view, slot).contains(&link.to.as_str())
+            {
+                continue;
+            }
+            match self.storage.get(&key).await {
+                Ok(value) => writes.push(slot_write(slot, 0, &key, value, None)),
+                Err(_) => unsent.push(key),
+            }
+        }
+        let mut ok = true;
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        let mut writes = writes.into_iter().peekable();
+        while let Some(write) = writes.next() {
+            bytes += write.write.key.len() + write.write.value.as_ref().map_or(0, String::len);
+            batch.push(write);
+            if bytes >= BATCH_BYTES || writes.peek().is_none() {
+                let sent = std::mem::take(&mut batch);
+                bytes = 0;
+                let keys: Vec<String> = sent.iter().map(|w| w.write.key.clone()).collect();
+                if self.send(&view, link, sent, WriteKind::Apply, Vec::new(), &[]).await.is_none() {
+                    // Sent again later, with the values of then.
+                    unsent.extend(keys);
+                    unsent.extend(writes.by_ref().map(|w| w.write.key));
+                    ok = false;
+                }
+            }
+        }
+        if !ok {
+            warn!(to = link.to, keys = unsent.len(), "background replication failed; retrying");
+        }
+        lock(&link.owed_keys).extend(unsent);
+        ok
+    }
+
+    /// Sends the snapshots `link` is owed, of the slots this server serves now.
+    async fn send_snapshots(&self, link: &Link) -> bool {
+        let owed: Vec<(Slot, u64)> = lock(&link.snapshots).iter().map(|(&s, &e)| (s, e)).collect();
+        if owed.is_empty() {
+            return true;
+        }
+        let ready: Vec<Slot> = {
+            let table = self.routing.read().await;
+            owed.iter().map(|&(slot, _)| slot).filter(|&slot| table.ownership.check(slot).is_ok()).collect()
+        };
+        if ready.is_empty() {
+            return false;
+        }
+        let view = self.view.get();
+        let set = slot_set(&ready);
+        let Ok(entries) = self.storage.export(&|key| set[usize::from(slot_of(key))]).await else {
+            return false;
+        };
+        let started = self.clock.now();
+        let keys = entries.len();
+        let mut sessions = Some(self.sessions.export(|slot| set[usize::from(slot)]));
+        // Slots the secondary could not take yet (it still hands them off itself): the others
+        // go on, so that no two hand-offs wait on each other's catch-up; these go again later,
+        // whole, and are never marked synced from a part.
+        let mut refused = HashSet::new();
+        for (writes, mut done) in snapshot_batches(entries, &ready) {
+            done.retain(|slot| !refused.contains(slot));
+            let records = sessions.take().unwrap_or_default();
+            let Some(not_taken) = self.send(&view, link, writes, WriteKind::Snapshot, done, &records).await
+            else {
+                return false;
+            };
+            refused.extend(not_taken);
+        }
+        // Only the debts this send paid: an install meanwhile may have owed a slot anew.
+        let paid: BTreeMap<Slot, u64> =
+            owed.into_iter().filter(|(slot, _)| !refused.contains(slot)).collect();
+        lock(&link.snapshots)
+            .retain(|slot, epoch| !(set[usize::from(*slot)] && paid.get(slot) == Some(epoch)));
+        info!(
+            to = link.to,
+            slots = ready.len() - refused.len(),
+            later = refused.len(),
+            keys,
+            took = ?self.clock.now() - started,
+            "secondary caught up"
+        );
+        refused.is_empty()
+    }
+
+    /// Sends `writes` (and `synced`, and exactly-once records) to `link` in one batch; returns
+    /// the slots of a snapshot it did not take (to send again later), or nothing if the batch
+    /// failed.
+    async fn send(
+        &self,
+        view: &Config,
+        link: &Link,
+        writes: Vec<SlotWrite>,
+        kind: WriteKind,
+        synced: Vec<Slot>,
+        sessions: &[SessionRecord],
+    ) -> Option<Vec<Slot>> {
+        if writes.is_empty() && synced.is_empty() {
+            return Some(Vec::new());
+        }
+        let batch = Replicate {
+            epoch: view.epoch(),
+            from: self.view.me().to_owned(),
+            writes,
+            kind,
+            synced,
+            sessions: sessions.to_vec(),
+            ..Replicate::default()
+        };
+        let deadline = self.clock.now() + ATTEMPT_TIMEOUT * 5;
+        match replicate_until(self.peers.as_ref(), self.clock.as_ref(), &link.to, &batch, deadline).await {
+            Ok(ack) => Some(ack.refused),
+            Err(err) => {
+                debug!(to = link.to, reason = %err, "replication batch not taken");
+                None
+            }
+        }
+    }
+}
+
+/// Sends a secondary what it is owed: commits at once, snapshots as soon as their slots are
+/// served here, and (eventual mode) the keys written, at least every sync interval. Ends with
+/// the server.
+async fn run(links: Weak<Links>, link: Arc<Link>) {
+    let Some(clock) = links.upgrade().map(|links| Arc::clone(&links.clock)) else { return };
+    let mut last_flush: Instant = clock.now();
+    let mut behind = false;
+    loop {
+        let interval = match links.upgrade() {
+            Some(links) => links.view.get().replication().sync_interval,
+            None => return,
+        };
+        let since_flush = clock.now().saturating_duration_since(last_flush);
+        let wait = if behind { RETRY_INTERVAL } else { interval.saturating_sub(since_flush) };
+        let _ = timeout(clock.as_ref(), wait.max(Duration::from_millis(1)), link.wake.notified()).await;
+        let Some(links) = links.upgrade() else { return };
+        let mut ok = links.send_commits(&link).await;
+        if clock.now().saturating_duration_since(last_flush) >= interval {
+            last_flush = clock.now();
+            ok &= links.flush(&link).await;
+        }
+        ok &= links.send_snapshots(&link).await;
+        behind = !ok;
+    }
+}

@@ -1,0 +1,315 @@
+//! A storage server: the engine, the exactly-once sessions, the slots it serves, and the
+//! replication and hand-off protocols that keep its copies and its peers' in step (the
+//! protocols are in `kv_shard`'s and `kv_replica`'s docs).
+//!
+//! [`Node`] is what a binding serves; it owns one of each of the parts below, which share the
+//! lower ones and never the reverse:
+//! - [`view`] (the configuration held) and [`routing`] (the slot table every request passes);
+//! - [`leases`] between replicas, and the fences they put on slots that change hands;
+//! - [`links`], a primary's debts to its secondaries, paid in the background;
+//! - [`copies`], the secondary side; [`primary`], the write path;
+//! - [`handoffs`], slots moving between servers; [`install`], the switch to a new epoch.
+//!
+//! Every wait reads time through the [`Clock`] the node is given, and every call to another
+//! server goes through the [`PeerCalls`] it is given, so the same node runs over gRPC, in
+//! memory, or in a simulator.
+
+mod batches;
+mod calls;
+mod copies;
+mod handoffs;
+mod install;
+mod leases;
+mod links;
+mod plan;
+mod primary;
+mod routing;
+mod view;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kv_core::session::Begin;
+use kv_core::{Error, Mutation, Output, RequestId, Sessions, Storage};
+use kv_replica::messages::{LeaseGrant, LeaseRequest, Replicate, ReplicateAck};
+use kv_replica::secondaries;
+use kv_replica::transport::PeerCalls;
+use kv_shard::clock::Clock;
+use kv_shard::messages::{HandOffCopy, Install, InstallReport, Pong, ServerStatus, TransferBatch};
+use kv_shard::{Consistency, SLOTS, Slot};
+use tracing::{info, warn};
+
+use self::copies::Copies;
+use self::handoffs::Handoffs;
+use self::install::Installer;
+use self::leases::Leases;
+use self::links::Links;
+use self::primary::Primary;
+use self::routing::Routing;
+use self::view::{View, lock};
+
+/// How a storage server runs.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    /// The address this server has as a member.
+    pub me: String,
+    /// Started to join a cluster: it serves nothing until it has joined (otherwise it is
+    /// standalone until then, and serves every key).
+    pub joining: bool,
+    /// How long one hand-off may keep retrying a peer that does not answer.
+    pub handoff_timeout: Duration,
+    /// Tells the shard master this process from an earlier one at the same address: drawn at
+    /// random when the process starts, from the seed its binding chose.
+    pub incarnation: u64,
+}
+
+/// One storage server.
+pub struct Node {
+    storage: Arc<dyn Storage>,
+    sessions: Arc<Sessions>,
+    view: Arc<View>,
+    routing: Arc<Routing>,
+    leases: Arc<Leases>,
+    copies: Arc<Copies>,
+    primary: Arc<Primary>,
+    handoffs: Arc<Handoffs>,
+    installer: Installer,
+    clock: Arc<dyn Clock>,
+    incarnation: u64,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("me", &self.view.me())
+            .field("epoch", &self.epoch())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// A server over `storage`, calling its peers through `peers`, reading time from `clock`.
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        settings: NodeSettings,
+        peers: Arc<dyn PeerCalls>,
+        clock: Arc<dyn Clock>,
+    ) -> Arc<Self> {
+        let sessions = Arc::new(Sessions::default());
+        let view = Arc::new(View::new(settings.me.clone()));
+        let routing = Arc::new(Routing::new(settings.me, settings.joining));
+        let leases = Leases::new(Arc::clone(&view), Arc::clone(&peers), Arc::clone(&clock));
+        let links = Links::new(
+            Arc::clone(&view),
+            Arc::clone(&routing),
+            Arc::clone(&storage),
+            Arc::clone(&sessions),
+            Arc::clone(&peers),
+            Arc::clone(&clock),
+        );
+        let copies = Arc::new(Copies::new(
+            Arc::clone(&view),
+            Arc::clone(&storage),
+            Arc::clone(&sessions),
+            Arc::clone(&leases),
+            Arc::clone(&peers),
+            Arc::clone(&clock),
+        ));
+        let primary = Arc::new(Primary::new(
+            Arc::clone(&view),
+            Arc::clone(&storage),
+            Arc::clone(&sessions),
+            Arc::clone(&leases),
+            Arc::clone(&links),
+            Arc::clone(&peers),
+            Arc::clone(&clock),
+        ));
+        let handoffs = Arc::new(Handoffs::new(
+            Arc::clone(&view),
+            Arc::clone(&routing),
+            Arc::clone(&storage),
+            Arc::clone(&sessions),
+            Arc::clone(&leases),
+            Arc::clone(&copies),
+            Arc::clone(&links),
+            Arc::clone(&peers),
+            Arc::clone(&clock),
+            settings.handoff_timeout,
+        ));
+        let installer = Installer {
+            view: Arc::clone(&view),
+            routing: Arc::clone(&routing),
+            storage: Arc::clone(&storage),
+            sessions: Arc::clone(&sessions),
+            copies: Arc::clone(&copies),
+            links,
+            primary: Arc::clone(&primary),
+            handoffs: Arc::clone(&handoffs),
+            evicted: tokio::sync::Notify::new(),
+        };
+        Arc::new(Node {
+            storage,
+            sessions,
+            view,
+            routing,
+            leases,
+            copies,
+            primary,
+            handoffs,
+            installer,
+            clock,
+            incarnation: settings.incarnation,
+        })
+    }
+
+    /// The epoch of the configuration this server holds (0: none).
+    pub fn epoch(&self) -> u64 {
+        self.view.get().epoch()
+    }
+
+    /// This process's incarnation.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// Notified when a configuration shows this server was failed over and is no longer a
+    /// member (it comes back empty: it joins again, as a new member).
+    pub fn evicted(&self) -> &tokio::sync::Notify {
+        &self.installer.evicted
+    }
+
+    /// The value of `key`: at its primary, or at a ready secondary.
+    pub async fn get(&self, key: &str) -> Result<Option<String>, Error> {
+        self.storage.limits().check_key(key)?;
+        match self.routing.admit(key).await {
+            Ok((_admitted, slot)) => {
+                let view = self.view.get();
+                if view.replication().consistency == Consistency::Strong && view.replication().factor > 1 {
+                    self.leases.primary_lease(&view, slot).await?;
+                }
+                self.storage.get(key).await
+            }
+            Err(refused @ Error::WrongShard { slot, .. }) => self.copies.read(key, slot, refused).await,
+            Err(refused) => Err(refused),
+        }
+    }
+
+    /// Applies `mutation`; if it carries an id, at most once (see [`kv_core::session`]).
+    pub async fn write(&self, id: Option<RequestId>, mutation: Mutation) -> Result<Output, Error> {
+        self.storage.limits().check_key(&mutation.key)?;
+        let (_admitted, slot) = self.routing.admit(&mutation.key).await?;
+        let view = self.view.get();
+        if view.replication().factor > 1 {
+            let targets: Vec<String> = secondaries(&view, slot).into_iter().map(str::to_owned).collect();
+            if !targets.is_empty() {
+                return self.primary.write(&view, targets, slot, id, mutation).await;
+            }
+            // No secondary left, but the servers that lost the slot may still read it.
+            self.leases.wait_fence(slot).await;
+        }
+        let Some(id) = id else {
+            return self.storage.apply(mutation).await;
+        };
+        match self.sessions.begin(id, mutation.fingerprint(), slot, self.clock.now())? {
+            Begin::Answered(output) => Ok(output),
+            Begin::Apply(ticket) => {
+                // No await point between the engine applying the write and the ticket recording
+                // it: the in-memory engine completes `apply` without yielding.
+                let output = self.storage.apply(mutation).await?;
+                ticket.finish(&output);
+                Ok(output)
+            }
+        }
+    }
+
+    /// Switches to the configuration `install` carries, then hands off what this server owes
+    /// (see [`kv_shard::messages::Install`]). Refused if it is meant for another process.
+    pub async fn install(&self, install: Install) -> Result<InstallReport, kv_replica::Error> {
+        if install.incarnation != 0 && install.incarnation != self.incarnation {
+            return Err(kv_replica::Error::FailedPrecondition(
+                "this server restarted since it joined, and holds nothing of what it held".to_owned(),
+            ));
+        }
+        self.installer.install(install).await
+    }
+
+    /// Takes one batch of a slot hand-off from the slots' previous owner; returns the slots it
+    /// completed that were taken exactly as sent.
+    pub async fn transfer(&self, batch: TransferBatch) -> Result<Vec<Slot>, kv_replica::Error> {
+        self.handoffs.transfer(batch).await
+    }
+
+    /// Takes one replication batch from a primary.
+    pub async fn replicate(&self, batch: Replicate) -> Result<ReplicateAck, kv_replica::Error> {
+        self.copies.replicate(batch).await
+    }
+
+    /// Grants a lease to a peer, if it is one at this server's epoch.
+    pub fn grant_lease(&self, request: &LeaseRequest) -> Result<LeaseGrant, kv_replica::Error> {
+        self.leases.grant(request)
+    }
+
+    /// Sends the copies kept of a dead primary's slots where it would have sent them.
+    pub async fn hand_off_copy(&self, request: HandOffCopy) -> Result<InstallReport, kv_replica::Error> {
+        let slots = request.slots.len() as u64;
+        let keys = self.handoffs.hand_off_copy(request).await?;
+        Ok(InstallReport { slots_sent: slots, keys_sent: keys, never_arrived: Vec::new() })
+    }
+
+    /// This server's answer to a ping.
+    pub fn ping(&self) -> Pong {
+        Pong { epoch: self.epoch(), incarnation: self.incarnation }
+    }
+
+    /// What this server holds.
+    pub async fn status(&self) -> Result<ServerStatus, Error> {
+        let keys = self.storage.key_count().await? as u64;
+        let table = self.routing.read().await;
+        let incoming = table.ownership.incoming().values().map(Vec::len).sum::<usize>();
+        let (replica_slots, unready) = self.copies.readiness().await;
+        let owed = lock(&self.handoffs.owed).clone();
+        let outgoing_slots = owed.values().map(Vec::len).sum::<usize>() as u32;
+        Ok(ServerStatus {
+            replica_slots,
+            syncing_slots: unready.len() as u32,
+            unready,
+            owed,
+            retired: self.copies.retired(),
+            incarnation: self.incarnation,
+            address: table.ownership.me().to_owned(),
+            epoch: table.ownership.epoch(),
+            serving_slots: if table.standalone { SLOTS } else { table.ownership.serving() } as u32,
+            incoming_slots: incoming as u32,
+            outgoing_slots,
+            keys,
+            standalone: table.standalone,
+        })
+    }
+
+    /// Waits until this server owes no hand-off (the shard master resumes failed ones), or
+    /// `timeout` passes; returns whether none is owed.
+    pub async fn wait_for_handoffs(&self, timeout: Duration) -> bool {
+        let deadline = self.clock.now() + timeout;
+        let mut told = false;
+        loop {
+            // The lock is held while a hand-off runs, so this also waits for one in progress.
+            let lock = self.handoffs.outgoing.lock();
+            let owed = match kv_shard::clock::timeout_at(self.clock.as_ref(), deadline, lock).await {
+                Ok(outgoing) => outgoing.slots(),
+                Err(_) => return false,
+            };
+            if owed == 0 {
+                return true;
+            }
+            if self.clock.now() >= deadline {
+                warn!(slots = owed, "stopping with slots not handed off: their data is lost");
+                return false;
+            }
+            if !told {
+                info!(slots = owed, "waiting for the shard master to resume hand-offs");
+                told = true;
+            }
+            self.clock.sleep(Duration::from_millis(200)).await;
+        }
+    }
+}

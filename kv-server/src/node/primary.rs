@@ -1,0 +1,233 @@
+//! The primary's write path of a replicated slot: a write is numbered, applied or prepared, and
+//! sent to the slot's secondaries as the protocol's consistency level says (the protocol is in
+//! `kv_replica`'s docs, "Writes").
+//!
+//! Invariants:
+//! - a slot's writes are replicated one at a time: the slot's sequence lock is held from
+//!   numbering a write to knowing whether it was applied;
+//! - strong mode applies a write here (its linearization point) only once every secondary
+//!   holds it prepared; a write prepared and not applied is named as aborted to the secondaries
+//!   with the next prepare of its key;
+//! - eventual mode applies a write here first, then waits for the synchronous secondaries; the
+//!   others are owed the key in the background, and so is a synchronous one that missed it;
+//! - a write still waiting for a secondary when an install comes gives up soon: the install
+//!   waits for it, and may be the one that removes that secondary (it died).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use kv_core::session::Begin;
+use kv_core::{Answer, Error, Mutation, Output, RequestId, SessionRecord, Sessions, Storage};
+use kv_replica::SlotSequence;
+use kv_replica::messages::{Replicate, SlotWrite, WriteKind};
+use kv_replica::transport::PeerCalls;
+use kv_shard::clock::Clock;
+use kv_shard::{Config, Consistency, SLOTS, Slot};
+use tokio::sync::{Mutex, watch};
+
+use super::batches::slot_write;
+use super::calls::replicate_until;
+use super::leases::Leases;
+use super::links::Links;
+use super::view::View;
+
+/// Longest a write waits for its synchronous secondaries before it fails (retryable).
+const REPLICATE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a write waiting for its secondaries lets a pending install wait before giving up.
+const INSTALL_GRACE: Duration = Duration::from_millis(50);
+
+/// The exactly-once record of one answered write.
+fn session_record(id: RequestId, fingerprint: u64, output: &Output, slot: Slot) -> SessionRecord {
+    SessionRecord {
+        client: id.client,
+        floor: id.first_unanswered,
+        answers: vec![Answer { seq: id.seq, fingerprint, output: output.clone(), tag: slot }],
+    }
+}
+
+/// Sets `key` to `value` (or removes it) in `storage`.
+async fn store(storage: &dyn Storage, key: String, value: Option<String>) -> Result<(), Error> {
+    let mutation = match value {
+        Some(value) => Mutation::put(key, value),
+        None => Mutation::delete(key),
+    };
+    storage.apply(mutation).await.map(drop)
+}
+
+/// The primary side of a storage server.
+pub(crate) struct Primary {
+    view: Arc<View>,
+    storage: Arc<dyn Storage>,
+    sessions: Arc<Sessions>,
+    leases: Arc<Leases>,
+    links: Arc<Links>,
+    peers: Arc<dyn PeerCalls>,
+    clock: Arc<dyn Clock>,
+    /// Each slot's writes, locked while a write is replicated.
+    seqs: Vec<Mutex<SlotSequence>>,
+    /// Whether an install waits for the requests in flight: a write stuck replicating to a
+    /// secondary (one the install may remove) then gives up soon.
+    installing: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Primary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Primary").field("installing", &*self.installing.borrow()).finish_non_exhaustive()
+    }
+}
+
+impl Primary {
+    pub(crate) fn new(
+        view: Arc<View>,
+        storage: Arc<dyn Storage>,
+        sessions: Arc<Sessions>,
+        leases: Arc<Leases>,
+        links: Arc<Links>,
+        peers: Arc<dyn PeerCalls>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Primary {
+            view,
+            storage,
+            sessions,
+            leases,
+            links,
+            peers,
+            clock,
+            seqs: (0..SLOTS).map(|_| Mutex::new(SlotSequence::default())).collect(),
+            installing: watch::Sender::new(false),
+        }
+    }
+
+    /// Says whether an install is waiting for the requests in flight.
+    pub(crate) fn set_installing(&self, installing: bool) {
+        self.installing.send_replace(installing);
+    }
+
+    /// Applies a write at the primary of a replicated slot, and replicates it to `targets`, its
+    /// secondaries in `view`; the caller holds the routing read guard.
+    pub(crate) async fn write(
+        &self,
+        view: &Config,
+        targets: Vec<String>,
+        slot: Slot,
+        id: Option<RequestId>,
+        mutation: Mutation,
+    ) -> Result<Output, Error> {
+        let mut seq = self.seqs[usize::from(slot)].lock().await;
+        self.leases.primary_lease(view, slot).await?;
+        let fingerprint = mutation.fingerprint();
+        let ticket = match id {
+            None => None,
+            Some(id) => match self.sessions.begin(id, fingerprint, slot, self.clock.now())? {
+                Begin::Answered(output) => return Ok(output),
+                Begin::Apply(ticket) => Some(ticket),
+            },
+        };
+        let Mutation { key, op } = mutation;
+        let replication = *view.replication();
+        match replication.consistency {
+            Consistency::Strong => {
+                let mut value = self.storage.get(&key).await?;
+                let output = op.apply(&mut value, self.storage.limits())?;
+                let number = seq.number();
+                let session = id.map(|id| session_record(id, fingerprint, &output, slot));
+                let mut write = slot_write(slot, number, &key, value.clone(), session);
+                write.aborted = seq.aborted(&key);
+                // Applying it is the linearization point: from then on, reads here see the write.
+                let applied = match self.replicate_now(view, &targets, vec![write], WriteKind::Prepare).await
+                {
+                    Ok(()) => store(self.storage.as_ref(), key.clone(), value).await,
+                    Err(err) => Err(err),
+                };
+                if let Err(err) = applied {
+                    // Not applied here: the secondaries that prepared it must not commit it.
+                    seq.abort(key, number);
+                    return Err(err);
+                }
+                seq.applied(&key);
+                if let Some(ticket) = ticket {
+                    ticket.finish(&output);
+                }
+                self.links.committed(&targets, slot, number);
+                Ok(output)
+            }
+            Consistency::Eventual => {
+                let output = self.storage.apply(Mutation { key: key.clone(), op }).await?;
+                if let Some(ticket) = ticket {
+                    ticket.finish(&output);
+                }
+                let value = self.storage.get(&key).await?;
+                let number = seq.number();
+                let (sync, background) = targets.split_at(replication.sync_replicas.min(targets.len()));
+                self.links.owe_key(background, &key);
+                if !sync.is_empty() {
+                    let session = id.map(|id| session_record(id, fingerprint, &output, slot));
+                    let write = slot_write(slot, number, &key, value, session);
+                    if let Err(err) = self.replicate_now(view, sync, vec![write], WriteKind::Apply).await {
+                        // Applied here, and answered to a retry: the background flush repairs
+                        // the synchronous secondaries that missed it.
+                        self.links.owe_key(sync, &key);
+                        return Err(err);
+                    }
+                }
+                Ok(output)
+            }
+        }
+    }
+
+    /// Sends `writes` to every one of `targets` and waits for all to confirm, retrying those
+    /// that are unreachable or behind until [`REPLICATE_TIMEOUT`].
+    async fn replicate_now(
+        &self,
+        view: &Config,
+        targets: &[String],
+        writes: Vec<SlotWrite>,
+        kind: WriteKind,
+    ) -> Result<(), Error> {
+        let batch = Replicate {
+            epoch: view.epoch(),
+            from: self.view.me().to_owned(),
+            writes,
+            kind,
+            ..Replicate::default()
+        };
+        let deadline = self.clock.now() + REPLICATE_TIMEOUT;
+        let sends = targets.iter().map(|target| {
+            let batch = &batch;
+            async move {
+                let sent =
+                    replicate_until(self.peers.as_ref(), self.clock.as_ref(), target, batch, deadline).await;
+                (target, sent.map(drop))
+            }
+        });
+        // A write still waiting for a secondary when an install comes gives up soon: the install
+        // waits for it, and may be the one that removes that secondary (it died).
+        let mut installing = self.installing.subscribe();
+        let give_up = async move {
+            let _ = installing.wait_for(|&pending| pending).await;
+            self.clock.sleep(INSTALL_GRACE).await;
+        };
+        let results = tokio::select! {
+            results = join_all(sends) => results,
+            () = give_up => {
+                return Err(Error::Replication(
+                    "the cluster's configuration is changing while a secondary does not answer".to_owned(),
+                ));
+            }
+        };
+        let failures: Vec<String> = results
+            .into_iter()
+            .filter_map(|(target, result)| result.err().map(|err| format!("{target}: {err}")))
+            .collect();
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Replication(format!(
+                "secondaries did not confirm the write ({})",
+                failures.join("; ")
+            )))
+        }
+    }
+}
