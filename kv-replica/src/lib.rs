@@ -225,11 +225,13 @@
 
 mod error;
 pub mod messages;
+mod node;
 pub mod secondary;
 pub mod sequence;
 pub mod transport;
 
 pub use error::{Error, Result};
 pub use kv_shard::roles::{Role, heirs, keeps_copy, peers, role, secondaries};
+pub use node::{Node, NodeSettings};
 pub use secondary::{ReplicatedWrite, SlotReplica, SlotState, Takeover};
 pub use sequence::SlotSequence;

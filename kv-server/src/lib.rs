@@ -17,10 +17,8 @@
 //! `NOT_SERVING`, the listener stops accepting, requests in flight finish, and after
 //! [`StorageConfig::shutdown_grace`] whatever is left is dropped.
 
-pub mod node;
 pub mod service;
 
-mod master;
 mod server;
 pub mod transport;
 

@@ -16,12 +16,12 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
-use crate::node::{Node, NodeSettings};
 use crate::service::{
     CompatKvService, CompatShardMasterService, KeyValueService, MasterSettings, NodeService, ShardMaster,
     ShardMasterService,
 };
 use crate::transport::{GrpcMaster, GrpcTransport};
+use kv_replica::{Node, NodeSettings};
 
 /// How a storage server is set up.
 #[derive(Debug, Clone)]

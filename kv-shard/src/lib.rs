@@ -110,6 +110,7 @@ pub mod clock;
 mod config;
 mod error;
 pub mod handoff;
+mod master;
 pub mod member;
 pub mod messages;
 mod ownership;
@@ -119,4 +120,5 @@ pub mod transport;
 
 pub use config::{Config, Consistency, Replication, SLOTS, ServerId, Slot, SlotMove, slot_of};
 pub use error::{Error, Result};
+pub use master::{MasterSettings, ShardMaster};
 pub use ownership::{Accept, Handoff, Ownership, Refused};

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use super::to_status;
-use crate::node::Node;
+use kv_replica::Node;
 
 /// Serves the course assignment's `KVStore` over a storage server's [`Node`] (so it serves the
 /// same slots as the native API, and refuses the others the same way).

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use super::shard_master::no_member;
-use crate::master::ShardMaster;
+use kv_shard::ShardMaster;
 
 /// Serves the course assignment's `ShardMaster` over the shared [`ShardMaster`].
 #[derive(Debug, Clone)]

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use super::to_status;
-use crate::node::Node;
+use kv_replica::Node;
 
 /// Serves the native API over a storage server's [`Node`], applying identified writes exactly
 /// once.

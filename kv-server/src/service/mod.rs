@@ -13,7 +13,7 @@ pub use key_value::KeyValueService;
 pub use node::NodeService;
 pub use shard_master::ShardMasterService;
 
-pub use crate::master::{MasterSettings, ShardMaster};
+pub use kv_shard::{MasterSettings, ShardMaster};
 
 use kv_core::Error;
 use tonic::Status;

@@ -1,4 +1,4 @@
-//! `kv.v1.Node`: a storage server's side of the cluster protocols (see [`crate::node`]).
+//! `kv.v1.Node`: a storage server's side of the cluster protocols (see [`kv_replica::Node`]).
 
 use std::sync::Arc;
 
@@ -13,8 +13,8 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use super::to_status;
-use crate::node::Node;
 use crate::transport::authorised;
+use kv_replica::Node;
 
 /// Serves the cluster RPCs of one storage server. With a cluster token, only callers that
 /// present it are served, but `Status` and `Ping`, which are read-only and open.

@@ -7,7 +7,7 @@ use kv_shard::slot_of;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
-use crate::master::ShardMaster;
+use kv_shard::ShardMaster;
 
 /// Serves the native shard master API over the shared [`ShardMaster`].
 #[derive(Debug, Clone)]

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use kv_shard::Config;
+use crate::Config;
 
 /// One install of a catch-up: the configuration before, and the one to install.
 pub(crate) type Step = (Arc<Config>, Arc<Config>);

@@ -14,9 +14,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use kv_shard::messages::ServerStatus;
-use kv_shard::roles::{heirs, secondaries};
-use kv_shard::{Config, ServerId, Slot};
+use crate::messages::ServerStatus;
+use crate::roles::{heirs, secondaries};
+use crate::{Config, ServerId, Slot};
 
 /// One slot of the last change, moving from one server to another (by address).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,8 +118,8 @@ pub(crate) fn plan_failover(
 
 #[cfg(test)]
 mod tests {
-    use kv_shard::roles::{Role, role};
-    use kv_shard::{Replication, SLOTS};
+    use crate::roles::{Role, role};
+    use crate::{Replication, SLOTS};
     use proptest::prelude::*;
 
     use super::*;

@@ -6,8 +6,8 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use crate::{Config, Error, ServerId, Slot};
 use futures_util::future::join_all;
-use kv_shard::{Config, Error, ServerId, Slot};
 use tracing::info;
 
 use super::copies::{hand_off_copies, snapshot_from_copy};

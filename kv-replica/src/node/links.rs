@@ -17,10 +17,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use crate::messages::{Committed, Replicate, SlotWrite, WriteKind};
+use crate::transport::PeerCalls;
+use crate::{Role, keeps_copy, role, secondaries};
 use kv_core::{SessionRecord, Sessions, Storage};
-use kv_replica::messages::{Committed, Replicate, SlotWrite, WriteKind};
-use kv_replica::transport::PeerCalls;
-use kv_replica::{Role, keeps_copy, role, secondaries};
 use kv_shard::clock::{Clock, timeout};
 use kv_shard::{Config, SLOTS, Slot, slot_of};
 use tokio::sync::Notify;

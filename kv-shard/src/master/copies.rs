@@ -2,10 +2,10 @@
 //! owner of a slot the dead primary was handing off, or, as the snapshot the primary would have
 //! sent, to a secondary still catching up that is to take the slot over.
 
-use kv_shard::Config;
-use kv_shard::Slot;
-use kv_shard::messages::HandOffCopy;
-use kv_shard::roles::secondaries;
+use crate::Config;
+use crate::Slot;
+use crate::messages::HandOffCopy;
+use crate::roles::secondaries;
 use tracing::warn;
 
 use super::calls::Calls;

@@ -19,10 +19,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use crate::messages::{LeaseGrant, LeaseRequest};
+use crate::transport::PeerCalls;
+use crate::{Error, Role, peers, role, secondaries};
 use futures_util::future::join_all;
-use kv_replica::messages::{LeaseGrant, LeaseRequest};
-use kv_replica::transport::PeerCalls;
-use kv_replica::{Error, Role, peers, role, secondaries};
 use kv_shard::clock::{Clock, timeout};
 use kv_shard::{Config, SLOTS, Slot};
 use tokio::sync::Notify;

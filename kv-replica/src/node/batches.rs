@@ -3,9 +3,9 @@
 
 use std::collections::BTreeMap;
 
+use crate::ReplicatedWrite;
+use crate::messages::SlotWrite;
 use kv_core::SessionRecord;
-use kv_replica::ReplicatedWrite;
-use kv_replica::messages::SlotWrite;
 use kv_shard::{Slot, slot_of};
 
 /// Largest snapshot or flush batch, in bytes of keys and values.

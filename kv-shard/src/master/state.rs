@@ -9,8 +9,8 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
-use kv_shard::messages::Install;
-use kv_shard::{Config, Slot};
+use crate::messages::Install;
+use crate::{Config, Slot};
 
 /// How many configurations are kept for servers that missed some.
 pub(crate) const HISTORY: usize = 64;

@@ -29,11 +29,11 @@ mod view;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::messages::{LeaseGrant, LeaseRequest, Replicate, ReplicateAck};
+use crate::secondaries;
+use crate::transport::PeerCalls;
 use kv_core::session::Begin;
 use kv_core::{Error, Mutation, Output, RequestId, Sessions, Storage};
-use kv_replica::messages::{LeaseGrant, LeaseRequest, Replicate, ReplicateAck};
-use kv_replica::secondaries;
-use kv_replica::transport::PeerCalls;
 use kv_shard::clock::Clock;
 use kv_shard::messages::{HandOffCopy, Install, InstallReport, Pong, ServerStatus, TransferBatch};
 use kv_shard::{Consistency, SLOTS, Slot};
@@ -224,9 +224,9 @@ impl Node {
 
     /// Switches to the configuration `install` carries, then hands off what this server owes
     /// (see [`kv_shard::messages::Install`]). Refused if it is meant for another process.
-    pub async fn install(&self, install: Install) -> Result<InstallReport, kv_replica::Error> {
+    pub async fn install(&self, install: Install) -> Result<InstallReport, crate::Error> {
         if install.incarnation != 0 && install.incarnation != self.incarnation {
-            return Err(kv_replica::Error::FailedPrecondition(
+            return Err(crate::Error::FailedPrecondition(
                 "this server restarted since it joined, and holds nothing of what it held".to_owned(),
             ));
         }
@@ -235,22 +235,22 @@ impl Node {
 
     /// Takes one batch of a slot hand-off from the slots' previous owner; returns the slots it
     /// completed that were taken exactly as sent.
-    pub async fn transfer(&self, batch: TransferBatch) -> Result<Vec<Slot>, kv_replica::Error> {
+    pub async fn transfer(&self, batch: TransferBatch) -> Result<Vec<Slot>, crate::Error> {
         self.handoffs.transfer(batch).await
     }
 
     /// Takes one replication batch from a primary.
-    pub async fn replicate(&self, batch: Replicate) -> Result<ReplicateAck, kv_replica::Error> {
+    pub async fn replicate(&self, batch: Replicate) -> Result<ReplicateAck, crate::Error> {
         self.copies.replicate(batch).await
     }
 
     /// Grants a lease to a peer, if it is one at this server's epoch.
-    pub fn grant_lease(&self, request: &LeaseRequest) -> Result<LeaseGrant, kv_replica::Error> {
+    pub fn grant_lease(&self, request: &LeaseRequest) -> Result<LeaseGrant, crate::Error> {
         self.leases.grant(request)
     }
 
     /// Sends the copies kept of a dead primary's slots where it would have sent them.
-    pub async fn hand_off_copy(&self, request: HandOffCopy) -> Result<InstallReport, kv_replica::Error> {
+    pub async fn hand_off_copy(&self, request: HandOffCopy) -> Result<InstallReport, crate::Error> {
         let slots = request.slots.len() as u64;
         let keys = self.handoffs.hand_off_copy(request).await?;
         Ok(InstallReport { slots_sent: slots, keys_sent: keys, never_arrived: Vec::new() })

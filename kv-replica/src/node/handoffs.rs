@@ -18,10 +18,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::messages::{Replicate, WriteKind};
+use crate::transport::PeerCalls;
+use crate::{Error, secondaries};
 use kv_core::{SessionRecord, Sessions, Storage};
-use kv_replica::messages::{Replicate, WriteKind};
-use kv_replica::transport::PeerCalls;
-use kv_replica::{Error, secondaries};
 use kv_shard::clock::Clock;
 use kv_shard::handoff::transfer_batches;
 use kv_shard::messages::{HandOffCopy, TransferBatch};

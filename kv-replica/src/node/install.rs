@@ -16,9 +16,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::{Error, Takeover};
 use futures_util::future::join_all;
 use kv_core::{Sessions, Storage};
-use kv_replica::{Error, Takeover};
 use kv_shard::messages::{Install, InstallReport};
 use kv_shard::{Config, Slot, slot_of};
 use tokio::sync::Notify;

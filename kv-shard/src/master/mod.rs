@@ -4,7 +4,7 @@
 //!
 //! Pure decisions are in [`plan`] (the failure detector, failover planning, catch-up steps,
 //! change checks, install order); the drivers beside it ask the servers through
-//! [`kv_shard::transport::ServerCalls`], read time through a [`Clock`], and carry the plans out:
+//! [`crate::transport::ServerCalls`], read time through a [`Clock`], and carry the plans out:
 //! [`change`] (joins and leaves), [`failover`], [`reconcile`] (repairs), [`watch`] (the failure
 //! detector's heartbeats). [`ShardMaster`] is what a binding serves.
 //!
@@ -27,9 +27,9 @@ mod watch;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kv_shard::clock::Clock;
-use kv_shard::transport::ServerCalls;
-use kv_shard::{Config, Error, Replication};
+use crate::clock::Clock;
+use crate::transport::ServerCalls;
+use crate::{Config, Error, Replication};
 
 use self::calls::Calls;
 use self::change::Change;

@@ -7,12 +7,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::Error;
+use crate::clock::Clock;
+use crate::messages::{HandOffCopy, Install, InstallReport, ServerStatus};
+use crate::retry::retry_until;
+use crate::transport::ServerCalls;
 use futures_util::future::join_all;
-use kv_shard::Error;
-use kv_shard::clock::Clock;
-use kv_shard::messages::{HandOffCopy, Install, InstallReport, ServerStatus};
-use kv_shard::retry::retry_until;
-use kv_shard::transport::ServerCalls;
 use tracing::warn;
 
 /// How long the shard master waits for a server's answer before deciding it cannot reach it,

@@ -11,9 +11,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::messages::InstallReport;
+use crate::{Config, Error, Slot};
 use futures_util::future::join_all;
-use kv_shard::messages::InstallReport;
-use kv_shard::{Config, Error, Slot};
 use tracing::{info, warn};
 
 use super::copies::hand_off_copies;

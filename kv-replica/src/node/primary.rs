@@ -16,12 +16,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::SlotSequence;
+use crate::messages::{Replicate, SlotWrite, WriteKind};
+use crate::transport::PeerCalls;
 use futures_util::future::join_all;
 use kv_core::session::Begin;
 use kv_core::{Answer, Error, Mutation, Output, RequestId, SessionRecord, Sessions, Storage};
-use kv_replica::SlotSequence;
-use kv_replica::messages::{Replicate, SlotWrite, WriteKind};
-use kv_replica::transport::PeerCalls;
 use kv_shard::clock::Clock;
 use kv_shard::{Config, Consistency, SLOTS, Slot};
 use tokio::sync::{Mutex, watch};

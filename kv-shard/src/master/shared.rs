@@ -7,8 +7,8 @@
 
 use std::time::Instant;
 
-use kv_shard::messages::InstallReport;
-use kv_shard::{Config, Error, Slot};
+use crate::messages::InstallReport;
+use crate::{Config, Error, Slot};
 
 use super::calls::Calls;
 use super::state::Records;

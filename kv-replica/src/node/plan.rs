@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use kv_replica::{Role, SlotState, keeps_copy, role};
+use crate::{Role, SlotState, keeps_copy, role};
 use kv_shard::{Config, SLOTS, Slot};
 
 use super::view::slot_set;
@@ -68,7 +68,7 @@ pub(crate) fn copy_resets(
 
 #[cfg(test)]
 mod tests {
-    use kv_replica::secondaries;
+    use crate::secondaries;
     use kv_shard::Replication;
 
     use super::*;

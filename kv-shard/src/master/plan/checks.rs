@@ -5,8 +5,8 @@
 //!
 //! A refused change changes nothing: these run before the new configuration is committed.
 
-use kv_shard::messages::ServerStatus;
-use kv_shard::{Config, Error};
+use crate::messages::ServerStatus;
+use crate::{Config, Error};
 
 /// Whether the server answering `status` at `server` knows itself by that address.
 pub(crate) fn joiner_address(server: &str, status: &ServerStatus) -> Result<(), Error> {

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use kv_shard::Config;
+use crate::Config;
 
 /// The servers of a change from `before` to `next`, in install order: the members of `next`
 /// that send nothing, then those that lose slots (a leaver among them).

@@ -19,10 +19,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 
+use crate::messages::{Replicate, ReplicateAck, SlotWrite, WriteKind};
+use crate::transport::PeerCalls;
+use crate::{Error, ReplicatedWrite, Role, SlotReplica, SlotState, Takeover, role};
 use kv_core::{Answer, Mutation, SessionRecord, Sessions, Storage};
-use kv_replica::messages::{Replicate, ReplicateAck, SlotWrite, WriteKind};
-use kv_replica::transport::PeerCalls;
-use kv_replica::{Error, ReplicatedWrite, Role, SlotReplica, SlotState, Takeover, role};
 use kv_shard::clock::Clock;
 use kv_shard::{Config, Consistency, SLOTS, Slot, slot_of};
 use tokio::sync::MutexGuard;

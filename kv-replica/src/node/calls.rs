@@ -2,9 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use kv_replica::Error;
-use kv_replica::messages::{Replicate, ReplicateAck};
-use kv_replica::transport::PeerCalls;
+use crate::Error;
+use crate::messages::{Replicate, ReplicateAck};
+use crate::transport::PeerCalls;
 use kv_shard::clock::Clock;
 use kv_shard::retry::retry_until;
 
