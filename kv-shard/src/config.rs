@@ -1,10 +1,10 @@
 //! Hash slots and numbered configurations that assign them to servers.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::replication::Replication;
 use crate::{Error, Result};
 
 /// Number of hash slots. Each member holds `⌊SLOTS / N⌋` or `⌈SLOTS / N⌉` of them.
@@ -48,101 +48,6 @@ pub struct SlotMove {
     pub from: Option<ServerId>,
     /// Its owner after (none if no member is left).
     pub to: Option<ServerId>,
-}
-
-/// How a write reaches the replicas of its slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Consistency {
-    /// A write is acknowledged once every replica of its slot holds it; every read is
-    /// linearizable, at any replica.
-    #[default]
-    Strong,
-    /// A write is acknowledged once the primary and the first `sync_replicas` secondaries hold
-    /// it; the other secondaries get it within `sync_interval`.
-    Eventual,
-}
-
-impl std::fmt::Display for Consistency {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Consistency::Strong => "strong",
-            Consistency::Eventual => "eventual",
-        })
-    }
-}
-
-impl std::str::FromStr for Consistency {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "strong" => Ok(Consistency::Strong),
-            "eventual" => Ok(Consistency::Eventual),
-            other => Err(format!("unknown consistency {other:?}: strong or eventual")),
-        }
-    }
-}
-
-/// A cluster's replication settings: they travel in every configuration, so that every server
-/// replicates the same way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Replication {
-    /// Replicas per slot, the primary included (fewer while there are fewer members).
-    pub factor: usize,
-    /// How writes reach the secondaries.
-    pub consistency: Consistency,
-    /// In eventual mode, the secondaries that apply a write before it is acknowledged.
-    pub sync_replicas: usize,
-    /// In eventual mode, the longest a secondary outside the synchronous ones waits for writes.
-    pub sync_interval: Duration,
-}
-
-impl Default for Replication {
-    /// One copy of every slot: no secondaries.
-    fn default() -> Self {
-        Replication {
-            factor: 1,
-            consistency: Consistency::Strong,
-            sync_replicas: 0,
-            sync_interval: Duration::from_secs(2),
-        }
-    }
-}
-
-impl Replication {
-    /// Checks the settings: a factor of at least 1, and in eventual mode fewer synchronous
-    /// secondaries than secondaries (all of them synchronous is strong mode).
-    pub fn validate(&self) -> Result<()> {
-        let invalid = |reason: String| Err(Error::InvalidConfig(reason));
-        if self.factor == 0 {
-            return invalid("the replication factor must be at least 1".to_owned());
-        }
-        if self.consistency == Consistency::Eventual {
-            if self.factor < 2 {
-                return invalid("eventual consistency needs a replication factor of 2 or more".to_owned());
-            }
-            if self.sync_replicas >= self.factor - 1 {
-                return invalid(format!(
-                    "--sync-replicas {} must be below the {} secondaries (all of them synchronous is strong \
-                     consistency)",
-                    self.sync_replicas,
-                    self.factor - 1
-                ));
-            }
-        }
-        if self.sync_interval.is_zero() {
-            return invalid("the sync interval must be above zero".to_owned());
-        }
-        Ok(())
-    }
-
-    /// The assignment's level: how many secondaries apply a write before it is acknowledged.
-    pub fn level(&self) -> usize {
-        match self.consistency {
-            Consistency::Strong => self.factor - 1,
-            Consistency::Eventual => self.sync_replicas,
-        }
-    }
 }
 
 /// A numbered assignment of every slot to a member (or to none, when there are no members), and
@@ -542,25 +447,6 @@ mod tests {
         let (one, _) = replicated(2, 2).fail(&server(0)).unwrap();
         assert!(one.fail(&server(1)).is_err(), "the last member cannot fail over");
         assert!(one.fail("10.9.9.9:1").is_err());
-    }
-
-    #[test]
-    fn replication_settings_are_checked() {
-        let eventual = |factor, sync_replicas| Replication {
-            factor,
-            consistency: Consistency::Eventual,
-            sync_replicas,
-            ..Replication::default()
-        };
-        assert!(eventual(3, 0).validate().is_ok());
-        assert!(eventual(3, 1).validate().is_ok());
-        assert!(eventual(3, 2).validate().is_err(), "all secondaries synchronous is strong");
-        assert!(eventual(1, 0).validate().is_err());
-        assert!(Replication { factor: 0, ..Replication::default() }.validate().is_err());
-        assert_eq!(eventual(3, 1).level(), 1);
-        assert_eq!(Replication { factor: 3, ..Replication::default() }.level(), 2);
-        assert_eq!("eventual".parse::<Consistency>(), Ok(Consistency::Eventual));
-        assert!("weak".parse::<Consistency>().is_err());
     }
 
     #[test]

@@ -114,11 +114,13 @@ mod master;
 pub mod member;
 pub mod messages;
 mod ownership;
+mod replication;
 pub mod retry;
 pub mod roles;
 pub mod transport;
 
-pub use config::{Config, Consistency, Replication, SLOTS, ServerId, Slot, SlotMove, slot_of};
+pub use config::{Config, SLOTS, ServerId, Slot, SlotMove, slot_of};
 pub use error::{Error, Result};
 pub use master::{MasterSettings, ShardMaster};
 pub use ownership::{Accept, Handoff, Ownership, Refused};
+pub use replication::{Consistency, Replication};
