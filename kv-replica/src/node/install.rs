@@ -27,6 +27,7 @@ use tracing::{debug, error, info, warn};
 use super::copies::Copies;
 use super::handoffs::{Handoffs, Outgoing};
 use super::links::Links;
+use super::plan::{CarryOver, carry_over};
 use super::primary::Primary;
 use super::routing::{Routing, Table};
 use super::view::{View, lock, slot_set};
@@ -180,14 +181,9 @@ impl Installer {
         // Hand-offs still owed from an earlier epoch (their data is here, and served nowhere)
         // carry over to the slots' owners in this one; those given to this server are served
         // from here at once.
-        let mut serving_own = Vec::new();
-        let mut carried_over: BTreeMap<String, Vec<Slot>> = BTreeMap::new();
-        for &slot in outgoing.to.values().flatten() {
-            match next.owner_of_slot(slot).and_then(|id| next.address(id)) {
-                Some(owner) if owner == me => serving_own.push(slot),
-                Some(owner) => carried_over.entry(owner.to_owned()).or_default().push(slot),
-                None => warn!(slot, "no member owns a slot still owed here: its data stays, unserved"),
-            }
+        let CarryOver { serving_own, to: carried_over, unowned } = carry_over(&outgoing.to, &next, &me);
+        for slot in unowned {
+            warn!(slot, "no member owns a slot still owed here: its data stays, unserved");
         }
         if !outgoing.to.is_empty() {
             info!(

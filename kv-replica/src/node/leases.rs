@@ -21,14 +21,15 @@ use std::time::{Duration, Instant};
 
 use crate::messages::{LeaseGrant, LeaseRequest};
 use crate::transport::PeerCalls;
-use crate::{Error, Role, peers, role, secondaries};
+use crate::{Error, peers, secondaries};
 use futures_util::future::join_all;
 use kv_shard::clock::{Clock, timeout};
-use kv_shard::{Config, SLOTS, Slot};
+use kv_shard::{Config, Slot};
 use tokio::sync::Notify;
 use tracing::{debug, info};
 
-use super::view::{View, lock, slot_set};
+use super::plan::install_fences;
+use super::view::{View, lock};
 
 /// How long a lease lasts, from when its request was sent.
 pub(crate) const LEASE: Duration = Duration::from_millis(500);
@@ -168,42 +169,16 @@ impl Leases {
         Ok(LeaseGrant { epoch: view.epoch(), lease: LEASE })
     }
 
-    /// Sets the fences of an install from `previous` to `next`, once the view is `next`:
-    /// - a slot this server keeps as primary but without some secondaries waits out its promises
-    ///   to them (they may still read their copies);
-    /// - a slot it takes over from a failed primary (`promoted`) waits out its promise to that
-    ///   primary (it may still serve);
-    /// - a slot it hands off is sent only once its promises to the slot's secondaries are over
-    ///   (the new owner must not commit a write they could miss).
+    /// Sets the fences of an install from `previous` to `next`, once the view is `next` (see
+    /// [`install_fences`]).
     ///
     /// Starts the renewals on the first install, and renews at once.
     pub(crate) fn fence_install(&self, previous: &Config, next: &Config, promoted: &[Slot]) {
-        let me = self.view.me();
-        let now = self.clock.now();
         let promised = lock(&self.promised);
-        let promised_to = |peer: &str| promised.get(peer).copied();
-        let latest = |peers: Vec<&str>| peers.into_iter().filter_map(promised_to).max();
+        let new = install_fences(previous, next, self.view.me(), promoted, &promised, self.clock.now());
+        let fenced = new.len();
         let mut fences = lock(&self.fences);
-        let mut fenced = 0;
-        let promoted_set = slot_set(promoted);
-        for slot in 0..SLOTS as Slot {
-            let (was, now_role) = (role(previous, me, slot), role(next, me, slot));
-            let until = if now_role == Role::Primary && promoted_set[usize::from(slot)] {
-                let old = previous.owner_of_slot(slot).and_then(|id| previous.address(id));
-                old.and_then(promised_to)
-            } else if now_role == Role::Primary && was == Role::Primary {
-                let kept = secondaries(next, slot);
-                latest(secondaries(previous, slot).into_iter().filter(|s| !kept.contains(s)).collect())
-            } else if was == Role::Primary {
-                latest(secondaries(previous, slot))
-            } else {
-                None
-            };
-            if let Some(until) = until.filter(|&u| u > now) {
-                fences.insert(slot, until);
-                fenced += 1;
-            }
-        }
+        fences.extend(new);
         drop(fences);
         drop(promised);
         if fenced > 0 {
@@ -228,7 +203,7 @@ impl Leases {
                         if grant.epoch != request.epoch {
                             return;
                         }
-                        let until = sent + grant.lease.min(LEASE).mul_f64(CLOCK_MARGIN);
+                        let until = lease_end(sent, grant.lease);
                         let mut held = lock(&self.held);
                         let lease = held.entry(peer.to_owned()).or_insert((until, request.epoch));
                         if lease.1 != request.epoch || lease.0 < until {
@@ -243,6 +218,12 @@ impl Leases {
     }
 }
 
+/// The end of a lease granted for `granted` in answer to a request sent at `sent`, as its holder
+/// counts it: from the sending, for [`CLOCK_MARGIN`] of it, and never for more than [`LEASE`].
+fn lease_end(sent: Instant, granted: Duration) -> Instant {
+    sent + granted.min(LEASE).mul_f64(CLOCK_MARGIN)
+}
+
 /// Renews a server's leases from its peers, every [`RENEW_INTERVAL`] (or at once when kicked),
 /// for as long as the server lives.
 async fn renew(leases: Weak<Leases>) {
@@ -250,5 +231,33 @@ async fn renew(leases: Weak<Leases>) {
         let Some(leases) = leases.upgrade() else { return };
         leases.renew_once().await;
         let _ = timeout(leases.clock.as_ref(), RENEW_INTERVAL, leases.kick.notified()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The grantor promises [`LEASE`] from when it answers; the holder counts its lease from
+    /// when it asked. Whatever the delays, and with the holder's clock up to 10% slower than
+    /// real time, the lease ends (in real time) no later than the promise.
+    #[test]
+    fn a_lease_ends_before_the_promise_it_stands_on() {
+        let sent = Instant::now();
+        for delay_ms in [0, 1, 50, 250] {
+            let answered = sent + Duration::from_millis(delay_ms);
+            let promise = answered + LEASE;
+            for granted in [LEASE, LEASE * 2, Duration::from_millis(100)] {
+                let counted = lease_end(sent, granted) - sent;
+                assert!(counted <= LEASE.mul_f64(CLOCK_MARGIN), "a grant is capped at the lease");
+                for rate in [1.0, 0.95, 0.9] {
+                    let real_end = sent + counted.div_f64(rate);
+                    assert!(
+                        real_end <= promise,
+                        "delay {delay_ms} ms, rate {rate}: {real_end:?} > {promise:?}"
+                    );
+                }
+            }
+        }
     }
 }
