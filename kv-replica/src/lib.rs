@@ -226,8 +226,12 @@
 mod error;
 pub mod messages;
 mod node;
+#[cfg(test)]
+mod scenarios;
 pub mod secondary;
 pub mod sequence;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod transport;
 
 pub use error::{Error, Result};

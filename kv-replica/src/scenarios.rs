@@ -1,0 +1,224 @@
+//! Scenarios of the storage servers' and the shard master's drivers, in one process: real
+//! [`Node`]s and a real [`ShardMaster`] over the in-memory network, at tokio's paused, virtual
+//! time. Each reads as a script: build a cluster, cut a link or kill a server, let time pass,
+//! check what the protocol promised.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kv_core::{Error as DataError, MemoryStorage, Mutation};
+use kv_shard::clock::{Clock, TokioClock};
+use kv_shard::{Config, Consistency, MasterSettings, Replication, ShardMaster, slot_of};
+
+use crate::testing::{MemoryNetwork, primary_of};
+use crate::{Node, NodeSettings};
+use crate::{Role, role, secondaries};
+
+/// A cluster of storage servers and its shard master, in memory.
+struct Cluster {
+    clock: Arc<dyn Clock>,
+    network: Arc<MemoryNetwork>,
+    master: ShardMaster,
+    nodes: Vec<(String, Arc<Node>)>,
+}
+
+impl Cluster {
+    /// `n` servers joined one after the other, their slots replicated as `replication` says.
+    async fn start(n: usize, replication: Replication) -> Cluster {
+        let clock: Arc<dyn Clock> = Arc::new(TokioClock);
+        let network = MemoryNetwork::new(Arc::clone(&clock));
+        let settings = MasterSettings {
+            move_timeout: Duration::from_secs(30),
+            failure_timeout: Duration::from_millis(800),
+            replication,
+        };
+        let master =
+            ShardMaster::new(settings, network.caller("master"), Arc::clone(&clock)).expect("settings");
+        let mut cluster = Cluster { clock, network, master, nodes: Vec::new() };
+        for i in 0..n {
+            cluster.add(i).await;
+        }
+        cluster
+    }
+
+    /// Starts server `i` and has it join.
+    async fn add(&mut self, i: usize) {
+        let address = format!("10.0.0.{i}:7000");
+        let settings = NodeSettings {
+            me: address.clone(),
+            joining: true,
+            handoff_timeout: Duration::from_secs(30),
+            incarnation: i as u64 + 1,
+        };
+        let node = Node::new(
+            Arc::new(MemoryStorage::new()),
+            settings,
+            self.network.caller(&address),
+            Arc::clone(&self.clock),
+        );
+        self.network.attach(&address, &node);
+        self.nodes.push((address.clone(), node));
+        self.master.join(&address).await.expect("join");
+    }
+
+    fn node(&self, address: &str) -> &Arc<Node> {
+        &self.nodes.iter().find(|(a, _)| a == address).expect("a server of the cluster").1
+    }
+
+    fn config(&self) -> Arc<Config> {
+        self.master.current()
+    }
+
+    /// The primary of `key`, and its secondaries.
+    fn replicas(&self, key: &str) -> (String, Vec<String>) {
+        let config = self.config();
+        let primary = primary_of(&config, key).expect("an owner").to_owned();
+        let secondaries = secondaries(&config, slot_of(key)).into_iter().map(str::to_owned).collect();
+        (primary, secondaries)
+    }
+
+    async fn put(&self, key: &str, value: &str) -> Result<(), DataError> {
+        let (primary, _) = self.replicas(key);
+        self.node(&primary).write(None, Mutation::put(key, value)).await.map(drop)
+    }
+
+    async fn get_at(&self, address: &str, key: &str) -> Result<Option<String>, DataError> {
+        self.node(address).get(key).await
+    }
+
+    async fn sleep(&self, duration: Duration) {
+        self.clock.sleep(duration).await;
+    }
+}
+
+fn strong(factor: usize) -> Replication {
+    Replication { factor, consistency: Consistency::Strong, ..Replication::default() }
+}
+
+/// A strong write whose secondary does not answer fails, retryably, and is applied nowhere:
+/// not at the primary, and not at the secondaries that prepared it (they drop it once a later
+/// write of the key names it aborted).
+#[tokio::test(start_paused = true)]
+async fn a_strong_write_with_a_secondary_that_does_not_answer_is_applied_nowhere() {
+    let cluster = Cluster::start(3, strong(3)).await;
+    cluster.put("k", "before").await.expect("a healthy write");
+    let (primary, secondaries) = cluster.replicas("k");
+    let silent = &secondaries[1];
+
+    cluster.network.cut(&primary, silent);
+    let started = cluster.clock.now();
+    let err = cluster.put("k", "lost").await.expect_err("a write its secondary never confirmed");
+    assert!(err.is_retryable(), "{err}");
+    let took = cluster.clock.now() - started;
+    assert!(took <= Duration::from_secs(3), "the write gave up after {took:?}");
+
+    cluster.network.heal();
+    cluster.sleep(Duration::from_millis(300)).await;
+    for replica in [&primary, &secondaries[0], silent] {
+        assert_eq!(cluster.get_at(replica, "k").await.unwrap().as_deref(), Some("before"), "at {replica}");
+    }
+    cluster.put("k", "after").await.expect("a write once healed");
+    cluster.sleep(Duration::from_millis(300)).await;
+    for replica in [&primary, &secondaries[0], silent] {
+        assert_eq!(cluster.get_at(replica, "k").await.unwrap().as_deref(), Some("after"), "at {replica}");
+    }
+}
+
+/// A lease runs out: a secondary cut off from its primary stops serving strong reads, and the
+/// primary stops taking writes, within a lease, and both serve again once the link heals.
+#[tokio::test(start_paused = true)]
+async fn a_lease_that_runs_out_stops_reads_at_the_secondary_and_writes_at_the_primary() {
+    let cluster = Cluster::start(3, strong(3)).await;
+    cluster.put("k", "v").await.expect("a healthy write");
+    let (primary, secondaries) = cluster.replicas("k");
+    let secondary = &secondaries[0];
+    assert_eq!(cluster.get_at(secondary, "k").await.unwrap().as_deref(), Some("v"));
+
+    cluster.network.cut(&primary, secondary);
+    cluster.network.cut(secondary, &primary);
+    // Leases last 500 ms, counted at 90% from the request: by then both have run out.
+    cluster.sleep(Duration::from_millis(600)).await;
+    let read = cluster.get_at(secondary, "k").await.expect_err("no lease from the primary");
+    assert!(matches!(read, DataError::Replication(_)), "{read}");
+    let write = cluster.put("k", "w").await.expect_err("no lease from a secondary");
+    assert!(matches!(write, DataError::Replication(ref m) if m.contains("holds no lease")), "{write}");
+
+    cluster.network.heal();
+    cluster.sleep(Duration::from_millis(300)).await;
+    cluster.put("k", "w").await.expect("leases renewed");
+    assert_eq!(cluster.get_at(secondary, "k").await.unwrap().as_deref(), Some("w"));
+}
+
+/// An install fences a slot: after a failover, the new primary of a slot takes no write before
+/// the lease it promised the failed primary has run out, and by then the failed primary, cut
+/// off, has stopped serving it.
+#[tokio::test(start_paused = true)]
+async fn an_install_fences_a_promoted_slot_until_the_old_primary_has_stopped() {
+    let cluster = Cluster::start(4, strong(3)).await;
+    cluster.put("k", "v").await.expect("a healthy write");
+    let (old, _) = cluster.replicas("k");
+
+    cluster.network.isolate(&old);
+    let cut_off = cluster.clock.now();
+    let config = cluster.master.fail(&old).await.expect("failover");
+    let (heir, _) = cluster.replicas("k");
+    assert_ne!(heir, old);
+    assert_eq!(role(&config, &heir, slot_of("k")), Role::Primary);
+
+    cluster.put("k", "w").await.expect("a write at the new primary");
+    let written = cluster.clock.now() - cut_off;
+    // Renewals come every 100 ms, each promising 500 ms: the last promise before the cut ends
+    // between 400 and 500 ms after it.
+    assert!(written >= Duration::from_millis(400), "written {written:?} after the cut, inside the fence");
+    assert!(written <= Duration::from_millis(700), "written {written:?} after the cut");
+    let stale = cluster.get_at(&old, "k").await.expect_err("the old primary has no lease left");
+    assert!(matches!(stale, DataError::Replication(_)), "{stale}");
+}
+
+/// A failover plan executed: the shard master's failure detector fails a dead server over to
+/// up-to-date secondaries, and no acknowledged write is lost.
+#[tokio::test(start_paused = true)]
+async fn a_dead_primary_is_failed_over_and_no_acknowledged_write_is_lost() {
+    let cluster = Cluster::start(4, strong(3)).await;
+    let keys: Vec<String> = (0..64).map(|i| format!("key-{i}")).collect();
+    for key in &keys {
+        cluster.put(key, &format!("{key}=1")).await.expect("a healthy write");
+    }
+    let (dead, _) = cluster.replicas(&keys[0]);
+    let epoch = cluster.config().epoch();
+    let master = cluster.master.clone();
+    let watcher = tokio::spawn(async move { master.watch().await });
+
+    cluster.network.detach(&dead);
+    let died = cluster.clock.now();
+    while cluster.config().id_of(&dead).is_some() {
+        cluster.sleep(Duration::from_millis(50)).await;
+    }
+    let detected = cluster.clock.now() - died;
+    assert!(detected <= Duration::from_millis(1200), "failed over after {detected:?}");
+    assert_eq!(cluster.config().epoch(), epoch + 1);
+    watcher.abort();
+
+    cluster.sleep(Duration::from_millis(600)).await;
+    for key in &keys {
+        let (primary, secondaries) = cluster.replicas(key);
+        assert_ne!(primary, dead);
+        let expected = format!("{key}=1");
+        assert_eq!(
+            cluster.get_at(&primary, key).await.unwrap(),
+            Some(expected.clone()),
+            "{key} at {primary}"
+        );
+        let newer = format!("{key}=2");
+        cluster.put(key, &newer).await.expect("writes go on");
+        for secondary in &secondaries {
+            // A ready copy answers the latest write; one still catching up refuses.
+            match cluster.get_at(secondary, key).await {
+                Ok(value) => assert_eq!(value.as_ref(), Some(&newer), "{key} at {secondary}"),
+                Err(err) => {
+                    assert!(matches!(err, DataError::WrongShard { .. }), "{key} at {secondary}: {err}")
+                }
+            }
+        }
+    }
+}
