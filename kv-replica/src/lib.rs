@@ -1,8 +1,21 @@
-//! The primary/secondary replication protocol of the kv store: replica sets, strong and
-//! eventual consistency, and catching up. The parts that decide correctness are pure and live
-//! here ([`secondary`]; the roles a configuration gives each server are
-//! [`kv_shard::roles`]); the storage server drives them over gRPC (`kv-server`'s
-//! `replication` module, RPC `kv.v1.Node/Replicate`).
+//! The primary/secondary replication protocol of the kv store, and the storage server that runs
+//! it: replica sets, strong and eventual consistency, catching up, leases and failover, and the
+//! hand-off of slots that move.
+//!
+//! # The crate
+//!
+//! - [`Node`] is a storage server: the engine, the exactly-once sessions, the slot table, and
+//!   the replication and hand-off protocols, driven over [`transport::PeerCalls`] (its calls to
+//!   other servers) and a [`kv_shard::clock::Clock`]. A binding serves its methods (`kv-server`
+//!   over gRPC); `testing::MemoryNetwork` (feature `testing`) runs nodes and a shard master in
+//!   one process.
+//! - The decisions are pure, and tested with plain values: [`secondary`] (a secondary's state for
+//!   one slot: prepared writes, dirty keys, catch-up), [`sequence`] (a primary's numbering and
+//!   aborted writes), the roles a configuration gives each server ([`kv_shard::roles`]), and the
+//!   node's plans at an install (what becomes of each copy, which slots are fenced until when,
+//!   where owed hand-offs go).
+//! - [`messages`] are what servers send each other, [`Error`] what can go wrong, with
+//!   [`Error::is_retryable`].
 //!
 //! **Status.** Replica sets, both consistency levels, catch-up across joins and leaves, leases,
 //! failover and rejoining are built; the known limits are listed at the end.
@@ -216,6 +229,9 @@
 //!   version: when a configuration turns a background secondary into a synchronous one, a flush
 //!   in flight may leave it one value behind until the key is written again.
 //! - The shard master is a single process that keeps its state in memory.
+//! - Some `select!`s of the drivers (a change's installs against its silence watches, a write's
+//!   replication against a pending install) pick among ready branches at random, as tokio does:
+//!   under a deterministic simulator they are a source of nondeterminism still to be seeded.
 //! - A strong write waits for a prepare round trip to every secondary, holding its slot's write
 //!   lock, and costs a commit message after: measured at about a third of eventual mode's write
 //!   throughput (`kv-eval replicas`).

@@ -1,7 +1,14 @@
-//! The kv store's server: binds the data model (and later sharding and replication) to gRPC.
+//! The kv store's server: binds the storage node ([`kv_replica::Node`]) and the shard master
+//! ([`kv_shard::ShardMaster`]) to gRPC, and nothing else.
 //!
-//! This is the only crate that owns sockets. A storage server serves, on one port:
+//! This is the only crate that owns sockets. The protocols live in their crates, behind traits:
+//! each service here converts the wire to domain types (`kv_proto::convert`), calls the library,
+//! and maps its answer back (`kv_proto::status`); [`transport::GrpcTransport`] carries the
+//! libraries' calls to other servers over tonic clients, with the cluster token.
+//!
+//! A storage server serves, on one port:
 //! - `kv.v1.KeyValue`, the native API ([`service::KeyValueService`]);
+//! - `kv.v1.Node`, the cluster's internal RPCs ([`service::NodeService`]);
 //! - `KVStore`, the course assignment's API, for its clients ([`service::CompatKvService`]);
 //! - `grpc.health.v1.Health`, and server reflection (v1 and v1alpha), so that standard tools
 //!   (`grpcurl`, `grpc_health_probe`, load balancers) work against it.

@@ -103,8 +103,20 @@
 //!   failed over and joins again when it restarts; without, it is refused as a member already,
 //!   and an operator removes it (`kv cluster leave`) first.
 //!
-//! This crate holds the placement and the servers' slot table, with no I/O; the server crate
-//! runs them over gRPC.
+//! # The crate
+//!
+//! No I/O of its own: whoever runs it gives it the calls it makes to other processes
+//! ([`transport`]) and a [`clock::Clock`].
+//! - Placement: [`Config`] and [`slot_of`]; the roles a configuration gives each server
+//!   ([`roles`]); replication settings ([`Replication`]).
+//! - The storage servers' side of moving data: their slot table ([`Ownership`]), the cutting of
+//!   a hand-off into batches ([`handoff`]), joining and leaving ([`member`]). The storage server
+//!   that runs them is `kv_replica::Node`.
+//! - The shard master: [`ShardMaster`], its decisions pure and tested with plain values (change
+//!   checks, install order, the failure detector, failover planning, catch-up steps), its drivers
+//!   carrying them out over [`transport::ServerCalls`]. `kv-server shardmaster` serves it.
+//! - [`messages`] are what the shard master and the servers send each other, [`Error`] what can
+//!   go wrong, with [`Error::is_retryable`]; [`retry`] is the one backoff policy of the calls.
 
 pub mod clock;
 mod config;
