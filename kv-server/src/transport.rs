@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use kv_proto::convert::{
     config_from_wire, hand_off_copy_to_wire, install_report_from_wire, install_to_wire,
     lease_grant_from_wire, lease_request_to_wire, pong_from_wire, replicate_ack_from_wire, replicate_to_wire,
-    server_status_from_wire, slot_from_wire, transfer_to_wire,
+    server_status_from_wire, transfer_response_from_wire, transfer_to_wire,
 };
 use kv_proto::status::{replica_error_from_status, shard_error_from_status};
 use kv_proto::v1::shard_master_client::ShardMasterClient;
@@ -198,7 +198,7 @@ impl PeerCalls for GrpcTransport {
         let call = async {
             let request = self.request(transfer_to_wire(batch), timeout);
             let answer = self.node(to)?.transfer(request).await?.into_inner();
-            Ok::<_, Status>(answer.verbatim.into_iter().filter_map(slot_from_wire).collect())
+            Ok::<_, Status>(transfer_response_from_wire(&answer))
         };
         call.await.map_err(|status| replica_error_from_status(&status))
     }

@@ -13,7 +13,7 @@ pub use master::{
 };
 pub use node::{
     checked_sessions, session_from_wire, session_to_wire, slot_from_wire, slots_from_wire,
-    transfer_from_wire, transfer_to_wire,
+    transfer_from_wire, transfer_response_from_wire, transfer_response_to_wire, transfer_to_wire,
 };
 pub use replica::{
     lease_grant_from_wire, lease_grant_to_wire, lease_request_from_wire, lease_request_to_wire,

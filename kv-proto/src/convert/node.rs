@@ -95,6 +95,16 @@ pub fn transfer_from_wire(wire: v1::TransferRequest) -> Result<TransferBatch, St
     })
 }
 
+/// The wire form of a receiver's answer to a hand-off batch: the slots it took exactly as sent.
+pub fn transfer_response_to_wire(verbatim: &[Slot]) -> v1::TransferResponse {
+    v1::TransferResponse { verbatim: verbatim.iter().map(|&slot| u32::from(slot)).collect() }
+}
+
+/// A receiver's answer to a hand-off batch, from the wire (a slot out of range is left out).
+pub fn transfer_response_from_wire(wire: &v1::TransferResponse) -> Vec<Slot> {
+    wire.verbatim.iter().filter_map(|&slot| slot_from_wire(slot)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use kv_proto::convert::{
     hand_off_copy_from_wire, install_from_wire, install_report_to_wire, lease_grant_to_wire,
     lease_request_from_wire, pong_to_wire, replicate_ack_to_wire, replicate_from_wire, server_status_to_wire,
-    transfer_from_wire,
+    transfer_from_wire, transfer_response_to_wire,
 };
 use kv_proto::status::status_from_replica_error;
 use kv_proto::v1::{self, node_server::Node as NodeRpc};
@@ -68,7 +68,7 @@ impl NodeRpc for NodeService {
         authorised(&request, self.token.as_deref())?;
         let batch = transfer_from_wire(request.into_inner())?;
         let verbatim = self.node.transfer(batch).await.map_err(replica_status)?;
-        Ok(Response::new(v1::TransferResponse { verbatim: verbatim.into_iter().map(u32::from).collect() }))
+        Ok(Response::new(transfer_response_to_wire(&verbatim)))
     }
 
     #[instrument(level = "debug", skip_all, fields(from = %request.get_ref().from, epoch = request.get_ref().epoch))]
