@@ -81,21 +81,21 @@ pub fn status_from_shard_error(err: &kv_shard::Error) -> Status {
 }
 
 /// The sharding error a status stands for, as a shard master or storage server answered it
-/// (or as the transport failed). A membership refusal comes back as it was sent; every other
-/// status keeps its message, and its code decides the variant: a call that never reached its
-/// target is `Unavailable`, one cut off or timed out `Interrupted`.
+/// (or as the transport failed). Its code decides the variant: `ALREADY_EXISTS` and `NOT_FOUND`
+/// are the membership refusals (which come back as they were sent), a call that never reached
+/// its target is `Unavailable`, one cut off or timed out `Interrupted`; every status keeps its
+/// message.
 pub fn shard_error_from_status(status: &Status) -> kv_shard::Error {
     use kv_shard::Error as E;
     let message = status.message().to_owned();
     match status.code() {
-        Code::AlreadyExists => match message.strip_suffix(" is already a member") {
-            Some(server) => E::AlreadyMember(server.to_owned()),
-            None => E::FailedPrecondition(message),
-        },
-        Code::NotFound => match message.strip_suffix(" is not a member") {
-            Some(server) => E::NotMember(server.to_owned()),
-            None => E::FailedPrecondition(message),
-        },
+        // By code, as the servers always branched: the message names the server, when it is ours.
+        Code::AlreadyExists => {
+            E::AlreadyMember(message.strip_suffix(" is already a member").unwrap_or(&message).to_owned())
+        }
+        Code::NotFound => {
+            E::NotMember(message.strip_suffix(" is not a member").unwrap_or(&message).to_owned())
+        }
         Code::Unavailable => E::Unavailable(message),
         Code::Cancelled | Code::DeadlineExceeded | Code::Unknown => E::Interrupted(message),
         Code::Aborted => E::Aborted(message),

@@ -225,7 +225,7 @@ async fn leave_cluster(cluster: &ClusterMembership, me: &str) {
     info!(shardmaster = %cluster.shardmaster, "leaving the cluster: handing off this server's data");
     let master = GrpcMaster::new(cluster.shardmaster.clone());
     match member::leave(&master, &TokioClock, me, cluster.leave_timeout).await {
-        Ok(Left::Left(config)) => info!(epoch = config.epoch(), "left the cluster"),
+        Ok(Left::Left(epoch)) => info!(epoch, "left the cluster"),
         Ok(Left::Earlier) => info!("left the cluster"),
         Ok(Left::NotMember) => info!("not a member any more"),
         Err(err) => warn!(cause = %err, "could not leave the cluster"),

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use kv_proto::convert::{
-    config_from_wire, hand_off_copy_to_wire, install_report_from_wire, install_to_wire,
-    lease_grant_from_wire, lease_request_to_wire, pong_from_wire, replicate_ack_from_wire, replicate_to_wire,
+    hand_off_copy_to_wire, install_report_from_wire, install_to_wire, lease_grant_from_wire,
+    lease_request_to_wire, pong_from_wire, replicate_ack_from_wire, replicate_to_wire,
     server_status_from_wire, transfer_response_from_wire, transfer_to_wire,
 };
 use kv_proto::status::{replica_error_from_status, shard_error_from_status};
@@ -22,9 +22,9 @@ use kv_proto::v1::shard_master_client::ShardMasterClient;
 use kv_proto::v1::{self, key_value_client::KeyValueClient, node_client::NodeClient};
 use kv_replica::messages::{LeaseGrant, LeaseRequest, Replicate, ReplicateAck};
 use kv_replica::transport::PeerCalls;
+use kv_shard::Slot;
 use kv_shard::messages::{HandOffCopy, Install, InstallReport, Pong, ServerStatus, TransferBatch};
 use kv_shard::transport::{MasterCalls, ServerCalls};
-use kv_shard::{Config, Slot};
 use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 
@@ -217,7 +217,7 @@ impl GrpcMaster {
         GrpcMaster { address: address.into() }
     }
 
-    async fn change(&self, server: &str, join: bool, timeout: Duration) -> Result<Config, kv_shard::Error> {
+    async fn change(&self, server: &str, join: bool, timeout: Duration) -> Result<u64, kv_shard::Error> {
         let call = async {
             let mut master = ShardMasterClient::new(dial(&self.address)?);
             let server = server.to_owned();
@@ -230,8 +230,8 @@ impl GrpcMaster {
                 request.set_timeout(timeout);
                 master.leave(request).await?
             };
-            config_from_wire(&answer.into_inner())
-                .map_err(|err| Status::internal(format!("the shard master answered {err}")))
+            // Only the epoch is read: the server learns its configuration from its installs.
+            Ok(answer.into_inner().epoch)
         };
         call.await.map_err(|status| shard_error_from_status(&status))
     }
@@ -239,11 +239,11 @@ impl GrpcMaster {
 
 #[async_trait]
 impl MasterCalls for GrpcMaster {
-    async fn join(&self, server: &str, timeout: Duration) -> Result<Config, kv_shard::Error> {
+    async fn join(&self, server: &str, timeout: Duration) -> Result<u64, kv_shard::Error> {
         self.change(server, true, timeout).await
     }
 
-    async fn leave(&self, server: &str, timeout: Duration) -> Result<Config, kv_shard::Error> {
+    async fn leave(&self, server: &str, timeout: Duration) -> Result<u64, kv_shard::Error> {
         self.change(server, false, timeout).await
     }
 }

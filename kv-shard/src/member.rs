@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use tracing::warn;
 
+use crate::Error;
 use crate::clock::Clock;
 use crate::transport::MasterCalls;
-use crate::{Config, Error};
 
 /// The longest a join or leave call waits for the shard master: its moves have timeouts of their
 /// own, and the change goes on even if the call gives up.
@@ -29,8 +29,8 @@ enum Change {
 /// How a leave ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Left {
-    /// The server left: this configuration is without it.
-    Left(Config),
+    /// The server left: the configuration of this epoch is without it.
+    Left(u64),
     /// An earlier attempt of this leave removed it.
     Earlier,
     /// It was not a member (any more).
@@ -47,7 +47,7 @@ pub async fn join(
     patience: Duration,
 ) -> Result<u64, Error> {
     match ask(master, clock, Change::Join, me, patience).await {
-        (Ok(config), _) => Ok(config.epoch()),
+        (Ok(epoch), _) => Ok(epoch),
         (Err(Error::AlreadyMember(_)), true) => Ok(0),
         (Err(Error::AlreadyMember(_)), false) => Err(Error::FailedPrecondition(format!(
             "{me} is a member already: it stopped without leaving, and the data it held is lost; remove it \
@@ -65,7 +65,7 @@ pub async fn leave(
     patience: Duration,
 ) -> Result<Left, Error> {
     match ask(master, clock, Change::Leave, me, patience).await {
-        (Ok(config), _) => Ok(Left::Left(config)),
+        (Ok(epoch), _) => Ok(Left::Left(epoch)),
         (Err(Error::NotMember(_)), true) => Ok(Left::Earlier),
         (Err(Error::NotMember(_)), false) => Ok(Left::NotMember),
         (Err(err), _) => Err(err),
@@ -81,7 +81,7 @@ async fn ask(
     change: Change,
     me: &str,
     patience: Duration,
-) -> (Result<Config, Error>, bool) {
+) -> (Result<u64, Error>, bool) {
     let deadline = clock.now() + patience;
     let mut backoff = Duration::from_millis(50);
     let mut sent = false;

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::Error;
 use crate::messages::{HandOffCopy, Install, InstallReport, Pong, ServerStatus};
-use crate::{Config, Error};
 
 /// What the shard master sends the storage servers.
 #[async_trait]
@@ -43,10 +43,11 @@ pub trait ServerCalls: Send + Sync + 'static {
 /// What a storage server sends the shard master: its own joins and leaves.
 #[async_trait]
 pub trait MasterCalls: Send + Sync + 'static {
-    /// Asks the shard master to make `server` a member; returns the configuration that does.
-    async fn join(&self, server: &str, timeout: Duration) -> Result<Config, Error>;
+    /// Asks the shard master to make `server` a member; returns the epoch of the configuration
+    /// that does.
+    async fn join(&self, server: &str, timeout: Duration) -> Result<u64, Error>;
 
     /// Asks the shard master to hand `server`'s slots to the others and remove it; returns the
-    /// configuration without it.
-    async fn leave(&self, server: &str, timeout: Duration) -> Result<Config, Error>;
+    /// epoch of the configuration without it.
+    async fn leave(&self, server: &str, timeout: Duration) -> Result<u64, Error>;
 }

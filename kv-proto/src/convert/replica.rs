@@ -1,8 +1,9 @@
 //! Replication batches and leases: [`kv_replica::messages`] ⇄ `kv.v1.Node` requests and
 //! responses.
 //!
-//! A batch from the wire is checked whole before anything applies it: a slot out of range, an
-//! unknown write kind or a malformed exactly-once record refuses the batch (`INVALID_ARGUMENT`).
+//! A batch from the wire is checked whole before anything applies it: a slot out of range, a key
+//! outside its slot, an unknown write kind or a malformed exactly-once record refuses the batch
+//! (`INVALID_ARGUMENT`).
 //! Answers are read leniently: a refused slot out of range is left out.
 
 use std::time::Duration;
@@ -11,6 +12,7 @@ use kv_replica::ReplicatedWrite;
 use kv_replica::messages::{
     Committed, LeaseGrant, LeaseRequest, Replicate, ReplicateAck, SlotWrite, WriteKind,
 };
+use kv_shard::slot_of;
 use tonic::Status;
 
 use super::node::checked_sessions;
@@ -38,6 +40,9 @@ fn write_to_wire(write: &SlotWrite) -> v1::ReplicatedWrite {
 
 fn write_from_wire(wire: v1::ReplicatedWrite) -> Result<SlotWrite, Status> {
     let slot = slot_from_wire(wire.slot).ok_or_else(|| Status::invalid_argument("no such slot"))?;
+    if slot_of(&wire.key) != slot {
+        return Err(Status::invalid_argument(format!("key {:?} is not in slot {slot}", wire.key)));
+    }
     let session = match wire.session {
         Some(record) => {
             Some(session_from_wire(record).ok_or_else(|| Status::invalid_argument("malformed record"))?)
@@ -94,7 +99,8 @@ pub fn replicate_from_wire(wire: v1::ReplicateRequest) -> Result<Replicate, Stat
         kind,
         commits,
         synced,
-        sessions: checked_sessions(wire.sessions)?,
+        // Only a snapshot's records are taken; other batches carry none.
+        sessions: if kind == WriteKind::Snapshot { checked_sessions(wire.sessions)? } else { Vec::new() },
     })
 }
 
@@ -142,7 +148,7 @@ mod tests {
             epoch: 5,
             from: "a:1".into(),
             writes: vec![SlotWrite {
-                slot: 17,
+                slot: slot_of("k"),
                 write: ReplicatedWrite {
                     seq: 3,
                     key: "k".into(),
@@ -186,5 +192,8 @@ mod tests {
         let mut wire = replicate_to_wire(&batch());
         wire.writes[0].session.as_mut().unwrap().answers.push(v1::Answer::default());
         assert_eq!(replicate_from_wire(wire).unwrap_err().message(), "malformed record");
+        let mut wire = replicate_to_wire(&batch());
+        wire.writes[0].slot = (wire.writes[0].slot + 1) % 4096;
+        assert!(replicate_from_wire(wire).unwrap_err().message().contains("is not in slot"));
     }
 }

@@ -19,6 +19,7 @@ pub(crate) async fn watch(shared: &Shared) {
         calls.clock.sleep(HEARTBEAT).await;
         let config = records.current();
         let members: Vec<String> = config.members().map(|(_, a)| a.to_owned()).collect();
+        let sent = calls.now();
         let answers = join_all(members.iter().map(|address| calls.ping(address))).await;
         let heard: Vec<(String, Heard)> = members
             .into_iter()
@@ -32,7 +33,7 @@ pub(crate) async fn watch(shared: &Shared) {
                 (address, heard)
             })
             .collect();
-        match detector.round(&heard, calls.now(), config.replication().factor > 1) {
+        match detector.round(&heard, sent, calls.now(), config.replication().factor > 1) {
             Verdict::Wait => {}
             Verdict::Restarted(address) => {
                 // A member that restarted lost what it held: fail its old self at once.

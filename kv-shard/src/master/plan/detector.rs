@@ -49,13 +49,20 @@ impl Detector {
         Detector { timeout, last_seen: BTreeMap::new() }
     }
 
-    /// Takes one round: what every current member (in member order) answered, heard by `now`;
-    /// `replicated` is whether slots have more than one copy.
-    pub(crate) fn round(&mut self, heard: &[(String, Heard)], now: Instant, replicated: bool) -> Verdict {
+    /// Takes one round: what every current member (in member order) answered the pings sent at
+    /// `sent`, heard by `now`; `replicated` is whether slots have more than one copy. A member
+    /// first seen in this round counts as seen when the pings were sent.
+    pub(crate) fn round(
+        &mut self,
+        heard: &[(String, Heard)],
+        sent: Instant,
+        now: Instant,
+        replicated: bool,
+    ) -> Verdict {
         self.last_seen.retain(|address, _| heard.iter().any(|(member, _)| member == address));
         let mut restarted = None;
         for (address, answer) in heard {
-            let seen = self.last_seen.entry(address.clone()).or_insert(now);
+            let seen = self.last_seen.entry(address.clone()).or_insert(sent);
             match answer {
                 Heard::Restarted => restarted = Some(address.clone()),
                 Heard::Alive => *seen = now,
@@ -106,7 +113,7 @@ mod tests {
     ) -> (Verdict, Duration) {
         let mut elapsed = Duration::ZERO;
         while elapsed <= limit {
-            let verdict = detector.round(&heard(answers), start + elapsed, true);
+            let verdict = detector.round(&heard(answers), start + elapsed, start + elapsed, true);
             if verdict != Verdict::Wait {
                 return (verdict, elapsed);
             }
@@ -142,7 +149,7 @@ mod tests {
         assert_eq!(after, TIMEOUT + TICK);
         detector.forget("c:1");
         let again = start + after + TICK;
-        assert_eq!(detector.round(&heard(&silent_from_the_start), again, true), Verdict::Wait);
+        assert_eq!(detector.round(&heard(&silent_from_the_start), again, again, true), Verdict::Wait);
     }
 
     #[test]
@@ -172,14 +179,28 @@ mod tests {
     fn a_restarted_member_is_failed_at_once_and_only_where_copies_exist() {
         let now = Instant::now();
         let answers = heard(&[("a:1", Heard::Alive), ("b:1", Heard::Restarted)]);
-        assert_eq!(Detector::new(TIMEOUT).round(&answers, now, true), Verdict::Restarted("b:1".into()));
-        assert_eq!(Detector::new(TIMEOUT).round(&answers, now, false), Verdict::Wait);
+        assert_eq!(Detector::new(TIMEOUT).round(&answers, now, now, true), Verdict::Restarted("b:1".into()));
+        assert_eq!(Detector::new(TIMEOUT).round(&answers, now, now, false), Verdict::Wait);
         let alone = heard(&[("b:1", Heard::Restarted)]);
-        assert_eq!(Detector::new(TIMEOUT).round(&alone, now, true), Verdict::Wait);
+        assert_eq!(Detector::new(TIMEOUT).round(&alone, now, now, true), Verdict::Wait);
         let mut unreplicated = Detector::new(TIMEOUT);
         let silent = heard(&[("a:1", Heard::Alive), ("b:1", Heard::Nothing)]);
         for i in 0..100 {
-            assert_eq!(unreplicated.round(&silent, now + TICK * i, false), Verdict::Wait);
+            assert_eq!(unreplicated.round(&silent, now + TICK * i, now + TICK * i, false), Verdict::Wait);
         }
+    }
+
+    #[test]
+    fn a_new_member_counts_as_seen_when_the_pings_went_out_not_when_they_timed_out() {
+        let start = Instant::now();
+        let slow_round = Duration::from_millis(300);
+        let mut detector = Detector::new(TIMEOUT);
+        let answers = heard(&[("a:1", Heard::Alive), ("b:1", Heard::Alive), ("c:1", Heard::Nothing)]);
+        assert_eq!(detector.round(&answers, start, start + slow_round, true), Verdict::Wait);
+        let at = start + TIMEOUT + TICK;
+        assert_eq!(
+            detector.round(&answers, at - slow_round, at, true),
+            Verdict::Silent("c:1".into(), TIMEOUT + TICK)
+        );
     }
 }
