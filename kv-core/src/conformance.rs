@@ -1,9 +1,14 @@
 //! The conformance suite every [`Storage`] engine must pass, written once.
 //!
-//! Engines call [`run_all`] from a `#[tokio::test]` (multi-threaded runtime recommended) and
-//! [`check_against_model`] from a proptest over [`ops_strategy`]. The model is a plain
+//! Engines call [`run_all`] from a `#[tokio::test(flavor = "multi_thread", worker_threads = 4)]`
+//! and [`check_against_model`] from a proptest over [`ops_strategy`]. The model is a plain
 //! `BTreeMap<String, String>` with the semantics written out again, independently of
 //! [`crate::op::Op::apply`], so a mistake in one does not hide in the other.
+//!
+//! The concurrency scenarios run several tasks on one key at once, on the runtime's worker
+//! threads, and refuse to run on a single-threaded runtime: there an engine whose `apply` never
+//! awaits cannot interleave two operations, and the scenarios would pass whatever it does. Their
+//! own tests hold them against engines made racy on purpose, which they must catch.
 //!
 //! Failures panic: this module is test code, shipped in the library (behind the `conformance`
 //! feature) so that engines in other crates can use it.
@@ -129,6 +134,8 @@ pub async fn check_against_model<S: Storage>(engine: &S, ops: Vec<ModelOp>) {
 }
 
 /// Runs every scenario of the suite; `make` builds a fresh, empty engine with the given limits.
+/// Call it on a multi-threaded runtime with two or more workers (more than the machine's cores
+/// is better: the operating system then interleaves them too); on any other it panics.
 pub async fn run_all<S, F>(make: F)
 where
     S: Storage,
@@ -216,48 +223,123 @@ async fn limits_change_nothing<S: Storage>(s: &S) {
     assert_eq!(s.get("k").await.expect("valid").as_deref(), Some("12345678"));
 }
 
-async fn concurrent_appends_are_atomic<S: Storage>(s: Arc<S>) {
-    let tasks: Vec<_> = (0..3)
-        .map(|_| {
-            let s = Arc::clone(&s);
-            tokio::spawn(async move {
-                for _ in 0..5 {
-                    s.append("15".into(), "ORA ".into()).await.expect("valid append");
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.expect("appender panicked");
-    }
-    assert_eq!(s.get("15").await.expect("valid").as_deref(), Some("ORA ".repeat(15).as_str()));
+/// Tasks the concurrency scenarios run at once on one key: more than the runtime's worker
+/// threads, so that every worker has one and the operating system interleaves them.
+const TASKS: usize = 8;
+/// Appends per task in [`concurrent_appends_are_atomic`].
+const APPENDS: usize = 200;
+
+/// Panics unless the caller runs on a multi-threaded runtime with two or more workers. On one
+/// thread, an engine whose `apply` never awaits anything cannot interleave two operations, so the
+/// concurrency scenarios would pass whatever the engine does.
+fn assert_parallel_runtime() {
+    let handle = tokio::runtime::Handle::current();
+    assert!(
+        handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+            && handle.metrics().num_workers() >= 2,
+        "the conformance suite's concurrency scenarios need a multi-threaded runtime with two or \
+         more workers, e.g. #[tokio::test(flavor = \"multi_thread\", worker_threads = 4)]"
+    );
 }
 
-async fn concurrent_pops_return_each_character_once<S: Storage>(s: Arc<S>) {
-    let original: String = ('a'..='z').chain('α'..='ω').collect();
-    s.put("p".into(), original.clone()).await.expect("valid put");
-    let tasks: Vec<_> = (0..4)
-        .map(|i| {
-            let s = Arc::clone(&s);
+/// Spawns `TASKS` tasks running `body(task)`, released together by a barrier so that they
+/// contend from the start, and returns what each returned, in task order.
+async fn contend<T, F, Fut>(body: F) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+{
+    assert_parallel_runtime();
+    let start = Arc::new(tokio::sync::Barrier::new(TASKS));
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|task| {
+            let (start, work) = (Arc::clone(&start), body(task));
             tokio::spawn(async move {
-                let mut got = Vec::new();
-                loop {
-                    let popped = if i % 2 == 0 { s.lpop("p".into()).await } else { s.rpop("p".into()).await };
-                    match popped.expect("valid pop") {
-                        Some(c) if !c.is_empty() => got.push(c),
-                        _ => return got,
-                    }
-                }
+                start.wait().await;
+                work.await
             })
         })
         .collect();
-    let mut all = Vec::new();
+    let mut results = Vec::with_capacity(TASKS);
     for task in tasks {
-        all.extend(task.await.expect("popper panicked"));
+        results.push(task.await.expect("a task of the scenario panicked"));
     }
+    results
+}
+
+/// Tasks on several threads append numbered tokens to one key: the final value holds every
+/// token exactly once, and each task's tokens in the order it appended them.
+async fn concurrent_appends_are_atomic<S: Storage>(s: Arc<S>) {
+    contend(|task| {
+        let s = Arc::clone(&s);
+        async move {
+            for round in 0..APPENDS {
+                s.append("15".into(), format!("{task}.{round};")).await.expect("valid append");
+            }
+        }
+    })
+    .await;
+    let value = s.get("15").await.expect("valid").unwrap_or_default();
+    let mut next = [0usize; TASKS];
+    let mut wrong = Vec::new();
+    for token in value.split_terminator(';') {
+        let parsed = token
+            .split_once('.')
+            .and_then(|(t, r)| Some((t.parse::<usize>().ok()?, r.parse::<usize>().ok()?)));
+        match parsed {
+            Some((task, round)) if task < TASKS && next[task] == round => next[task] += 1,
+            _ => wrong.push(token),
+        }
+    }
+    assert!(
+        wrong.is_empty() && next == [APPENDS; TASKS],
+        "concurrent appends lost, repeated or reordered: tokens appended per task {next:?} \
+         (each should be {APPENDS}), out of place {:?}",
+        &wrong[..wrong.len().min(8)]
+    );
+}
+
+/// Tasks on several threads pop one key's characters from both ends until it is empty: every
+/// character comes out exactly once, and the key is left holding `""`.
+async fn concurrent_pops_return_each_character_once<S: Storage>(s: Arc<S>) {
+    // Distinct characters of one, two, three and four bytes.
+    let original: String = ('a'..='z')
+        .chain('α'..='ω')
+        .chain('\u{4e00}'..='\u{4fff}')
+        .chain('\u{1f600}'..='\u{1f64f}')
+        .collect();
+    s.put("p".into(), original.clone()).await.expect("valid put");
+    let popped = contend(|task| {
+        let s = Arc::clone(&s);
+        async move {
+            let mut got = Vec::new();
+            loop {
+                let popped = if task % 2 == 0 { s.lpop("p".into()).await } else { s.rpop("p".into()).await };
+                match popped.expect("valid pop") {
+                    Some(c) if !c.is_empty() => got.push(c),
+                    _ => return got,
+                }
+            }
+        }
+    })
+    .await;
+    let mut all: Vec<String> = popped.into_iter().flatten().collect();
     let mut expected: Vec<String> = original.chars().map(String::from).collect();
     expected.sort();
     all.sort();
-    assert_eq!(all, expected, "every character popped exactly once");
+    if all != expected {
+        let total = all.len();
+        all.dedup();
+        panic!(
+            "concurrent pops returned {total} characters, {} of them distinct, of the {} held: \
+             every character must be popped exactly once",
+            all.len(),
+            expected.len()
+        );
+    }
     assert_eq!(s.get("p").await.expect("valid").as_deref(), Some(""));
 }
+
+#[cfg(test)]
+mod tests;

@@ -112,7 +112,7 @@ mod tests {
     use super::*;
     use crate::conformance;
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn conforms() {
         conformance::run_all(MemoryStorage::with_limits).await;
     }
