@@ -25,6 +25,7 @@
 //! # }
 //! ```
 
+mod channel;
 mod client;
 mod error;
 mod route;

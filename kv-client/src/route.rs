@@ -10,7 +10,7 @@ use kv_proto::v1::key_value_client::KeyValueClient;
 use kv_shard::Config;
 use tonic::transport::Channel;
 
-use crate::client::{endpoint, kv_client};
+use crate::channel::{endpoint, kv_client};
 use crate::{Error, Result, ShardMaster};
 
 /// The servers a client talks to.

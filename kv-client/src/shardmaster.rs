@@ -8,7 +8,7 @@ use kv_shard::Config;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::client::dial;
+use crate::channel::dial;
 use crate::{Error, Result};
 
 /// A connection to a shard master.
