@@ -56,7 +56,7 @@ const BENCH_MIX: &str = "get=50,put=50";
 
 #[derive(Debug, Args)]
 struct ChaosArgs {
-    /// The `kv-server` binary to start (default: next to this executable, or $KV_SERVER_BIN).
+    /// The `kv-server` binary to start (default: $KV_SERVER_BIN, or next to this executable).
     #[arg(long)]
     server_bin: Option<PathBuf>,
     /// Concurrent clients.
@@ -102,7 +102,7 @@ struct SingleNodeArgs {
     /// Run against this server (`host:port`) instead of starting one.
     #[arg(long)]
     endpoint: Option<String>,
-    /// The `kv-server` binary to start (default: next to this executable, or $KV_SERVER_BIN).
+    /// The `kv-server` binary to start (default: $KV_SERVER_BIN, or next to this executable).
     #[arg(long)]
     server_bin: Option<PathBuf>,
     /// Runtime worker threads of the started server.
@@ -151,7 +151,7 @@ struct SingleNodeArgs {
 
 #[derive(Debug, Args)]
 struct ShardedArgs {
-    /// The `kv-server` binary to start (default: next to this executable, or $KV_SERVER_BIN).
+    /// The `kv-server` binary to start (default: $KV_SERVER_BIN, or next to this executable).
     #[arg(long)]
     server_bin: Option<PathBuf>,
     /// Seconds the benchmark measures per server count (the single-node workload otherwise).
@@ -209,7 +209,7 @@ enum PhaseArg {
 
 #[derive(Debug, Args)]
 struct ReplicasArgs {
-    /// The `kv-server` binary to start (default: next to this executable, or $KV_SERVER_BIN).
+    /// The `kv-server` binary to start (default: $KV_SERVER_BIN, or next to this executable).
     #[arg(long)]
     server_bin: Option<PathBuf>,
     /// Phases of the replicas subtask to run: levels, throughput, staleness, failover.

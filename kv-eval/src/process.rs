@@ -1,10 +1,12 @@
-//! Real `kv-server` processes, started on free loopback ports and always stopped.
+//! Real `kv-server` processes, started on free loopback ports and always stopped; and the
+//! binary they run, which in tests is always built from the current source ([`find_binary`]).
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -17,14 +19,23 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// moves may take a while).
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Finds the binary `name` of this workspace: the environment variable `KV_SERVER_BIN` for
-/// `kv-server`, else beside the running executable (`target/<profile>/`), else one level up (for
-/// test executables in `target/<profile>/deps/`).
+/// Finds the binary `name` of this workspace (the binary of the package of that name):
+/// 1. for `kv-server`, the path in the environment variable `KV_SERVER_BIN`, if set;
+/// 2. in a test executable that cargo runs (`CARGO` set, the executable in `<profile>/deps/`):
+///    the binary built from the current source, by [`cargo_build`], so that a test never runs
+///    a stale binary left in `target/` nor fails for want of one (`cargo test -p kv-eval` does
+///    not build other packages' binaries);
+/// 3. beside the running executable (`target/<profile>/`, as `target/release/kv-eval` finds
+///    `target/release/kv-server`), else one level up (a test executable run by hand).
 pub fn find_binary(name: &str) -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("KV_SERVER_BIN").filter(|_| name == "kv-server") {
         return Ok(PathBuf::from(path));
     }
     let exe = std::env::current_exe().context("cannot locate the running executable")?;
+    let in_deps = exe.parent().and_then(Path::file_name).is_some_and(|dir| dir == "deps");
+    if let Some(cargo) = std::env::var_os("CARGO").filter(|_| in_deps) {
+        return cargo_build(Path::new(&cargo), &exe, name);
+    }
     let mut dir = exe.parent();
     for _ in 0..2 {
         let Some(d) = dir else { break };
@@ -39,6 +50,65 @@ pub fn find_binary(name: &str) -> Result<PathBuf> {
          or point KV_SERVER_BIN at it",
         exe.display()
     )
+}
+
+/// Builds the binary `name` of the package `name` with `cargo` (`cargo build -p NAME --bin
+/// NAME`), in the profile and the target folder of the test executable `exe`
+/// (`<target>/<profile>/deps/<test>`), from the source this crate was compiled from, and returns
+/// its path. Once per process: later calls return the first one's answer. Cargo makes the build
+/// a no-op when the binary is up to date; it does not wait for the `cargo test` that runs this,
+/// which holds no lock on the target folder while its tests run.
+fn cargo_build(cargo: &Path, exe: &Path, name: &str) -> Result<PathBuf> {
+    static BUILT: OnceLock<Mutex<HashMap<String, std::result::Result<PathBuf, String>>>> = OnceLock::new();
+    let mut built = BUILT.get_or_init(Mutex::default).lock().unwrap_or_else(PoisonError::into_inner);
+    let result = built
+        .entry(name.to_owned())
+        .or_insert_with(|| run_cargo_build(cargo, exe, name).map_err(|err| format!("{err:#}")));
+    result.clone().map_err(|err| anyhow!("{err}"))
+}
+
+fn run_cargo_build(cargo: &Path, exe: &Path, name: &str) -> Result<PathBuf> {
+    let profile_dir =
+        exe.parent().and_then(Path::parent).context("a test executable outside <profile>/deps/")?;
+    let target_dir = profile_dir.parent().context("a profile folder without a parent")?;
+    let profile = match profile_dir.file_name().and_then(|dir| dir.to_str()) {
+        Some("debug") | None => "dev",
+        Some(other) => other,
+    };
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    let output = Command::new(cargo)
+        .args([
+            "build",
+            "--message-format=json-render-diagnostics",
+            "--profile",
+            profile,
+            "-p",
+            name,
+            "--bin",
+            name,
+        ])
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {}", cargo.display()))?;
+    if !output.status.success() {
+        bail!(
+            "`cargo build -p {name} --bin {name}` failed ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    // The executable's path, from the artifact message cargo prints for it (also when fresh).
+    let executable = String::from_utf8_lossy(&output.stdout).lines().find_map(|line| {
+        let message: serde_json::Value = serde_json::from_str(line).ok()?;
+        let is_it = message["reason"] == "compiler-artifact" && message["target"]["name"] == name;
+        message["executable"].as_str().filter(|_| is_it).map(PathBuf::from)
+    });
+    executable.with_context(|| format!("`cargo build -p {name} --bin {name}` reported no executable"))
 }
 
 /// Starts `bin args..` in `cwd` with its standard error appended to `log_path`, and waits until

@@ -1,8 +1,8 @@
 //! The cluster harness against real `kv-server` processes: node faults, network faults through
 //! the proxies, and the chaos runner's verdicts on a single in-memory server.
 //!
-//! These need the `kv-server` binary beside the test executables (`cargo test --workspace`
-//! builds it; or set `KV_SERVER_BIN`).
+//! They run the `kv-server` binary built from the current source (`find_binary` builds it
+//! once per test process; or set `KV_SERVER_BIN`).
 
 #![allow(clippy::unwrap_used)]
 

@@ -1,9 +1,9 @@
 //! `kv-eval replicas` end to end, shortened: real shard master and storage server processes, the
 //! library entry point the binary calls.
 //!
-//! This needs the `kv-server` binary beside the test executables (`cargo test --workspace`
-//! builds it; or set `KV_SERVER_BIN`). Nothing here asserts timing or speed: only what every run
-//! must show, however loaded the machine.
+//! It runs the `kv-server` binary built from the current source (`find_binary` builds it once
+//! per test process; or set `KV_SERVER_BIN`). Nothing here asserts timing or speed: only what
+//! every run must show, however loaded the machine.
 
 #![allow(clippy::unwrap_used)]
 

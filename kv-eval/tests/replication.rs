@@ -2,8 +2,8 @@
 //! from any replica, through membership changes and network faults, checked for linearizability
 //! (strong consistency), convergence (eventual consistency), and lost or duplicated writes.
 //!
-//! These need the `kv-server` binary beside the test executables (`cargo test --workspace`
-//! builds it; or set `KV_SERVER_BIN`).
+//! They run the `kv-server` binary built from the current source (`find_binary` builds it
+//! once per test process; or set `KV_SERVER_BIN`).
 
 #![allow(clippy::unwrap_used)]
 

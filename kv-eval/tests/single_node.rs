@@ -1,7 +1,7 @@
 //! `kv-eval single-node` end to end: real server processes, the real runner binary.
 //!
-//! These need the `kv-server` binary beside the test executables (`cargo test --workspace`
-//! builds it; or set `KV_SERVER_BIN`).
+//! They run the `kv-server` binary built from the current source (`find_binary` builds it
+//! once per test process; or set `KV_SERVER_BIN`).
 
 use std::process::Command;
 
