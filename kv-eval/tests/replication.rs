@@ -73,13 +73,26 @@ async fn read_back(cluster: &Cluster, recorder: &Recorder, config: &Config, keys
     }
 }
 
+/// Operations a workload must complete (`ok`) for its history to say something.
+const WORK: usize = 100;
+
+/// Lets the workload run on for `at_least`, and then until it has completed more than [`WORK`]
+/// operations (a loaded machine runs fewer in the same time), for at most a minute more.
+fn run_on(recorder: &Recorder, at_least: Duration) {
+    std::thread::sleep(at_least);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while recorder.history().counts().0 <= WORK && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Checks the recorded history: it did work, and it is linearizable.
 fn assert_linearizable(cluster: &Cluster, recorder: &Recorder) {
     let history = recorder.history();
     let (ok, fail, unknown) = history.counts();
     let report = linearizability::check_with_budget(&history, Duration::from_secs(60));
     println!("{ok} ok, {fail} failed, {unknown} unknown: {:?} in {:.2} s", report.verdict, report.elapsed);
-    assert!(ok > 100, "the workload did work: {ok} ok");
+    assert!(ok > WORK, "the workload did work: {ok} ok");
     assert_eq!(report.verdict, Verdict::Linearizable, "{}", cluster.logs());
 }
 
@@ -152,7 +165,7 @@ fn strong_reads_at_any_replica_are_linearizable_through_joins_leaves_and_a_flaky
     flaky(&cluster);
     pause();
     assert!(cluster.node_mut(1).stop(STOP).unwrap(), "{}", cluster.logs());
-    pause();
+    run_on(&recorder, Duration::from_millis(800));
     stop.store(true, Ordering::Relaxed);
     for worker in workers {
         rt.block_on(worker).unwrap();
@@ -337,7 +350,7 @@ fn killing_a_primary_under_load_fails_over_and_loses_no_acknowledged_write() {
         "writes to the killed primary's slots accepted again {:.3} s after the kill",
         recovered.as_secs_f64()
     );
-    std::thread::sleep(Duration::from_millis(1500));
+    run_on(&recorder, Duration::from_millis(1500));
     stop.store(true, Ordering::Relaxed);
     for worker in workers {
         rt.block_on(worker).unwrap();
@@ -502,7 +515,7 @@ fn strong_mode_stays_linearizable_through_a_pause_and_a_kill_and_restart() {
     if let Err(err) = cluster.node_mut(2).restart() {
         panic!("{err:?}\n{}", cluster.logs());
     }
-    pause(1500);
+    run_on(&recorder, Duration::from_millis(1500));
     stop.store(true, Ordering::Relaxed);
     for worker in workers {
         rt.block_on(worker).unwrap();
@@ -631,7 +644,7 @@ fn a_receiver_dies_during_a_move(factor: usize) {
     cluster.node_mut(victim).kill().unwrap();
     let left = rt.block_on(leave).unwrap();
     println!("the leave answered: {left:?}");
-    std::thread::sleep(Duration::from_millis(1500));
+    run_on(&recorder, Duration::from_millis(1500));
     stop.store(true, Ordering::Relaxed);
     for worker in workers {
         rt.block_on(worker).unwrap();
