@@ -6,14 +6,15 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use kv_eval::bench::{BenchConfig, Mix};
-use kv_eval::chaos::{ChaosConfig, FaultKind};
-use kv_eval::cluster::ClusterConfig;
+use kv_eval::harness::chaos::{ChaosConfig, FaultKind};
+use kv_eval::harness::cluster::ClusterConfig;
+use kv_eval::load::bench::{BenchConfig, Mix};
+use kv_eval::load::report;
 use kv_eval::replicas::{
     self, ChartPaths, FailoverConfig, LevelsConfig, Setting, StalenessConfig, ThroughputConfig,
 };
 use kv_eval::sharded::{self, LoadConfig, Phase};
-use kv_eval::{report, single_node};
+use kv_eval::single_node;
 use serde::Serialize;
 
 /// Evaluation runner of the kv store: functional checks and benchmarks of real server processes.
@@ -69,7 +70,7 @@ struct ChaosArgs {
     #[arg(long, default_value_t = 5)]
     keys: usize,
     /// Operation mix, as weights: get, put, append, lpop, rpop, delete.
-    #[arg(long, default_value = kv_eval::chaos::DEFAULT_MIX)]
+    #[arg(long, default_value = kv_eval::harness::chaos::DEFAULT_MIX)]
     mix: Mix,
     /// Seconds a call may take before its outcome counts as unknown.
     #[arg(long, default_value_t = 0.5)]
@@ -446,7 +447,7 @@ fn chaos(args: &ChaosArgs) -> Result<bool> {
         config.duration.as_secs_f64(),
         if config.faults.is_empty() { "none".to_owned() } else { args.faults.clone() }
     );
-    let report = kv_eval::chaos::run(&cluster, &config)?;
+    let report = kv_eval::harness::chaos::run(&cluster, &config)?;
     println!("{report}");
     if let Some(path) = &args.json {
         report::write_json(path, &report)?;

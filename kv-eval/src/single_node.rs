@@ -11,10 +11,10 @@ use anyhow::{Context, Result};
 use kv_client::Client;
 use serde::Serialize;
 
-use crate::bench::{self, BenchConfig, BenchReport};
-use crate::checks::{self, CheckOutcome, Keys};
-use crate::process::{self, ServerProcess};
-use crate::report;
+use crate::harness::process::{self, ServerProcess};
+use crate::load::bench::{self, BenchConfig, BenchReport};
+use crate::load::checks::{self, CheckOutcome, Keys};
+use crate::load::report;
 
 /// How to run subtask 1.
 #[derive(Debug, Clone)]

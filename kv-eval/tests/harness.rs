@@ -9,12 +9,12 @@
 use std::time::Duration;
 
 use kv_client::{Client, ShardMaster};
-use kv_eval::chaos::{self, ChaosConfig, FaultKind};
-use kv_eval::cluster::{Cluster, ClusterConfig};
-use kv_eval::history::{Input, Outcome, Output};
-use kv_eval::linearizability::{self, Verdict};
-use kv_eval::proxy::Faults;
-use kv_eval::recorder::Recorder;
+use kv_eval::harness::chaos::{self, ChaosConfig, FaultKind};
+use kv_eval::harness::cluster::{Cluster, ClusterConfig};
+use kv_eval::harness::history::{Input, Outcome, Output};
+use kv_eval::harness::linearizability::{self, Verdict};
+use kv_eval::harness::proxy::Faults;
+use kv_eval::harness::recorder::Recorder;
 
 const TIMEOUT: Duration = Duration::from_millis(300);
 

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use kv_eval::proxy::{DirectionFaults, Faults, Proxy, ProxyStats};
+use kv_eval::harness::proxy::{DirectionFaults, Faults, Proxy, ProxyStats};
 
 /// The bound on every wait that is expected to succeed.
 const LONG: Duration = Duration::from_secs(10);

@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use kv_eval::bench::BenchConfig;
+use kv_eval::load::bench::BenchConfig;
 use kv_eval::replicas::{
     self, ChartPaths, FailoverConfig, LevelsConfig, Options, Phase, Setting, StalenessConfig,
     ThroughputConfig,

@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use common::{STOP, config, master_addr, runtime};
 use kv_client::{Client, ReadFrom, ShardMaster, server_status};
-use kv_eval::cluster::Cluster;
-use kv_eval::history::{Input, Outcome};
-use kv_eval::linearizability::{self, Verdict};
-use kv_eval::recorder::Recorder;
+use kv_eval::harness::cluster::Cluster;
+use kv_eval::harness::history::{Input, Outcome};
+use kv_eval::harness::linearizability::{self, Verdict};
+use kv_eval::harness::recorder::Recorder;
 use kv_shard::Config;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
@@ -151,7 +151,7 @@ fn strong_reads_at_any_replica_are_linearizable_through_joins_leaves_and_a_flaky
     let stop = Arc::new(AtomicBool::new(false));
     let flaky = |cluster: &Cluster| {
         for node in cluster.nodes() {
-            node.proxy().unwrap().set_faults(kv_eval::proxy::Faults::flaky());
+            node.proxy().unwrap().set_faults(kv_eval::harness::proxy::Faults::flaky());
         }
     };
     flaky(&cluster);
@@ -385,7 +385,7 @@ fn a_primary_cut_off_by_a_partition_is_fenced_and_rejoins() {
             .await
             .unwrap();
         assert_eq!(behind_the_cut.get("fenced").await.unwrap().as_deref(), Some("before"));
-        cluster.nodes()[victim].proxy().unwrap().set_faults(kv_eval::proxy::Faults::partition());
+        cluster.nodes()[victim].proxy().unwrap().set_faults(kv_eval::harness::proxy::Faults::partition());
         let deadline = Instant::now() + Duration::from_secs(20);
         while config(&cluster).await.id_of(primary).is_some() {
             assert!(Instant::now() < deadline, "the cut-off primary was not failed over\n{}", cluster.logs());
@@ -435,7 +435,7 @@ fn a_sender_that_dies_during_a_move_loses_nothing() {
     // Slow the receivers down, so that the hand-off is caught half-way.
     for (i, node) in cluster.nodes().iter().enumerate() {
         if i != leaver {
-            node.proxy().unwrap().set_faults(kv_eval::proxy::Faults::delayed(
+            node.proxy().unwrap().set_faults(kv_eval::harness::proxy::Faults::delayed(
                 Duration::from_millis(60),
                 Duration::from_millis(10),
             ));
@@ -610,7 +610,7 @@ fn a_receiver_dies_during_a_move(factor: usize) {
     // Slow the receivers down, so that the hand-off is caught half-way.
     for (i, node) in cluster.nodes().iter().enumerate() {
         if i != leaver {
-            node.proxy().unwrap().set_faults(kv_eval::proxy::Faults::delayed(
+            node.proxy().unwrap().set_faults(kv_eval::harness::proxy::Faults::delayed(
                 Duration::from_millis(40),
                 Duration::from_millis(10),
             ));

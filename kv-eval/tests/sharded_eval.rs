@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use kv_eval::bench::BenchConfig;
+use kv_eval::load::bench::BenchConfig;
 use kv_eval::sharded::{self, ChangeKind, LoadConfig, Options, Phase};
 
 fn short_run(chart: std::path::PathBuf) -> Options {

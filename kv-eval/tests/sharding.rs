@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::{STOP, config, master_addr, runtime};
 use kv_client::{Client, server_status};
-use kv_eval::cluster::{Cluster, ClusterConfig};
+use kv_eval::harness::cluster::{Cluster, ClusterConfig};
 use kv_shard::Config;
 
 fn sharded(nodes: usize) -> Cluster {
@@ -244,7 +244,7 @@ fn keys_that_do_not_move_keep_serving_during_a_move() {
     for node in &cluster.nodes()[..2] {
         node.proxy()
             .unwrap()
-            .set_faults(kv_eval::proxy::Faults::delayed(Duration::from_millis(100), Duration::ZERO));
+            .set_faults(kv_eval::harness::proxy::Faults::delayed(Duration::from_millis(100), Duration::ZERO));
     }
     let master = master_addr(&cluster);
     let done = Arc::new(AtomicBool::new(false));
@@ -315,9 +315,9 @@ fn keys_that_do_not_move_keep_serving_during_a_move() {
 /// then, transfers included): the history, final reads included, is linearizable.
 #[test]
 fn a_workload_through_membership_changes_on_a_flaky_network_is_linearizable() {
-    use kv_eval::history::{Input, Outcome};
-    use kv_eval::linearizability::{self, Verdict};
-    use kv_eval::recorder::Recorder;
+    use kv_eval::harness::history::{Input, Outcome};
+    use kv_eval::harness::linearizability::{self, Verdict};
+    use kv_eval::harness::recorder::Recorder;
     use rand::rngs::SmallRng;
     use rand::{RngExt, SeedableRng};
 
@@ -328,7 +328,7 @@ fn a_workload_through_membership_changes_on_a_flaky_network_is_linearizable() {
     let stop = Arc::new(AtomicBool::new(false));
     let flaky = |cluster: &Cluster| {
         for node in cluster.nodes() {
-            node.proxy().unwrap().set_faults(kv_eval::proxy::Faults::flaky());
+            node.proxy().unwrap().set_faults(kv_eval::harness::proxy::Faults::flaky());
         }
     };
     flaky(&cluster);

@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-use kv_eval::process::{ServerProcess, find_binary};
+use kv_eval::harness::process::{ServerProcess, find_binary};
 
 fn kv_eval() -> Command {
     Command::new(env!("CARGO_BIN_EXE_kv-eval"))

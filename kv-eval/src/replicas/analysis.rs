@@ -10,7 +10,7 @@
 //! that wrote it (invoked after that put completed) had completed before the get was invoked.
 //! No linearizable store returns such a value, whatever the order of concurrent operations; a
 //! get that returned a concurrent put's value, or a put's that merely completed before the
-//! reader's own, is not stale. Orders are strict, as in [`crate::linearizability`]: operations
+//! reader's own, is not stale. Orders are strict, as in [`crate::harness::linearizability`]: operations
 //! whose times touch count as concurrent.
 //!
 //! A stale read's **lag** is how long before the read began its value had been overwritten: from
@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::history::{History, Input, Operation, Outcome, Output};
+use crate::harness::history::{History, Input, Operation, Outcome, Output};
 
 /// How a successful get relates to the puts of its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! Grouped bar charts as SVG, drawn with plotters like [`crate::chart`]: one group of bars per
+//! Grouped bar charts as SVG, drawn with plotters like [`crate::load::chart`]: one group of bars per
 //! category (a replication setting), one bar per series, each labelled with its value.
 
 use anyhow::{Result, anyhow};

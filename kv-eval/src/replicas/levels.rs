@@ -18,9 +18,9 @@ use super::analysis::{self, PairTally};
 use super::setup::{client_runtime, cluster_client, keep_files_if_asked, master_addr, start_cluster};
 use super::workload::{UniqueValues, random_key};
 use super::{Options, Setting, as_secs};
-use crate::history::{History, Input, Outcome};
-use crate::linearizability;
-use crate::recorder::{Recorder, RecordingClient};
+use crate::harness::history::{History, Input, Outcome};
+use crate::harness::linearizability;
+use crate::harness::recorder::{Recorder, RecordingClient};
 
 /// How the assignment's experiment runs.
 #[derive(Debug, Clone, Serialize)]

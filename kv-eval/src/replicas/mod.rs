@@ -22,7 +22,7 @@
 //!
 //! Tables go to standard output and charts to SVG files (`presentation`); every check is a
 //! [`CheckOutcome`], and [`Report::passed`] is false if any failed. Every process started is
-//! stopped, also on failure: dropping a [`crate::cluster::Cluster`] kills what is left of it.
+//! stopped, also on failure: dropping a [`crate::harness::cluster::Cluster`] kills what is left of it.
 
 mod analysis;
 mod bars;
@@ -48,7 +48,7 @@ pub use setting::Setting;
 pub use staleness::{Convergence, StalenessConfig, StalenessRow};
 pub use throughput::{ThroughputConfig, ThroughputRow};
 
-use crate::checks::CheckOutcome;
+use crate::load::checks::CheckOutcome;
 
 /// A phase of the run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -67,7 +67,7 @@ pub enum Phase {
 /// How to run subtask 3.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// The `kv-server` binary (default: found by [`crate::process::find_binary`]).
+    /// The `kv-server` binary (default: found by [`crate::harness::process::find_binary`]).
     pub server_bin: Option<PathBuf>,
     /// The phases to run, in the order of [`Phase`].
     pub phases: Vec<Phase>,
@@ -157,7 +157,7 @@ pub fn run(options: &Options) -> Result<Report> {
         report.levels = levels::run(options)?;
         let checks = presentation::level_checks(&report.levels);
         print!("{}", presentation::levels_table(&report.levels));
-        print!("{}", crate::report::checks_table(&checks));
+        print!("{}", crate::load::report::checks_table(&checks));
         report.checks.extend(checks);
         let svg = presentation::levels_chart(&options.levels, &report.levels)?;
         report.charts.push(write_chart(&options.charts.levels, &svg)?);
@@ -167,7 +167,7 @@ pub fn run(options: &Options) -> Result<Report> {
         report.throughput = throughput::run(options)?;
         let checks = presentation::throughput_checks(&report.throughput);
         print!("{}", presentation::throughput_table(&report.throughput));
-        print!("{}", crate::report::checks_table(&checks));
+        print!("{}", crate::load::report::checks_table(&checks));
         report.checks.extend(checks);
         let svg = presentation::throughput_chart(&report.throughput)?;
         report.charts.push(write_chart(&options.charts.throughput, &svg)?);
@@ -177,7 +177,7 @@ pub fn run(options: &Options) -> Result<Report> {
         report.staleness = staleness::run(options)?;
         let checks = presentation::staleness_checks(&report.staleness);
         print!("{}", presentation::staleness_table(&report.staleness));
-        print!("{}", crate::report::checks_table(&checks));
+        print!("{}", crate::load::report::checks_table(&checks));
         report.checks.extend(checks);
     }
     if options.phases.contains(&Phase::Failover) {
@@ -185,7 +185,7 @@ pub fn run(options: &Options) -> Result<Report> {
         report.failover = failover::run(options)?;
         let checks = failover::checks(&report.failover);
         print!("{}", failover::table(&report.failover));
-        print!("{}", crate::report::checks_table(&checks));
+        print!("{}", crate::load::report::checks_table(&checks));
         report.checks.extend(checks);
         for row in &report.failover {
             let svg = failover::chart(row)?;
@@ -242,7 +242,7 @@ fn validate(options: &Options) -> Result<()> {
 
 /// Writes a chart and says where.
 fn write_chart(path: &std::path::Path, svg: &str) -> Result<PathBuf> {
-    crate::chart::write_svg(path, svg)?;
+    crate::load::chart::write_svg(path, svg)?;
     println!("  chart: {}", path.display());
     Ok(path.to_path_buf())
 }

@@ -8,9 +8,9 @@ use super::bars::{COLOURS, Series, grouped_bars_svg};
 use super::levels::{LevelRow, LevelsConfig, verdict_word};
 use super::staleness::StalenessRow;
 use super::throughput::ThroughputRow;
-use crate::checks::CheckOutcome;
-use crate::linearizability::Verdict;
-use crate::report::{self, Align};
+use crate::harness::linearizability::Verdict;
+use crate::load::checks::CheckOutcome;
+use crate::load::report::{self, Align};
 
 /// A check that passes unless `problem` says why not.
 pub(super) fn check(name: String, problem: Option<String>, seconds: f64, note: String) -> CheckOutcome {

@@ -9,7 +9,7 @@ use kv_shard::Config;
 use tokio::runtime::Runtime;
 
 use super::{Options, Setting};
-use crate::cluster::{Cluster, ClusterConfig};
+use crate::harness::cluster::{Cluster, ClusterConfig};
 
 /// The longest a fresh cluster may take to settle: every member at the shard master's epoch,
 /// every replica synced.

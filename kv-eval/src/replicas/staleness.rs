@@ -25,8 +25,8 @@ use super::setup::{
 };
 use super::workload::{UniqueValues, random_key};
 use super::{Options, Setting, as_secs};
-use crate::history::{History, Input, Outcome};
-use crate::recorder::{Recorder, RecordingClient};
+use crate::harness::history::{History, Input, Outcome};
+use crate::harness::recorder::{Recorder, RecordingClient};
 
 /// How the staleness phase runs.
 #[derive(Debug, Clone, Serialize)]

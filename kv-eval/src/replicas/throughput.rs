@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use super::setup::{cluster_client, master_addr, start_cluster};
 use super::{Options, Setting};
-use crate::bench::{self, BenchConfig, BenchReport};
+use crate::load::bench::{self, BenchConfig, BenchReport};
 
 /// The longest one attempt of a call may take: the client library's default, since a benchmark
 /// measures what calls take rather than giving up on slow ones.

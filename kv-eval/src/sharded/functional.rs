@@ -16,8 +16,8 @@ use super::{
     Options, STOP_TIMEOUT, client_runtime, cluster_client, current_config, keep_files_if_asked, master_addr,
     node_by_addr, start_cluster, stop_all_at_once,
 };
-use crate::checks::{self, CheckOutcome, Keys, verdict};
-use crate::cluster::Cluster;
+use crate::harness::cluster::Cluster;
+use crate::load::checks::{self, CheckOutcome, Keys, verdict};
 
 /// The assignment's MUDA flow appends this to key 81 at every step.
 const MUDA: &str = "MUDA ";

@@ -17,7 +17,7 @@ use tokio::runtime::Handle;
 
 use super::resharding::LoadConfig;
 use super::{STOP_TIMEOUT, current_config, node_by_addr, secs_since};
-use crate::cluster::Cluster;
+use crate::harness::cluster::Cluster;
 
 /// What a membership change does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -35,15 +35,15 @@ use kv_client::{Client, ShardMaster};
 use kv_shard::Config;
 use serde::Serialize;
 
-pub use crate::analysis::{AppendAudit, Bucket};
+pub use crate::load::analysis::{AppendAudit, Bucket};
 pub use membership::{ChangeKind, MemberStatus, MembershipChange};
 pub use resharding::{LoadConfig, ReshardingReport};
 pub use throughput::ThroughputRow;
 
-use crate::bench::BenchConfig;
-use crate::checks::CheckOutcome;
-use crate::cluster::{Cluster, ClusterConfig};
-use crate::report;
+use crate::harness::cluster::{Cluster, ClusterConfig};
+use crate::load::bench::BenchConfig;
+use crate::load::checks::CheckOutcome;
+use crate::load::report;
 
 /// Longest a server may take to leave (its data handed off) and exit after SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -63,7 +63,7 @@ pub enum Phase {
 /// How to run subtask 2.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// The `kv-server` binary (default: found by [`crate::process::find_binary`]).
+    /// The `kv-server` binary (default: found by [`crate::harness::process::find_binary`]).
     pub server_bin: Option<PathBuf>,
     /// The phases to run, in the order of [`Phase`].
     pub phases: Vec<Phase>,
@@ -115,7 +115,7 @@ pub fn run(options: &Options) -> Result<Report> {
         print!("{}", presentation::summary(&phase));
         print!("{}", report::checks_table(&phase_checks));
         let svg = presentation::chart(&phase)?;
-        crate::chart::write_svg(&options.chart, &svg)?;
+        crate::load::chart::write_svg(&options.chart, &svg)?;
         println!("  chart of throughput over time: {}", options.chart.display());
         chart = Some(options.chart.clone());
         checks.extend(phase_checks);

@@ -7,10 +7,10 @@ use anyhow::Result;
 
 use super::membership::ChangeKind;
 use super::resharding::ReshardingReport;
-use crate::chart::{self, Marker};
-use crate::checks::CheckOutcome;
-use crate::linearizability;
-use crate::report::{self, Align};
+use crate::harness::linearizability;
+use crate::load::chart::{self, Marker};
+use crate::load::checks::CheckOutcome;
+use crate::load::report::{self, Align};
 
 /// The phase's pass/fail checks.
 pub(super) fn phase_checks(report: &ReshardingReport) -> Vec<CheckOutcome> {

@@ -29,14 +29,14 @@ use serde::Serialize;
 use super::membership::{self, ChangeKind, MembershipChange};
 use super::presentation;
 use super::{Options, client_runtime, keep_files_if_asked, master_addr, secs_since, start_cluster};
-use crate::analysis::{self, AppendAudit, Bucket};
-use crate::bench::Mix;
-use crate::checks::CheckOutcome;
-use crate::cluster::Cluster;
-use crate::history::{History, Outcome};
-use crate::linearizability;
-use crate::recorded_load::{KeySpace, client_loop, final_reads, initial_value, preload};
-use crate::recorder::Recorder;
+use crate::harness::cluster::Cluster;
+use crate::harness::history::{History, Outcome};
+use crate::harness::linearizability;
+use crate::harness::recorder::Recorder;
+use crate::load::analysis::{self, AppendAudit, Bucket};
+use crate::load::bench::Mix;
+use crate::load::checks::CheckOutcome;
+use crate::load::recorded_load::{KeySpace, client_loop, final_reads, initial_value, preload};
 
 /// The load of the resharding phase and its schedule of membership changes.
 #[derive(Debug, Clone, Serialize)]

@@ -8,8 +8,8 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::{Options, cluster_client, master_addr, start_cluster};
-use crate::bench::{self, BenchReport};
-use crate::report::{self, Align};
+use crate::load::bench::{self, BenchReport};
+use crate::load::report::{self, Align};
 
 /// The benchmark against one number of servers.
 #[derive(Debug, Clone, Serialize)]

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use kv_client::ShardMaster;
-use kv_eval::cluster::{Cluster, ClusterConfig};
+use kv_eval::harness::cluster::{Cluster, ClusterConfig};
 use kv_shard::Config;
 
 /// Upper bound for a clean stop, leave and hand-off included.

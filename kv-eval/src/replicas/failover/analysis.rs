@@ -4,16 +4,16 @@
 //!
 //! Times are seconds since the load started (`from` on the history's clock). What the sharded
 //! runner's resharding phase measures the same way (the load's operations, slices of throughput,
-//! the longest latency) comes from the crate's shared [`crate::analysis`]; what is here is the
+//! the longest latency) comes from the crate's shared [`crate::load::analysis`]; what is here is the
 //! failover's own.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use super::Counts;
-use crate::analysis::{AppendAudit, Bucket};
-pub(super) use crate::analysis::{buckets, load_ops, max_latency_ms};
-use crate::history::{History, Input, Operation, Outcome};
+use crate::harness::history::{History, Input, Operation, Outcome};
+use crate::load::analysis::{AppendAudit, Bucket};
+pub(super) use crate::load::analysis::{buckets, load_ops, max_latency_ms};
 
 /// Seconds since `from`, at `at` (0 before it).
 fn secs(at: Duration, from: Duration) -> f64 {
@@ -150,7 +150,7 @@ fn head(s: &str, chars: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::Output;
+    use crate::harness::history::Output;
 
     fn op(process: u64, key: &str, input: Input, ms: (u64, u64), outcome: Outcome) -> Operation {
         Operation {

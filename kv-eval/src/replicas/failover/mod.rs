@@ -41,9 +41,9 @@ pub(super) use presentation::{chart, checks, table};
 pub(super) use record::run;
 
 use super::{Setting, as_secs};
-use crate::analysis::{AppendAudit, Bucket};
-use crate::bench::Mix;
-use crate::linearizability;
+use crate::harness::linearizability;
+use crate::load::analysis::{AppendAudit, Bucket};
+use crate::load::bench::Mix;
 
 /// The recovery time the store aims at: the failure timeout (800 ms) plus one install, with room.
 /// Above it is reported prominently, never failed: machine noise, not a defect.
@@ -198,7 +198,7 @@ pub struct FailoverReport {
     pub buckets: Vec<Bucket>,
     /// The recorded history.
     #[serde(skip)]
-    pub history: crate::history::History,
+    pub history: crate::harness::history::History,
 }
 
 impl FailoverReport {

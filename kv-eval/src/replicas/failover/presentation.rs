@@ -6,12 +6,12 @@ use std::fmt::Write as _;
 use anyhow::Result;
 
 use super::{Counts, FailoverReport, RECOVERY_LIMIT};
-use crate::chart::{self, Marker};
-use crate::checks::CheckOutcome;
-use crate::linearizability::Verdict;
+use crate::harness::linearizability::Verdict;
+use crate::load::chart::{self, Marker};
+use crate::load::checks::CheckOutcome;
+use crate::load::report::{self, Align};
 use crate::replicas::levels::verdict_word;
 use crate::replicas::presentation::check;
-use crate::report::{self, Align};
 
 fn secs(value: Option<f64>) -> String {
     value.map_or_else(|| "NO".to_owned(), |s| format!("{s:.3}"))
@@ -268,9 +268,9 @@ pub(in crate::replicas) fn chart(r: &FailoverReport) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analysis::{AppendAudit, Bucket};
-    use crate::history::History;
-    use crate::linearizability;
+    use crate::harness::history::History;
+    use crate::harness::linearizability;
+    use crate::load::analysis::{AppendAudit, Bucket};
     use crate::replicas::Setting;
     use crate::replicas::failover::{FailoverConfig, Stalls};
 

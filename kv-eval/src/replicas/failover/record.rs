@@ -13,11 +13,11 @@ use tokio::task::JoinSet;
 
 use super::analysis;
 use super::{FailoverConfig, FailoverReport, RECOVERY_BAR, RECOVERY_LIMIT, Stalls};
-use crate::cluster::Cluster;
-use crate::history::History;
-use crate::linearizability;
-use crate::recorded_load::{KeySpace, client_loop, final_reads, initial_value, preload};
-use crate::recorder::Recorder;
+use crate::harness::cluster::Cluster;
+use crate::harness::history::History;
+use crate::harness::linearizability;
+use crate::harness::recorder::Recorder;
+use crate::load::recorded_load::{KeySpace, client_loop, final_reads, initial_value, preload};
 use crate::replicas::setup::{
     client_runtime, cluster_client, current_config, keep_files_if_asked, master_addr, start_cluster,
 };

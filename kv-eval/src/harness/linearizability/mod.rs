@@ -71,7 +71,7 @@ use serde::{Deserialize, Serialize};
 
 pub use generate::{HistoryShape, random_history};
 
-use crate::history::{History, Input, Operation, Outcome, Output};
+use crate::harness::history::{History, Input, Operation, Outcome, Output};
 use search::{GaveUp, Limit, Spec};
 
 /// The result of checking a history.

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use kv_client::Client;
 
-use crate::history::{History, Input, Operation, Outcome, Output};
+use crate::harness::history::{History, Input, Operation, Outcome, Output};
 
 /// Collects the operations of many clients into one history.
 #[derive(Debug, Clone)]

@@ -5,7 +5,7 @@
 //! comparing it with a recorded output allocates nothing) and how the state changes (applied only
 //! when the output matched).
 
-use crate::history::{Input, Output};
+use crate::harness::history::{Input, Output};
 
 /// A key's value; `None` while the key is missing.
 pub(super) type State = Option<String>;

@@ -14,7 +14,7 @@
 //! Faults on a node: [`Node::kill`] (SIGKILL), [`Node::restart`] (same address and folder),
 //! [`Node::pause`] / [`Node::resume`] (SIGSTOP / SIGCONT).
 //!
-//! Network faults go through fault-injecting TCP proxies on loopback ([`crate::proxy`]), so they
+//! Network faults go through fault-injecting TCP proxies on loopback ([`crate::harness::proxy`]), so they
 //! need no privileges and work in CI:
 //! - in front of each node, the *client path* ([`Node::proxy`]): clients dial
 //!   [`Node::client_addr`], and the harness partitions, delays or resets that path at will;
@@ -26,7 +26,7 @@
 //!   nothing: a node cut off on its client path is cut off from its peers too.
 //!
 //! A proxy only knows TCP: "drop" is a black hole per direction, and a connection that lost
-//! bytes is reset when healed (see [`crate::proxy`] for why).
+//! bytes is reset when healed (see [`crate::harness::proxy`] for why).
 //!
 //! Dropping the [`Cluster`] kills and reaps every process it started — also when a test fails or
 //! panics — and removes its folders, unless [`Cluster::keep_files`] was called.
@@ -41,8 +41,8 @@ use nix::sys::signal::Signal;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
-use crate::process::{signal, spawn_server_until};
-use crate::proxy::{Faults, Proxy};
+use crate::harness::process::{signal, spawn_server_until};
+use crate::harness::proxy::{Faults, Proxy};
 
 /// Ports are drawn from here: below the ephemeral range, above well-known services.
 const PORT_RANGE: std::ops::Range<u16> = 20_000..32_000;
@@ -70,12 +70,12 @@ pub struct ClusterConfig {
 }
 
 impl ClusterConfig {
-    /// `nodes` storage servers of the `kv-server` found by [`crate::process::find_binary`],
+    /// `nodes` storage servers of the `kv-server` found by [`crate::harness::process::find_binary`],
     /// each behind a proxy.
     pub fn new(nodes: usize) -> Result<Self> {
         Ok(ClusterConfig {
             nodes,
-            server_bin: crate::process::find_binary("kv-server")?,
+            server_bin: crate::harness::process::find_binary("kv-server")?,
             server_args: vec!["--log".into(), "info".into(), "--workers".into(), "1".into()],
             proxies: true,
             shardmaster: false,

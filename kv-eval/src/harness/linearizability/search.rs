@@ -32,7 +32,7 @@ use std::time::Instant;
 
 use super::cache::{self, Bitset, Cache};
 use super::model::{self, Change, State};
-use crate::history::{Input, Output};
+use crate::harness::history::{Input, Output};
 
 /// Steps between two looks at the clock.
 const CHECK_EVERY: u32 = 1024;

@@ -9,7 +9,7 @@
 //!   effect at any point after its invocation, or never, so a checker treats its completion as
 //!   lying at the end of time.
 //!
-//! A history is what [`crate::linearizability`] checks, and what a run writes out as JSON.
+//! A history is what [`crate::harness::linearizability`] checks, and what a run writes out as JSON.
 
 use std::time::Duration;
 

@@ -105,7 +105,7 @@ pub fn throughput_svg(title: &str, points: &[(f64, f64)], markers: &[Marker], x_
 /// Writes an SVG document to `path`, atomically (a temporary file renamed into place),
 /// creating its folder if needed.
 pub fn write_svg(path: &Path, svg: &str) -> Result<()> {
-    crate::report::create_parent(path)?;
+    crate::load::report::create_parent(path)?;
     let tmp = path.with_extension("svg.tmp");
     std::fs::write(&tmp, svg).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))

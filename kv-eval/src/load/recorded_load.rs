@@ -1,9 +1,9 @@
 //! The recorded load that a cluster change runs under: the sharded runner's resharding phase and
-//! the replicas runner's failover phase both drive it, and check it with [`crate::analysis`].
+//! the replicas runner's failover phase both drive it, and check it with [`crate::load::analysis`].
 //!
 //! A quarter of the keys take puts, the others only appends, and every value written is unique
 //! and ends with `;`: an append key's final value then lists the appends it holds, which is what
-//! [`crate::analysis::audit_appends`] reads. Nothing here decides when the load stops; the caller
+//! [`crate::load::analysis::audit_appends`] reads. Nothing here decides when the load stops; the caller
 //! says so.
 
 use std::collections::BTreeMap;
@@ -14,9 +14,9 @@ use anyhow::{Context, Result, bail};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
-use crate::bench::{Mix, OpKind};
-use crate::history::{Input, Outcome, Output};
-use crate::recorder::RecordingClient;
+use crate::harness::history::{Input, Outcome, Output};
+use crate::harness::recorder::RecordingClient;
+use crate::load::bench::{Mix, OpKind};
 
 /// How long the final reads may keep retrying, all keys together.
 const FINAL_READS_LIMIT: Duration = Duration::from_secs(30);

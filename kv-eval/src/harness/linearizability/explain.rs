@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use super::model::State;
 use super::search::{self, GaveUp, Limit, Spec};
 use super::{InputText, OpLine, OutputText};
-use crate::history::{Input, Operation, Outcome, Output};
+use crate::harness::history::{Input, Operation, Outcome, Output};
 
 /// Time allowed for explaining one violation, on top of the check's budget.
 const BUDGET: Duration = Duration::from_secs(5);

@@ -12,7 +12,7 @@ use std::time::Duration;
 use rand::{RngExt, SeedableRng, rngs::SmallRng};
 
 use super::model::{self, State};
-use crate::history::{History, Input, Operation, Outcome, Output};
+use crate::harness::history::{History, Input, Operation, Outcome, Output};
 
 /// The shape of a generated history.
 #[derive(Debug, Clone, PartialEq)]

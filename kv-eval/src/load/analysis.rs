@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::history::{History, Input, Operation, Outcome};
+use crate::harness::history::{History, Input, Operation, Outcome};
 
 /// Operations that completed in one slice of the load's time.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -242,7 +242,7 @@ fn truncate(s: &str, chars: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::Output;
+    use crate::harness::history::Output;
 
     fn op(process: u64, key: &str, input: Input, ms: (u64, u64), outcome: Outcome) -> Operation {
         Operation {

@@ -6,8 +6,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::bench::{BenchReport, OpStats};
-use crate::checks::CheckOutcome;
+use crate::load::bench::{BenchReport, OpStats};
+use crate::load::checks::CheckOutcome;
 
 /// The checks as a table, one line each.
 pub fn checks_table(checks: &[CheckOutcome]) -> String {

@@ -26,12 +26,12 @@ use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 
-use crate::bench::{Mix, OpKind};
-use crate::cluster::{Cluster, ClusterConfig};
-use crate::history::{History, Input, Outcome};
-use crate::linearizability;
-use crate::proxy::Faults;
-use crate::recorder::{Recorder, RecordingClient};
+use crate::harness::cluster::{Cluster, ClusterConfig};
+use crate::harness::history::{History, Input, Outcome};
+use crate::harness::linearizability;
+use crate::harness::proxy::Faults;
+use crate::harness::recorder::{Recorder, RecordingClient};
+use crate::load::bench::{Mix, OpKind};
 
 /// A kind of fault the nemesis injects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -1,0 +1,18 @@
+//! The cluster test harness, with which the distributed parts are checked; the runners and the
+//! integration tests share it.
+//!
+//! - [`process`]: real `kv-server` processes on free loopback ports, always stopped;
+//! - [`cluster`]: nodes to kill, restart, pause and resume, each behind fault-injecting
+//!   [`proxy`]s (client paths and node-to-node links) to partition, delay and reset;
+//! - [`recorder`] and [`history`]: every operation of every client, with invocation and
+//!   completion times and an `ok` / `fail` / `unknown` outcome;
+//! - [`linearizability`]: a checker of such histories against the store's per-key model;
+//! - [`chaos`]: workloads under a nemesis schedule, healed, read back and checked.
+
+pub mod chaos;
+pub mod cluster;
+pub mod history;
+pub mod linearizability;
+pub mod process;
+pub mod proxy;
+pub mod recorder;
