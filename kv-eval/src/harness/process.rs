@@ -22,7 +22,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Finds the binary `name` of this workspace (the binary of the package of that name):
 /// 1. for `kv-server`, the path in the environment variable `KV_SERVER_BIN`, if set;
 /// 2. in a test executable that cargo runs (`CARGO` set, the executable in `<profile>/deps/`):
-///    the binary built from the current source, by [`cargo_build`], so that a test never runs
+///    the binary built from the current source, by `cargo_build`, so that a test never runs
 ///    a stale binary left in `target/` nor fails for want of one (`cargo test -p kv-eval` does
 ///    not build other packages' binaries);
 /// 3. beside the running executable (`target/<profile>/`, as `target/release/kv-eval` finds
