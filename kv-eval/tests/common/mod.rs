@@ -3,6 +3,8 @@
 #![allow(clippy::unwrap_used)]
 #![allow(dead_code)] // Not every test crate that includes this module uses all of it.
 
+pub(crate) mod replicated;
+
 use std::time::Duration;
 
 use kv_client::ShardMaster;
