@@ -1,7 +1,8 @@
 //! The kv store's evaluation runner, as a library that its binary and the workspace's
 //! integration tests share.
 //!
-//! It measures real software, and holds three groups of modules:
+//! It measures real software, and holds three groups of modules, each using only the ones
+//! before it:
 //! - [`harness`]: the reusable cluster test harness. [`harness::process`] starts `kv-server`
 //!   binaries as separate processes on free loopback ports and stops every one of them, also
 //!   when a check fails or panics; [`harness::cluster`] runs nodes to kill, restart, pause and

@@ -29,9 +29,9 @@ use serde::Serialize;
 use crate::harness::cluster::{Cluster, ClusterConfig};
 use crate::harness::history::{History, Input, Outcome};
 use crate::harness::linearizability;
+use crate::harness::mix::{Mix, OpKind};
 use crate::harness::proxy::Faults;
 use crate::harness::recorder::{Recorder, RecordingClient};
-use crate::load::bench::{Mix, OpKind};
 
 /// A kind of fault the nemesis injects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -7,12 +7,14 @@
 //! - [`recorder`] and [`history`]: every operation of every client, with invocation and
 //!   completion times and an `ok` / `fail` / `unknown` outcome;
 //! - [`linearizability`]: a checker of such histories against the store's per-key model;
-//! - [`chaos`]: workloads under a nemesis schedule, healed, read back and checked.
+//! - [`chaos`]: workloads under a nemesis schedule, healed, read back and checked, with an
+//!   operation [`mix`] that the benchmark and the recorded loads share.
 
 pub mod chaos;
 pub mod cluster;
 pub mod history;
 pub mod linearizability;
+pub mod mix;
 pub mod process;
 pub mod proxy;
 pub mod recorder;

@@ -15,8 +15,8 @@ use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
 use crate::harness::history::{Input, Outcome, Output};
+use crate::harness::mix::{Mix, OpKind};
 use crate::harness::recorder::RecordingClient;
-use crate::load::bench::{Mix, OpKind};
 
 /// How long the final reads may keep retrying, all keys together.
 const FINAL_READS_LIMIT: Duration = Duration::from_secs(30);

@@ -32,9 +32,9 @@ use super::{Options, client_runtime, keep_files_if_asked, master_addr, secs_sinc
 use crate::harness::cluster::Cluster;
 use crate::harness::history::{History, Outcome};
 use crate::harness::linearizability;
+use crate::harness::mix::Mix;
 use crate::harness::recorder::Recorder;
 use crate::load::analysis::{self, AppendAudit, Bucket};
-use crate::load::bench::Mix;
 use crate::load::checks::CheckOutcome;
 use crate::load::recorded_load::{KeySpace, client_loop, final_reads, initial_value, preload};
 

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use kv_eval::load::bench::Mix;
+use kv_eval::harness::mix::Mix;
 use kv_eval::replicas::Setting;
 
 /// The benchmark's workload, shared by the single-node and sharded subtasks so that their

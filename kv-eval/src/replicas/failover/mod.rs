@@ -42,8 +42,8 @@ pub(super) use record::run;
 
 use super::{Setting, as_secs};
 use crate::harness::linearizability;
+use crate::harness::mix::Mix;
 use crate::load::analysis::{AppendAudit, Bucket};
-use crate::load::bench::Mix;
 
 /// The recovery time the store aims at: the failure timeout (800 ms) plus one install, with room.
 /// Above it is reported prominently, never failed: machine noise, not a defect.
