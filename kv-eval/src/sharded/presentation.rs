@@ -1,5 +1,5 @@
-//! What the resharding phase tells people: its pass/fail checks, its summary with a row per
-//! membership change, and its chart of throughput over time.
+//! What the resharding phase tells people: its summary with a row per membership change, and
+//! its chart of throughput over time.
 
 use std::fmt::Write as _;
 
@@ -7,93 +7,8 @@ use anyhow::Result;
 
 use super::membership::ChangeKind;
 use super::resharding::ReshardingReport;
-use crate::harness::linearizability;
 use crate::load::chart::{self, Marker};
-use crate::load::checks::CheckOutcome;
 use crate::load::report::{self, Align};
-
-/// The phase's pass/fail checks.
-pub(super) fn phase_checks(report: &ReshardingReport) -> Vec<CheckOutcome> {
-    let check = |name: String, problem: Option<String>, seconds: f64, note: String| CheckOutcome {
-        name,
-        passed: problem.is_none(),
-        detail: problem.unwrap_or(note),
-        seconds,
-    };
-    let changes = &report.changes;
-    let joins = changes.iter().filter(|c| c.kind == ChangeKind::Join).count();
-    let failed = changes.iter().find(|c| !c.succeeded);
-    let unsettled = changes.iter().find_map(|c| {
-        c.members
-            .iter()
-            .find(|m| {
-                m.epoch != c.epoch_after
-                    || m.incoming_slots > 0
-                    || m.outgoing_slots > 0
-                    || m.keys_held != m.keys_owned
-            })
-            .map(|m| {
-                format!(
-                    "after the {} at {:.2} s, {} is at epoch {} (master: {}) with {} incoming and {} \
-                     outgoing slots, holding {} keys where it owns {}",
-                    c.kind.name(),
-                    c.at_secs,
-                    m.server,
-                    m.epoch,
-                    c.epoch_after,
-                    m.incoming_slots,
-                    m.outgoing_slots,
-                    m.keys_held,
-                    m.keys_owned
-                )
-            })
-    });
-    let lin = &report.linearizability;
-    let a = &report.appends;
-    let lin_problem = match &lin.verdict {
-        linearizability::Verdict::Linearizable => None,
-        linearizability::Verdict::NotLinearizable { key, reason, .. } => {
-            Some(format!("NOT linearizable on key {key}: {reason}"))
-        }
-        linearizability::Verdict::Unknown { reason } => Some(format!("undecided: {reason}")),
-    };
-    vec![
-        check(
-            format!("resharding: {} joins and {} leaves under load completed", joins, changes.len() - joins),
-            failed.map(|c| {
-                format!("the {} of {} at {:.2} s: {}", c.kind.name(), c.server, c.at_secs, c.detail)
-            }),
-            changes.iter().map(|c| c.duration_secs).sum(),
-            "ok".into(),
-        ),
-        check(
-            "resharding: after each change every member holds exactly the keys it owns".into(),
-            unsettled,
-            0.0,
-            "ok".into(),
-        ),
-        check(
-            format!("resharding: every key read back after the load ({} keys)", report.keys),
-            (!report.unread_keys.is_empty()).then(|| {
-                format!("{} key(s) unreadable, e.g. {}", report.unread_keys.len(), report.unread_keys[0])
-            }),
-            0.0,
-            "ok".into(),
-        ),
-        check(
-            "resharding: the history is linearizable".into(),
-            lin_problem,
-            lin.elapsed,
-            format!("ok: {} operations on {} keys", lin.ops_checked, lin.keys_checked),
-        ),
-        check(
-            "resharding: every acknowledged append applied exactly once".into(),
-            a.problems(),
-            0.0,
-            a.summary(),
-        ),
-    ]
-}
 
 /// The phase's summary and its changes as a table.
 pub(super) fn summary(r: &ReshardingReport) -> String {

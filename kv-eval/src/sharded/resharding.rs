@@ -14,8 +14,8 @@
 //!    the keys take puts and the rest only appends, so each append key's final value lists the
 //!    appends it holds.
 //!
-//! The changes themselves are made and measured by `membership`; the report is shown by
-//! `presentation`.
+//! The changes themselves are made and measured by `membership`; the report is judged here
+//! ([`phase_checks`]) and shown by `presentation`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,7 +27,6 @@ use kv_client::Client;
 use serde::Serialize;
 
 use super::membership::{self, ChangeKind, MembershipChange};
-use super::presentation;
 use super::{Options, client_runtime, keep_files_if_asked, master_addr, secs_since, start_cluster};
 use crate::harness::cluster::Cluster;
 use crate::harness::history::{History, Outcome};
@@ -144,7 +143,7 @@ pub(super) fn run(options: &Options) -> Result<(ReshardingReport, Vec<CheckOutco
     let mut cluster = start_cluster(options, config.initial_servers)?;
     let result = record(&mut cluster, options).map(|recorded| {
         let report = analyse(config, recorded);
-        let checks = presentation::phase_checks(&report);
+        let checks = phase_checks(&report);
         (report, checks)
     });
     keep_files_if_asked(
@@ -283,4 +282,87 @@ async fn connect(master: &str, timeout: Duration) -> Result<Client> {
         .connect()
         .await
         .with_context(|| format!("cannot connect to the cluster at {master}"))
+}
+
+/// The phase's pass/fail checks.
+fn phase_checks(report: &ReshardingReport) -> Vec<CheckOutcome> {
+    let check = |name: String, problem: Option<String>, seconds: f64, note: String| CheckOutcome {
+        name,
+        passed: problem.is_none(),
+        detail: problem.unwrap_or(note),
+        seconds,
+    };
+    let changes = &report.changes;
+    let joins = changes.iter().filter(|c| c.kind == ChangeKind::Join).count();
+    let failed = changes.iter().find(|c| !c.succeeded);
+    let unsettled = changes.iter().find_map(|c| {
+        c.members
+            .iter()
+            .find(|m| {
+                m.epoch != c.epoch_after
+                    || m.incoming_slots > 0
+                    || m.outgoing_slots > 0
+                    || m.keys_held != m.keys_owned
+            })
+            .map(|m| {
+                format!(
+                    "after the {} at {:.2} s, {} is at epoch {} (master: {}) with {} incoming and {} \
+                     outgoing slots, holding {} keys where it owns {}",
+                    c.kind.name(),
+                    c.at_secs,
+                    m.server,
+                    m.epoch,
+                    c.epoch_after,
+                    m.incoming_slots,
+                    m.outgoing_slots,
+                    m.keys_held,
+                    m.keys_owned
+                )
+            })
+    });
+    let lin = &report.linearizability;
+    let a = &report.appends;
+    let lin_problem = match &lin.verdict {
+        linearizability::Verdict::Linearizable => None,
+        linearizability::Verdict::NotLinearizable { key, reason, .. } => {
+            Some(format!("NOT linearizable on key {key}: {reason}"))
+        }
+        linearizability::Verdict::Unknown { reason } => Some(format!("undecided: {reason}")),
+    };
+    vec![
+        check(
+            format!("resharding: {} joins and {} leaves under load completed", joins, changes.len() - joins),
+            failed.map(|c| {
+                format!("the {} of {} at {:.2} s: {}", c.kind.name(), c.server, c.at_secs, c.detail)
+            }),
+            changes.iter().map(|c| c.duration_secs).sum(),
+            "ok".into(),
+        ),
+        check(
+            "resharding: after each change every member holds exactly the keys it owns".into(),
+            unsettled,
+            0.0,
+            "ok".into(),
+        ),
+        check(
+            format!("resharding: every key read back after the load ({} keys)", report.keys),
+            (!report.unread_keys.is_empty()).then(|| {
+                format!("{} key(s) unreadable, e.g. {}", report.unread_keys.len(), report.unread_keys[0])
+            }),
+            0.0,
+            "ok".into(),
+        ),
+        check(
+            "resharding: the history is linearizable".into(),
+            lin_problem,
+            lin.elapsed,
+            format!("ok: {} operations on {} keys", lin.ops_checked, lin.keys_checked),
+        ),
+        check(
+            "resharding: every acknowledged append applied exactly once".into(),
+            a.problems(),
+            0.0,
+            a.summary(),
+        ),
+    ]
 }
