@@ -15,7 +15,6 @@ use kv_shard::{Config, SLOTS};
 use serde::Serialize;
 use tokio::runtime::Handle;
 
-use super::resharding::LoadConfig;
 use super::{STOP_TIMEOUT, current_config, node_by_addr, secs_since};
 use crate::harness::cluster::Cluster;
 
@@ -96,21 +95,22 @@ pub struct MembershipChange {
     pub min_ops_per_sec: f64,
 }
 
-/// Makes the scheduled changes, each at its time (or as soon as the one before is done); stops
-/// at the first that cannot be made or measured, and says why.
+/// Makes the scheduled changes, each at its fraction of `duration` after `start` (or as soon as
+/// the one before is done); stops at the first that cannot be made or measured, and says why.
 pub(super) fn membership(
     cluster: &mut Cluster,
     handle: &Handle,
     master: &str,
-    config: &LoadConfig,
+    schedule: &[(f64, ChangeKind)],
+    duration: Duration,
     keys: &[String],
     start: Instant,
 ) -> (Vec<MembershipChange>, Option<String>) {
-    let mut schedule = config.schedule.clone();
+    let mut schedule = schedule.to_vec();
     schedule.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut changes = Vec::new();
     for (fraction, kind) in schedule {
-        let when = start + config.duration.mul_f64(fraction.clamp(0.0, 1.0));
+        let when = start + duration.mul_f64(fraction.clamp(0.0, 1.0));
         std::thread::sleep(when.saturating_duration_since(Instant::now()));
         let change = match change(cluster, handle, master, kind, keys, start) {
             Ok(change) => change,

@@ -204,7 +204,15 @@ fn record(cluster: &mut Cluster, options: &Options) -> Result<Recorded> {
     let handle = rt.handle().clone();
     let (changes, schedule_error) = std::thread::scope(|scope| {
         let membership = scope.spawn(|| {
-            let changes = membership::membership(cluster, &handle, &master, config, &keys.all, start);
+            let changes = membership::membership(
+                cluster,
+                &handle,
+                &master,
+                &config.schedule,
+                config.duration,
+                &keys.all,
+                start,
+            );
             done.store(true, Ordering::Relaxed);
             changes
         });
