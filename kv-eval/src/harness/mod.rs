@@ -9,6 +9,10 @@
 //! - [`linearizability`]: a checker of such histories against the store's per-key model;
 //! - [`chaos`]: workloads under a nemesis schedule, healed, read back and checked, with an
 //!   operation [`mix`] that the benchmark and the recorded loads share.
+//!
+//! The history and the checker need nothing but `std` and `serde` (a test holds them to it): a
+//! history written out by a run can be checked anywhere, and the checker's verdict depends on
+//! nothing but the history.
 
 pub mod chaos;
 pub mod cluster;

@@ -1,4 +1,5 @@
-//! Random histories that are linearizable by construction, to test and time the checker.
+//! Random histories that are linearizable by construction, to test and time the checker (in
+//! its tests only: the checker itself needs no randomness).
 //!
 //! Processes run operations back to back on random keys. Every operation that takes effect gets
 //! a random instant inside its interval (an unknown one possibly after the client gave up); the
@@ -16,22 +17,22 @@ use crate::harness::history::{History, Input, Operation, Outcome, Output};
 
 /// The shape of a generated history.
 #[derive(Debug, Clone, PartialEq)]
-pub struct HistoryShape {
+pub(super) struct HistoryShape {
     /// Operations in all.
-    pub ops: usize,
+    pub(super) ops: usize,
     /// Keys, picked uniformly.
-    pub keys: usize,
+    pub(super) keys: usize,
     /// Processes running concurrently, each one operation at a time.
-    pub processes: usize,
+    pub(super) processes: usize,
     /// Shortest operation latency.
-    pub min_latency: Duration,
+    pub(super) min_latency: Duration,
     /// Longest operation latency.
-    pub max_latency: Duration,
+    pub(super) max_latency: Duration,
     /// Share of operations whose outcome is unknown; half of them take effect, up to a few
     /// latencies after the client gave up.
-    pub unknown: f64,
+    pub(super) unknown: f64,
     /// Share of operations that fail, and so do not take effect.
-    pub fail: f64,
+    pub(super) fail: f64,
 }
 
 impl Default for HistoryShape {
@@ -53,7 +54,7 @@ impl Default for HistoryShape {
 const ALPHABET: [char; 8] = ['a', 'b', 'c', 'd', 'x', 'y', 'é', '€'];
 
 /// A random linearizable history of the given shape; the same seed gives the same history.
-pub fn random_history(shape: &HistoryShape, seed: u64) -> History {
+pub(super) fn random_history(shape: &HistoryShape, seed: u64) -> History {
     let mut rng = SmallRng::seed_from_u64(seed);
     let min = nanos(shape.min_latency);
     let max = nanos(shape.max_latency).max(min + 1);

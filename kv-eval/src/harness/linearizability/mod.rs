@@ -55,6 +55,7 @@
 
 mod cache;
 mod explain;
+#[cfg(test)]
 mod generate;
 mod model;
 mod search;
@@ -68,8 +69,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-
-pub use generate::{HistoryShape, random_history};
 
 use crate::harness::history::{History, Input, Operation, Outcome, Output};
 use search::{GaveUp, Limit, Spec};

@@ -33,6 +33,7 @@ impl Returned<'_> {
     }
 
     /// The owned output, as the generator records it.
+    #[cfg(test)]
     pub(super) fn to_output(self) -> Output {
         match self {
             Returned::Value(v) => Output::Value(v.map(str::to_owned)),
@@ -115,7 +116,9 @@ pub(super) fn transition<'s, 'i>(state: &'s State, input: &'i Input) -> (Returne
     }
 }
 
-/// Runs `input` on `state` in place and returns its output: the plain sequential model.
+/// Runs `input` on `state` in place and returns its output: the plain sequential model, which
+/// the tests and the generator of random histories run.
+#[cfg(test)]
 pub(super) fn run(state: &mut State, input: &Input) -> Output {
     let (returned, change) = transition(state, input);
     let output = returned.to_output();

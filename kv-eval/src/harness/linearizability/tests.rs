@@ -2,6 +2,7 @@ use std::time::{Duration, Instant};
 
 use rand::{RngExt, SeedableRng, rngs::SmallRng};
 
+use super::generate::{HistoryShape, random_history};
 use super::model::{self, State};
 use super::*;
 
@@ -471,4 +472,47 @@ fn brute_force(ops: &[Operation]) -> bool {
     }
     let kept: Vec<&Operation> = ops.iter().filter(|o| o.outcome != Outcome::Fail).collect();
     go(&kept, &mut vec![false; kept.len()], &None)
+}
+
+/// The history and the checker need nothing but `std` and `serde` (see [`crate::harness`]): every
+/// `use` in their sources names one of those, or the checker's own modules, and no path names
+/// another crate.
+#[test]
+fn the_history_and_the_checker_use_nothing_but_std_and_serde() {
+    let sources = [
+        ("history.rs", include_str!("../history.rs")),
+        ("linearizability/mod.rs", include_str!("mod.rs")),
+        ("linearizability/cache.rs", include_str!("cache.rs")),
+        ("linearizability/explain.rs", include_str!("explain.rs")),
+        ("linearizability/model.rs", include_str!("model.rs")),
+        ("linearizability/search.rs", include_str!("search.rs")),
+    ];
+    let allowed = [
+        "std::",
+        "serde::",
+        "super::",
+        "crate::harness::history::",
+        "cache::",
+        "explain::",
+        "model::",
+        "search::",
+    ];
+    let other_crates = [
+        "rand::",
+        "tokio::",
+        "anyhow::",
+        "kv_client::",
+        "kv_shard::",
+        "serde_json::",
+        "nix::",
+        "hdrhistogram::",
+    ];
+    for (file, source) in sources {
+        for line in source.lines().map(str::trim_start) {
+            if let Some(path) = line.strip_prefix("use ").or_else(|| line.strip_prefix("pub use ")) {
+                assert!(allowed.iter().any(|a| path.starts_with(a)), "{file}: {line}");
+            }
+            assert!(!other_crates.iter().any(|c| line.contains(c)), "{file}: {line}");
+        }
+    }
 }
