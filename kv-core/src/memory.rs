@@ -81,12 +81,15 @@ impl Storage for MemoryStorage {
         &self,
         select: &(dyn for<'k> Fn(&'k str) -> bool + Sync),
     ) -> Result<Vec<(String, String)>> {
-        Ok(self
+        let mut entries: Vec<(String, String)> = self
             .map
             .iter()
             .filter(|entry| select(entry.key()))
             .map(|entry| (entry.key().clone(), entry.value().clone()))
-            .collect())
+            .collect();
+        // In key order, whatever the map's hashing: a run is then the same every time.
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Ok(entries)
     }
 
     async fn import(&self, entries: Vec<(String, String)>) -> Result<()> {

@@ -224,7 +224,8 @@ impl Sessions {
         Ok(Begin::Apply(Ticket { sessions: self, id, fingerprint, tag, finished: false }))
     }
 
-    /// The answers of the partitions `select` picks, per client, with the client's floor. Writes
+    /// The answers of the partitions `select` picks, per client (in client order), with the
+    /// client's floor. Writes
     /// in progress are not exported: the caller exports partitions it has stopped writing to, once
     /// the writes in flight have finished.
     pub fn export(&self, select: impl Fn(u16) -> bool) -> Vec<SessionRecord> {
@@ -244,6 +245,8 @@ impl Sessions {
                 records.push(SessionRecord { client: *session.key(), floor: session.floor, answers });
             }
         }
+        // In client order, whatever the map's hashing: a run is then the same every time.
+        records.sort_unstable_by_key(|record| record.client);
         records
     }
 

@@ -22,8 +22,8 @@ pub trait Storage: Send + Sync + 'static {
     /// Applies one mutation atomically. On error nothing changed.
     async fn apply(&self, mutation: Mutation) -> Result<Output>;
 
-    /// Every key `select` picks, with its value. Each pair is a value the key held; the pairs
-    /// are not one atomic snapshot, so callers export keys no one is writing (a slot that has
+    /// Every key `select` picks, with its value, in key order. Each pair is a value the key held;
+    /// the pairs are not one atomic snapshot, so callers export keys no one is writing (a slot that has
     /// stopped being served, when moving data between servers).
     async fn export(
         &self,

@@ -209,6 +209,13 @@
 //! A failed server that was only cut off learns it was failed from the next configuration it is
 //! given, drops its stale copies, and joins again too.
 //!
+//! # Determinism
+//!
+//! Given the same calls, answers and times, a node does the same thing: its `select!`s are
+//! `biased` (the first ready branch wins, where tokio would pick at random), and the maps and
+//! sets it iterates are ordered. This is what lets the simulator in `kv-eval` replay a run from
+//! its seed.
+//!
 //! # Known limits
 //!
 //! - A failover with no up-to-date copy of a slot left loses what the promoted copy had not
@@ -229,9 +236,6 @@
 //!   version: when a configuration turns a background secondary into a synchronous one, a flush
 //!   in flight may leave it one value behind until the key is written again.
 //! - The shard master is a single process that keeps its state in memory.
-//! - Some `select!`s of the drivers (a change's installs against its silence watches, a write's
-//!   replication against a pending install) pick among ready branches at random, as tokio does:
-//!   under a deterministic simulator they are a source of nondeterminism still to be seeded.
 //! - A strong write waits for a prepare round trip to every secondary, holding its slot's write
 //!   lock, and costs a commit message after: measured at about a third of eventual mode's write
 //!   throughput (`kv-eval replicas`).

@@ -5,7 +5,7 @@
 //! applies what a method returns to the storage engine, so that a slot's writes reach the engine
 //! in the order decided here.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use kv_core::SessionRecord;
 
@@ -36,7 +36,7 @@ pub enum SlotState {
     /// write has reached since the catch-up began. It serves no reads.
     Syncing {
         /// Keys written since the catch-up began: their snapshot entries are older.
-        touched: HashSet<String>,
+        touched: BTreeSet<String>,
         /// The epoch the catch-up began at: only a snapshot the primary read at this epoch or
         /// later holds every write this copy will not receive (an older one, still in flight
         /// from a catch-up this server had at an earlier epoch, may not).
@@ -56,7 +56,7 @@ pub enum Takeover {
     /// others may be missing or stale, and are to be taken from another copy of the slot.
     Partial {
         /// Keys a write has reached since the catch-up began.
-        written: HashSet<String>,
+        written: BTreeSet<String>,
     },
 }
 
@@ -67,7 +67,7 @@ pub struct SlotReplica {
     /// Prepared writes not yet committed, by sequence number (strong consistency).
     pending: BTreeMap<u64, ReplicatedWrite>,
     /// How many pending writes each key has: a key with any is *dirty*.
-    dirty: HashMap<String, usize>,
+    dirty: BTreeMap<String, usize>,
     /// The newest write prepared here: the primary prepares a slot's writes one after the
     /// other, so an older one arriving now is a late duplicate of an attempt already answered.
     last_prepared: u64,
@@ -111,7 +111,7 @@ impl SlotReplica {
     /// Starts catching up at `epoch`, if the slot was awaiting its hand-off.
     pub fn start_syncing(&mut self, epoch: u64) {
         if self.state == SlotState::Awaiting {
-            self.state = SlotState::Syncing { touched: HashSet::new(), since: epoch };
+            self.state = SlotState::Syncing { touched: BTreeSet::new(), since: epoch };
         }
     }
 
@@ -217,7 +217,7 @@ impl SlotReplica {
         let takeover = match &mut self.state {
             SlotState::Ready => Takeover::Complete,
             SlotState::Syncing { touched, .. } => Takeover::Partial { written: std::mem::take(touched) },
-            SlotState::Idle | SlotState::Awaiting => Takeover::Partial { written: HashSet::new() },
+            SlotState::Idle | SlotState::Awaiting => Takeover::Partial { written: BTreeSet::new() },
         };
         (takeover, pending)
     }
@@ -253,7 +253,7 @@ mod tests {
 
     fn syncing() -> SlotReplica {
         let mut slot = SlotReplica::default();
-        slot.reset(SlotState::Syncing { touched: HashSet::new(), since: 3 });
+        slot.reset(SlotState::Syncing { touched: BTreeSet::new(), since: 3 });
         slot
     }
 
@@ -370,10 +370,10 @@ mod tests {
         catching_up.prepare_(write(2, "prepared", "b"));
         let (takeover, pending) = catching_up.take_over();
         assert_eq!(pending, vec![write(2, "prepared", "b")]);
-        let written = HashSet::from(["written".to_owned(), "prepared".to_owned()]);
+        let written = BTreeSet::from(["written".to_owned(), "prepared".to_owned()]);
         assert_eq!(takeover, Takeover::Partial { written });
 
-        assert_eq!(SlotReplica::default().take_over().0, Takeover::Partial { written: HashSet::new() });
+        assert_eq!(SlotReplica::default().take_over().0, Takeover::Partial { written: BTreeSet::new() });
     }
 
     #[test]

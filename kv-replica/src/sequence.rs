@@ -12,7 +12,7 @@
 //!   next prepare of the same key, and forgotten once a prepare of that key is applied (every
 //!   secondary that took the later prepare dropped it).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 /// The numbering and aborted writes of one slot, at its primary.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -20,7 +20,7 @@ pub struct SlotSequence {
     /// The number of the last write.
     seq: u64,
     /// Strong mode: writes prepared and then not applied, by key.
-    aborted: HashMap<String, Vec<u64>>,
+    aborted: BTreeMap<String, Vec<u64>>,
 }
 
 impl SlotSequence {

@@ -16,7 +16,7 @@
 //! switches the view, so a batch, which checks the view only once it holds the copy's lock,
 //! never applies an old primary's write to a new copy.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use crate::messages::{Replicate, ReplicateAck, SlotWrite, WriteKind};
@@ -166,7 +166,7 @@ impl Copies {
                 view.epoch()
             )));
         }
-        let mut refused = HashSet::new();
+        let mut refused = BTreeSet::new();
         for SlotWrite { slot, write, aborted } in writes {
             if slot_of(&write.key) != slot {
                 return Err(Error::InvalidArgument(format!("key {:?} is not in slot {slot}", write.key)));
@@ -233,7 +233,7 @@ impl Copies {
         from: &str,
         epoch: u64,
         mut records: Vec<SessionRecord>,
-        refused: &HashSet<Slot>,
+        refused: &BTreeSet<Slot>,
     ) -> Result<(), Error> {
         let tags: BTreeSet<Slot> = records.iter().flat_map(|r| r.answers.iter().map(|a| a.tag)).collect();
         let mut taking = vec![false; SLOTS];

@@ -14,7 +14,7 @@
 //!   went live never imports over the writes taken since;
 //! - a hand-off of an older epoch gives way to an install of a newer one, which carries it over.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -79,9 +79,9 @@ pub(crate) struct Handoffs {
     pub(crate) newest_install: watch::Sender<u64>,
     /// Per slot still incoming from the sender that holds the data of a failed owner's slot, the
     /// keys whose value here (from this server's copy) is newer than the sender's.
-    pub(crate) merging: Mutex<HashMap<Slot, HashSet<String>>>,
+    pub(crate) merging: Mutex<BTreeMap<Slot, BTreeSet<String>>>,
     /// Slots served here whose data was taken exactly as their sender (named) sent it.
-    pub(crate) as_sent: Mutex<HashMap<Slot, String>>,
+    pub(crate) as_sent: Mutex<BTreeMap<Slot, String>>,
     /// Serialises the import of transfer batches.
     transfers: tokio::sync::Mutex<()>,
 }
@@ -120,8 +120,8 @@ impl Handoffs {
             outgoing: tokio::sync::Mutex::new(Outgoing::default()),
             owed: Mutex::new(BTreeMap::new()),
             newest_install: watch::Sender::new(0),
-            merging: Mutex::new(HashMap::new()),
-            as_sent: Mutex::new(HashMap::new()),
+            merging: Mutex::new(BTreeMap::new()),
+            as_sent: Mutex::new(BTreeMap::new()),
             transfers: tokio::sync::Mutex::new(()),
         }
     }
@@ -156,6 +156,7 @@ impl Handoffs {
             Ok::<_, Error>((keys, sent))
         };
         let (keys, (batches, verbatim)) = tokio::select! {
+            biased;
             sent = send => sent?,
             () = superseded => {
                 return Err(Error::Aborted(format!(
@@ -321,7 +322,7 @@ impl Handoffs {
                     view.epoch()
                 )));
             }
-            let behind: HashSet<&str> = slots
+            let behind: BTreeSet<&str> = slots
                 .iter()
                 .flat_map(|&slot| secondaries(&view, slot).into_iter().map(move |to| (to, slot)))
                 .filter(|&(to, slot)| to != sender && self.links.snapshot_owed(to, slot))

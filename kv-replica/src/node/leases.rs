@@ -14,7 +14,7 @@
 //!   install takes (after switching the configuration) to set its fences: a promise is either
 //!   made under the new configuration, or seen by the fences.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -49,11 +49,11 @@ pub(crate) struct Leases {
     peers: Arc<dyn PeerCalls>,
     clock: Arc<dyn Clock>,
     /// Leases this server holds, by peer: valid until, and the epoch both were at.
-    held: Mutex<HashMap<String, (Instant, u64)>>,
+    held: Mutex<BTreeMap<String, (Instant, u64)>>,
     /// Promises this server made, by peer, until.
-    promised: Mutex<HashMap<String, Instant>>,
+    promised: Mutex<BTreeMap<String, Instant>>,
     /// Per slot: no write (and no read at the primary) before this instant.
-    fences: Mutex<HashMap<Slot, Instant>>,
+    fences: Mutex<BTreeMap<Slot, Instant>>,
     /// Renew now (after an install).
     kick: Notify,
     started: AtomicBool,
@@ -72,9 +72,9 @@ impl Leases {
             view,
             peers,
             clock,
-            held: Mutex::new(HashMap::new()),
-            promised: Mutex::new(HashMap::new()),
-            fences: Mutex::new(HashMap::new()),
+            held: Mutex::new(BTreeMap::new()),
+            promised: Mutex::new(BTreeMap::new()),
+            fences: Mutex::new(BTreeMap::new()),
             kick: Notify::new(),
             started: AtomicBool::new(false),
         })

@@ -13,7 +13,7 @@
 //!   and a slot the secondary refused (it still hands it off itself) stays owed, whole;
 //! - each key's values reach a secondary in the order the primary sent them.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -41,7 +41,7 @@ struct Link {
     /// Strong mode: writes committed here, to tell it.
     commits: Mutex<Vec<Committed>>,
     /// Eventual mode, outside the synchronous secondaries: keys written since the last flush.
-    owed_keys: Mutex<HashSet<String>>,
+    owed_keys: Mutex<BTreeSet<String>>,
     /// Slots it is catching up, owed a snapshot, with the epoch that made them owed.
     snapshots: Mutex<BTreeMap<Slot, u64>>,
     wake: Notify,
@@ -52,7 +52,7 @@ impl Link {
         Link {
             to: to.to_owned(),
             commits: Mutex::new(Vec::new()),
-            owed_keys: Mutex::new(HashSet::new()),
+            owed_keys: Mutex::new(BTreeSet::new()),
             snapshots: Mutex::new(BTreeMap::new()),
             wake: Notify::new(),
         }
@@ -68,7 +68,7 @@ pub(crate) struct Links {
     sessions: Arc<Sessions>,
     peers: Arc<dyn PeerCalls>,
     clock: Arc<dyn Clock>,
-    links: Mutex<HashMap<String, Arc<Link>>>,
+    links: Mutex<BTreeMap<String, Arc<Link>>>,
 }
 
 impl std::fmt::Debug for Links {
@@ -96,7 +96,7 @@ impl Links {
             sessions,
             peers,
             clock,
-            links: Mutex::new(HashMap::new()),
+            links: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -274,7 +274,7 @@ impl Links {
         // Slots the secondary could not take yet (it still hands them off itself): the others
         // go on, so that no two hand-offs wait on each other's catch-up; these go again later,
         // whole, and are never marked synced from a part.
-        let mut refused = HashSet::new();
+        let mut refused = BTreeSet::new();
         for (writes, mut done) in snapshot_batches(entries, &ready) {
             done.retain(|slot| !refused.contains(slot));
             let records = sessions.take().unwrap_or_default();

@@ -16,7 +16,7 @@
 //! - a hand-off still owed from an earlier epoch carries over to the slot's owner in the new
 //!   one, or is served here at once if that owner is this server ([`carry_over`]).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use crate::{Role, SlotState, keeps_copy, role, secondaries};
@@ -56,7 +56,8 @@ pub(crate) fn copy_resets(
                 plan.resets.insert(slot, SlotState::Awaiting);
             }
             Role::Secondary => {
-                plan.resets.insert(slot, SlotState::Syncing { touched: HashSet::new(), since: next.epoch() });
+                plan.resets
+                    .insert(slot, SlotState::Syncing { touched: BTreeSet::new(), since: next.epoch() });
                 plan.drop_data[usize::from(slot)] = true;
             }
             Role::Primary if taken[usize::from(slot)] => {
@@ -85,7 +86,7 @@ pub(crate) fn install_fences(
     next: &Config,
     me: &str,
     promoted: &[Slot],
-    promised: &HashMap<String, Instant>,
+    promised: &BTreeMap<String, Instant>,
     now: Instant,
 ) -> BTreeMap<Slot, Instant> {
     let promised_to = |peer: &str| promised.get(peer).copied();
@@ -167,7 +168,7 @@ mod tests {
         let plan = copy_resets(&before, &next, "10.0.0.9:1", &[], &[]);
         for slot in 0..SLOTS as Slot {
             let expected = (role(&next, "10.0.0.9:1", slot) == Role::Secondary)
-                .then(|| SlotState::Syncing { touched: HashSet::new(), since: next.epoch() });
+                .then(|| SlotState::Syncing { touched: BTreeSet::new(), since: next.epoch() });
             assert_eq!(plan.resets.get(&slot), expected.as_ref(), "slot {slot}");
             assert_eq!(plan.drop_data[usize::from(slot)], expected.is_some());
         }
@@ -227,7 +228,7 @@ mod tests {
         let before = cluster(4);
         let now = Instant::now();
         let later = now + std::time::Duration::from_millis(400);
-        let promised: HashMap<String, Instant> = (0..4).map(|i| (format!("10.0.0.{i}:1"), later)).collect();
+        let promised: BTreeMap<String, Instant> = (0..4).map(|i| (format!("10.0.0.{i}:1"), later)).collect();
         // A join: the old primaries that hand slots off wait for their old secondaries.
         let next = before.join("10.0.0.9:1").unwrap();
         let me = "10.0.0.0:1";
@@ -250,7 +251,7 @@ mod tests {
                 assert_eq!(fences.get(slot), Some(&later));
             }
         }
-        let unpromised: HashMap<String, Instant> = HashMap::new();
+        let unpromised: BTreeMap<String, Instant> = BTreeMap::new();
         assert!(install_fences(&before, &failed, heir, &promoted, &unpromised, now).is_empty());
     }
 

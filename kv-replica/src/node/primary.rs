@@ -210,6 +210,7 @@ impl Primary {
             self.clock.sleep(INSTALL_GRACE).await;
         };
         let results = tokio::select! {
+            biased;
             results = join_all(sends) => results,
             () = give_up => {
                 return Err(Error::Replication(

@@ -116,6 +116,7 @@ async fn apply(shared: &Shared, before: &Config, next: &Config) -> Result<(), Er
     // One that stops answering is not waited for: it is failed over once this change is done.
     let installs = order.receivers.iter().map(|addr| async move {
         tokio::select! {
+            biased;
             result = shared.install(addr, before, next, &[], deadline) => result,
             () = calls.until_silent(addr) => Err(Error::Unavailable("it stopped answering".to_owned())),
         }
@@ -139,6 +140,7 @@ async fn apply(shared: &Shared, before: &Config, next: &Config) -> Result<(), Er
             members.iter().copied().chain(senders.iter().copied().filter(|&s| s != addr)).collect();
         async move {
             tokio::select! {
+                biased;
                 result = shared.install(addr, before, next, &[], deadline) => SenderOutcome::Answered(result),
                 () = calls.until_silent(addr) => SenderOutcome::Silent,
                 other = calls.until_any_silent(&others) => SenderOutcome::OtherSilent(other.to_owned()),
@@ -200,6 +202,7 @@ async fn apply(shared: &Shared, before: &Config, next: &Config) -> Result<(), Er
         let members: Vec<&str> = next.members().map(|(_, a)| a).collect();
         let deadline = calls.now() + calls.move_timeout;
         tokio::select! {
+            biased;
             () = calls.until_caught_up(&members, deadline) => {}
             silent = calls.until_any_silent(&members) => {
                 // Unless this shard master is the one cut off: then it fails no one.
