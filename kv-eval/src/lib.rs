@@ -16,10 +16,14 @@
 //! - The runners of the three subtasks: [`single_node`] (one storage server), [`sharded`] (a
 //!   shard master and storage servers) and [`replicas`] (replicated clusters).
 //!
+//! - [`sim`]: the deterministic simulator, which runs the protocol crates themselves (no
+//!   processes, no gRPC) over a simulated network and clocks, and checks what the harness checks.
+//!
 //! Anything that makes or reads randomness takes an explicit seed.
 
 pub mod harness;
 pub mod load;
 pub mod replicas;
 pub mod sharded;
+pub mod sim;
 pub mod single_node;

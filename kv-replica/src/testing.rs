@@ -40,9 +40,9 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The replication error for a storage server's answer to a read, by the same rules as the
+/// The replication error for a storage server's refusal of a read, by the same rules as the
 /// gRPC binding's status codes.
-fn read_error(err: kv_core::Error) -> Error {
+pub fn peer_error(err: kv_core::Error) -> Error {
     use kv_core::Error as E;
     let message = err.to_string();
     match err {
@@ -124,7 +124,8 @@ pub struct Caller {
     from: String,
 }
 
-fn shard_error(err: Error) -> kv_shard::Error {
+/// The shard master's error for a storage server's refusal, as the gRPC binding maps it.
+pub fn shard_error(err: Error) -> kv_shard::Error {
     match err {
         Error::Unavailable(m) => kv_shard::Error::Unavailable(m),
         Error::Interrupted(m) => kv_shard::Error::Interrupted(m),
@@ -150,7 +151,7 @@ impl PeerCalls for Caller {
 
     async fn read(&self, to: &str, key: &str, limit: Duration) -> Result<Option<String>, Error> {
         self.network
-            .call(&self.from, to, limit, |node| async move { node.get(key).await.map_err(read_error) })
+            .call(&self.from, to, limit, |node| async move { node.get(key).await.map_err(peer_error) })
             .await
     }
 

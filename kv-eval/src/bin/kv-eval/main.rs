@@ -5,6 +5,7 @@
 
 mod args;
 mod options;
+mod sim;
 
 use std::process::ExitCode;
 
@@ -48,6 +49,10 @@ enum Command {
     /// A workload under faults (kill/restart, pause, partition, flaky network) with a
     /// linearizability check of the recorded history.
     Chaos(ChaosArgs),
+    /// The deterministic simulator: the real protocol code of a whole cluster in one process,
+    /// under seeded fault schedules, with its history checked; prints the failing seeds, or one
+    /// seed's plan and trace.
+    Sim(sim::SimArgs),
 }
 
 #[derive(Serialize)]
@@ -110,6 +115,7 @@ fn run(cli: Cli) -> Result<bool> {
             Ok(report.passed)
         }
         Command::Chaos(args) => chaos(&args),
+        Command::Sim(args) => sim::main(&args),
         Command::All(args) => {
             let single = &args.single;
             // The sharded benchmark runs the single-node workload, as its flags say.

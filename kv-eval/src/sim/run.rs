@@ -1,0 +1,365 @@
+//! One simulated run, start to end: a cluster of the setting's shape on a fresh single-threaded
+//! tokio runtime at paused time, the seed's plan of faults, joins and leaves played against a
+//! workload of clients on a few hot keys, then the heal, the liveness window, the wait for
+//! convergence, the final reads and the checks.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kv_core::Storage;
+
+use super::checks::{LIVENESS_BOUND, check_history, longest_write_gap};
+use super::client::{Recorder, SimClient};
+use super::net::{Conditions, MASTER, Net};
+use super::schedule::{Event, Fault, Plan, PlanOptions, Setting};
+use super::trace::Trace;
+use super::world::World;
+use crate::harness::history::{Input, Outcome, Output};
+
+/// The network's conditions when no fault touches it.
+const QUIET: Conditions = Conditions { slow: 0.01, loss: 0.001 };
+/// Clients of the workload.
+const CLIENTS: u64 = 4;
+/// Keys written only by appends (after a preload), and keys written by puts.
+const APPEND_KEYS: usize = 4;
+const PUT_KEYS: usize = 2;
+/// The longest the replicas may take to agree once writes stop (eventual mode's background
+/// sync runs every 2 s).
+const CONVERGENCE_BOUND: Duration = Duration::from_secs(10);
+
+/// Options of a run that are not drawn from its seed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Keep the trace's text, to print it.
+    pub trace: bool,
+    /// Let the shard master crash (it restarts with no memory of the cluster).
+    pub master_crashes: bool,
+}
+
+/// What a run found.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// The seed.
+    pub seed: u64,
+    /// The setting.
+    pub setting: Setting,
+    /// What went wrong: nothing if the run passed.
+    pub problems: Vec<String>,
+    /// The hash of the whole trace, and its number of events.
+    pub trace_hash: u64,
+    /// Events in the trace.
+    pub events: u64,
+    /// Operations recorded: ok, failed, unknown.
+    pub ops: (usize, usize, usize),
+    /// The longest any key went without a successful write after the heal.
+    pub longest_gap: Duration,
+    /// The simulated time the run took.
+    pub simulated: Duration,
+    /// The wall-clock time it took.
+    pub wall: Duration,
+    /// The plan, one event per line.
+    pub plan: Vec<String>,
+    /// The trace's text, if asked for.
+    pub trace: Vec<String>,
+}
+
+impl RunReport {
+    /// Whether every check passed.
+    pub fn passed(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+fn append_keys() -> Vec<String> {
+    (0..APPEND_KEYS).map(|i| format!("a{i}")).collect()
+}
+
+fn put_keys() -> Vec<String> {
+    (0..PUT_KEYS).map(|i| format!("p{i}")).collect()
+}
+
+fn preload(key: &str) -> String {
+    format!("init-{key};")
+}
+
+/// Runs `seed` under `setting`.
+pub fn run(seed: u64, setting: Setting, options: RunOptions) -> RunReport {
+    let wall = Instant::now();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build();
+    let mut report = match runtime {
+        Ok(runtime) => runtime.block_on(simulate(seed, setting, options)),
+        Err(err) => RunReport {
+            seed,
+            setting,
+            problems: vec![format!("no runtime: {err}")],
+            trace_hash: 0,
+            events: 0,
+            ops: (0, 0, 0),
+            longest_gap: Duration::ZERO,
+            simulated: Duration::ZERO,
+            wall: Duration::ZERO,
+            plan: Vec::new(),
+            trace: Vec::new(),
+        },
+    };
+    report.wall = wall.elapsed();
+    report
+}
+
+async fn simulate(seed: u64, setting: Setting, options: RunOptions) -> RunReport {
+    let trace = Arc::new(Trace::new(options.trace));
+    let net = Net::new(seed, QUIET, Arc::clone(&trace));
+    let plan = Plan::draw(seed, setting, PlanOptions { master_crashes: options.master_crashes });
+    let mut world = World::new(Arc::clone(&net), setting.replication(), plan.rates.clone());
+    let recorder = Arc::new(Recorder::default());
+    let mut problems = Vec::new();
+
+    world.start_master();
+    for server in &plan.initial {
+        world.start_server(server);
+        if !until(&net, Duration::from_secs(60), || {
+            world.config().is_some_and(|config| config.id_of(server).is_some())
+        })
+        .await
+        {
+            problems.push(format!("{server} did not join within a minute"));
+        }
+    }
+    // Let the copies of the last join catch up.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let mut loader =
+        SimClient::new(world.client("client-preload"), 900, seed ^ 0xc0ffee, Arc::clone(&recorder));
+    for key in append_keys() {
+        if !matches!(loader.run(&key, Input::Put(preload(&key))).await, Outcome::Ok(_)) {
+            problems.push(format!("the preload of {key} failed"));
+        }
+    }
+
+    let start = net.elapsed();
+    let end_at = start + plan.end_at;
+    let mut clients = Vec::new();
+    for process in 0..CLIENTS {
+        let mut client = SimClient::new(
+            world.client(&format!("client-{process}")),
+            process,
+            seed.wrapping_mul(31).wrapping_add(process),
+            Arc::clone(&recorder),
+        );
+        let net = Arc::clone(&net);
+        clients.push(tokio::spawn(async move {
+            let keys: Vec<String> = append_keys().into_iter().chain(put_keys()).collect();
+            let mut n = 0;
+            while net.elapsed() < end_at {
+                let key = &keys[client.random_below(keys.len() as u64) as usize];
+                let read = client.random_below(10) < 4;
+                n += 1;
+                let input = match (read, key.starts_with('a')) {
+                    (true, _) => Input::Get,
+                    (false, true) => Input::Append(format!("c{process}.{n};")),
+                    (false, false) => Input::Put(format!("c{process}.{n};")),
+                };
+                client.run(key, input).await;
+                let think = client.random_below(3_000);
+                tokio::time::sleep(Duration::from_micros(think)).await;
+            }
+        }));
+    }
+
+    // The plan, against the workload.
+    let everyone: Vec<String> = plan
+        .rates
+        .keys()
+        .cloned()
+        .chain([MASTER.to_owned()])
+        .chain((0..CLIENTS).map(|p| format!("client-{p}")))
+        .collect();
+    let mut crashed = BTreeSet::new();
+    for (at, event) in &plan.events {
+        tokio::time::sleep_until(tokio::time::Instant::now() + (start + *at).saturating_sub(net.elapsed()))
+            .await;
+        net.trace(format_args!("event {event:?}"));
+        apply(&mut world, &net, event, &everyone, &mut crashed);
+    }
+    tokio::time::sleep((start + plan.heal_at).saturating_sub(net.elapsed())).await;
+    net.heal(QUIET);
+    world.resume_all();
+    for server in std::mem::take(&mut crashed) {
+        world.start_server(&server);
+    }
+    if !world.master_running() {
+        world.start_master();
+    }
+    net.trace(format_args!("healed"));
+    let healed = net.elapsed();
+
+    for client in clients {
+        if client.await.is_err() {
+            problems.push("a client panicked".to_owned());
+        }
+    }
+    let stopped = net.elapsed();
+    let writing_keys: Vec<String> = append_keys().into_iter().chain(put_keys()).collect();
+    let (longest_gap, gap_key) =
+        longest_write_gap(&recorder.history(), &writing_keys, healed, end_at.min(stopped));
+    if longest_gap > LIVENESS_BOUND {
+        problems.push(format!(
+            "liveness: after the heal, {gap_key:?} went {:.2} s without a successful write (bound {:.0} s)",
+            longest_gap.as_secs_f64(),
+            LIVENESS_BOUND.as_secs_f64()
+        ));
+    }
+
+    // Writes have stopped: the replicas converge.
+    let converged = until(&net, CONVERGENCE_BOUND, || replicas_agree(&world, &writing_keys).is_none()).await;
+    if !converged {
+        let detail = replicas_agree(&world, &writing_keys).unwrap_or_default();
+        problems.push(format!(
+            "replicas differ {:.0} s after the writes stopped: {detail}",
+            CONVERGENCE_BOUND.as_secs_f64()
+        ));
+    }
+
+    // The final values, read at the primaries, recorded too.
+    let mut reader = SimClient::new(world.client("client-final"), 901, seed ^ 0xf1a1, Arc::clone(&recorder));
+    let mut finals = BTreeMap::new();
+    for key in &writing_keys {
+        let value = match reader.run(key, Input::Get).await {
+            Outcome::Ok(Output::Value(value)) => value,
+            other => {
+                problems.push(format!("the final read of {key} failed: {other:?}"));
+                None
+            }
+        };
+        finals.insert(key.clone(), value);
+    }
+
+    let history = recorder.history();
+    problems.extend(check_history(setting, &history, &append_keys(), &finals, preload));
+    let simulated = net.elapsed();
+    world.shut_down();
+    net.trace(format_args!("end"));
+    let (trace_hash, events) = trace.digest();
+    RunReport {
+        seed,
+        setting,
+        problems,
+        trace_hash,
+        events,
+        ops: history.counts(),
+        longest_gap,
+        simulated,
+        wall: Duration::ZERO,
+        plan: plan
+            .events
+            .iter()
+            .map(|(at, event)| format!("{:>6.3} s  {event:?}", at.as_secs_f64()))
+            .collect(),
+        trace: trace.take_lines(),
+    }
+}
+
+/// Waits, polling every 50 ms, until `done` holds or `limit` has passed; whether it held.
+async fn until(net: &Net, limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = net.elapsed() + limit;
+    loop {
+        if done() {
+            return true;
+        }
+        if net.elapsed() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A key whose replicas hold different values, if one does.
+fn replicas_agree(world: &World, keys: &[String]) -> Option<String> {
+    let config = world.config()?;
+    let servers: BTreeMap<&String, _> = world.running().collect();
+    for key in keys {
+        let mut values = Vec::new();
+        for (_, address) in config.replicas(key) {
+            let Some(server) = servers.get(&address.to_owned()) else {
+                return Some(format!("{key}: replica {address} does not run"));
+            };
+            values.push((address.to_owned(), peek(&server.storage, key)));
+        }
+        if values.windows(2).any(|pair| pair[0].1 != pair[1].1) {
+            let shown: Vec<String> = values
+                .iter()
+                .map(|(address, value)| format!("{address} holds {}", summary(value.as_deref())))
+                .collect();
+            return Some(format!("{key}: {}", shown.join(", ")));
+        }
+    }
+    None
+}
+
+/// A value, shortened for a report: its length and its end.
+fn summary(value: Option<&str>) -> String {
+    match value {
+        None => "no value".to_owned(),
+        Some(value) => {
+            let tail: String = value.chars().rev().take(24).collect::<Vec<_>>().into_iter().rev().collect();
+            format!("{} chars ending {tail:?}", value.chars().count())
+        }
+    }
+}
+
+/// The value an in-memory engine holds, read without waiting.
+fn peek(storage: &kv_core::MemoryStorage, key: &str) -> Option<String> {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    let mut read = std::pin::pin!(storage.get(key));
+    match read.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(Ok(value)) => value,
+        _ => None,
+    }
+}
+
+fn apply(world: &mut World, net: &Net, event: &Event, everyone: &[String], crashed: &mut BTreeSet<String>) {
+    let cut_both = |a: &str, b: &str, cut: bool| {
+        net.set_cut(a, b, cut);
+        net.set_cut(b, a, cut);
+    };
+    match event {
+        Event::Join(server) => world.start_server(server),
+        Event::Leave(server) => world.leave(server),
+        Event::Begin(fault) | Event::End(fault) => {
+            let on = matches!(event, Event::Begin(_));
+            match fault {
+                Fault::Lossy { from, to, rate } => net.set_flaky(from, to, if on { *rate } else { 0.0 }),
+                Fault::Slow { share } => {
+                    net.set_conditions(if on { Conditions { slow: *share, ..QUIET } } else { QUIET })
+                }
+                Fault::CutOneWay { from, to } => net.set_cut(from, to, on),
+                Fault::CutBetween { a, b } => cut_both(a, b, on),
+                Fault::CutFromMaster { server } => cut_both(server, MASTER, on),
+                Fault::Isolate { server } => {
+                    for other in everyone.iter().filter(|other| *other != server) {
+                        cut_both(server, other, on);
+                    }
+                }
+                Fault::Pause { server } => world.set_paused(server, on),
+                Fault::PauseMaster => world.set_paused(MASTER, on),
+                Fault::Crash { server } => {
+                    if on && world.is_running(server) {
+                        world.crash(server);
+                        crashed.insert(server.clone());
+                    } else if !on && crashed.remove(server) {
+                        world.start_server(server);
+                    }
+                }
+                Fault::CrashMaster => {
+                    if on {
+                        world.crash_master();
+                    } else {
+                        world.start_master();
+                    }
+                }
+            }
+        }
+    }
+}

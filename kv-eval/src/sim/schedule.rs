@@ -1,0 +1,249 @@
+//! What a simulated run does, drawn from its seed before it starts: the settings' cluster, the
+//! clock rates, the faults and their times, the joins and leaves. Pure: the same seed and
+//! setting give the same plan.
+//!
+//! The faults come one at a time (the protocol's guarantees are for one failure at a time): a
+//! fault holds for a while, heals, and the cluster gets a moment to repair before the next one.
+//! Joins and leaves fall anywhere, faults or not. At the *heal* time every fault still on ends
+//! (links healed, paused processes resumed, crashed ones restarted), and the workload goes on
+//! for the liveness window.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use kv_shard::{Consistency, Replication};
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::{RngExt, SeedableRng};
+
+/// A cluster setting the simulator runs: consistency, replication factor, synchronous
+/// secondaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Setting {
+    /// Strong or eventual.
+    pub consistency: Consistency,
+    /// Replicas per slot.
+    pub factor: usize,
+    /// In eventual mode, the secondaries that apply a write before it is acknowledged.
+    pub sync_replicas: usize,
+}
+
+impl Setting {
+    /// The settings CI runs, in order.
+    pub fn all() -> Vec<Setting> {
+        ["strong-r1", "strong-r2", "strong-r3", "eventual-r2", "eventual-r3", "eventual-r3-sync1"]
+            .iter()
+            .filter_map(|name| name.parse().ok())
+            .collect()
+    }
+
+    /// The replication settings of the cluster.
+    pub fn replication(&self) -> Replication {
+        Replication {
+            factor: self.factor,
+            consistency: self.consistency,
+            sync_replicas: self.sync_replicas,
+            sync_interval: Duration::from_secs(2),
+        }
+    }
+
+    /// Whether the store promises that no acknowledged write is lost under one failure.
+    pub fn keeps_acknowledged(&self) -> bool {
+        self.consistency == Consistency::Strong || self.sync_replicas > 0
+    }
+}
+
+impl fmt::Display for Setting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-r{}", self.consistency, self.factor)?;
+        if self.consistency == Consistency::Eventual && self.sync_replicas > 0 {
+            write!(f, "-sync{}", self.sync_replicas)?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Setting {
+    type Err = String;
+
+    /// `strong-r3`, `eventual-r2`, `eventual-r3-sync1`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?}: expected strong-rN or eventual-rN[-syncK]");
+        let mut parts = s.split('-');
+        let consistency: Consistency = parts.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
+        let factor: usize =
+            parts.next().and_then(|p| p.strip_prefix('r')).and_then(|n| n.parse().ok()).ok_or_else(bad)?;
+        let sync_replicas = match parts.next() {
+            None => 0,
+            Some(p) => p.strip_prefix("sync").and_then(|n| n.parse().ok()).ok_or_else(bad)?,
+        };
+        if parts.next().is_some() || factor == 0 || factor > 3 {
+            return Err(bad());
+        }
+        let setting = Setting { consistency, factor, sync_replicas };
+        setting.replication().validate().map_err(|err| format!("{s:?}: {err}"))?;
+        Ok(setting)
+    }
+}
+
+/// One fault, with what it acts on.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Fault {
+    /// The link from one server to another loses this share of its messages.
+    Lossy { from: String, to: String, rate: f64 },
+    /// Every link delays a share of its messages by tens of milliseconds (they are reordered).
+    Slow { share: f64 },
+    /// The link from one server to another is cut (one way).
+    CutOneWay { from: String, to: String },
+    /// Two servers cannot reach each other, while both reach the shard master and the rest.
+    CutBetween { a: String, b: String },
+    /// A server is cut from the shard master only.
+    CutFromMaster { server: String },
+    /// A server can reach no one, and no one it.
+    Isolate { server: String },
+    /// A server's process is stopped, with what is sent to it buffered.
+    Pause { server: String },
+    /// A server's process crashes (its memory is gone); it is started again at the end.
+    Crash { server: String },
+    /// The shard master's process is stopped.
+    PauseMaster,
+    /// The shard master crashes, and restarts with no memory of the cluster.
+    CrashMaster,
+}
+
+/// What happens at a moment of the run.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Event {
+    /// A fault begins.
+    Begin(Fault),
+    /// A fault ends.
+    End(Fault),
+    /// A new server starts and joins.
+    Join(String),
+    /// A member leaves.
+    Leave(String),
+}
+
+/// A run's plan.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    /// The servers started before the workload.
+    pub(crate) initial: Vec<String>,
+    /// Each server's clock rate.
+    pub(crate) rates: BTreeMap<String, f64>,
+    /// Events, by time since the workload started.
+    pub(crate) events: Vec<(Duration, Event)>,
+    /// When every fault ends.
+    pub(crate) heal_at: Duration,
+    /// When the workload stops starting operations.
+    pub(crate) end_at: Duration,
+}
+
+/// The address of the `i`-th server of a run.
+pub(crate) fn server(i: usize) -> String {
+    format!("10.0.0.{}:7000", i + 1)
+}
+
+/// Options of the plan that are not drawn.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PlanOptions {
+    /// Whether the shard master may crash (and restart with no memory of the cluster).
+    pub(crate) master_crashes: bool,
+}
+
+impl Plan {
+    /// The plan of `seed` for `setting`.
+    pub(crate) fn draw(seed: u64, setting: Setting, options: PlanOptions) -> Plan {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x5eed_91a7);
+        let n = setting.factor.max(2) + rng.random_range(0..=2usize);
+        let initial: Vec<String> = (0..n).map(server).collect();
+        let mut rates = BTreeMap::new();
+        for i in 0..n + 2 {
+            rates.insert(server(i), rng.random_range(0.98..1.02));
+        }
+        let heal_at = Duration::from_millis(8_000);
+        let end_at = Duration::from_millis(12_000);
+        let mut events = Vec::new();
+
+        let mut members = initial.clone();
+        let mut at = Duration::from_millis(rng.random_range(300..1_500));
+        while at + Duration::from_millis(300) < heal_at {
+            let hold = Duration::from_millis(rng.random_range(200..2_500));
+            let end = (at + hold).min(heal_at);
+            let pick = |rng: &mut Xoshiro256PlusPlus| members[rng.random_range(0..members.len())].clone();
+            let a = pick(&mut rng);
+            let mut b = pick(&mut rng);
+            if b == a {
+                b = members[(members.iter().position(|m| *m == a).unwrap_or(0) + 1) % members.len()].clone();
+            }
+            // A crash loses the only copy with one replica: not a fault that setting survives.
+            let mut kinds: Vec<u8> = (0..8).collect();
+            if setting.factor > 1 {
+                kinds.extend([8, 8]);
+            }
+            if options.master_crashes {
+                kinds.push(9);
+            }
+            let fault = match kinds[rng.random_range(0..kinds.len())] {
+                0 => Fault::Lossy { from: a, to: b, rate: rng.random_range(0.1..0.6) },
+                1 => Fault::Slow { share: rng.random_range(0.05..0.4) },
+                2 => Fault::CutOneWay { from: a, to: b },
+                3 => Fault::CutBetween { a, b },
+                4 => Fault::CutFromMaster { server: a },
+                5 => Fault::Isolate { server: a },
+                6 => Fault::Pause { server: a },
+                7 => Fault::PauseMaster,
+                8 => Fault::Crash { server: a },
+                _ => Fault::CrashMaster,
+            };
+            events.push((at, Event::Begin(fault.clone())));
+            events.push((end, Event::End(fault)));
+            at = end + Duration::from_millis(rng.random_range(500..3_000));
+        }
+
+        // A join and a leave, each maybe, anywhere before the heal.
+        if rng.random_bool(0.5) {
+            let at = Duration::from_millis(rng.random_range(500..7_500));
+            events.push((at, Event::Join(server(n))));
+            members.push(server(n));
+        }
+        if rng.random_bool(0.4) && n > setting.factor {
+            let at = Duration::from_millis(rng.random_range(500..7_500));
+            events.push((at, Event::Leave(initial[rng.random_range(0..n)].clone())));
+        }
+        events.sort_by_key(|(at, _)| *at);
+        Plan { initial, rates, events, heal_at, end_at }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_parse_and_print_alike() {
+        for setting in Setting::all() {
+            assert_eq!(setting.to_string().parse::<Setting>(), Ok(setting));
+        }
+        assert_eq!(Setting::all().len(), 6);
+        assert!(
+            "eventual-r2-sync1".parse::<Setting>().is_err(),
+            "every secondary synchronous is strong mode"
+        );
+        assert!("strong-r0".parse::<Setting>().is_err());
+    }
+
+    #[test]
+    fn a_plan_is_a_function_of_its_seed() {
+        let setting: Setting = "strong-r3".parse().expect("a setting");
+        let options = PlanOptions { master_crashes: false };
+        let a = Plan::draw(7, setting, options);
+        let b = Plan::draw(7, setting, options);
+        assert_eq!(a.events, b.events);
+        assert_eq!(a.initial, b.initial);
+        let c = Plan::draw(8, setting, options);
+        assert!(a.events != c.events || a.initial != c.initial, "another seed, another plan");
+        assert!(a.events.iter().all(|(at, _)| *at <= a.heal_at));
+    }
+}

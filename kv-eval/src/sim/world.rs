@@ -1,0 +1,249 @@
+//! The processes of a simulated cluster: storage servers (the real [`kv_replica::Node`] over an
+//! in-memory engine) and a shard master (the real [`kv_shard::ShardMaster`]), each started,
+//! crashed, restarted, paused and resumed as a process would be, with a clock of its own.
+//!
+//! A storage server does what `kv-server storage --shardmaster` does around the node: it joins
+//! at start-up (patiently, `kv_shard::member::join`), joins again when a configuration shows it
+//! was failed over, and a leaving one asks to leave and stops once it has. A crash takes its
+//! process off the network and drops its memory; a restart is a new process (a new life and
+//! incarnation) at the same address, empty, that joins again. The shard master runs its failure
+//! detector and its repairs, as `kv-server shardmaster` does.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kv_core::MemoryStorage;
+use kv_replica::{Node, NodeSettings};
+use kv_shard::clock::Clock;
+use kv_shard::{MasterSettings, Replication, ShardMaster, member};
+use tokio::task::JoinHandle;
+
+use super::clock::{Gate, SimClock};
+use super::net::{Endpoint, MASTER, Net, Service};
+
+/// How long a server keeps asking to join (the real server's default).
+const JOIN_PATIENCE: Duration = Duration::from_secs(120);
+/// How long a leaver keeps asking to leave.
+const LEAVE_PATIENCE: Duration = Duration::from_secs(60);
+/// How long a server whose join failed waits before it tries again.
+const RESTART_DELAY: Duration = Duration::from_secs(1);
+
+/// A running storage server.
+pub(crate) struct Server {
+    pub(crate) storage: Arc<MemoryStorage>,
+    endpoint: Endpoint,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+struct Master {
+    master: ShardMaster,
+    gate: Gate,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Every process of the run.
+pub(crate) struct World {
+    pub(crate) net: Arc<Net>,
+    settings: MasterSettings,
+    servers: BTreeMap<String, Server>,
+    master: Option<Master>,
+    next_life: u64,
+    /// Each address's clock rate, drawn when the run's schedule was made.
+    rates: BTreeMap<String, f64>,
+}
+
+fn abort_all(tasks: &[JoinHandle<()>]) {
+    for task in tasks {
+        task.abort();
+    }
+}
+
+impl World {
+    /// No process yet; servers will be started at these clock rates (1.0 for others).
+    pub(crate) fn new(net: Arc<Net>, replication: Replication, rates: BTreeMap<String, f64>) -> Self {
+        let settings = MasterSettings {
+            move_timeout: Duration::from_secs(30),
+            failure_timeout: Duration::from_millis(800),
+            replication,
+        };
+        World { net, settings, servers: BTreeMap::new(), master: None, next_life: 1, rates }
+    }
+
+    fn life(&mut self) -> u64 {
+        let life = self.next_life;
+        self.next_life += 1;
+        life
+    }
+
+    /// An endpoint for a new process at `address`, with its clock.
+    fn endpoint(&mut self, address: &str) -> Endpoint {
+        let life = self.life();
+        let gate = Gate::new();
+        let rate = self.rates.get(address).copied().unwrap_or(1.0);
+        let clock: Arc<dyn Clock> = Arc::new(SimClock::new(rate, gate.clone()));
+        Endpoint { net: Arc::clone(&self.net), me: address.to_owned(), life, gate, clock }
+    }
+
+    /// A client process at `address`.
+    pub(crate) fn client(&mut self, address: &str) -> Endpoint {
+        let endpoint = self.endpoint(address);
+        self.net.attach(address, endpoint.life, endpoint.gate.clone(), Service::Client);
+        endpoint
+    }
+
+    /// Starts the shard master (afresh: it remembers nothing of an earlier one).
+    pub(crate) fn start_master(&mut self) {
+        let endpoint = self.endpoint(MASTER);
+        let Ok(master) =
+            ShardMaster::new(self.settings, Arc::new(endpoint.clone()), Arc::clone(&endpoint.clock))
+        else {
+            unreachable!("the run's replication settings were validated");
+        };
+        self.net.attach(MASTER, endpoint.life, endpoint.gate.clone(), Service::Master(master.clone()));
+        let watcher = tokio::spawn({
+            let master = master.clone();
+            async move { master.watch().await }
+        });
+        let repairer = tokio::spawn({
+            let master = master.clone();
+            async move { master.repair().await }
+        });
+        self.net.trace(format_args!("the shard master starts (life {})", endpoint.life));
+        self.master = Some(Master { master, gate: endpoint.gate, tasks: vec![watcher, repairer] });
+    }
+
+    /// Crashes the shard master: its state is gone.
+    pub(crate) fn crash_master(&mut self) {
+        if let Some(master) = self.master.take() {
+            abort_all(&master.tasks);
+            self.net.detach(MASTER);
+            self.net.trace(format_args!("the shard master crashes"));
+        }
+    }
+
+    /// The configuration the shard master holds, if it runs.
+    pub(crate) fn config(&self) -> Option<Arc<kv_shard::Config>> {
+        self.master.as_ref().map(|master| master.master.current())
+    }
+
+    /// Starts a storage server at `address` (a new process, empty) that joins the cluster.
+    pub(crate) fn start_server(&mut self, address: &str) {
+        let endpoint = self.endpoint(address);
+        let storage = Arc::new(MemoryStorage::new());
+        let settings = NodeSettings {
+            me: address.to_owned(),
+            joining: true,
+            handoff_timeout: Duration::from_secs(30),
+            incarnation: endpoint.life,
+        };
+        let node = Node::new(
+            Arc::clone(&storage) as Arc<dyn kv_core::Storage>,
+            settings,
+            Arc::new(endpoint.clone()),
+            Arc::clone(&endpoint.clock),
+        );
+        self.net.attach(address, endpoint.life, endpoint.gate.clone(), Service::Node(Arc::clone(&node)));
+        self.net.trace(format_args!("{address} starts (life {})", endpoint.life));
+        let joiner = tokio::spawn({
+            let node = Arc::downgrade(&node);
+            let endpoint = endpoint.clone();
+            async move {
+                loop {
+                    let me = endpoint.me.clone();
+                    let joined = member::join(&endpoint, endpoint.clock.as_ref(), &me, JOIN_PATIENCE).await;
+                    endpoint.net.trace(format_args!("{me} joined: {joined:?}"));
+                    if joined.is_err() {
+                        // The real server exits, and its supervisor starts it again: a restart
+                        // that came before the shard master noticed the crash is refused as a
+                        // member already, until the failover.
+                        endpoint.clock.sleep(RESTART_DELAY).await;
+                        continue;
+                    }
+                    let Some(node) = node.upgrade() else { return };
+                    // Failed over while out of reach: it comes back empty, as a new member.
+                    node.evicted().notified().await;
+                }
+            }
+        });
+        self.servers.insert(address.to_owned(), Server { storage, endpoint, tasks: vec![joiner] });
+    }
+
+    /// Crashes the server at `address`: its memory is gone.
+    pub(crate) fn crash(&mut self, address: &str) {
+        if let Some(server) = self.servers.remove(address) {
+            abort_all(&server.tasks);
+            self.net.detach(address);
+            self.net.trace(format_args!("{address} crashes"));
+        }
+    }
+
+    /// Has the server at `address` leave the cluster, and stop once it has.
+    pub(crate) fn leave(&mut self, address: &str) {
+        let Some(server) = self.servers.get_mut(address) else { return };
+        let net = Arc::clone(&self.net);
+        let endpoint = server.endpoint.clone();
+        self.net.trace(format_args!("{address} asks to leave"));
+        let leaver = tokio::spawn(async move {
+            let me = endpoint.me.clone();
+            let left = member::leave(&endpoint, endpoint.clock.as_ref(), &me, LEAVE_PATIENCE).await;
+            net.trace(format_args!("{me} leave: {left:?}"));
+            if left.is_ok() && net.is_alive(&me, endpoint.life) {
+                net.detach(&me);
+                net.trace(format_args!("{me} stops after leaving"));
+            }
+        });
+        server.tasks.push(leaver);
+    }
+
+    /// Stops or resumes the process at `address` (the shard master's too).
+    pub(crate) fn set_paused(&mut self, address: &str, paused: bool) {
+        let gate = if address == MASTER {
+            self.master.as_ref().map(|master| &master.gate)
+        } else {
+            self.servers.get(address).map(|server| &server.endpoint.gate)
+        };
+        if let Some(gate) = gate {
+            gate.set_paused(paused);
+            self.net.trace(format_args!("{address} {}", if paused { "paused" } else { "resumed" }));
+        }
+    }
+
+    /// Resumes every paused process.
+    pub(crate) fn resume_all(&mut self) {
+        let paused: Vec<String> = self
+            .servers
+            .iter()
+            .filter(|(_, server)| server.endpoint.gate.is_paused())
+            .map(|(address, _)| address.clone())
+            .chain(self.master.as_ref().filter(|m| m.gate.is_paused()).map(|_| MASTER.to_owned()))
+            .collect();
+        for address in paused {
+            self.set_paused(&address, false);
+        }
+    }
+
+    /// The servers running (leavers that have stopped excluded).
+    pub(crate) fn running(&self) -> impl Iterator<Item = (&String, &Server)> {
+        self.servers.iter().filter(|(address, server)| self.net.is_alive(address, server.endpoint.life))
+    }
+
+    /// Whether a process runs at `address`.
+    pub(crate) fn is_running(&self, address: &str) -> bool {
+        self.servers.get(address).is_some_and(|server| self.net.is_alive(address, server.endpoint.life))
+    }
+
+    /// Whether the shard master runs.
+    pub(crate) fn master_running(&self) -> bool {
+        self.master.is_some()
+    }
+
+    /// Stops everything (the end of the run).
+    pub(crate) fn shut_down(&mut self) {
+        for server in self.servers.values() {
+            abort_all(&server.tasks);
+        }
+        self.servers.clear();
+        self.crash_master();
+    }
+}
