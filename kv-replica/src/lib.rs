@@ -197,8 +197,9 @@
 //!   already completed a slot answers the carried-over batches "done". The shard master installs
 //!   a failover's configuration at every server that still owes slots, members or not (a leaver
 //!   handing off), and watches those until they owe nothing.
-//! - A change does not wait for a server that stops answering in the middle of it (it is
-//!   reported incomplete, and the failover follows at once). A change is over once the copies it
+//! - A change does not wait for a server that stops answering in the middle of it, or answers
+//!   as a new process (it restarted empty): it is reported incomplete, and the failover follows
+//!   at once. A change is over once the copies it
 //!   reset have caught up (the next one is refused until then), so that the copies former
 //!   secondaries kept, a leaver's among them, are there for as long as they may be needed.
 //!

@@ -144,28 +144,31 @@ impl Calls {
         self.status_of(server).await.is_ok_and(|status| status.incoming_slots > 0)
     }
 
-    /// Returns once `server` has not answered a ping for the failure timeout.
-    pub(crate) async fn until_silent(&self, server: &str) {
+    /// Returns once `server` has not answered a ping for the failure timeout, or answers as
+    /// another process than `joined`, the incarnation it joined as: it restarted, and what it
+    /// held is gone (waiting for it to catch up or hand off would wait for nothing).
+    pub(crate) async fn until_silent(&self, server: &str, joined: Option<u64>) {
         let mut last_seen = self.now();
         loop {
             self.clock.sleep(HEARTBEAT).await;
-            if self.ping(server).await.is_some() {
-                last_seen = self.now();
-            } else if self.now().saturating_duration_since(last_seen) > self.failure_timeout {
-                return;
+            match self.ping(server).await {
+                Some(incarnation) if joined.is_some_and(|joined| joined != incarnation) => return,
+                Some(_) => last_seen = self.now(),
+                None if self.now().saturating_duration_since(last_seen) > self.failure_timeout => return,
+                None => {}
             }
         }
     }
 
-    /// Returns the first of `servers` not to answer pings for the failure timeout; never, if
-    /// there are none.
-    pub(crate) async fn until_any_silent<'s>(&self, servers: &[&'s str]) -> &'s str {
+    /// Returns the first of `servers` (each with the incarnation it joined as) not to answer
+    /// pings for the failure timeout, or to answer as another process; never, if there are none.
+    pub(crate) async fn until_any_silent<'s>(&self, servers: &[(&'s str, Option<u64>)]) -> &'s str {
         if servers.is_empty() {
             return std::future::pending().await;
         }
-        let watches = servers.iter().map(|&server| {
+        let watches = servers.iter().map(|&(server, joined)| {
             Box::pin(async move {
-                self.until_silent(server).await;
+                self.until_silent(server, joined).await;
                 server
             })
         });

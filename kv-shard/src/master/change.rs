@@ -118,7 +118,9 @@ async fn apply(shared: &Shared, before: &Config, next: &Config) -> Result<(), Er
         tokio::select! {
             biased;
             result = shared.install(addr, before, next, &[], deadline) => result,
-            () = calls.until_silent(addr) => Err(Error::Unavailable("it stopped answering".to_owned())),
+            () = calls.until_silent(addr, shared.records.incarnation(addr)) => {
+                Err(Error::Unavailable("it stopped answering, or restarted".to_owned()))
+            }
         }
     });
     for (addr, result) in order.receivers.iter().zip(join_all(installs).await) {
@@ -136,13 +138,17 @@ async fn apply(shared: &Shared, before: &Config, next: &Config) -> Result<(), Er
     let members: Vec<&str> = order.receivers.iter().map(String::as_str).collect();
     let senders: Vec<&str> = order.senders.iter().map(String::as_str).collect();
     let installs = senders.iter().map(|&addr| {
-        let others: Vec<&str> =
-            members.iter().copied().chain(senders.iter().copied().filter(|&s| s != addr)).collect();
+        let others: Vec<(&str, Option<u64>)> = members
+            .iter()
+            .copied()
+            .chain(senders.iter().copied().filter(|&s| s != addr))
+            .map(|other| (other, shared.records.incarnation(other)))
+            .collect();
         async move {
             tokio::select! {
                 biased;
                 result = shared.install(addr, before, next, &[], deadline) => SenderOutcome::Answered(result),
-                () = calls.until_silent(addr) => SenderOutcome::Silent,
+                () = calls.until_silent(addr, shared.records.incarnation(addr)) => SenderOutcome::Silent,
                 other = calls.until_any_silent(&others) => SenderOutcome::OtherSilent(other.to_owned()),
             }
         }
@@ -200,11 +206,13 @@ async fn apply(shared: &Shared, before: &Config, next: &Config) -> Result<(), Er
     // failed over at once, while those copies are there.
     if replicated {
         let members: Vec<&str> = next.members().map(|(_, a)| a).collect();
+        let watched: Vec<(&str, Option<u64>)> =
+            members.iter().map(|&member| (member, shared.records.incarnation(member))).collect();
         let deadline = calls.now() + calls.move_timeout;
         tokio::select! {
             biased;
             () = calls.until_caught_up(&members, deadline) => {}
-            silent = calls.until_any_silent(&members) => {
+            silent = calls.until_any_silent(&watched) => {
                 // Unless this shard master is the one cut off: then it fails no one.
                 if calls.most_answer(&members).await {
                     warn!(server = silent, "a member stopped answering while copies caught up: failing it over");

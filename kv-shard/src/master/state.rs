@@ -110,6 +110,11 @@ impl Records {
         lock(&self.incarnations).insert(server.to_owned(), incarnation);
     }
 
+    /// The incarnation of the process that joined at `server`, if one did.
+    pub(crate) fn incarnation(&self, server: &str) -> Option<u64> {
+        lock(&self.incarnations).get(server).copied()
+    }
+
     /// Whether the process at member `server` is not the one that joined (`incarnation` is
     /// what it answers now).
     pub(crate) fn restarted(&self, server: &str, incarnation: u64) -> bool {
