@@ -86,7 +86,9 @@
 //! (`--sync-replicas k`, `0 ≤ k < R − 1`), which apply it at once, and answers when they have.
 //! The other secondaries get the slot's written keys in the background: the primary remembers
 //! which keys each of them is owed and, at least every `--sync-interval` (2 s), sends their
-//! current values, one batch after the other. So each replica applies each key's values in the
+//! current values, one batch after the other, with the exactly-once records of their slots (read
+//! after the values, so every write a value holds comes with its record: a secondary promoted
+//! later answers the retry of such a write instead of applying it again). So each replica applies each key's values in the
 //! primary's order, and after writes stop every replica equals the primary within one interval
 //! plus the transfer. Reads at a secondary return what it holds: they can be stale.
 //!

@@ -211,6 +211,8 @@ impl Copies {
         }
         if kind == WriteKind::Snapshot && !sessions.is_empty() {
             self.import_snapshot_sessions(&from, epoch, sessions, &refused).await?;
+        } else if kind == WriteKind::Apply && !sessions.is_empty() {
+            self.import_background_sessions(&from, sessions).await;
         }
         for slot in synced {
             if refused.contains(&slot) {
@@ -250,6 +252,22 @@ impl Copies {
         }
         self.sessions.import(records, self.clock.now());
         Ok(())
+    }
+
+    /// Takes the exactly-once records that come with background values (eventual mode): the
+    /// answers of the slots this server is a secondary of under `from`.
+    async fn import_background_sessions(&self, from: &str, mut records: Vec<SessionRecord>) {
+        let tags: BTreeSet<Slot> = records.iter().flat_map(|r| r.answers.iter().map(|a| a.tag)).collect();
+        let mut taking = vec![false; SLOTS];
+        for slot in tags {
+            if usize::from(slot) < SLOTS {
+                taking[usize::from(slot)] = self.copy_from(from, slot).await.is_ok();
+            }
+        }
+        for record in &mut records {
+            record.answers.retain(|answer| taking.get(usize::from(answer.tag)).copied().unwrap_or(false));
+        }
+        self.sessions.import(records, self.clock.now());
     }
 
     /// The copy of `slot` that a snapshot from `from`, read at `epoch`, goes to; none if it

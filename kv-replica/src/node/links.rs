@@ -235,7 +235,17 @@ impl Links {
                 let sent = std::mem::take(&mut batch);
                 bytes = 0;
                 let keys: Vec<String> = sent.iter().map(|w| w.write.key.clone()).collect();
-                if self.send(&view, link, sent, WriteKind::Apply, Vec::new(), &[]).await.is_none() {
+                // The exactly-once records of the batch's slots, read after its values: every
+                // write those values hold has its record by then (a write's record is made as it
+                // is applied). Without them, a secondary promoted later would apply again the
+                // retry of a write it only holds through this batch.
+                let mut in_batch = vec![false; SLOTS];
+                for write in &sent {
+                    in_batch[usize::from(write.slot)] = true;
+                }
+                let records =
+                    self.sessions.export(|slot| in_batch.get(usize::from(slot)).copied().unwrap_or(false));
+                if self.send(&view, link, sent, WriteKind::Apply, Vec::new(), &records).await.is_none() {
                     // Sent again later, with the values of then.
                     unsent.extend(keys);
                     unsent.extend(writes.by_ref().map(|w| w.write.key));
