@@ -1,24 +1,26 @@
 //! The simulated network: the protocols' calls between storage servers, the shard master and
 //! the clients, delivered in memory with seeded delays and losses, through links a schedule
-//! cuts, slows and heals.
+//! cuts, slows and heals. It models gRPC over TCP, not datagrams.
 //!
 //! Every process at an address has a *life*, a number no other process of the run shares: a
 //! restarted server is a new life at the same address. A call is a request and an answer:
 //! 1. the caller's process must be alive (a crashed process sends nothing: its leftover tasks'
 //!    calls are refused at once) and running (a paused one sends when resumed);
 //! 2. the request travels for a delay drawn from the network's generator (a few hundred
-//!    microseconds, now and then tens of milliseconds: later requests overtake it), and is lost
-//!    if the generator says so, by the link's loss rate, or if the link is cut when it arrives;
-//! 3. at an address with no process the call is refused (*unavailable*, connection refused);
+//!    microseconds, now and then tens of milliseconds: later requests overtake it);
+//! 3. across a cut link it waits until the link heals (TCP retransmits until it gets through),
+//!    unless the caller gives up first;
+//! 4. a *lost* message, drawn by the generator or the link's loss rate, breaks the call: the
+//!    caller hears, a little later, that the connection broke (*interrupted*: a lost answer's
+//!    request was handled);
+//! 5. at an address with no process the call is refused (*unavailable*, connection refused);
 //!    at a paused process it waits until the process is resumed (the kernel buffers it);
-//! 4. the handler runs, as the gRPC service does (the install and the hand-off of a copy run on
+//! 6. the handler runs, as the gRPC service does (the install and the hand-off of a copy run on
 //!    even if the caller gives up; other handlers stop with the caller, as a cancelled request
 //!    does);
-//! 5. the answer travels back the same way, and is lost if the process died meanwhile (the
-//!    connection broke: *interrupted*, since the request may have been applied).
+//! 7. the answer travels back the same way, and is lost if the process died meanwhile.
 //!
-//! A lost request or answer makes the caller wait out its whole timeout (*interrupted*), as a
-//! partition does. Timeouts are the caller's, on the caller's own clock.
+//! Timeouts are the caller's, on the caller's own clock.
 //!
 //! Determinism: everything here draws from one seeded generator and keeps its state in ordered
 //! maps, and the run is a single-threaded tokio runtime at paused time, so the order in which
@@ -103,6 +105,8 @@ pub(crate) struct Net {
     trace: Arc<Trace>,
     start: tokio::time::Instant,
     next_call: Mutex<u64>,
+    /// Bumped whenever a link heals: messages held at a cut link look again.
+    healed: tokio::sync::watch::Sender<u64>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -126,6 +130,7 @@ impl Net {
             trace,
             start: tokio::time::Instant::now(),
             next_call: Mutex::new(0),
+            healed: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -162,6 +167,17 @@ impl Net {
             links.cut.insert(key);
         } else {
             links.cut.remove(&key);
+            drop(links);
+            self.healed.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Returns once the link from `from` to `to` is not cut (at once if it is not).
+    async fn until_open(&self, from: &str, to: &str) {
+        let mut healed = self.healed.subscribe();
+        while self.is_cut(from, to) {
+            // The sender lives as long as the network.
+            let _ = healed.changed().await;
         }
     }
 
@@ -180,6 +196,7 @@ impl Net {
     pub(crate) fn heal(&self, quiet: Conditions) {
         *lock(&self.links) = Links::default();
         *lock(&self.conditions) = quiet;
+        self.healed.send_modify(|n| *n += 1);
     }
 
     /// Sets how every link delays and loses messages.
@@ -258,10 +275,11 @@ impl Endpoint {
             self.gate.running().await;
             let (delay, lost) = net.draw(&self.me, to);
             tokio::time::sleep(delay).await;
-            if lost || net.is_cut(&self.me, to) {
+            if lost {
                 net.trace(format_args!("#{id} request lost"));
-                return std::future::pending().await;
+                return Err(Failure::NoAnswer);
             }
+            net.until_open(&self.me, to).await;
             let Some(host) = lock(&net.hosts).get(to).cloned() else {
                 net.trace(format_args!("#{id} refused"));
                 return Err(Failure::Refused);
@@ -283,8 +301,12 @@ impl Endpoint {
             }
             let (delay, lost) = net.draw(to, &self.me);
             tokio::time::sleep(delay).await;
-            if lost || net.is_cut(to, &self.me) || !net.is_alive(&self.me, self.life) {
+            if lost {
                 net.trace(format_args!("#{id} answer lost"));
+                return Err(Failure::NoAnswer);
+            }
+            net.until_open(to, &self.me).await;
+            if !net.is_alive(&self.me, self.life) {
                 return std::future::pending().await;
             }
             Ok(answer)

@@ -4,7 +4,8 @@
 //! convergence, the final reads and the checks.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use kv_core::Storage;
@@ -24,6 +25,11 @@ const CLIENTS: u64 = 4;
 /// Keys written only by appends (after a preload), and keys written by puts.
 const APPEND_KEYS: usize = 4;
 const PUT_KEYS: usize = 2;
+/// The longest the cluster may take to be healthy again (every running server a member, every
+/// copy caught up, nothing moving) once a fault has ended.
+pub const HEALTH_BOUND: Duration = Duration::from_secs(15);
+/// How long the workload goes on after the last fault.
+const LIVENESS_WINDOW: Duration = Duration::from_secs(5);
 /// The longest the replicas may take to agree once writes stop (eventual mode's background
 /// sync runs every 2 s).
 const CONVERGENCE_BOUND: Duration = Duration::from_secs(10);
@@ -138,7 +144,7 @@ async fn simulate(seed: u64, setting: Setting, options: RunOptions) -> RunReport
     }
 
     let start = net.elapsed();
-    let end_at = start + plan.end_at;
+    let stop = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
     for process in 0..CLIENTS {
         let mut client = SimClient::new(
@@ -147,11 +153,11 @@ async fn simulate(seed: u64, setting: Setting, options: RunOptions) -> RunReport
             seed.wrapping_mul(31).wrapping_add(process),
             Arc::clone(&recorder),
         );
-        let net = Arc::clone(&net);
+        let stop = Arc::clone(&stop);
         clients.push(tokio::spawn(async move {
             let keys: Vec<String> = append_keys().into_iter().chain(put_keys()).collect();
             let mut n = 0;
-            while net.elapsed() < end_at {
+            while !stop.load(Ordering::Relaxed) {
                 let key = &keys[client.random_below(keys.len() as u64) as usize];
                 let read = client.random_below(10) < 4;
                 n += 1;
@@ -167,7 +173,6 @@ async fn simulate(seed: u64, setting: Setting, options: RunOptions) -> RunReport
         }));
     }
 
-    // The plan, against the workload.
     let everyone: Vec<String> = plan
         .rates
         .keys()
@@ -175,25 +180,63 @@ async fn simulate(seed: u64, setting: Setting, options: RunOptions) -> RunReport
         .chain([MASTER.to_owned()])
         .chain((0..CLIENTS).map(|p| format!("client-{p}")))
         .collect();
+    let world = Arc::new(Mutex::new(world));
+    // Joins and leaves at their times, whatever the faults do.
+    let membership = tokio::spawn({
+        let (world, net) = (Arc::clone(&world), Arc::clone(&net));
+        let changes = plan.membership.clone();
+        async move {
+            for (at, event) in changes {
+                tokio::time::sleep((start + at).saturating_sub(net.elapsed())).await;
+                net.trace(format_args!("event {event:?}"));
+                apply(&mut lock(&world), &net, &event, &[], &mut BTreeSet::new());
+            }
+        }
+    });
+    // The faults, one at a time, each once the cluster is healthy again.
     let mut crashed = BTreeSet::new();
-    for (at, event) in &plan.events {
-        tokio::time::sleep_until(tokio::time::Instant::now() + (start + *at).saturating_sub(net.elapsed()))
-            .await;
+    let mut recoveries = Vec::new();
+    for episode in &plan.episodes {
+        let began = net.elapsed();
+        if !until_healthy(&world, &net, HEALTH_BOUND).await {
+            problems.push(format!(
+                "not healthy {:.0} s after the last fault ended: {}",
+                HEALTH_BOUND.as_secs_f64(),
+                health(&world).await.err().unwrap_or_default()
+            ));
+            break;
+        }
+        recoveries.push(net.elapsed() - began);
+        tokio::time::sleep(episode.gap).await;
+        let event = Event::Begin(episode.fault.clone());
         net.trace(format_args!("event {event:?}"));
-        apply(&mut world, &net, event, &everyone, &mut crashed);
+        apply(&mut lock(&world), &net, &event, &everyone, &mut crashed);
+        tokio::time::sleep(episode.hold).await;
+        let event = Event::End(episode.fault.clone());
+        net.trace(format_args!("event {event:?}"));
+        apply(&mut lock(&world), &net, &event, &everyone, &mut crashed);
     }
-    tokio::time::sleep((start + plan.heal_at).saturating_sub(net.elapsed())).await;
     net.heal(QUIET);
-    world.resume_all();
-    for server in std::mem::take(&mut crashed) {
-        world.start_server(&server);
-    }
-    if !world.master_running() {
-        world.start_master();
-    }
+    lock(&world).resume_all();
     net.trace(format_args!("healed"));
     let healed = net.elapsed();
-
+    if membership.await.is_err() {
+        problems.push("the membership changes panicked".to_owned());
+    }
+    let began = net.elapsed();
+    if until_healthy(&world, &net, HEALTH_BOUND).await {
+        recoveries.push(net.elapsed() - began);
+    } else {
+        problems.push(format!(
+            "not healthy {:.0} s after the last fault ended: {}",
+            HEALTH_BOUND.as_secs_f64(),
+            health(&world).await.err().unwrap_or_default()
+        ));
+    }
+    // The liveness window: the workload goes on after the heal.
+    let end_at = (healed + LIVENESS_WINDOW).max(net.elapsed() + Duration::from_secs(1));
+    tokio::time::sleep(end_at.saturating_sub(net.elapsed())).await;
+    stop.store(true, Ordering::Relaxed);
     for client in clients {
         if client.await.is_err() {
             problems.push("a client panicked".to_owned());
@@ -210,6 +253,12 @@ async fn simulate(seed: u64, setting: Setting, options: RunOptions) -> RunReport
             LIVENESS_BOUND.as_secs_f64()
         ));
     }
+
+    let Some(mut world) =
+        Arc::into_inner(world).map(|world| world.into_inner().unwrap_or_else(PoisonError::into_inner))
+    else {
+        unreachable!("the membership task, the only other holder, has ended");
+    };
 
     // Writes have stopped: the replicas converge.
     let converged = until(&net, CONVERGENCE_BOUND, || replicas_agree(&world, &writing_keys).is_none()).await;
@@ -251,12 +300,56 @@ async fn simulate(seed: u64, setting: Setting, options: RunOptions) -> RunReport
         longest_gap,
         simulated,
         wall: Duration::ZERO,
-        plan: plan
-            .events
-            .iter()
-            .map(|(at, event)| format!("{:>6.3} s  {event:?}", at.as_secs_f64()))
-            .collect(),
+        plan: plan.lines(),
         trace: trace.take_lines(),
+    }
+}
+
+fn lock(world: &Mutex<World>) -> MutexGuard<'_, World> {
+    world.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Whether the cluster is healthy: the shard master runs, every running server that has not
+/// asked to leave is a member at the current epoch, and no server catches up, waits for or owes
+/// slots. What is wrong, if it is not.
+async fn health(world: &Mutex<World>) -> Result<(), String> {
+    let inputs = lock(world).health_inputs();
+    let Some((config, servers)) = inputs else {
+        return Err("the shard master does not run".to_owned());
+    };
+    for (address, node) in servers {
+        if config.id_of(&address).is_none() {
+            return Err(format!("{address} runs but is not a member"));
+        }
+        let status = node.status().await.map_err(|err| format!("{address}: {err}"))?;
+        if status.epoch != config.epoch() {
+            return Err(format!(
+                "{address} is at epoch {}, the shard master at {}",
+                status.epoch,
+                config.epoch()
+            ));
+        }
+        if status.syncing_slots + status.incoming_slots + status.outgoing_slots > 0 {
+            return Err(format!(
+                "{address} catches up {} slots, waits for {}, owes {}",
+                status.syncing_slots, status.incoming_slots, status.outgoing_slots
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Waits until the cluster is healthy, or `limit` has passed; whether it is.
+async fn until_healthy(world: &Mutex<World>, net: &Net, limit: Duration) -> bool {
+    let deadline = net.elapsed() + limit;
+    loop {
+        if health(world).await.is_ok() {
+            return true;
+        }
+        if net.elapsed() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

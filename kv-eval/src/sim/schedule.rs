@@ -3,10 +3,11 @@
 //! setting give the same plan.
 //!
 //! The faults come one at a time (the protocol's guarantees are for one failure at a time): a
-//! fault holds for a while, heals, and the cluster gets a moment to repair before the next one.
-//! Joins and leaves fall anywhere, faults or not. At the *heal* time every fault still on ends
-//! (links healed, paused processes resumed, crashed ones restarted), and the workload goes on
-//! for the liveness window.
+//! fault holds for a while and ends (a crashed server is started again, empty), and the next
+//! one begins a short gap after the cluster is *healthy* again (every running server a member,
+//! every copy caught up, nothing moving): the simulator waits for that, within a bound, and a
+//! cluster that does not get there is a failed run. Joins and leaves fall in the first seconds,
+//! whatever the faults do. After the last fault the workload goes on for the liveness window.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -125,6 +126,15 @@ pub(crate) enum Event {
     Leave(String),
 }
 
+/// One fault of a run: it begins `gap` after the cluster is healthy again from the last one,
+/// holds for `hold`, then ends.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Episode {
+    pub(crate) gap: Duration,
+    pub(crate) fault: Fault,
+    pub(crate) hold: Duration,
+}
+
 /// A run's plan.
 #[derive(Debug, Clone)]
 pub(crate) struct Plan {
@@ -132,12 +142,10 @@ pub(crate) struct Plan {
     pub(crate) initial: Vec<String>,
     /// Each server's clock rate.
     pub(crate) rates: BTreeMap<String, f64>,
-    /// Events, by time since the workload started.
-    pub(crate) events: Vec<(Duration, Event)>,
-    /// When every fault ends.
-    pub(crate) heal_at: Duration,
-    /// When the workload stops starting operations.
-    pub(crate) end_at: Duration,
+    /// The faults, one after the other.
+    pub(crate) episodes: Vec<Episode>,
+    /// Joins and leaves, by time since the workload started, whatever the faults do.
+    pub(crate) membership: Vec<(Duration, Event)>,
 }
 
 /// The address of the `i`-th server of a run.
@@ -152,6 +160,9 @@ pub(crate) struct PlanOptions {
     pub(crate) master_crashes: bool,
 }
 
+/// Faults per run.
+const EPISODES: usize = 3;
+
 impl Plan {
     /// The plan of `seed` for `setting`.
     pub(crate) fn draw(seed: u64, setting: Setting, options: PlanOptions) -> Plan {
@@ -162,20 +173,15 @@ impl Plan {
         for i in 0..n + 2 {
             rates.insert(server(i), rng.random_range(0.98..1.02));
         }
-        let heal_at = Duration::from_millis(8_000);
-        let end_at = Duration::from_millis(12_000);
-        let mut events = Vec::new();
-
-        let mut members = initial.clone();
-        let mut at = Duration::from_millis(rng.random_range(300..1_500));
-        while at + Duration::from_millis(300) < heal_at {
-            let hold = Duration::from_millis(rng.random_range(200..2_500));
-            let end = (at + hold).min(heal_at);
-            let pick = |rng: &mut Xoshiro256PlusPlus| members[rng.random_range(0..members.len())].clone();
+        // Faults act on the initial servers and the one that may join.
+        let targets: Vec<String> = (0..=n).map(server).collect();
+        let mut episodes = Vec::new();
+        for _ in 0..EPISODES {
+            let pick = |rng: &mut Xoshiro256PlusPlus| targets[rng.random_range(0..targets.len())].clone();
             let a = pick(&mut rng);
             let mut b = pick(&mut rng);
             if b == a {
-                b = members[(members.iter().position(|m| *m == a).unwrap_or(0) + 1) % members.len()].clone();
+                b = targets[(targets.iter().position(|t| *t == a).unwrap_or(0) + 1) % targets.len()].clone();
             }
             // A crash loses the only copy with one replica: not a fault that setting survives.
             let mut kinds: Vec<u8> = (0..8).collect();
@@ -197,23 +203,39 @@ impl Plan {
                 8 => Fault::Crash { server: a },
                 _ => Fault::CrashMaster,
             };
-            events.push((at, Event::Begin(fault.clone())));
-            events.push((end, Event::End(fault)));
-            at = end + Duration::from_millis(rng.random_range(500..3_000));
+            let gap = Duration::from_millis(rng.random_range(100..1_500));
+            let hold = Duration::from_millis(rng.random_range(200..2_500));
+            episodes.push(Episode { gap, fault, hold });
         }
 
-        // A join and a leave, each maybe, anywhere before the heal.
+        // A join and a leave, each maybe, in the first seconds, whatever the faults do.
+        let mut membership = Vec::new();
         if rng.random_bool(0.5) {
-            let at = Duration::from_millis(rng.random_range(500..7_500));
-            events.push((at, Event::Join(server(n))));
-            members.push(server(n));
+            let at = Duration::from_millis(rng.random_range(300..6_000));
+            membership.push((at, Event::Join(server(n))));
         }
         if rng.random_bool(0.4) && n > setting.factor {
-            let at = Duration::from_millis(rng.random_range(500..7_500));
-            events.push((at, Event::Leave(initial[rng.random_range(0..n)].clone())));
+            let at = Duration::from_millis(rng.random_range(300..6_000));
+            membership.push((at, Event::Leave(initial[rng.random_range(0..n)].clone())));
         }
-        events.sort_by_key(|(at, _)| *at);
-        Plan { initial, rates, events, heal_at, end_at }
+        membership.sort_by_key(|(at, _)| *at);
+        Plan { initial, rates, episodes, membership }
+    }
+
+    /// The plan, a line per fault or change.
+    pub(crate) fn lines(&self) -> Vec<String> {
+        let faults = self.episodes.iter().enumerate().map(|(i, e)| {
+            format!(
+                "fault {}: {:?} for {:.3} s, {:.3} s after the cluster is healthy",
+                i + 1,
+                e.fault,
+                e.hold.as_secs_f64(),
+                e.gap.as_secs_f64()
+            )
+        });
+        let changes =
+            self.membership.iter().map(|(at, event)| format!("at {:.3} s: {event:?}", at.as_secs_f64()));
+        faults.chain(changes).collect()
     }
 }
 
@@ -240,10 +262,9 @@ mod tests {
         let options = PlanOptions { master_crashes: false };
         let a = Plan::draw(7, setting, options);
         let b = Plan::draw(7, setting, options);
-        assert_eq!(a.events, b.events);
-        assert_eq!(a.initial, b.initial);
+        assert_eq!((&a.episodes, &a.membership, &a.initial), (&b.episodes, &b.membership, &b.initial));
         let c = Plan::draw(8, setting, options);
-        assert!(a.events != c.events || a.initial != c.initial, "another seed, another plan");
-        assert!(a.events.iter().all(|(at, _)| *at <= a.heal_at));
+        assert!(a.episodes != c.episodes || a.initial != c.initial, "another seed, another plan");
+        assert_eq!(a.episodes.len(), EPISODES);
     }
 }

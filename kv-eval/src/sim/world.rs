@@ -9,7 +9,7 @@
 //! incarnation) at the same address, empty, that joins again. The shard master runs its failure
 //! detector and its repairs, as `kv-server shardmaster` does.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +31,7 @@ const RESTART_DELAY: Duration = Duration::from_secs(1);
 
 /// A running storage server.
 pub(crate) struct Server {
+    pub(crate) node: Arc<Node>,
     pub(crate) storage: Arc<MemoryStorage>,
     endpoint: Endpoint,
     tasks: Vec<JoinHandle<()>>,
@@ -51,6 +52,8 @@ pub(crate) struct World {
     next_life: u64,
     /// Each address's clock rate, drawn when the run's schedule was made.
     rates: BTreeMap<String, f64>,
+    /// Servers that asked to leave: they need not be members.
+    leavers: BTreeSet<String>,
 }
 
 fn abort_all(tasks: &[JoinHandle<()>]) {
@@ -67,7 +70,15 @@ impl World {
             failure_timeout: Duration::from_millis(800),
             replication,
         };
-        World { net, settings, servers: BTreeMap::new(), master: None, next_life: 1, rates }
+        World {
+            net,
+            settings,
+            servers: BTreeMap::new(),
+            master: None,
+            next_life: 1,
+            rates,
+            leavers: BTreeSet::new(),
+        }
     }
 
     fn life(&mut self) -> u64 {
@@ -166,7 +177,7 @@ impl World {
                 }
             }
         });
-        self.servers.insert(address.to_owned(), Server { storage, endpoint, tasks: vec![joiner] });
+        self.servers.insert(address.to_owned(), Server { node, storage, endpoint, tasks: vec![joiner] });
     }
 
     /// Crashes the server at `address`: its memory is gone.
@@ -183,6 +194,7 @@ impl World {
         let Some(server) = self.servers.get_mut(address) else { return };
         let net = Arc::clone(&self.net);
         let endpoint = server.endpoint.clone();
+        self.leavers.insert(address.to_owned());
         self.net.trace(format_args!("{address} asks to leave"));
         let leaver = tokio::spawn(async move {
             let me = endpoint.me.clone();
@@ -236,6 +248,18 @@ impl World {
     /// Whether the shard master runs.
     pub(crate) fn master_running(&self) -> bool {
         self.master.is_some()
+    }
+
+    /// What the cluster's health depends on: the shard master's configuration, and the servers
+    /// that should be members (running, and not leaving), with their nodes.
+    pub(crate) fn health_inputs(&self) -> Option<(Arc<kv_shard::Config>, Vec<(String, Arc<Node>)>)> {
+        let config = self.config()?;
+        let servers = self
+            .running()
+            .filter(|(address, _)| !self.leavers.contains(*address))
+            .map(|(address, server)| (address.clone(), Arc::clone(&server.node)))
+            .collect();
+        Some((config, servers))
     }
 
     /// Stops everything (the end of the run).
