@@ -210,7 +210,8 @@
 //! restarted and lost what it held: it is failed over (never caught up as if it were its former
 //! self), installs meant for its former self are refused, and it joins again as a new member.
 //! A failed server that was only cut off learns it was failed from the next configuration it is
-//! given, drops its stale copies, and joins again too.
+//! given, drops its stale copies, and joins again too: the shard master keeps trying to bring it
+//! up to the epoch that failed it over until it answers there.
 //!
 //! # Determinism
 //!

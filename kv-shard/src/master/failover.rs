@@ -98,6 +98,7 @@ pub(crate) async fn fail_locked(shared: &Shared, server: &str) -> Result<Arc<Con
         "configuration changed: member failed"
     );
     records.commit(&next);
+    records.evicted(server, next.epoch());
     let started = calls.now();
     let deadline = started + calls.move_timeout;
     // The members, and every server that owes slots: it carries its hand-offs over.

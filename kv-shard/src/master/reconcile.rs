@@ -1,7 +1,8 @@
 //! Repairing what failures left behind: the driver of [`super::plan::catch_up`].
 //!
 //! Every member that answers and is behind is brought up to the current epoch, one epoch at a
-//! time; where a server still waits for slots or owes them, the current epoch is installed again
+//! time, and so is a failed member that was only cut off (it learns it was failed over, and
+//! joins again); where a server still waits for slots or owes them, the current epoch is installed again
 //! at every server at it, which makes their senders resume the hand-offs that failed. Only when
 //! no change runs: a change in progress is never second-guessed.
 
@@ -16,7 +17,10 @@ pub(crate) async fn reconcile(shared: &Shared) -> usize {
     let (records, calls) = (&shared.records, &shared.calls);
     let current = records.current();
     let history = records.history();
-    let involved = records.involved(&current);
+    let mut involved = records.involved(&current);
+    involved.extend(records.evicted_servers());
+    involved.sort_unstable();
+    involved.dedup();
     // Probed without the lock: a server that does not answer must not hold up a failover.
     let statuses = join_all(involved.iter().map(|address| calls.status_of(address))).await;
     let Ok(_serialised) = shared.changes.try_lock() else { return 0 };
@@ -32,6 +36,15 @@ pub(crate) async fn reconcile(shared: &Shared) -> usize {
         let status = involved.iter().zip(&statuses).find(|(a, _)| *a == address).map(|(_, s)| s);
         match status {
             Some(Ok(status)) => status.outgoing_slots > 0 && !records.restarted(address, status.incarnation),
+            Some(Err(_)) | None => true,
+        }
+    });
+    // A failed member is watched until it answers at the epoch that removed it, or later (it
+    // has heard), or as another process (which holds nothing of the failed one's).
+    records.retain_evicted(|address, epoch| {
+        let status = involved.iter().zip(&statuses).find(|(a, _)| *a == address).map(|(_, s)| s);
+        match status {
+            Some(Ok(status)) => status.epoch < epoch && !records.restarted(address, status.incarnation),
             Some(Err(_)) | None => true,
         }
     });

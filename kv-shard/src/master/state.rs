@@ -41,6 +41,11 @@ pub(crate) struct Records {
     /// The incarnation of each member's process when it joined: a member answering with another
     /// one restarted, and lost what it held.
     incarnations: Mutex<BTreeMap<String, u64>>,
+    /// Failed members not yet told (a server cut off only from this shard master still runs,
+    /// and holds the configuration that had it as a member), by the epoch that removed them:
+    /// the repairs bring them up to that epoch once they answer, so that they learn they were
+    /// failed over and join again.
+    evicted: Mutex<BTreeMap<String, u64>>,
 }
 
 /// A poisoned lock's data is still consistent here (no invariant spans a panic): take it.
@@ -58,6 +63,7 @@ impl Records {
             failovers: Mutex::new(BTreeMap::new()),
             owing: Mutex::new(BTreeSet::new()),
             incarnations: Mutex::new(BTreeMap::new()),
+            evicted: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -108,6 +114,23 @@ impl Records {
     /// Records the incarnation of the process that joins at `server`.
     pub(crate) fn joined(&self, server: &str, incarnation: u64) {
         lock(&self.incarnations).insert(server.to_owned(), incarnation);
+        lock(&self.evicted).remove(server);
+    }
+
+    /// Watches `server`, failed over by the configuration of `epoch`, until it has heard so.
+    pub(crate) fn evicted(&self, server: &str, epoch: u64) {
+        lock(&self.evicted).insert(server.to_owned(), epoch);
+    }
+
+    /// The failed members not yet told.
+    pub(crate) fn evicted_servers(&self) -> Vec<String> {
+        lock(&self.evicted).keys().cloned().collect()
+    }
+
+    /// Keeps watching only the failed members for which `still` holds (given the epoch that
+    /// removed each).
+    pub(crate) fn retain_evicted(&self, mut still: impl FnMut(&String, u64) -> bool) {
+        lock(&self.evicted).retain(|address, epoch| still(address, *epoch));
     }
 
     /// The incarnation of the process that joined at `server`, if one did.
