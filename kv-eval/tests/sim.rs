@@ -46,6 +46,12 @@ const REGRESSIONS: &[(u64, &str, &str)] = &[
         "a server cut off from the shard master only was failed over, and never heard so once the cut \
          healed: the shard master installs only at members, so it stayed out of the cluster for good",
     ),
+    (
+        44,
+        "strong-r3",
+        "a failed-over server, told, joined again after a leave had made a newer epoch; it refused the \
+         join's install for skipping an epoch, so the join waited its whole move timeout",
+    ),
 ];
 
 #[test]

@@ -115,9 +115,11 @@ impl Ownership {
         next: Config,
         sources: &BTreeMap<Slot, String>,
     ) -> Result<Handoff> {
-        // Only a server that has installed nothing may skip epochs: it holds nothing the skipped
-        // changes could have moved.
-        let skips = self.epoch() != 0 && previous.epoch() != self.epoch();
+        // Only a server that holds no slot may skip epochs (one that has installed nothing, or a
+        // failed-over one that joins again): the skipped changes could have moved nothing it
+        // serves or waits for. What it still owes carries over whatever the epochs.
+        let holds_nothing = self.held.iter().all(|held| matches!(held, Held::Nothing));
+        let skips = !holds_nothing && previous.epoch() != self.epoch();
         if next.epoch() <= self.epoch() || previous.epoch() >= next.epoch() || skips {
             return Err(Error::InvalidConfig(format!(
                 "cannot install epoch {} (after {}) over epoch {}",
@@ -300,7 +302,21 @@ mod tests {
         assert!(a.install(&c2, c3.clone(), &none()).is_err());
         // A server that has installed nothing may start anywhere.
         let mut fresh = Ownership::new("127.0.0.1:3");
-        fresh.install(&c2, c3, &none()).unwrap();
+        fresh.install(&c2, c3.clone(), &none()).unwrap();
+        // So may one that holds nothing any more (failed over while cut off, it joins again).
+        let c4 = c3.leave(A).unwrap();
+        let mut out = Ownership::new(A);
+        out.install(&Config::new(), c1.clone(), &none()).unwrap();
+        out.install(&c1, c2.clone(), &none()).unwrap();
+        assert!(out.serving() > 0);
+        assert!(out.install(&c3, c4.clone(), &none()).is_err(), "it still serves slots");
+        let c5 = c4.join("127.0.0.1:4").unwrap();
+        let c6 = c5.join(A).unwrap();
+        let mut evicted = Ownership::new(A);
+        evicted.install(&c3, c4.clone(), &none()).unwrap();
+        assert_eq!(evicted.serving(), 0);
+        let handoff = evicted.install(&c5, c6.clone(), &none()).unwrap();
+        assert_eq!(handoff.incoming.values().map(Vec::len).sum::<usize>(), owned_by(&c6, A).len());
     }
 
     #[test]
