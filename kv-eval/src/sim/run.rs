@@ -94,7 +94,22 @@ pub fn run(seed: u64, setting: Setting, options: RunOptions) -> RunReport {
     let wall = Instant::now();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build();
     let mut report = match runtime {
-        Ok(runtime) => runtime.block_on(simulate(seed, setting, options)),
+        Ok(runtime) if options.trace => {
+            // The protocol's log goes into the trace's text, at simulation time.
+            let trace = Arc::new(Trace::new(true));
+            let start = runtime.block_on(async { tokio::time::Instant::now() });
+            let writer = LogWriter { trace: Arc::clone(&trace), start };
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(move || writer.clone())
+                .without_time()
+                .with_ansi(false)
+                .with_max_level(tracing::Level::DEBUG)
+                .finish();
+            tracing::subscriber::with_default(subscriber, || {
+                runtime.block_on(simulate(seed, setting, options, trace))
+            })
+        }
+        Ok(runtime) => runtime.block_on(simulate(seed, setting, options, Arc::new(Trace::new(false)))),
         Err(err) => RunReport {
             seed,
             setting,
@@ -113,8 +128,7 @@ pub fn run(seed: u64, setting: Setting, options: RunOptions) -> RunReport {
     report
 }
 
-async fn simulate(seed: u64, setting: Setting, options: RunOptions) -> RunReport {
-    let trace = Arc::new(Trace::new(options.trace));
+async fn simulate(seed: u64, setting: Setting, options: RunOptions, trace: Arc<Trace>) -> RunReport {
     let net = Net::new(seed, QUIET, Arc::clone(&trace));
     let plan = Plan::draw(seed, setting, PlanOptions { master_crashes: options.master_crashes });
     let mut world = World::new(Arc::clone(&net), setting.replication(), plan.rates.clone());
@@ -302,6 +316,26 @@ async fn simulate(seed: u64, setting: Setting, options: RunOptions) -> RunReport
         wall: Duration::ZERO,
         plan: plan.lines(),
         trace: trace.take_lines(),
+    }
+}
+
+/// Writes the protocol's log lines into the trace.
+#[derive(Clone)]
+struct LogWriter {
+    trace: Arc<Trace>,
+    start: tokio::time::Instant,
+}
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.trace.keeps_text() {
+            self.trace.log(self.start.elapsed(), &String::from_utf8_lossy(buf));
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

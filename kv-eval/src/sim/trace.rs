@@ -70,6 +70,26 @@ impl Trace {
         }
     }
 
+    /// Records a line of the protocol's own log, at simulation time `at`: kept with the text
+    /// when the text is kept, and not hashed (a run is the same with or without its log).
+    pub(crate) fn log(&self, at: Duration, line: &str) {
+        let mut inner = self.lock();
+        if let Some(lines) = &mut inner.lines {
+            let micros = at.as_micros();
+            lines.push(format!(
+                "{:>6}.{:06}   log: {}",
+                micros / 1_000_000,
+                micros % 1_000_000,
+                line.trim_end()
+            ));
+        }
+    }
+
+    /// Whether the text is kept.
+    pub(crate) fn keeps_text(&self) -> bool {
+        self.lock().lines.is_some()
+    }
+
     /// The hash of every event so far, and how many there were.
     pub(crate) fn digest(&self) -> (u64, u64) {
         let inner = self.lock();
