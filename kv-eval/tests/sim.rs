@@ -52,6 +52,12 @@ const REGRESSIONS: &[(u64, &str, &str)] = &[
         "a failed-over server, told, joined again after a leave had made a newer epoch; it refused the \
          join's install for skipping an epoch, so the join waited its whole move timeout",
     ),
+    (
+        32,
+        "eventual-r3-sync1",
+        "a slot's primary crashed while its synchronous secondary left; the leave made the background \
+         secondary synchronous with its stale copy, and the failover promoted it: acknowledged writes lost",
+    ),
 ];
 
 #[test]

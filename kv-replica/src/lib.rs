@@ -95,7 +95,8 @@
 //! # Catching up
 //!
 //! When a configuration makes a server the secondary of a slot whose copy it cannot keep (it
-//! is new to the slot, or the slot has a new primary: [`keeps_copy`]), the server drops
+//! is new to the slot, the slot has a new primary, or in eventual mode it becomes a synchronous
+//! secondary from a background one: [`keeps_copy`]), the server drops
 //! what it held of the slot and starts **syncing** it, and the primary owes it a snapshot:
 //! 1. From the moment the primary installs the configuration, the syncing secondary receives
 //!    every write of the slot, as any secondary does, and applies the committed ones.
@@ -236,9 +237,6 @@
 //!   answering the failover's questions) can lose the slots concerned.
 //! - A storage error in the middle of an install (impossible with the in-memory engine) could
 //!   leave its replication state half switched.
-//! - Eventual mode applies a key's background values in the order they are sent, not by a
-//!   version: when a configuration turns a background secondary into a synchronous one, a flush
-//!   in flight may leave it one value behind until the key is written again.
 //! - The shard master is a single process that keeps its state in memory.
 //! - A strong write waits for a prepare round trip to every secondary, holding its slot's write
 //!   lock, and costs a commit message after: measured at about a third of eventual mode's write

@@ -27,8 +27,11 @@ pub fn role(config: &Config, address: &str, slot: Slot) -> Role {
 }
 
 /// Whether the secondary at `address` keeps its copy of `slot` from `previous` to `next`: the
-/// slot has the same primary in both, and the server is a secondary in both. Otherwise its copy
-/// is rebuilt from a snapshot of the (new) primary.
+/// slot has the same primary in both, the server is a secondary in both, and (eventual mode) it
+/// does not become a synchronous secondary from a background one: its copy may lack the writes
+/// of the last sync interval, which a synchronous secondary must hold (it is the heir a failover
+/// counts on for every acknowledged write). Otherwise its copy is rebuilt from a snapshot of the
+/// (new) primary.
 ///
 /// Members are compared by id, so a server that left and joined again starts over.
 pub fn keeps_copy(previous: &Config, next: &Config, address: &str, slot: Slot) -> bool {
@@ -38,6 +41,15 @@ pub fn keeps_copy(previous: &Config, next: &Config, address: &str, slot: Slot) -
         && same_member(previous.owner_of_slot(slot), next.owner_of_slot(slot))
         && role(previous, address, slot) == Role::Secondary
         && role(next, address, slot) == Role::Secondary
+        && (!is_synchronous(next, address, slot) || is_synchronous(previous, address, slot))
+}
+
+/// Whether the server at `address` is a secondary of `slot` that applies its writes before they
+/// are acknowledged: every secondary in strong mode, the first `sync_replicas` in eventual mode.
+fn is_synchronous(config: &Config, address: &str, slot: Slot) -> bool {
+    let replication = config.replication();
+    let Some(position) = secondaries(config, slot).iter().position(|&s| s == address) else { return false };
+    replication.consistency == Consistency::Strong || position < replication.sync_replicas
 }
 
 /// The *peers* of the member at `address`: the servers it shares some slot with, as its primary
@@ -197,5 +209,35 @@ mod tests {
         }
         assert!(kept > SLOTS, "most secondaries keep their copies: {kept}");
         assert!(!keeps_copy(&before, &before.leave("10.0.0.1:1").unwrap(), "10.0.0.1:1", 0));
+    }
+
+    /// In eventual mode, a background secondary that a change makes synchronous takes a fresh
+    /// snapshot: its copy may miss the last sync interval's writes, which a synchronous one holds.
+    #[test]
+    fn a_background_secondary_made_synchronous_starts_over() {
+        let replication = Replication {
+            factor: 3,
+            consistency: Consistency::Eventual,
+            sync_replicas: 1,
+            sync_interval: std::time::Duration::from_secs(2),
+        };
+        let mut before = Config::new().with_replication(replication).unwrap();
+        for i in 0..4 {
+            before = before.join(&format!("10.0.0.{i}:1")).unwrap();
+        }
+        let mut promoted = 0;
+        for slot in 0..SLOTS as Slot {
+            let secs = secondaries(&before, slot);
+            let (sync, background) = (secs[0].to_owned(), secs[1].to_owned());
+            let after = before.leave(&sync).unwrap();
+            if after.owner_of_slot(slot) != before.owner_of_slot(slot) {
+                continue;
+            }
+            if secondaries(&after, slot).first() == Some(&background.as_str()) {
+                promoted += 1;
+                assert!(!keeps_copy(&before, &after, &background, slot), "slot {slot}");
+            }
+        }
+        assert!(promoted > 0, "some background secondary becomes the synchronous one");
     }
 }
