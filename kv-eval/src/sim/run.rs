@@ -27,7 +27,7 @@ const APPEND_KEYS: usize = 4;
 const PUT_KEYS: usize = 2;
 /// The longest the cluster may take to be healthy again (every running server a member, every
 /// copy caught up, nothing moving) once a fault has ended.
-pub const HEALTH_BOUND: Duration = Duration::from_secs(15);
+pub(crate) const HEALTH_BOUND: Duration = Duration::from_secs(15);
 /// How long the workload goes on after the last fault.
 const LIVENESS_WINDOW: Duration = Duration::from_secs(5);
 /// The longest the replicas may take to agree once writes stop (eventual mode's background

@@ -29,6 +29,9 @@ const LEAVE_PATIENCE: Duration = Duration::from_secs(60);
 /// How long a server whose join failed waits before it tries again.
 const RESTART_DELAY: Duration = Duration::from_secs(1);
 
+/// A server that should be a member, with its node.
+pub(crate) type Member = (String, Arc<Node>);
+
 /// A running storage server.
 pub(crate) struct Server {
     pub(crate) node: Arc<Node>,
@@ -245,14 +248,9 @@ impl World {
         self.servers.get(address).is_some_and(|server| self.net.is_alive(address, server.endpoint.life))
     }
 
-    /// Whether the shard master runs.
-    pub(crate) fn master_running(&self) -> bool {
-        self.master.is_some()
-    }
-
     /// What the cluster's health depends on: the shard master's configuration, and the servers
     /// that should be members (running, and not leaving), with their nodes.
-    pub(crate) fn health_inputs(&self) -> Option<(Arc<kv_shard::Config>, Vec<(String, Arc<Node>)>)> {
+    pub(crate) fn health_inputs(&self) -> Option<(Arc<kv_shard::Config>, Vec<Member>)> {
         let config = self.config()?;
         let servers = self
             .running()
