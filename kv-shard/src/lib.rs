@@ -129,6 +129,7 @@ mod ownership;
 mod replication;
 pub mod retry;
 pub mod roles;
+pub mod signal;
 pub mod transport;
 
 pub use config::{Config, SLOTS, ServerId, Slot, SlotMove, slot_of};

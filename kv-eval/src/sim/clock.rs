@@ -10,37 +10,36 @@
 //!   Its `now()` is not stopped: a resumed process reads the time that has passed, as after
 //!   `SIGSTOP`/`SIGCONT`.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use kv_shard::clock::Clock;
-use tokio::sync::watch;
+use kv_shard::signal::Signal;
 
 /// Whether a simulated process runs: resuming it wakes what waited on it.
 #[derive(Debug, Clone)]
 pub(crate) struct Gate {
-    paused: watch::Sender<bool>,
+    paused: Arc<Signal<bool>>,
 }
 
 impl Gate {
     pub(crate) fn new() -> Self {
-        Gate { paused: watch::Sender::new(false) }
+        Gate { paused: Arc::new(Signal::new(false)) }
     }
 
     /// Stops (`true`) or resumes (`false`) the process.
     pub(crate) fn set_paused(&self, paused: bool) {
-        self.paused.send_replace(paused);
+        self.paused.set(paused);
     }
 
     pub(crate) fn is_paused(&self) -> bool {
-        *self.paused.borrow()
+        self.paused.get()
     }
 
     /// Returns once the process runs (at once if it does).
     pub(crate) async fn running(&self) {
-        let mut rx = self.paused.subscribe();
-        // The sender lives as long as `self`: the wait cannot fail.
-        let _ = rx.wait_for(|paused| !paused).await;
+        self.paused.wait_for(|paused| !paused).await;
     }
 }
 

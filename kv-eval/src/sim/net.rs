@@ -35,6 +35,7 @@ use std::time::Duration;
 use kv_replica::Node;
 use kv_shard::ShardMaster;
 use kv_shard::clock::{Clock, timeout};
+use kv_shard::signal::Signal;
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 
@@ -106,7 +107,7 @@ pub(crate) struct Net {
     start: tokio::time::Instant,
     next_call: Mutex<u64>,
     /// Bumped whenever a link heals: messages held at a cut link look again.
-    healed: tokio::sync::watch::Sender<u64>,
+    healed: Signal<u64>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -130,7 +131,7 @@ impl Net {
             trace,
             start: tokio::time::Instant::now(),
             next_call: Mutex::new(0),
-            healed: tokio::sync::watch::Sender::new(0),
+            healed: Signal::new(0),
         })
     }
 
@@ -168,16 +169,18 @@ impl Net {
         } else {
             links.cut.remove(&key);
             drop(links);
-            self.healed.send_modify(|n| *n += 1);
+            self.healed.modify(|n| {
+                *n += 1;
+                true
+            });
         }
     }
 
     /// Returns once the link from `from` to `to` is not cut (at once if it is not).
     async fn until_open(&self, from: &str, to: &str) {
-        let mut healed = self.healed.subscribe();
         while self.is_cut(from, to) {
-            // The sender lives as long as the network.
-            let _ = healed.changed().await;
+            let seen = self.healed.get();
+            self.healed.wait_for(|&n| n != seen || !self.is_cut(from, to)).await;
         }
     }
 
@@ -196,7 +199,10 @@ impl Net {
     pub(crate) fn heal(&self, quiet: Conditions) {
         *lock(&self.links) = Links::default();
         *lock(&self.conditions) = quiet;
-        self.healed.send_modify(|n| *n += 1);
+        self.healed.modify(|n| {
+            *n += 1;
+            true
+        });
     }
 
     /// Sets how every link delays and loses messages.

@@ -26,8 +26,8 @@ use kv_shard::clock::Clock;
 use kv_shard::handoff::transfer_batches;
 use kv_shard::messages::{HandOffCopy, TransferBatch};
 use kv_shard::retry::retry_until;
+use kv_shard::signal::Signal;
 use kv_shard::{Accept, Consistency, SLOTS, Slot, slot_of};
-use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::batches::snapshot_batches;
@@ -76,7 +76,7 @@ pub(crate) struct Handoffs {
     pub(crate) owed: Mutex<BTreeMap<String, Vec<Slot>>>,
     /// The newest epoch an install was asked for: a hand-off of an older epoch gives way to it
     /// (the install carries it over), rather than holding it up until it times out.
-    pub(crate) newest_install: watch::Sender<u64>,
+    pub(crate) newest_install: Signal<u64>,
     /// Per slot still incoming from the sender that holds the data of a failed owner's slot, the
     /// keys whose value here (from this server's copy) is newer than the sender's.
     pub(crate) merging: Mutex<BTreeMap<Slot, BTreeSet<String>>>,
@@ -119,7 +119,7 @@ impl Handoffs {
             timeout,
             outgoing: tokio::sync::Mutex::new(Outgoing::default()),
             owed: Mutex::new(BTreeMap::new()),
-            newest_install: watch::Sender::new(0),
+            newest_install: Signal::new(0),
             merging: Mutex::new(BTreeMap::new()),
             as_sent: Mutex::new(BTreeMap::new()),
             transfers: tokio::sync::Mutex::new(()),
@@ -138,9 +138,9 @@ impl Handoffs {
     ) -> Result<u64, Error> {
         let started = self.clock.now();
         let set = slot_set(slots);
-        let mut newest = self.newest_install.subscribe();
+        let newest = &self.newest_install;
         let superseded = async move {
-            let _ = newest.wait_for(|&newest| newest > epoch).await;
+            newest.wait_for(|&newest| newest > epoch).await;
         };
         let send = async {
             // The slots' old secondaries may read their copies until the leases promised to

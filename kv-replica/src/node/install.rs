@@ -75,7 +75,7 @@ impl Installer {
         // A hand-off of an older epoch, still running, gives way to this install, which carries
         // it over (an install this server refuses withdraws its claim).
         if next.epoch() > self.view.get().epoch() {
-            handoffs.newest_install.send_if_modified(|newest| {
+            handoffs.newest_install.modify(|newest| {
                 let newer = next.epoch() > *newest;
                 if newer {
                     *newest = next.epoch();
@@ -109,7 +109,7 @@ impl Installer {
                     .await;
                 if switched.is_err() {
                     let held = table.ownership.epoch();
-                    handoffs.newest_install.send_if_modified(|newest| {
+                    handoffs.newest_install.modify(|newest| {
                         let withdrawn = *newest == epoch && held < epoch;
                         if withdrawn {
                             *newest = held;

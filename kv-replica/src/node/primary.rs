@@ -23,8 +23,9 @@ use futures_util::future::join_all;
 use kv_core::session::Begin;
 use kv_core::{Answer, Error, Mutation, Output, RequestId, SessionRecord, Sessions, Storage};
 use kv_shard::clock::Clock;
+use kv_shard::signal::Signal;
 use kv_shard::{Config, Consistency, SLOTS, Slot};
-use tokio::sync::{Mutex, watch};
+use tokio::sync::Mutex;
 
 use super::batches::slot_write;
 use super::calls::replicate_until;
@@ -68,12 +69,12 @@ pub(crate) struct Primary {
     seqs: Vec<Mutex<SlotSequence>>,
     /// Whether an install waits for the requests in flight: a write stuck replicating to a
     /// secondary (one the install may remove) then gives up soon.
-    installing: watch::Sender<bool>,
+    installing: Signal<bool>,
 }
 
 impl std::fmt::Debug for Primary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Primary").field("installing", &*self.installing.borrow()).finish_non_exhaustive()
+        f.debug_struct("Primary").field("installing", &self.installing.get()).finish_non_exhaustive()
     }
 }
 
@@ -96,13 +97,13 @@ impl Primary {
             peers,
             clock,
             seqs: (0..SLOTS).map(|_| Mutex::new(SlotSequence::default())).collect(),
-            installing: watch::Sender::new(false),
+            installing: Signal::new(false),
         }
     }
 
     /// Says whether an install is waiting for the requests in flight.
     pub(crate) fn set_installing(&self, installing: bool) {
-        self.installing.send_replace(installing);
+        self.installing.set(installing);
     }
 
     /// Applies a write at the primary of a replicated slot, and replicates it to `targets`, its
@@ -204,9 +205,9 @@ impl Primary {
         });
         // A write still waiting for a secondary when an install comes gives up soon: the install
         // waits for it, and may be the one that removes that secondary (it died).
-        let mut installing = self.installing.subscribe();
+        let installing = &self.installing;
         let give_up = async move {
-            let _ = installing.wait_for(|&pending| pending).await;
+            installing.wait_for(|&pending| pending).await;
             self.clock.sleep(INSTALL_GRACE).await;
         };
         let results = tokio::select! {
