@@ -58,6 +58,12 @@ const REGRESSIONS: &[(u64, &str, &str)] = &[
         "a slot's primary crashed while its synchronous secondary left; the leave made the background \
          secondary synchronous with its stale copy, and the failover promoted it: acknowledged writes lost",
     ),
+    (
+        108,
+        "strong-r3",
+        "a leaver stopped right after its leave; the shard master's repairs kept retrying an install at \
+         it for 30 s with the change lock held, and a crashed member's failover waited all that time",
+    ),
 ];
 
 #[test]

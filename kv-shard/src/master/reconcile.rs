@@ -4,7 +4,9 @@
 //! time, and so is a failed member that was only cut off (it learns it was failed over, and
 //! joins again); where a server still waits for slots or owes them, the current epoch is installed again
 //! at every server at it, which makes their senders resume the hand-offs that failed. Only when
-//! no change runs: a change in progress is never second-guessed.
+//! no change runs: a change in progress is never second-guessed. An install here is given up
+//! once its server stops answering: the repairs hold the change lock, which a failover waits
+//! for, and a server that is gone (a leaver that stopped right after its leave) must not hold it.
 
 use futures_util::future::join_all;
 use tracing::{info, warn};
@@ -69,7 +71,7 @@ pub(crate) async fn reconcile(shared: &Shared) -> usize {
         for (previous, next) in steps {
             let deadline = calls.now() + calls.move_timeout;
             installs += 1;
-            if let Err(err) = shared.install(address, &previous, &next, &[], deadline).await {
+            if let Err(err) = shared.install_while_alive(address, &previous, &next, deadline).await {
                 warn!(server = address, cause = %err, "could not bring a server up to date");
                 break;
             }
@@ -79,8 +81,9 @@ pub(crate) async fn reconcile(shared: &Shared) -> usize {
     if waiting && let Some(previous) = history.len().checked_sub(2).map(|i| &history[i]) {
         // Only at servers at the current epoch: the others are being brought up to date.
         let deadline = calls.now() + calls.move_timeout;
-        let again =
-            up_to_date.iter().map(|address| shared.install(address, previous, &current, &[], deadline));
+        let again = up_to_date
+            .iter()
+            .map(|address| shared.install_while_alive(address, previous, &current, deadline));
         installs += join_all(again).await.len();
     }
     installs

@@ -36,4 +36,23 @@ impl Shared {
         let install = self.records.install(server, previous, next, abandoned);
         self.calls.install(server, &install, deadline).await
     }
+
+    /// [`Shared::install`], given up once `server` stops answering pings for the failure timeout
+    /// (or answers as another process): for the repairs, which hold the change lock, and so
+    /// would otherwise hold up a failover for as long as they retry a server that is gone.
+    pub(crate) async fn install_while_alive(
+        &self,
+        server: &str,
+        previous: &Config,
+        next: &Config,
+        deadline: Instant,
+    ) -> Result<InstallReport, Error> {
+        tokio::select! {
+            biased;
+            result = self.install(server, previous, next, &[], deadline) => result,
+            () = self.calls.until_silent(server, self.records.incarnation(server)) => {
+                Err(Error::Unavailable(format!("{server} stopped answering")))
+            }
+        }
+    }
 }
