@@ -86,9 +86,11 @@
 //! (`--sync-replicas k`, `0 ≤ k < R − 1`), which apply it at once, and answers when they have.
 //! The other secondaries get the slot's written keys in the background: the primary remembers
 //! which keys each of them is owed and, at least every `--sync-interval` (2 s), sends their
-//! current values, one batch after the other, with the exactly-once records of their slots (read
-//! after the values, so every write a value holds comes with its record: a secondary promoted
-//! later answers the retry of such a write instead of applying it again). So each replica applies each key's values in the
+//! current values, one batch after the other, with the exactly-once records of their slots. A
+//! slot's values and records are read together under its write lock, so they match: every write
+//! a value holds comes with its record (a secondary promoted later answers its retry instead of
+//! applying it again), and no record comes without its write's value (which would answer a
+//! retry "done" without the write). So each replica applies each key's values in the
 //! primary's order, and after writes stop every replica equals the primary within one interval
 //! plus the transfer. Reads at a secondary return what it holds: they can be stale.
 //!
@@ -237,6 +239,14 @@
 //!   answering the failover's questions) can lose the slots concerned.
 //! - A storage error in the middle of an install (impossible with the in-memory engine) could
 //!   leave its replication state half switched.
+//! - Eventual mode applies a key's background values in the order they arrive, not by a version:
+//!   a flush read before a synchronous write of the same key but arriving after it (at a
+//!   synchronous secondary that was owed the key: one that missed a write, or was background until
+//!   a change) sets the key back one value, until the key is written again; promoted then, it
+//!   would miss that write.
+//! - A failover in eventual mode falls back to any up-to-date secondary when no synchronous one
+//!   is up to date, before a former synchronous secondary's kept copy: with four or more
+//!   replicas, that can promote a background copy that misses the last sync interval.
 //! - The shard master is a single process that keeps its state in memory.
 //! - A strong write waits for a prepare round trip to every secondary, holding its slot's write
 //!   lock, and costs a commit message after: measured at about a third of eventual mode's write

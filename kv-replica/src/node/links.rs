@@ -21,6 +21,8 @@ use crate::messages::{Committed, Replicate, SlotWrite, WriteKind};
 use crate::transport::PeerCalls;
 use crate::{Role, keeps_copy, role, secondaries};
 use kv_core::{SessionRecord, Sessions, Storage};
+
+use super::primary::SlotLocks;
 use kv_shard::clock::{Clock, timeout};
 use kv_shard::{Config, SLOTS, Slot, slot_of};
 use tokio::sync::Notify;
@@ -66,6 +68,8 @@ pub(crate) struct Links {
     routing: Arc<Routing>,
     storage: Arc<dyn Storage>,
     sessions: Arc<Sessions>,
+    /// The slots' write locks, shared with the primary's write path.
+    slot_locks: SlotLocks,
     peers: Arc<dyn PeerCalls>,
     clock: Arc<dyn Clock>,
     links: Mutex<BTreeMap<String, Arc<Link>>>,
@@ -85,6 +89,7 @@ impl Links {
         routing: Arc<Routing>,
         storage: Arc<dyn Storage>,
         sessions: Arc<Sessions>,
+        slot_locks: SlotLocks,
         peers: Arc<dyn PeerCalls>,
         clock: Arc<dyn Clock>,
     ) -> Arc<Self> {
@@ -94,6 +99,7 @@ impl Links {
             routing,
             storage,
             sessions,
+            slot_locks,
             peers,
             clock,
             links: Mutex::new(BTreeMap::new()),
@@ -203,52 +209,72 @@ impl Links {
     }
 
     /// Sends `link` the current values of the keys it is owed (eventual mode's background
-    /// writes).
+    /// writes), with the exactly-once records of their slots.
+    ///
+    /// Each slot's part is read under the slot's write lock ([`SlotLocks`]): no write of the slot
+    /// is half done then, so every write applied here has its record, and has either reached the
+    /// secondary or left its key owed to it. The owed keys taken, their values and the slot's
+    /// records therefore match: no value holds a write whose record is missing (a secondary
+    /// promoted later would apply its retry again), and no record stands for a write whose value
+    /// is missing (it would answer the retry "done" without the write). A slot's part is never
+    /// split between two batches.
     async fn flush(&self, link: &Link) -> bool {
-        let keys = std::mem::take(&mut *lock(&link.owed_keys));
-        if keys.is_empty() {
+        let slots: BTreeSet<Slot> = lock(&link.owed_keys).iter().map(|key| slot_of(key)).collect();
+        if slots.is_empty() {
             return true;
         }
         let view = self.view.get();
         let me = self.view.me();
-        let mut writes = Vec::with_capacity(keys.len());
+        let mut parts: Vec<(Vec<SlotWrite>, Vec<SessionRecord>)> = Vec::new();
         let mut unsent = Vec::new();
-        for key in keys {
-            let slot = slot_of(&key);
+        for slot in slots {
+            let _writes_held = self.slot_locks[usize::from(slot)].lock().await;
+            let keys: Vec<String> = {
+                let mut owed = lock(&link.owed_keys);
+                let keys: Vec<String> = owed.iter().filter(|key| slot_of(key) == slot).cloned().collect();
+                for key in &keys {
+                    owed.remove(key);
+                }
+                keys
+            };
             if role(&view, me, slot) != Role::Primary || !secondaries(&view, slot).contains(&link.to.as_str())
             {
                 continue;
             }
-            match self.storage.get(&key).await {
-                Ok(value) => writes.push(slot_write(slot, 0, &key, value, None)),
-                Err(_) => unsent.push(key),
+            let mut writes = Vec::with_capacity(keys.len());
+            for key in keys {
+                match self.storage.get(&key).await {
+                    Ok(value) => writes.push(slot_write(slot, 0, &key, value, None)),
+                    Err(_) => unsent.push(key),
+                }
+            }
+            if !writes.is_empty() {
+                parts.push((writes, self.sessions.export(|tag| tag == slot)));
             }
         }
         let mut ok = true;
         let mut batch = Vec::new();
+        let mut records = Vec::new();
         let mut bytes = 0;
-        let mut writes = writes.into_iter().peekable();
-        while let Some(write) = writes.next() {
-            bytes += write.write.key.len() + write.write.value.as_ref().map_or(0, String::len);
-            batch.push(write);
-            if bytes >= BATCH_BYTES || writes.peek().is_none() {
+        let mut parts = parts.into_iter().peekable();
+        while let Some((writes, slot_records)) = parts.next() {
+            bytes += writes
+                .iter()
+                .map(|w| w.write.key.len() + w.write.value.as_ref().map_or(0, String::len))
+                .sum::<usize>();
+            batch.extend(writes);
+            records.extend(slot_records);
+            if bytes >= BATCH_BYTES || parts.peek().is_none() {
                 let sent = std::mem::take(&mut batch);
+                let sent_records = std::mem::take(&mut records);
                 bytes = 0;
                 let keys: Vec<String> = sent.iter().map(|w| w.write.key.clone()).collect();
-                // The exactly-once records of the batch's slots, read after its values: every
-                // write those values hold has its record by then (a write's record is made as it
-                // is applied). Without them, a secondary promoted later would apply again the
-                // retry of a write it only holds through this batch.
-                let mut in_batch = vec![false; SLOTS];
-                for write in &sent {
-                    in_batch[usize::from(write.slot)] = true;
-                }
-                let records =
-                    self.sessions.export(|slot| in_batch.get(usize::from(slot)).copied().unwrap_or(false));
-                if self.send(&view, link, sent, WriteKind::Apply, Vec::new(), &records).await.is_none() {
-                    // Sent again later, with the values of then.
+                if self.send(&view, link, sent, WriteKind::Apply, Vec::new(), &sent_records).await.is_none() {
+                    // Sent again later, with the values (and records) of then.
                     unsent.extend(keys);
-                    unsent.extend(writes.by_ref().map(|w| w.write.key));
+                    unsent.extend(
+                        parts.by_ref().flat_map(|(writes, _)| writes.into_iter().map(|w| w.write.key)),
+                    );
                     ok = false;
                 }
             }

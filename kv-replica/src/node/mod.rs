@@ -99,11 +99,13 @@ impl Node {
         let view = Arc::new(View::new(settings.me.clone()));
         let routing = Arc::new(Routing::new(settings.me, settings.joining));
         let leases = Leases::new(Arc::clone(&view), Arc::clone(&peers), Arc::clone(&clock));
+        let slot_locks = primary::slot_locks();
         let links = Links::new(
             Arc::clone(&view),
             Arc::clone(&routing),
             Arc::clone(&storage),
             Arc::clone(&sessions),
+            Arc::clone(&slot_locks),
             Arc::clone(&peers),
             Arc::clone(&clock),
         );
@@ -121,6 +123,7 @@ impl Node {
             Arc::clone(&sessions),
             Arc::clone(&leases),
             Arc::clone(&links),
+            slot_locks,
             Arc::clone(&peers),
             Arc::clone(&clock),
         ));

@@ -56,6 +56,16 @@ async fn store(storage: &dyn Storage, key: String, value: Option<String>) -> Res
     storage.apply(mutation).await.map(drop)
 }
 
+/// Each slot's write lock, with the slot's write numbering: held by a write from before it is
+/// applied until it has reached its synchronous secondaries, and by the background flush while it
+/// reads the slot's values and records.
+pub(crate) type SlotLocks = Arc<Vec<Mutex<SlotSequence>>>;
+
+/// The locks of every slot.
+pub(crate) fn slot_locks() -> SlotLocks {
+    Arc::new((0..SLOTS).map(|_| Mutex::new(SlotSequence::default())).collect())
+}
+
 /// The primary side of a storage server.
 pub(crate) struct Primary {
     view: Arc<View>,
@@ -66,7 +76,7 @@ pub(crate) struct Primary {
     peers: Arc<dyn PeerCalls>,
     clock: Arc<dyn Clock>,
     /// Each slot's writes, locked while a write is replicated.
-    seqs: Vec<Mutex<SlotSequence>>,
+    seqs: SlotLocks,
     /// Whether an install waits for the requests in flight: a write stuck replicating to a
     /// secondary (one the install may remove) then gives up soon.
     installing: Signal<bool>,
@@ -85,20 +95,11 @@ impl Primary {
         sessions: Arc<Sessions>,
         leases: Arc<Leases>,
         links: Arc<Links>,
+        seqs: SlotLocks,
         peers: Arc<dyn PeerCalls>,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        Primary {
-            view,
-            storage,
-            sessions,
-            leases,
-            links,
-            peers,
-            clock,
-            seqs: (0..SLOTS).map(|_| Mutex::new(SlotSequence::default())).collect(),
-            installing: Signal::new(false),
-        }
+        Primary { view, storage, sessions, leases, links, peers, clock, seqs, installing: Signal::new(false) }
     }
 
     /// Says whether an install is waiting for the requests in flight.
