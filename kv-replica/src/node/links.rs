@@ -208,6 +208,11 @@ impl Links {
         }
     }
 
+    /// The slots' write locks (the primary's write path takes them too).
+    pub(crate) fn slot_locks(&self) -> SlotLocks {
+        Arc::clone(&self.slot_locks)
+    }
+
     /// Sends `link` the current values of the keys it is owed (eventual mode's background
     /// writes), with the exactly-once records of their slots.
     ///

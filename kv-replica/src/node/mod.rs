@@ -105,7 +105,7 @@ impl Node {
             Arc::clone(&routing),
             Arc::clone(&storage),
             Arc::clone(&sessions),
-            Arc::clone(&slot_locks),
+            slot_locks,
             Arc::clone(&peers),
             Arc::clone(&clock),
         );
@@ -123,7 +123,6 @@ impl Node {
             Arc::clone(&sessions),
             Arc::clone(&leases),
             Arc::clone(&links),
-            slot_locks,
             Arc::clone(&peers),
             Arc::clone(&clock),
         ));

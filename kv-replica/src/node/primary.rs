@@ -95,10 +95,10 @@ impl Primary {
         sessions: Arc<Sessions>,
         leases: Arc<Leases>,
         links: Arc<Links>,
-        seqs: SlotLocks,
         peers: Arc<dyn PeerCalls>,
         clock: Arc<dyn Clock>,
     ) -> Self {
+        let seqs = links.slot_locks();
         Primary { view, storage, sessions, leases, links, peers, clock, seqs, installing: Signal::new(false) }
     }
 
