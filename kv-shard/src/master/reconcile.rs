@@ -5,8 +5,9 @@
 //! joins again); where a server still waits for slots or owes them, the current epoch is installed again
 //! at every server at it, which makes their senders resume the hand-offs that failed. Only when
 //! no change runs: a change in progress is never second-guessed. An install here is given up
-//! once its server stops answering: the repairs hold the change lock, which a failover waits
-//! for, and a server that is gone (a leaver that stopped right after its leave) must not hold it.
+//! once its server, or any member, stops answering: the repairs hold the change lock, which a
+//! failover waits for, and a server that is gone (a leaver that stopped right after its leave, a
+//! receiver a sender waits for) must not hold it.
 
 use futures_util::future::join_all;
 use tracing::{info, warn};
@@ -29,6 +30,7 @@ pub(crate) async fn reconcile(shared: &Shared) -> usize {
     if records.current().epoch() != current.epoch() {
         return 0;
     }
+    let members: Vec<&str> = current.members().map(|(_, address)| address).collect();
     let mut installs = 0;
     let mut waiting = false;
     let mut up_to_date = Vec::new();
@@ -71,7 +73,8 @@ pub(crate) async fn reconcile(shared: &Shared) -> usize {
         for (previous, next) in steps {
             let deadline = calls.now() + calls.move_timeout;
             installs += 1;
-            if let Err(err) = shared.install_while_alive(address, &previous, &next, deadline).await {
+            if let Err(err) = shared.install_while_alive(address, &members, &previous, &next, deadline).await
+            {
                 warn!(server = address, cause = %err, "could not bring a server up to date");
                 break;
             }
@@ -83,7 +86,7 @@ pub(crate) async fn reconcile(shared: &Shared) -> usize {
         let deadline = calls.now() + calls.move_timeout;
         let again = up_to_date
             .iter()
-            .map(|address| shared.install_while_alive(address, previous, &current, deadline));
+            .map(|address| shared.install_while_alive(address, &members, previous, &current, deadline));
         installs += join_all(again).await.len();
     }
     installs

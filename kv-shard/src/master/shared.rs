@@ -37,21 +37,32 @@ impl Shared {
         self.calls.install(server, &install, deadline).await
     }
 
-    /// [`Shared::install`], given up once `server` stops answering pings for the failure timeout
-    /// (or answers as another process): for the repairs, which hold the change lock, and so
-    /// would otherwise hold up a failover for as long as they retry a server that is gone.
+    /// [`Shared::install`], given up once `server`, or any of `others`, stops answering pings
+    /// for the failure timeout (or answers as another process): for the repairs, which hold the
+    /// change lock, and so would otherwise hold up a failover for as long as they retry a server
+    /// that is gone, or wait for a sender whose receiver is gone.
     pub(crate) async fn install_while_alive(
         &self,
         server: &str,
+        others: &[&str],
         previous: &Config,
         next: &Config,
         deadline: Instant,
     ) -> Result<InstallReport, Error> {
+        let watched: Vec<(&str, Option<u64>)> = others
+            .iter()
+            .copied()
+            .filter(|&other| other != server)
+            .map(|other| (other, self.records.incarnation(other)))
+            .collect();
         tokio::select! {
             biased;
             result = self.install(server, previous, next, &[], deadline) => result,
             () = self.calls.until_silent(server, self.records.incarnation(server)) => {
                 Err(Error::Unavailable(format!("{server} stopped answering")))
+            }
+            silent = self.calls.until_any_silent(&watched) => {
+                Err(Error::Unavailable(format!("{silent} stopped answering: its failover goes first")))
             }
         }
     }
