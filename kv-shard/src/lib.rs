@@ -59,8 +59,8 @@
 //! - **Changes do not overtake each other, and run to their end.** A change is refused
 //!   (`UNAVAILABLE`, retry) while a server that answers is behind the current epoch, or waits
 //!   for slots, or owes them; a change runs on even if its caller gives up; and a server installs
-//!   only the epoch after its own (a server that never installed anything excepted), so no
-//!   slot's history is skipped.
+//!   only the epoch after its own (a server that holds no slot excepted: one that never
+//!   installed anything, or one failed over that joins again), so no slot's history is skipped.
 //! - **No acknowledged write is lost or applied twice.** Every write `A` applied to the slot is in
 //!   the snapshot; the exactly-once records travel with the data, so a client's retry of a write
 //!   that `A` applied is answered from the record at `B`, not applied again.

@@ -119,7 +119,7 @@ impl Ownership {
         // failed-over one that joins again): the skipped changes could have moved nothing it
         // serves or waits for. What it still owes carries over whatever the epochs.
         let holds_nothing = self.held.iter().all(|held| matches!(held, Held::Nothing));
-        let skips = !holds_nothing && previous.epoch() != self.epoch();
+        let skips = previous.epoch() != self.epoch() && (!holds_nothing || previous.epoch() < self.epoch());
         if next.epoch() <= self.epoch() || previous.epoch() >= next.epoch() || skips {
             return Err(Error::InvalidConfig(format!(
                 "cannot install epoch {} (after {}) over epoch {}",

@@ -4,7 +4,8 @@
 //!
 //! Invariants:
 //! - installs are serialised (the hand-offs' lock is held from the switch to the end of the
-//!   hand-offs), and a server installs only the epoch after its own;
+//!   hand-offs), and a server installs only the epoch after its own (unless it holds no slot:
+//!   see `kv_shard::Ownership::install`);
 //! - the switch holds the routing write lock, so every request admitted before it has finished,
 //!   and every write applied to a lost slot is in the engine when the slot is exported;
 //! - installing the epoch a server is at only resumes its hand-offs;

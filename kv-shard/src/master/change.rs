@@ -34,7 +34,7 @@ pub(crate) enum Change {
 enum SenderOutcome {
     /// It answered (done, or failed while it keeps the data).
     Answered(Result<InstallReport, Error>),
-    /// It stopped answering pings.
+    /// It stopped answering pings, or answered as another process (it restarted).
     Silent,
     /// Another server of the change stopped answering pings.
     OtherSilent(String),

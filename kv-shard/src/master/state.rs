@@ -43,8 +43,9 @@ pub(crate) struct Records {
     incarnations: Mutex<BTreeMap<String, u64>>,
     /// Failed members not yet told (a server cut off only from this shard master still runs,
     /// and holds the configuration that had it as a member), by the epoch that removed them:
-    /// the repairs bring them up to that epoch once they answer, so that they learn they were
-    /// failed over and join again.
+    /// the repairs bring them up to the current epoch once they answer, so that they learn they
+    /// were failed over and join again. Forgotten once one answers at that epoch or later, or as
+    /// another process, or joins again.
     evicted: Mutex<BTreeMap<String, u64>>,
 }
 

@@ -2,8 +2,8 @@
 //! the current epoch, one epoch at a time, from the history the shard master keeps.
 //!
 //! Invariants: a server installs only the epoch after its own (so no slot's history is
-//! skipped), except one that never installed anything, which starts at the epoch it (last)
-//! joined at; a server behind the oldest configuration kept cannot be caught up this way.
+//! skipped), except one that holds no slot (it never installed anything, or was failed over),
+//! which may start at the epoch it (last) joined at; a server behind the oldest configuration kept cannot be caught up this way.
 
 use std::sync::Arc;
 
