@@ -84,6 +84,9 @@
 //!
 //! The primary applies the write at once, then sends its value to the first `k` secondaries
 //! (`--sync-replicas k`, `0 ≤ k < R − 1`), which apply it at once, and answers when they have.
+//! A retry answered from the exactly-once record (its first attempt was applied here but failed
+//! to reach them) first sends them the key's value too: an acknowledged write is always held by
+//! the synchronous secondaries, which a failover promotes first.
 //! The other secondaries get the slot's written keys in the background: the primary remembers
 //! which keys each of them is owed and, at least every `--sync-interval` (2 s), sends their
 //! current values, one batch after the other, with the exactly-once records of their slots. A

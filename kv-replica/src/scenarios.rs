@@ -222,3 +222,35 @@ async fn a_dead_primary_is_failed_over_and_no_acknowledged_write_is_lost() {
         }
     }
 }
+
+/// Eventual mode with a synchronous secondary: a write applied at the primary that did not reach
+/// its synchronous secondary fails, and the client retries it. The retry is answered from the
+/// primary's exactly-once record, but only once the synchronous secondary holds the write: that
+/// secondary is the one a failover promotes, and the acknowledgement must hold there.
+#[tokio::test(start_paused = true)]
+async fn a_retry_answered_from_memory_first_reaches_the_synchronous_secondary() {
+    let replication = Replication {
+        factor: 3,
+        consistency: Consistency::Eventual,
+        sync_replicas: 1,
+        ..Replication::default()
+    };
+    let cluster = Cluster::start(3, replication).await;
+    cluster.put("k", "a;").await.expect("a healthy write");
+    let (primary, secondaries) = cluster.replicas("k");
+    let synchronous = &secondaries[0];
+    let id = kv_core::RequestId { client: 7, seq: 1, first_unanswered: 1 };
+
+    cluster.network.cut(&primary, synchronous);
+    let first = cluster.node(&primary).write(Some(id), Mutation::append("k", "b;")).await;
+    let err = first.expect_err("its synchronous secondary is cut off");
+    assert!(err.is_retryable(), "{err}");
+    cluster.network.heal();
+    cluster.node(&primary).write(Some(id), Mutation::append("k", "b;")).await.expect("the retry");
+    assert_eq!(
+        cluster.get_at(synchronous, "k").await.unwrap().as_deref(),
+        Some("a;b;"),
+        "acknowledged, so held by the synchronous secondary"
+    );
+    assert_eq!(cluster.get_at(&primary, "k").await.unwrap().as_deref(), Some("a;b;"), "applied once");
+}

@@ -123,7 +123,20 @@ impl Primary {
         let ticket = match id {
             None => None,
             Some(id) => match self.sessions.begin(id, fingerprint, slot, self.clock.now())? {
-                Begin::Answered(output) => return Ok(output),
+                Begin::Answered(output) => {
+                    self.resync_answered(
+                        view,
+                        &targets,
+                        slot,
+                        id,
+                        fingerprint,
+                        &mutation.key,
+                        &output,
+                        &mut seq,
+                    )
+                    .await?;
+                    return Ok(output);
+                }
                 Begin::Apply(ticket) => Some(ticket),
             },
         };
@@ -177,6 +190,40 @@ impl Primary {
                 Ok(output)
             }
         }
+    }
+
+    /// Before a retry is answered from the exactly-once record (eventual mode, with synchronous
+    /// secondaries): sends them the key's value, with the record, as a fresh write would. The
+    /// first attempt was applied here, but may have failed to reach them (the client got an
+    /// error, and retried): answered without this, the retry would acknowledge a write that a
+    /// synchronous secondary, promoted next, does not hold. Strong mode records a write only once
+    /// every secondary holds it.
+    #[allow(clippy::too_many_arguments)]
+    async fn resync_answered(
+        &self,
+        view: &Config,
+        targets: &[String],
+        slot: Slot,
+        id: RequestId,
+        fingerprint: u64,
+        key: &str,
+        output: &Output,
+        seq: &mut SlotSequence,
+    ) -> Result<(), Error> {
+        let replication = *view.replication();
+        if replication.consistency != Consistency::Eventual {
+            return Ok(());
+        }
+        let sync = &targets[..replication.sync_replicas.min(targets.len())];
+        if sync.is_empty() {
+            return Ok(());
+        }
+        let value = self.storage.get(key).await?;
+        let write =
+            slot_write(slot, seq.number(), key, value, Some(session_record(id, fingerprint, output, slot)));
+        self.replicate_now(view, sync, vec![write], WriteKind::Apply).await.inspect_err(|_| {
+            self.links.owe_key(sync, key);
+        })
     }
 
     /// Sends `writes` to every one of `targets` and waits for all to confirm, retrying those
