@@ -38,7 +38,7 @@ pub enum Left {
 }
 
 /// Joins the cluster as `me`; returns the epoch that made it a member (0: an earlier attempt
-/// did). A server that is a member already, without an earlier attempt of this join, stopped
+/// did), also when the join's data moves did not all finish (the server is a member then). A server that is a member already, without an earlier attempt of this join, stopped
 /// without leaving and lost its data: that is refused.
 pub async fn join(
     master: &dyn MasterCalls,
@@ -48,6 +48,13 @@ pub async fn join(
 ) -> Result<u64, Error> {
     match ask(master, clock, Change::Join, me, patience).await {
         (Ok(epoch), _) => Ok(epoch),
+        // The change was made: this server is a member at `epoch`, only some of the data moves
+        // did not finish (a member stopped answering meanwhile); the shard master's failover and
+        // repairs see to them. Giving up here would leave a member that never serves.
+        (Err(Error::Incomplete { epoch, reason, .. }), _) => {
+            warn!(epoch, %reason, "joined, though some data moves of the join did not finish");
+            Ok(epoch)
+        }
         (Err(Error::AlreadyMember(_)), true) => Ok(0),
         (Err(Error::AlreadyMember(_)), false) => Err(Error::FailedPrecondition(format!(
             "{me} is a member already: it stopped without leaving, and the data it held is lost; remove it \
@@ -99,5 +106,36 @@ async fn ask(
             }
             answer => return (answer, sent),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::clock::TokioClock;
+
+    /// A shard master that answers every join and leave with `answer`.
+    struct Answers(Error);
+
+    #[async_trait]
+    impl MasterCalls for Answers {
+        async fn join(&self, _server: &str, _timeout: Duration) -> Result<u64, Error> {
+            Err(self.0.clone())
+        }
+
+        async fn leave(&self, _server: &str, _timeout: Duration) -> Result<u64, Error> {
+            Err(self.0.clone())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_join_whose_moves_did_not_all_finish_is_a_join() {
+        let incomplete = Error::Incomplete { epoch: 5, reason: "a sender died".to_owned(), lost: false };
+        let joined = join(&Answers(incomplete), &TokioClock, "10.0.0.3:1", Duration::from_secs(1)).await;
+        assert_eq!(joined, Ok(5), "a member at epoch 5");
+        let refused = Error::InvalidAddress("no".to_owned());
+        assert!(join(&Answers(refused), &TokioClock, "10.0.0.3:1", Duration::from_secs(1)).await.is_err());
     }
 }
