@@ -64,6 +64,13 @@ const REGRESSIONS: &[(u64, &str, &str)] = &[
         "a leaver stopped right after its leave; the shard master's repairs kept retrying an install at \
          it for 30 s with the change lock held, and a crashed member's failover waited all that time",
     ),
+    (
+        290,
+        "strong-r2",
+        "a join began while a sender had just crashed; the other sender's install gave way before it \
+         switched, so its copy of the dead sender's moving slots was live, not retired, and the \
+         failover found no copy to send: the join never settled and a key's data was lost",
+    ),
 ];
 
 #[test]

@@ -222,6 +222,11 @@ impl SlotReplica {
         (takeover, pending)
     }
 
+    /// The writes prepared and not committed, oldest first, left in place.
+    pub fn prepared(&self) -> Vec<ReplicatedWrite> {
+        self.pending.values().cloned().collect()
+    }
+
     /// Number of writes prepared and not committed.
     pub fn pending(&self) -> usize {
         self.pending.len()

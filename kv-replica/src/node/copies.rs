@@ -464,6 +464,42 @@ impl Copies {
         Ok((entries, sessions))
     }
 
+    /// The live copies of `slots`, if this server has not switched to `epoch` yet and is still
+    /// an up-to-date secondary of every one of them under `sender`: a server that was to hand
+    /// off slots of its own at that epoch may have been left behind when another sender died,
+    /// and then holds what it would have retired, under the previous configuration. Its prepared
+    /// writes are included (the dead primary may have acknowledged them), left in place.
+    pub(crate) async fn live(&self, epoch: u64, sender: &str, slots: &[Slot]) -> Option<KeptCopy> {
+        let view = self.view.get();
+        if view.epoch() >= epoch {
+            return None;
+        }
+        let primary_of = |slot: Slot| view.owner_of_slot(slot).and_then(|id| view.address(id));
+        let mut prepared = Vec::new();
+        for &slot in slots {
+            if primary_of(slot) != Some(sender) || role(&view, self.view.me(), slot) != Role::Secondary {
+                return None;
+            }
+            let copy = self.slots[usize::from(slot)].lock().await;
+            if !copy.is_ready() {
+                return None;
+            }
+            prepared.extend(copy.prepared());
+        }
+        let set = slot_set(slots);
+        let entries = self.storage.export(&|key| set[usize::from(slot_of(key))]).await.ok()?;
+        let mut entries: BTreeMap<String, String> = entries.into_iter().collect();
+        let mut sessions = self.sessions.export(|slot| set[usize::from(slot)]);
+        for write in prepared {
+            match write.value {
+                Some(value) => entries.insert(write.key, value),
+                None => entries.remove(&write.key),
+            };
+            sessions.extend(write.session);
+        }
+        Some((entries.into_iter().collect(), sessions))
+    }
+
     /// Forgets the copies kept of `slots` (they were sent).
     pub(crate) fn forget_kept(&self, slots: &[Slot]) {
         let mut retired = lock(&self.retired);

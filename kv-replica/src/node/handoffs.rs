@@ -348,7 +348,10 @@ impl Handoffs {
     /// sent.
     pub(crate) async fn hand_off_copy(&self, request: HandOffCopy) -> Result<u64, Error> {
         let HandOffCopy { epoch, sender, to, slots, as_snapshot } = request;
-        let (entries, sessions) = self.copies.kept(epoch, &sender, &slots)?;
+        let (entries, sessions) = match self.copies.kept(epoch, &sender, &slots) {
+            Ok(kept) => kept,
+            Err(err) => self.copies.live(epoch, &sender, &slots).await.ok_or(err)?,
+        };
         let keys = entries.len() as u64;
         let started = self.clock.now();
         if as_snapshot {
