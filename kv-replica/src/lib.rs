@@ -176,6 +176,25 @@
 //! With a replication factor of 1 no member is failed (its slots have no other copy): they are
 //! unavailable until it comes back, as in sharding.
 //!
+//! **A link cut between two live servers.** Leases stop both ends of a cut link: a primary that
+//! cannot reach a secondary admits no writes of the slots they share, and the secondary serves
+//! no strong reads of them, while both answer the shard master's pings, which alone would fail
+//! neither. So every server tells the shard master, in each answer to its pings, which of its
+//! peers it has heard nothing from (not even a refusal) and for how long, counted between the
+//! lease requests sent one after the other that went unanswered (a process paused in the middle
+//! of a request was not cut off: its next request is answered). When a member that answers
+//! reports another member that answers as unheard for longer than the failure timeout, the
+//! shard master fails one of the two over, as if it had gone silent (a change in progress does
+//! not wait for it either): the one cut off from the most members, and between equals the newer
+//! member (the later in member order; a joiner rather than a member holding data). A sender
+//! that hears nothing from its receiver while both answer the shard master is presumed dead for
+//! the change, as a silent one: its slots' secondaries send their copies in its place. The slots of the cut pair go
+//! without writes for about the failure timeout, a lease and a failover (2 to 3 s with the
+//! defaults; the simulator holds it to 4 s). The server failed over learns it and joins again,
+//! but not at once: the shard master refuses the join of a server it failed for a cut link for
+//! 2 s, twice as long each time it does so again within two minutes, up to 30 s. A link
+//! that stays cut costs the slots of the pair a gap of writes per round, never a stall.
+//!
 //! **Moves.** A failure in the middle of a move loses nothing, whichever server it hits:
 //! - *The sender dies.* When a slot moves away from its primary (a join or a leave), its
 //!   secondaries keep a copy of it (prepared writes included) until the next configuration. If

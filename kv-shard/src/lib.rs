@@ -134,6 +134,6 @@ pub mod transport;
 
 pub use config::{Config, SLOTS, ServerId, Slot, SlotMove, slot_of};
 pub use error::{Error, Result};
-pub use master::{MasterSettings, ShardMaster};
+pub use master::{LONGEST_HOLD_OFF, MasterSettings, ShardMaster};
 pub use ownership::{Accept, Handoff, Ownership, Refused};
 pub use replication::{Consistency, Replication};

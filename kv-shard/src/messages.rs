@@ -7,6 +7,7 @@
 //! is well formed (every slot is below [`crate::SLOTS`]), whoever built it.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use kv_core::SessionRecord;
 
@@ -76,12 +77,24 @@ pub struct ServerStatus {
 }
 
 /// A storage server's answer to a ping.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pong {
     /// The epoch it holds.
     pub epoch: u64,
     /// Its incarnation.
     pub incarnation: u64,
+    /// Its peers it has heard nothing from lately, not even a refusal (see `kv_replica`'s docs,
+    /// "A link cut between two live servers").
+    pub unheard: Vec<UnheardPeer>,
+}
+
+/// A peer a storage server has heard nothing from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnheardPeer {
+    /// Its address as a member.
+    pub peer: String,
+    /// For how long: from the first unanswered request since its last answer to the latest.
+    pub unheard_for: Duration,
 }
 
 /// Asks a former secondary of `slots` to send the copy it kept (`Node.HandOffCopy`), in place of

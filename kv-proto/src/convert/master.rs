@@ -7,9 +7,10 @@
 //! as the shard master always did.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use kv_shard::Slot;
-use kv_shard::messages::{HandOffCopy, Install, InstallReport, Pong, ServerStatus};
+use kv_shard::messages::{HandOffCopy, Install, InstallReport, Pong, ServerStatus, UnheardPeer};
 use tonic::Status;
 
 use super::{config_from_wire, config_to_wire, slot_from_wire, slots_from_wire};
@@ -153,12 +154,28 @@ pub fn server_status_from_wire(wire: &v1::StatusResponse) -> ServerStatus {
 
 /// The wire form of a ping's answer.
 pub fn pong_to_wire(pong: Pong) -> v1::PingResponse {
-    v1::PingResponse { epoch: pong.epoch, incarnation: pong.incarnation }
+    let unheard = pong
+        .unheard
+        .into_iter()
+        .map(|report| v1::UnheardPeer {
+            peer: report.peer,
+            unheard_for_ms: u64::try_from(report.unheard_for.as_millis()).unwrap_or(u64::MAX),
+        })
+        .collect();
+    v1::PingResponse { epoch: pong.epoch, incarnation: pong.incarnation, unheard }
 }
 
 /// A ping's answer from the wire.
 pub fn pong_from_wire(wire: &v1::PingResponse) -> Pong {
-    Pong { epoch: wire.epoch, incarnation: wire.incarnation }
+    let unheard = wire
+        .unheard
+        .iter()
+        .map(|report| UnheardPeer {
+            peer: report.peer.clone(),
+            unheard_for: Duration::from_millis(report.unheard_for_ms),
+        })
+        .collect();
+    Pong { epoch: wire.epoch, incarnation: wire.incarnation, unheard }
 }
 
 #[cfg(test)]
@@ -225,7 +242,8 @@ mod tests {
         assert_eq!(hand_off_copy_from_wire(hand_off_copy_to_wire(&copy)).unwrap(), copy);
         let report = InstallReport { slots_sent: 1, keys_sent: 2, never_arrived: vec![3] };
         assert_eq!(install_report_from_wire(&install_report_to_wire(&report)), report);
-        let pong = Pong { epoch: 1, incarnation: 2 };
-        assert_eq!(pong_from_wire(&pong_to_wire(pong)), pong);
+        let unheard = vec![UnheardPeer { peer: "c:1".into(), unheard_for: Duration::from_millis(900) }];
+        let pong = Pong { epoch: 1, incarnation: 2, unheard };
+        assert_eq!(pong_from_wire(&pong_to_wire(pong.clone())), pong);
     }
 }

@@ -222,8 +222,12 @@ impl Handoffs {
     async fn send(&self, to: &str, batch: &TransferBatch) -> Result<Vec<Slot>, Error> {
         let deadline = self.clock.now() + self.timeout;
         // One lost batch must not eat the whole hand-off's time.
-        retry_until(self.clock.as_ref(), deadline, BATCH_TIMEOUT, |timeout| {
-            self.peers.transfer(to, batch, timeout)
+        retry_until(self.clock.as_ref(), deadline, BATCH_TIMEOUT, |timeout| async move {
+            let sent = self.clock.now();
+            let answer = self.peers.transfer(to, batch, timeout).await;
+            // A receiver that never answers is reported to the shard master.
+            self.leases.record_answer(to, sent, &answer);
+            answer
         })
         .await
     }

@@ -13,6 +13,13 @@
 //! - a grant reads the configuration and records its promise under the promises' lock, which an
 //!   install takes (after switching the configuration) to set its fences: a promise is either
 //!   made under the new configuration, or seen by the fences.
+//!
+//! The renewals, and the hand-offs' batches, also tell which servers this one hears nothing
+//! from, for the shard master ([`Leases::unheard`]): a server is *unheard* from the first
+//! request to it that went unanswered in time (not refused: no answer at all) after its last
+//! answer, for as long as the requests sent since go unanswered, counted up to the latest of
+//! them, and while they go on. A request held up by a pause of this process counts for nothing
+//! on its own: the next is sent after the pause.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +31,7 @@ use crate::transport::PeerCalls;
 use crate::{Error, peers, secondaries};
 use futures_util::future::join_all;
 use kv_shard::clock::{Clock, timeout};
+use kv_shard::messages::UnheardPeer;
 use kv_shard::{Config, Slot};
 use tokio::sync::Notify;
 use tracing::{debug, info};
@@ -41,6 +49,9 @@ const RENEW_TIMEOUT: Duration = Duration::from_millis(250);
 const LEASE_WAIT: Duration = Duration::from_millis(300);
 /// The share of a lease the holder counts on, for clocks that run at slightly different rates.
 const CLOCK_MARGIN: f64 = 0.9;
+/// A server is reported unheard only while requests to it go on: the last one went out at most
+/// this long ago.
+const UNHEARD_FRESH: Duration = Duration::from_secs(2);
 
 /// One server's leases: those it holds from its peers and those it promised them.
 pub(crate) struct Leases {
@@ -54,6 +65,8 @@ pub(crate) struct Leases {
     promised: Mutex<BTreeMap<String, Instant>>,
     /// Per slot: no write (and no read at the primary) before this instant.
     fences: Mutex<BTreeMap<Slot, Instant>>,
+    /// Servers whose requests go unanswered: when the first and the latest of them were sent.
+    unanswered: Mutex<BTreeMap<String, (Instant, Instant)>>,
     /// Renew now (after an install).
     kick: Notify,
     started: AtomicBool,
@@ -75,6 +88,7 @@ impl Leases {
             held: Mutex::new(BTreeMap::new()),
             promised: Mutex::new(BTreeMap::new()),
             fences: Mutex::new(BTreeMap::new()),
+            unanswered: Mutex::new(BTreeMap::new()),
             kick: Notify::new(),
             started: AtomicBool::new(false),
         })
@@ -83,6 +97,31 @@ impl Leases {
     /// Whether this server holds a live lease from `peer`, granted at `epoch`.
     fn holds(&self, peer: &str, now: Instant, epoch: u64) -> bool {
         lock(&self.held).get(peer).is_some_and(|&(until, at)| until > now && at == epoch)
+    }
+
+    /// Records how a request sent to `peer` at `sent` ended: answered, or not (in time).
+    pub(crate) fn record_answer<T>(&self, peer: &str, sent: Instant, answer: &Result<T, Error>) {
+        let mut unanswered = lock(&self.unanswered);
+        if matches!(answer, Err(Error::Interrupted(_))) {
+            unanswered.entry(peer.to_owned()).or_insert((sent, sent)).1 = sent;
+        } else {
+            unanswered.remove(peer);
+        }
+    }
+
+    /// The servers this one hears nothing from, and for how long (see the module's docs).
+    pub(crate) fn unheard(&self) -> Vec<UnheardPeer> {
+        let now = self.clock.now();
+        let mut unanswered = lock(&self.unanswered);
+        unanswered.retain(|_, &mut (_, latest)| now.saturating_duration_since(latest) <= UNHEARD_FRESH);
+        unanswered
+            .iter()
+            .map(|(peer, &(first, latest))| UnheardPeer {
+                peer: peer.clone(),
+                unheard_for: latest.saturating_duration_since(first),
+            })
+            .filter(|report| !report.unheard_for.is_zero())
+            .collect()
     }
 
     /// The fence of `slot`, if it is still up.
@@ -198,7 +237,9 @@ impl Leases {
             let request = &request;
             async move {
                 let sent = self.clock.now();
-                match self.peers.lease(peer, request, RENEW_TIMEOUT).await {
+                let answer = self.peers.lease(peer, request, RENEW_TIMEOUT).await;
+                self.record_answer(peer, sent, &answer);
+                match answer {
                     Ok(grant) => {
                         if grant.epoch != request.epoch {
                             return;

@@ -260,7 +260,7 @@ impl Node {
 
     /// This server's answer to a ping.
     pub fn ping(&self) -> Pong {
-        Pong { epoch: self.epoch(), incarnation: self.incarnation }
+        Pong { epoch: self.epoch(), incarnation: self.incarnation, unheard: self.leases.unheard() }
     }
 
     /// What this server holds.

@@ -4,12 +4,13 @@
 //! Nothing here decides anything about the cluster: it asks, and reports what it heard. Every
 //! wait reads time through the clock, so a test or a simulator drives it.
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::Error;
 use crate::clock::Clock;
-use crate::messages::{HandOffCopy, Install, InstallReport, ServerStatus};
+use crate::messages::{HandOffCopy, Install, InstallReport, Pong, ServerStatus};
 use crate::retry::retry_until;
 use crate::transport::ServerCalls;
 use futures_util::future::join_all;
@@ -32,6 +33,9 @@ pub(crate) struct Calls {
     pub(crate) move_timeout: Duration,
     /// How long a member may go without answering before it is failed.
     pub(crate) failure_timeout: Duration,
+    /// Members the failure detector judged cut off from a peer, until their failover is over:
+    /// the waits treat them as silent, so a change in progress does not hold their failover up.
+    judged: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl std::fmt::Debug for Calls {
@@ -47,7 +51,22 @@ impl Calls {
         move_timeout: Duration,
         failure_timeout: Duration,
     ) -> Self {
-        Calls { servers, clock, move_timeout, failure_timeout }
+        Calls { servers, clock, move_timeout, failure_timeout, judged: Arc::default() }
+    }
+
+    /// Marks `server` as cut off from a peer (`true`) until its failover is over (`false`).
+    pub(crate) fn judge_cut_off(&self, server: &str, cut_off: bool) {
+        let mut judged = self.judged.lock().unwrap_or_else(PoisonError::into_inner);
+        if cut_off {
+            judged.insert(server.to_owned());
+        } else {
+            judged.remove(server);
+        }
+    }
+
+    /// Whether `server` is judged cut off from a peer.
+    fn is_judged(&self, server: &str) -> bool {
+        self.judged.lock().unwrap_or_else(PoisonError::into_inner).contains(server)
     }
 
     /// The clock's time.
@@ -122,7 +141,12 @@ impl Calls {
 
     /// The incarnation `server` answers a ping with, if it answers in time.
     pub(crate) async fn ping(&self, server: &str) -> Option<u64> {
-        self.servers.ping(server, PING_TIMEOUT).await.ok().map(|pong| pong.incarnation)
+        self.pong(server).await.map(|pong| pong.incarnation)
+    }
+
+    /// What `server` answers a ping with, if it answers in time.
+    pub(crate) async fn pong(&self, server: &str) -> Option<Pong> {
+        self.servers.ping(server, PING_TIMEOUT).await.ok()
     }
 
     /// Whether `server` fails every one of a few probes, a second apart: then it is presumed
@@ -146,16 +170,35 @@ impl Calls {
 
     /// Returns once `server` has not answered a ping for the failure timeout, or answers as
     /// another process than `joined`, the incarnation it joined as: it restarted, and what it
-    /// held is gone (waiting for it to catch up or hand off would wait for nothing).
+    /// held is gone (waiting for it to catch up or hand off would wait for nothing). Or once it
+    /// is judged cut off from a peer: its failover is waiting.
     pub(crate) async fn until_silent(&self, server: &str, joined: Option<u64>) {
         let mut last_seen = self.now();
         loop {
             self.clock.sleep(HEARTBEAT).await;
+            if self.is_judged(server) {
+                return;
+            }
             match self.ping(server).await {
                 Some(incarnation) if joined.is_some_and(|joined| joined != incarnation) => return,
                 Some(_) => last_seen = self.now(),
                 None if self.now().saturating_duration_since(last_seen) > self.failure_timeout => return,
                 None => {}
+            }
+        }
+    }
+
+    /// Returns once `server` answers that it has heard nothing from a server for longer than the
+    /// failure timeout, while that one answers this shard master: the link between them is cut
+    /// (a sender that cannot reach its receiver, say). Never, while that does not happen.
+    pub(crate) async fn until_cut_off(&self, server: &str) -> String {
+        loop {
+            self.clock.sleep(HEARTBEAT).await;
+            let Some(pong) = self.pong(server).await else { continue };
+            for report in pong.unheard.iter().filter(|report| report.unheard_for > self.failure_timeout) {
+                if report.peer != server && self.ping(&report.peer).await.is_some() {
+                    return report.peer.clone();
+                }
             }
         }
     }

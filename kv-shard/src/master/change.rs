@@ -6,7 +6,9 @@
 //! and installed in [`super::plan::moves::install_order`]: the servers that send nothing
 //! first, then the senders, which answer once their slots are at the new owners. A server that
 //! stops answering is not waited for: the change is reported incomplete, and its failover
-//! follows. With replication, the change is over once the copies it reset have caught up.
+//! follows. Nor is a sender that reports it hears nothing from a server that answers the shard
+//! master (the link between them is cut): it is presumed dead, and the copies its slots'
+//! secondaries kept are sent in its place. With replication, the change is over once the copies it reset have caught up.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -36,6 +38,8 @@ enum SenderOutcome {
     Answered(Result<InstallReport, Error>),
     /// It stopped answering pings, or answered as another process (it restarted).
     Silent,
+    /// It cannot reach this server, which answers the shard master.
+    CutOff(String),
     /// Another server of the change stopped answering pings.
     OtherSilent(String),
 }
@@ -44,6 +48,14 @@ enum SenderOutcome {
 pub(crate) async fn change(shared: &Shared, change: Change) -> Result<Arc<Config>, Error> {
     let (records, calls) = (&shared.records, &shared.calls);
     let _serialised = shared.changes.lock().await;
+    if let Change::Join(server) = &change
+        && let Some(left) = records.held_off(server, calls.now())
+    {
+        return Err(Error::Unavailable(format!(
+            "{server} was failed over because members could not reach it: it may join again in {:.1} s",
+            left.as_secs_f64()
+        )));
+    }
     let mut before = records.current();
     // A member that restarted empty before it was failed over: fail its old self now.
     if let Change::Join(server) = &change
@@ -150,18 +162,25 @@ async fn apply(shared: &Shared, before: &Config, next: &Config) -> Result<(), Er
                 result = shared.install(addr, before, next, &[], deadline) => SenderOutcome::Answered(result),
                 () = calls.until_silent(addr, shared.records.incarnation(addr)) => SenderOutcome::Silent,
                 other = calls.until_any_silent(&others) => SenderOutcome::OtherSilent(other.to_owned()),
+                peer = calls.until_cut_off(addr) => SenderOutcome::CutOff(peer),
             }
         }
     });
+    let outcomes = join_all(installs).await;
     let moves = moves_between(before, next);
     let mut problems = Vec::new();
     let mut lost = false;
     let replicated = next.replication().factor > 1;
-    for (&sender, outcome) in senders.iter().zip(join_all(installs).await) {
+    for (&sender, outcome) in senders.iter().zip(outcomes) {
         let (err, silent) = match outcome {
             SenderOutcome::Answered(Ok(_)) => continue,
             SenderOutcome::Answered(Err(err)) => (err, false),
             SenderOutcome::Silent => (Error::Unavailable("it stopped answering".to_owned()), true),
+            // Its hand-off cannot get through: it is presumed dead, as if silent.
+            SenderOutcome::CutOff(peer) => {
+                warn!(sender, peer, "a sender cannot reach a server that answers: presuming it dead");
+                (Error::Unavailable(format!("it cannot reach {peer}")), true)
+            }
             SenderOutcome::OtherSilent(other) => {
                 problems.push(format!(
                     "{sender} could not hand off its slots while {other} stopped answering \

@@ -34,6 +34,7 @@ use crate::{Config, Error, Replication};
 use self::calls::Calls;
 use self::change::Change;
 use self::shared::Shared;
+pub use self::state::LONGEST_HOLD_OFF;
 use self::state::Records;
 
 /// How often the shard master repairs what failures left behind.

@@ -8,12 +8,19 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use crate::messages::Install;
 use crate::{Config, Slot};
 
 /// How many configurations are kept for servers that missed some.
 pub(crate) const HISTORY: usize = 64;
+/// How long a server failed over for a cut link may not join again, the first time...
+const FIRST_HOLD_OFF: Duration = Duration::from_secs(2);
+/// ...twice as long each time again within this...
+const HOLD_OFF_MEMORY: Duration = Duration::from_secs(120);
+/// ...up to this.
+pub const LONGEST_HOLD_OFF: Duration = Duration::from_secs(30);
 
 /// The slots a failed member held, and where they went.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -47,6 +54,11 @@ pub(crate) struct Records {
     /// were failed over and join again. Forgotten once one answers at that epoch or later, or as
     /// another process, or joins again.
     evicted: Mutex<BTreeMap<String, u64>>,
+    /// Servers failed over because members could not reach them: when last, and how many times
+    /// in a row (each within [`HOLD_OFF_MEMORY`] of the one before). They may not join again
+    /// until their hold-off has passed, so that a link that stays cut does not have them join
+    /// and be failed over again and again.
+    cut_off: Mutex<BTreeMap<String, (Instant, u32)>>,
 }
 
 /// A poisoned lock's data is still consistent here (no invariant spans a panic): take it.
@@ -65,6 +77,7 @@ impl Records {
             owing: Mutex::new(BTreeSet::new()),
             incarnations: Mutex::new(BTreeMap::new()),
             evicted: Mutex::new(BTreeMap::new()),
+            cut_off: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -132,6 +145,24 @@ impl Records {
     /// removed each).
     pub(crate) fn retain_evicted(&self, mut still: impl FnMut(&String, u64) -> bool) {
         lock(&self.evicted).retain(|address, epoch| still(address, *epoch));
+    }
+
+    /// Records that `server` was failed over at `now` because members could not reach it.
+    pub(crate) fn failed_for_cut(&self, server: &str, now: Instant) {
+        let mut cut_off = lock(&self.cut_off);
+        let times = match cut_off.get(server) {
+            Some(&(last, times)) if now.saturating_duration_since(last) < HOLD_OFF_MEMORY => times + 1,
+            _ => 1,
+        };
+        cut_off.insert(server.to_owned(), (now, times));
+    }
+
+    /// How long `server` must still wait before it may join again, if it must: 2 s after it was
+    /// failed over for a cut link, twice as long each time in a row, up to [`LONGEST_HOLD_OFF`].
+    pub(crate) fn held_off(&self, server: &str, now: Instant) -> Option<Duration> {
+        let (last, times) = *lock(&self.cut_off).get(server)?;
+        let hold = FIRST_HOLD_OFF.saturating_mul(1 << times.saturating_sub(1).min(16)).min(LONGEST_HOLD_OFF);
+        (last + hold).checked_duration_since(now).filter(|left| !left.is_zero())
     }
 
     /// The incarnation of the process that joined at `server`, if one did.

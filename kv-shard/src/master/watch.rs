@@ -1,12 +1,14 @@
 //! Watching the members: the driver of [`super::plan::detector`]. Every heartbeat it pings each
-//! member and fails over the one the detector names.
+//! member and fails over the one the detector names: silent, restarted, or cut off from a peer
+//! (while that failover waits for a change in progress, the change's waits count the member as
+//! silent, so it does not wait for it).
 
 use futures_util::future::join_all;
 use tracing::{info, warn};
 
 use super::calls::HEARTBEAT;
 use super::failover::fail_member;
-use super::plan::detector::{Detector, Heard, Verdict};
+use super::plan::detector::{Detector, Heard, Verdict, cut_off};
 use super::shared::Shared;
 
 /// Watches the members for as long as it runs: pings each every heartbeat, and fails one that
@@ -20,20 +22,41 @@ pub(crate) async fn watch(shared: &Shared) {
         let config = records.current();
         let members: Vec<String> = config.members().map(|(_, a)| a.to_owned()).collect();
         let sent = calls.now();
-        let answers = join_all(members.iter().map(|address| calls.ping(address))).await;
+        let answers = join_all(members.iter().map(|address| calls.pong(address))).await;
+        let mut reports = Vec::new();
         let heard: Vec<(String, Heard)> = members
             .into_iter()
             .zip(answers)
             .map(|(address, answer)| {
                 let heard = match answer {
-                    Some(incarnation) if records.restarted(&address, incarnation) => Heard::Restarted,
-                    Some(_) => Heard::Alive,
+                    Some(pong) if records.restarted(&address, pong.incarnation) => Heard::Restarted,
+                    Some(pong) => {
+                        reports.extend(pong.unheard.into_iter().map(|report| (address.clone(), report)));
+                        Heard::Alive
+                    }
                     None => Heard::Nothing,
                 };
                 (address, heard)
             })
             .collect();
-        match detector.round(&heard, sent, calls.now(), config.replication().factor > 1) {
+        let replicated = config.replication().factor > 1;
+        match detector.round(&heard, sent, calls.now(), replicated) {
+            Verdict::Wait if replicated => {
+                let Some((address, by)) = cut_off(&heard, &reports, calls.failure_timeout) else { continue };
+                warn!(server = address, by = ?by, "members cannot reach a member: failing it over");
+                // Recorded first: a join it makes once failed over must find its hold-off.
+                records.failed_for_cut(&address, calls.now());
+                calls.judge_cut_off(&address, true);
+                let failed = fail_member(shared, &address, config.id_of(&address)).await;
+                calls.judge_cut_off(&address, false);
+                match failed {
+                    Ok(config) => {
+                        detector.forget(&address);
+                        info!(server = address, epoch = config.epoch(), "failed over");
+                    }
+                    Err(err) => warn!(server = address, cause = %err, "could not fail the member over"),
+                }
+            }
             Verdict::Wait => {}
             Verdict::Restarted(address) => {
                 // A member that restarted lost what it held: fail its old self at once.

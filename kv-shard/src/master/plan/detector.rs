@@ -9,10 +9,16 @@
 //! - nothing is failed with a replication factor of 1, or a single member: there is no other
 //!   copy to promote;
 //! - a member answering as another process than the one that joined (it restarted, and lost
-//!   what it held) is failed at once.
+//!   what it held) is failed at once;
+//! - two members that answer, one of which has heard nothing from the other for longer than the
+//!   failure timeout, are cut off from each other: one of the two is failed ([`cut_off`]: the
+//!   one cut off from the most members, between equals the later in member order, the newer
+//!   member), deterministically given the same answers.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+
+use crate::messages::UnheardPeer;
 
 /// What one member answered a ping with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +97,41 @@ impl Detector {
     pub(crate) fn forget(&mut self, server: &str) {
         self.last_seen.remove(server);
     }
+}
+
+/// The member to fail over because a link between members that answer is cut, with the
+/// members it is cut from: every report of a member that answered this round (`reports`: by
+/// reporter) about another that answered (`heard`, in member order), unheard for longer than
+/// `timeout`, is a cut link between the two, whichever end reported it; the member on the most
+/// cut links goes (one cut off from many), and between equals the later in member order, the
+/// newer member. None if no report is that old.
+pub(crate) fn cut_off(
+    heard: &[(String, Heard)],
+    reports: &[(String, UnheardPeer)],
+    timeout: Duration,
+) -> Option<(String, Vec<String>)> {
+    let alive =
+        |address: &str| heard.iter().any(|(member, answer)| member == address && *answer == Heard::Alive);
+    let mut links: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (reporter, report) in reports {
+        if report.unheard_for > timeout && *reporter != report.peer && alive(reporter) && alive(&report.peer)
+        {
+            for (end, other) in [(reporter.as_str(), &report.peer), (report.peer.as_str(), reporter)] {
+                let of = links.entry(end).or_default();
+                if !of.contains(other) {
+                    of.push(other.clone());
+                }
+            }
+        }
+    }
+    heard
+        .iter()
+        .enumerate()
+        .filter_map(|(position, (member, _))| {
+            links.get(member.as_str()).map(|cut| (cut.len(), position, member, cut))
+        })
+        .max_by_key(|&(count, position, _, _)| (count, position))
+        .map(|(_, _, member, cut)| (member.clone(), cut.clone()))
 }
 
 #[cfg(test)]
@@ -188,6 +229,38 @@ mod tests {
         for i in 0..100 {
             assert_eq!(unreplicated.round(&silent, now + TICK * i, now + TICK * i, false), Verdict::Wait);
         }
+    }
+
+    fn report(reporter: &str, peer: &str, ms: u64) -> (String, UnheardPeer) {
+        (reporter.to_owned(), UnheardPeer { peer: peer.to_owned(), unheard_for: Duration::from_millis(ms) })
+    }
+
+    #[test]
+    fn a_cut_link_fails_one_of_its_ends_once_reported_past_the_timeout() {
+        let all = heard(&[("a:1", Heard::Alive), ("b:1", Heard::Alive), ("c:1", Heard::Alive)]);
+        // a and c report each other: the later in member order goes.
+        let pair = [report("a:1", "c:1", 900), report("c:1", "a:1", 900)];
+        assert_eq!(cut_off(&all, &pair, TIMEOUT), Some(("c:1".into(), vec!["a:1".into()])));
+        // Whichever end reported it first.
+        let one_end = [report("a:1", "c:1", 700), report("c:1", "a:1", 900)];
+        assert_eq!(cut_off(&all, &one_end, TIMEOUT), Some(("c:1".into(), vec!["a:1".into()])));
+        // Not before the timeout.
+        let young = [report("a:1", "c:1", 700), report("c:1", "a:1", 800)];
+        assert_eq!(cut_off(&all, &young, TIMEOUT), None);
+        // The one cut from most members goes, whatever the order.
+        let isolated = [report("a:1", "b:1", 900), report("c:1", "b:1", 900), report("b:1", "c:1", 900)];
+        assert_eq!(cut_off(&all, &isolated, TIMEOUT).map(|(m, _)| m), Some("b:1".into()));
+    }
+
+    #[test]
+    fn a_cut_is_judged_only_between_members_that_answer() {
+        let c_silent = heard(&[("a:1", Heard::Alive), ("b:1", Heard::Alive), ("c:1", Heard::Nothing)]);
+        // c is the silence detector's to fail; its own old reports count for nothing.
+        let reports = [report("a:1", "c:1", 5_000), report("c:1", "b:1", 5_000)];
+        assert_eq!(cut_off(&c_silent, &reports, TIMEOUT), None);
+        let all = heard(&[("a:1", Heard::Alive), ("b:1", Heard::Alive)]);
+        let strangers = [report("a:1", "z:1", 5_000), report("a:1", "a:1", 5_000)];
+        assert_eq!(cut_off(&all, &strangers, TIMEOUT), None);
     }
 
     #[test]
