@@ -21,7 +21,7 @@ use crate::{Error, Takeover};
 use futures_util::future::join_all;
 use kv_core::{Sessions, Storage};
 use kv_shard::messages::{Install, InstallReport};
-use kv_shard::{Config, Slot, slot_of};
+use kv_shard::{Config, SLOTS, Slot, slot_of};
 use tokio::sync::Notify;
 use tracing::{debug, error, info, warn};
 
@@ -223,10 +223,11 @@ impl Installer {
                 .map_err(Error::storage)?;
             self.sessions.forget(|slot| stale_set[usize::from(slot)]);
             warn!(slots = stale.len(), "this server was failed over: its slots are served elsewhere now");
-            if next.id_of(&me).is_none() {
-                self.evicted.notify_one();
-            }
         }
+        // Failed over (a failover's install, which names promoted slots, that removes this
+        // member), whether or not it was primary of anything yet: it joins again, as a new
+        // member, which holds nothing (below).
+        let failed_me = previous.id_of(&me).is_some() && next.id_of(&me).is_none() && !promoted.is_empty();
         for (to, slots) in carried_over {
             let owed = handoff.outgoing.entry(to).or_default();
             owed.extend(slots);
@@ -253,6 +254,19 @@ impl Installer {
             .collect();
         let previous_view = self.view.get();
         let (taken, resets) = self.copies.switch(&next, &handing_off, &takeovers).await?;
+        if failed_me {
+            // Nothing here is anyone's copy now: the writes went on without it. Only what it
+            // still hands off stays, until sent.
+            let keep = slot_set(&handing_off);
+            self.storage
+                .remove_where(&|key| !keep[usize::from(slot_of(key))])
+                .await
+                .map_err(Error::storage)?;
+            self.sessions.forget(|slot| !keep[usize::from(slot)]);
+            self.copies.forget_kept(&(0..SLOTS as Slot).collect::<Vec<_>>());
+            warn!("this server was failed over: it is no longer a member, and drops what it held");
+            self.evicted.notify_one();
+        }
         let resyncs = self.links.install(&previous_view, &next);
         if resets > 0 || resyncs > 0 {
             info!(
