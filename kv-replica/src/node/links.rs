@@ -165,9 +165,13 @@ impl Links {
         }
         let links: Vec<Arc<Link>> = lock(&self.links).values().cloned().collect();
         for link in links {
-            lock(&link.snapshots).retain(|&slot, _| {
+            let still = |slot: Slot| {
                 role(next, me, slot) == Role::Primary && secondaries(next, slot).contains(&link.to.as_str())
-            });
+            };
+            lock(&link.snapshots).retain(|&slot, _| still(slot));
+            // Keys owed for slots it no longer follows here: its copy is reset, or another
+            // primary answers for them now (this one may even have been failed over since).
+            lock(&link.owed_keys).retain(|key| still(slot_of(key)));
         }
         let resyncs = owed.values().map(Vec::len).sum::<usize>();
         for (target, slots) in owed {
@@ -230,6 +234,12 @@ impl Links {
         }
         let view = self.view.get();
         let me = self.view.me();
+        // A slot whose data has not arrived here yet has no values to send: its keys stay owed.
+        // (Asked before the slot locks: a write holds the routing guard while it waits for one.)
+        let slots: Vec<Slot> = {
+            let table = self.routing.read().await;
+            slots.into_iter().filter(|&slot| table.ownership.check(slot).is_ok()).collect()
+        };
         let mut parts: Vec<(Vec<SlotWrite>, Vec<SessionRecord>)> = Vec::new();
         let mut unsent = Vec::new();
         for slot in slots {
