@@ -135,9 +135,11 @@ async fn apply(shared: &Shared, before: &Config, next: &Config) -> Result<(), Er
             }
         }
     });
+    let mut missed = Vec::new();
     for (addr, result) in order.receivers.iter().zip(join_all(installs).await) {
         if let Err(err) = result {
             warn!(server = addr, cause = %err, "could not install the configuration");
+            missed.push(addr.as_str());
         }
     }
 
@@ -166,7 +168,21 @@ async fn apply(shared: &Shared, before: &Config, next: &Config) -> Result<(), Er
             }
         }
     });
-    let outcomes = join_all(installs).await;
+    // A receiver that missed its install (it stopped answering for a while, say a pause) is
+    // given it again while the senders run: they would otherwise wait for it to reach the
+    // epoch, for as long as the move timeout, while it answers again.
+    let again = missed.iter().map(|&addr| async move {
+        tokio::select! {
+            biased;
+            result = shared.install(addr, before, next, &[], deadline) => {
+                if result.is_ok() {
+                    info!(server = addr, "installed the configuration at a receiver that had missed it");
+                }
+            }
+            () = calls.until_silent(addr, shared.records.incarnation(addr)) => {}
+        }
+    });
+    let (outcomes, _) = futures_util::future::join(join_all(installs), join_all(again)).await;
     let moves = moves_between(before, next);
     let mut problems = Vec::new();
     let mut lost = false;
