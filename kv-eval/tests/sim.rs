@@ -71,6 +71,31 @@ const REGRESSIONS: &[(u64, &str, &str)] = &[
          switched, so its copy of the dead sender's moving slots was live, not retired, and the \
          failover found no copy to send: the join never settled and a key's data was lost",
     ),
+    (
+        5,
+        "eventual-r2",
+        "(lasting cut) a joiner whose data had not arrived reported its sender first, and the sender, \
+         holding every slot's only up-to-date copy, was failed over: now a cut link fails the end on \
+         the most cut links, between equals the newer member",
+    ),
+    (
+        66,
+        "strong-r3",
+        "a server failed over for a cut link kept part-received slots, and its joins were refused for \
+         holding keys of its own",
+    ),
+    (
+        111,
+        "eventual-r3-sync1",
+        "(lasting cut) a rejoined server flushed a key owed from its former membership before the \
+         slot's data arrived, deleting it at a secondary promoted next: 316 appends lost",
+    ),
+    (
+        1,
+        "eventual-r2",
+        "a receiver paused at the start of a leave missed its install; the leaver's batches were refused \
+         as too new for the whole move timeout, with the change lock held",
+    ),
 ];
 
 #[test]

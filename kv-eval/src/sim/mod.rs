@@ -44,13 +44,17 @@
 //! master, a server cut from the shard master, an isolated server, a paused server or shard
 //! master, a crashed server, restarted empty later), with joins and leaves anywhere. Four
 //! [`client`]s with the real client's retries and exactly-once ids run gets, puts and appends on
-//! six hot keys. At 8 s every fault heals; the workload goes on to 12 s.
+//! six hot keys. With two replicas or more, half the runs end on a *lasting cut*: the link
+//! between a primary and one of its secondaries is cut both ways for 12 s, a fault the protocol
+//! must route around (it fails one end over) rather than wait out. Then every fault heals, and
+//! the workload goes on for the liveness window.
 //!
 //! # Checks
 //!
 //! See [`checks`]: strong mode linearizable; appends exactly once, and none acknowledged lost
 //! where promised; replicas identical once writes stop; every key written again within
-//! [`checks::LIVENESS_BOUND`] of the heal.
+//! [`checks::LIVENESS_BOUND`] (4 s) of the heal, and, under a lasting cut, no key without a
+//! successful write for longer than that same bound while the cut holds.
 
 mod calls;
 pub mod checks;

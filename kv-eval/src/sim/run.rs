@@ -13,7 +13,7 @@ use kv_core::Storage;
 use super::checks::{LIVENESS_BOUND, check_history, longest_write_gap};
 use super::client::{Recorder, SimClient};
 use super::net::{Conditions, MASTER, Net};
-use super::schedule::{Event, Fault, Plan, PlanOptions, Setting};
+use super::schedule::{Event, Fault, LASTING_CUT, Plan, PlanOptions, Setting};
 use super::trace::Trace;
 use super::world::World;
 use crate::harness::history::{Input, Outcome, Output};
@@ -60,6 +60,9 @@ pub struct RunReport {
     pub ops: (usize, usize, usize),
     /// The longest any key went without a successful write after the heal.
     pub longest_gap: Duration,
+    /// The longest any key went without a successful write during the lasting cut, if the run
+    /// had one.
+    pub longest_gap_under_cut: Option<Duration>,
     /// The simulated time the run took.
     pub simulated: Duration,
     /// The wall-clock time it took.
@@ -118,6 +121,7 @@ pub fn run(seed: u64, setting: Setting, options: RunOptions) -> RunReport {
             events: 0,
             ops: (0, 0, 0),
             longest_gap: Duration::ZERO,
+            longest_gap_under_cut: None,
             simulated: Duration::ZERO,
             wall: Duration::ZERO,
             plan: Vec::new(),
@@ -230,6 +234,34 @@ async fn simulate(seed: u64, setting: Setting, options: RunOptions, trace: Arc<T
         net.trace(format_args!("event {event:?}"));
         apply(&mut lock(&world), &net, &event, &everyone, &mut crashed);
     }
+    // A lasting cut between a primary and a secondary: the writes must go on around it.
+    let mut under_cut = None;
+    if plan.lasting_cut {
+        let began = net.elapsed();
+        if until_healthy(&world, &net, HEALTH_BOUND).await {
+            recoveries.push(net.elapsed() - began);
+            let pair = lock(&world).config().and_then(|config| {
+                let replicas: Vec<String> =
+                    config.replicas("p0").into_iter().map(|(_, a)| a.to_owned()).collect();
+                Some((replicas.first()?.clone(), replicas.get(1)?.clone()))
+            });
+            if let Some((a, b)) = pair {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let event = Event::Begin(Fault::CutBetween { a, b });
+                net.trace(format_args!("event {event:?} (lasting)"));
+                apply(&mut lock(&world), &net, &event, &everyone, &mut crashed);
+                let from = net.elapsed();
+                tokio::time::sleep(LASTING_CUT).await;
+                under_cut = Some((from, net.elapsed()));
+            }
+        } else {
+            problems.push(format!(
+                "not healthy {:.0} s after the last fault ended: {}",
+                HEALTH_BOUND.as_secs_f64(),
+                health(&world).await.err().unwrap_or_default()
+            ));
+        }
+    }
     net.heal(QUIET);
     lock(&world).resume_all();
     net.trace(format_args!("healed"));
@@ -238,12 +270,14 @@ async fn simulate(seed: u64, setting: Setting, options: RunOptions, trace: Arc<T
         problems.push("the membership changes panicked".to_owned());
     }
     let began = net.elapsed();
-    if until_healthy(&world, &net, HEALTH_BOUND).await {
+    // A server failed over for a lasting cut may not join again for a while.
+    let bound = if under_cut.is_some() { HEALTH_BOUND + kv_shard::LONGEST_HOLD_OFF } else { HEALTH_BOUND };
+    if until_healthy(&world, &net, bound).await {
         recoveries.push(net.elapsed() - began);
     } else {
         problems.push(format!(
             "not healthy {:.0} s after the last fault ended: {}",
-            HEALTH_BOUND.as_secs_f64(),
+            bound.as_secs_f64(),
             health(&world).await.err().unwrap_or_default()
         ));
     }
@@ -267,6 +301,17 @@ async fn simulate(seed: u64, setting: Setting, options: RunOptions, trace: Arc<T
             LIVENESS_BOUND.as_secs_f64()
         ));
     }
+    let longest_gap_under_cut = under_cut.map(|(from, to)| {
+        let (gap, key) = longest_write_gap(&recorder.history(), &writing_keys, from, to);
+        if gap > LIVENESS_BOUND {
+            problems.push(format!(
+                "liveness: under the lasting cut, {key:?} went {:.2} s without a successful write (bound {:.0} s)",
+                gap.as_secs_f64(),
+                LIVENESS_BOUND.as_secs_f64()
+            ));
+        }
+        gap
+    });
 
     let Some(mut world) =
         Arc::into_inner(world).map(|world| world.into_inner().unwrap_or_else(PoisonError::into_inner))
@@ -312,6 +357,7 @@ async fn simulate(seed: u64, setting: Setting, options: RunOptions, trace: Arc<T
         events,
         ops: history.counts(),
         longest_gap,
+        longest_gap_under_cut,
         simulated,
         wall: Duration::ZERO,
         plan: plan.lines(),

@@ -7,7 +7,10 @@
 //! one begins a short gap after the cluster is *healthy* again (every running server a member,
 //! every copy caught up, nothing moving): the simulator waits for that, within a bound, and a
 //! cluster that does not get there is a failed run. Joins and leaves fall in the first seconds,
-//! whatever the faults do. After the last fault the workload goes on for the liveness window.
+//! whatever the faults do. With two replicas or more, half the plans end on a *lasting cut*: once
+//! the cluster is healthy again, the link between a primary and one of its secondaries is cut
+//! both ways for [`LASTING_CUT`], a fault the protocol must work around rather than wait out.
+//! After the last fault the workload goes on for the liveness window.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -146,6 +149,8 @@ pub(crate) struct Plan {
     pub(crate) episodes: Vec<Episode>,
     /// Joins and leaves, by time since the workload started, whatever the faults do.
     pub(crate) membership: Vec<(Duration, Event)>,
+    /// Whether the faults end on a lasting cut between a primary and a secondary.
+    pub(crate) lasting_cut: bool,
 }
 
 /// The address of the `i`-th server of a run.
@@ -162,6 +167,8 @@ pub(crate) struct PlanOptions {
 
 /// Faults per run.
 const EPISODES: usize = 3;
+/// How long a lasting cut holds.
+pub(crate) const LASTING_CUT: Duration = Duration::from_secs(12);
 
 impl Plan {
     /// The plan of `seed` for `setting`.
@@ -219,7 +226,8 @@ impl Plan {
             membership.push((at, Event::Leave(initial[rng.random_range(0..n)].clone())));
         }
         membership.sort_by_key(|(at, _)| *at);
-        Plan { initial, rates, episodes, membership }
+        let lasting_cut = setting.factor > 1 && rng.random_bool(0.5);
+        Plan { initial, rates, episodes, membership, lasting_cut }
     }
 
     /// The plan, a line per fault or change.
@@ -233,9 +241,15 @@ impl Plan {
                 e.gap.as_secs_f64()
             )
         });
+        let lasting = self.lasting_cut.then(|| {
+            format!(
+                "then: the link between the primary of p0 and its first secondary cut both ways for {:.0} s",
+                LASTING_CUT.as_secs_f64()
+            )
+        });
         let changes =
             self.membership.iter().map(|(at, event)| format!("at {:.3} s: {event:?}", at.as_secs_f64()));
-        faults.chain(changes).collect()
+        faults.chain(lasting).chain(changes).collect()
     }
 }
 

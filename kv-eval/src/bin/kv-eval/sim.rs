@@ -90,13 +90,17 @@ fn print_one(report: &RunReport, trace: bool) {
     let (ok, fail, unknown) = report.ops;
     println!(
         "seed {} {}: {} ({ok} ok, {fail} failed, {unknown} unknown operations; {:.1} s simulated in {:.2} s; \
-         longest wait for a write after the heal {:.2} s; trace {:016x}, {} events)",
+         longest wait for a write after the heal {:.2} s{}; trace {:016x}, {} events)",
         report.seed,
         report.setting,
         if report.passed() { "passed" } else { "FAILED" },
         report.simulated.as_secs_f64(),
         report.wall.as_secs_f64(),
         report.longest_gap.as_secs_f64(),
+        report
+            .longest_gap_under_cut
+            .map(|gap| format!(", under the lasting cut {:.2} s", gap.as_secs_f64()))
+            .unwrap_or_default(),
         report.trace_hash,
         report.events,
     );
@@ -112,17 +116,21 @@ fn summarise(reports: &[RunReport], wall: Duration) {
             settings.push(report.setting);
         }
     }
-    println!("setting            runs  failed  ops/run  longest write gap s  sim s/run  wall s/run");
+    println!(
+        "setting            runs  failed  ops/run  longest write gap s  under a lasting cut s  sim s/run  wall s/run"
+    );
     for setting in settings {
         let mine: Vec<&RunReport> = reports.iter().filter(|r| r.setting == setting).collect();
         let n = mine.len().max(1) as f64;
         let failed = mine.iter().filter(|r| !r.passed()).count();
         let ops: usize = mine.iter().map(|r| r.ops.0 + r.ops.1 + r.ops.2).sum();
         let gap = mine.iter().map(|r| r.longest_gap).max().unwrap_or_default();
+        let cut_gap = mine.iter().filter_map(|r| r.longest_gap_under_cut).max();
+        let cut_gap = cut_gap.map_or_else(|| "-".to_owned(), |gap| format!("{:.2}", gap.as_secs_f64()));
         let simulated: f64 = mine.iter().map(|r| r.simulated.as_secs_f64()).sum();
         let spent: f64 = mine.iter().map(|r| r.wall.as_secs_f64()).sum();
         println!(
-            "{:<17} {:>5}  {failed:>6}  {:>7.0}  {:>19.2}  {:>9.1}  {:>10.3}",
+            "{:<17} {:>5}  {failed:>6}  {:>7.0}  {:>19.2}  {cut_gap:>21}  {:>9.1}  {:>10.3}",
             setting.to_string(),
             mine.len(),
             ops as f64 / n,
