@@ -19,8 +19,6 @@ use crate::harness::history::{History, Input, Outcome};
 use crate::harness::linearizability;
 use crate::load::analysis::audit_appends;
 
-use super::schedule::Setting;
-
 /// How long the linearizability checker may take over one run's history.
 const CHECK_BUDGET: Duration = Duration::from_secs(20);
 
@@ -29,16 +27,26 @@ const CHECK_BUDGET: Duration = Duration::from_secs(20);
 /// and a restarted server's join moves its slots back).
 pub const LIVENESS_BOUND: Duration = Duration::from_secs(4);
 
+/// What the store promises in a setting, which decides the checks that apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Promises {
+    /// Every operation is linearizable (strong consistency).
+    pub linearizable: bool,
+    /// No acknowledged write is lost under one failure (strong; eventual with a synchronous
+    /// secondary).
+    pub keeps_acknowledged: bool,
+}
+
 /// Checks the history; returns what is wrong (nothing: it passed).
 pub(crate) fn check_history(
-    setting: Setting,
+    promises: Promises,
     history: &History,
     append_keys: &[String],
     finals: &BTreeMap<String, Option<String>>,
     initial: impl Fn(&str) -> String,
 ) -> Vec<String> {
     let mut problems = Vec::new();
-    if setting.consistency == kv_shard::Consistency::Strong {
+    if promises.linearizable {
         let report = linearizability::check_with_budget(history, CHECK_BUDGET);
         match report.verdict {
             linearizability::Verdict::Linearizable => {}
@@ -51,7 +59,7 @@ pub(crate) fn check_history(
         }
     }
     let audit = audit_appends(history, append_keys, finals, initial);
-    let strict = setting.keeps_acknowledged();
+    let strict = promises.keeps_acknowledged;
     let broken = audit.duplicated > 0
         || audit.failed_applied > 0
         || audit.unexplained > 0

@@ -344,7 +344,7 @@ async fn simulate(seed: u64, setting: Setting, options: RunOptions, trace: Arc<T
     }
 
     let history = recorder.history();
-    problems.extend(check_history(setting, &history, &append_keys(), &finals, preload));
+    problems.extend(check_history(setting.promises(), &history, &append_keys(), &finals, preload));
     let simulated = net.elapsed();
     world.shut_down();
     net.trace(format_args!("end"));

@@ -19,6 +19,8 @@ use std::time::Duration;
 
 use kv_shard::{Consistency, Replication};
 use rand::rngs::Xoshiro256PlusPlus;
+
+use super::checks::Promises;
 use rand::{RngExt, SeedableRng};
 
 /// A cluster setting the simulator runs: consistency, replication factor, synchronous
@@ -55,6 +57,14 @@ impl Setting {
     /// Whether the store promises that no acknowledged write is lost under one failure.
     pub fn keeps_acknowledged(&self) -> bool {
         self.consistency == Consistency::Strong || self.sync_replicas > 0
+    }
+
+    /// What the store promises in this setting, for the checks.
+    pub fn promises(&self) -> Promises {
+        Promises {
+            linearizable: self.consistency == Consistency::Strong,
+            keeps_acknowledged: self.keeps_acknowledged(),
+        }
     }
 }
 
