@@ -7,6 +7,8 @@
 //! - [`recorder`] and [`history`]: every operation of every client, with invocation and
 //!   completion times and an `ok` / `fail` / `unknown` outcome;
 //! - [`linearizability`]: a checker of such histories against the store's per-key model;
+//! - [`checks`]: the checks the simulator and the chaos runs share: linearizable where
+//!   promised, appends exactly once, no acknowledged write lost, the longest write gap;
 //! - [`chaos`]: workloads under a nemesis schedule, healed, read back and checked, with an
 //!   operation [`mix`] that the benchmark and the recorded loads share.
 //!
@@ -15,6 +17,7 @@
 //! nothing but the history.
 
 pub mod chaos;
+pub mod checks;
 pub mod cluster;
 pub mod history;
 pub mod linearizability;
