@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use kv_core::Limits;
+use kv_server::transport::DialVia;
 use kv_server::{ClusterMembership, ShardMasterConfig, StorageConfig};
 use kv_shard::{Consistency, Replication};
 use tracing_subscriber::EnvFilter;
@@ -83,6 +84,12 @@ struct ShardMasterArgs {
     /// its slots fail over to their secondaries (replication factor 2 or more).
     #[arg(long, env = "KV_FAILURE_TIMEOUT_MS", default_value_t = 800, value_parser = clap::value_parser!(u64).range(200..))]
     failure_timeout_ms: u64,
+
+    /// Stand-ins for peers' addresses, `PEER=VIA,...`: a call to the server (or shard master)
+    /// known as PEER dials VIA instead. For test harnesses that route every link through a
+    /// proxy of their own; hidden.
+    #[arg(long, hide = true, default_value = "", value_parser = DialVia::parse)]
+    dial_via: DialVia,
 }
 
 #[derive(Debug, clap::Args)]
@@ -123,6 +130,12 @@ struct StorageArgs {
     /// send them: set it wherever the ports are reachable from outside the cluster.
     #[arg(long, env = "KV_CLUSTER_TOKEN", hide_env_values = true)]
     cluster_token: Option<String>,
+
+    /// Stand-ins for peers' addresses, `PEER=VIA,...`: a call to the server (or shard master)
+    /// known as PEER dials VIA instead. For test harnesses that route every link through a
+    /// proxy of their own; hidden.
+    #[arg(long, hide = true, default_value = "", value_parser = DialVia::parse)]
+    dial_via: DialVia,
 }
 
 fn main() -> std::process::ExitCode {
@@ -170,6 +183,7 @@ async fn storage(args: StorageArgs) -> Result<()> {
         }),
         handoff_timeout: Duration::from_secs(args.handoff_timeout_secs),
         cluster_token: args.cluster_token,
+        dial_via: args.dial_via,
     };
     let listener = bind(&args.listen).await?;
     let local = listener.local_addr().context("cannot read the bound address")?;
@@ -194,6 +208,7 @@ async fn shardmaster(args: ShardMasterArgs) -> Result<()> {
         cluster_token: args.cluster_token,
         replication,
         failure_timeout: Duration::from_millis(args.failure_timeout_ms),
+        dial_via: args.dial_via,
     };
     let listener = bind(&args.listen).await?;
     let local = listener.local_addr().context("cannot read the bound address")?;

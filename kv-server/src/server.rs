@@ -20,7 +20,7 @@ use crate::service::{
     CompatKvService, CompatShardMasterService, KeyValueService, MasterSettings, NodeService, ShardMaster,
     ShardMasterService,
 };
-use crate::transport::{GrpcMaster, GrpcTransport};
+use crate::transport::{DialVia, GrpcMaster, GrpcTransport};
 use kv_replica::{Node, NodeSettings};
 
 /// How a storage server is set up.
@@ -38,6 +38,9 @@ pub struct StorageConfig {
     /// A secret shared by the cluster's servers and shard master: installs and transfers
     /// without it are refused. `None` accepts them from anyone who can connect.
     pub cluster_token: Option<String>,
+    /// Stand-ins to dial instead of peers' and the shard master's addresses (a test harness's
+    /// link proxies); empty by default.
+    pub dial_via: DialVia,
 }
 
 /// A storage server's membership of a cluster.
@@ -75,6 +78,7 @@ impl Default for StorageConfig {
             cluster: None,
             handoff_timeout: Duration::from_secs(30),
             cluster_token: None,
+            dial_via: DialVia::default(),
         }
     }
 }
@@ -95,6 +99,9 @@ pub struct ShardMasterConfig {
     /// How long a member may go without answering pings before it is failed over (replication
     /// factor 2 or more).
     pub failure_timeout: Duration,
+    /// Stand-ins to dial instead of the storage servers' addresses (a test harness's link
+    /// proxies); empty by default.
+    pub dial_via: DialVia,
 }
 
 impl Default for ShardMasterConfig {
@@ -105,6 +112,7 @@ impl Default for ShardMasterConfig {
             cluster_token: None,
             replication: Replication::default(),
             failure_timeout: Duration::from_millis(800),
+            dial_via: DialVia::default(),
         }
     }
 }
@@ -154,7 +162,8 @@ pub async fn run_storage(
         handoff_timeout: config.handoff_timeout,
         incarnation: rand::random::<u64>(),
     };
-    let peers = Arc::new(GrpcTransport::new(config.cluster_token.clone()));
+    let peers =
+        Arc::new(GrpcTransport::new(config.cluster_token.clone()).with_dial_via(config.dial_via.clone()));
     let node = Node::new(storage, settings, peers, Arc::new(TokioClock));
     let leaver = Arc::clone(&node);
     // Room for the largest request the limits allow, plus framing; larger messages are refused
@@ -175,12 +184,13 @@ pub async fn run_storage(
         return serve(listener, routes, &names, config.shutdown_grace, shutdown).await;
     };
 
+    let master = GrpcMaster::new(cluster.shardmaster.clone()).with_dial_via(config.dial_via.clone());
     let leave = {
-        let (cluster, me) = (cluster.clone(), me.clone());
+        let (cluster, master, me) = (cluster.clone(), master.clone(), me.clone());
         async move {
             shutdown.await;
             let started = tokio::time::Instant::now();
-            leave_cluster(&cluster, &me).await;
+            leave_cluster(&cluster, &master, &me).await;
             let left = cluster.leave_timeout.saturating_sub(started.elapsed());
             leaver.wait_for_handoffs(left).await;
         }
@@ -189,14 +199,14 @@ pub async fn run_storage(
     tokio::pin!(serving);
     tokio::select! {
         result = &mut serving => return result,
-        joined = join_cluster(&cluster, &me) => joined?,
+        joined = join_cluster(&cluster, &master, &me) => joined?,
     }
     // A server failed over while cut off comes back empty: it joins again, as a new member.
     let rejoin = tokio::spawn(async move {
         loop {
             evicted.evicted().notified().await;
             warn!("this server was failed over while out of reach: joining the cluster again");
-            if let Err(err) = join_cluster(&cluster, &me).await {
+            if let Err(err) = join_cluster(&cluster, &master, &me).await {
                 warn!(cause = %err, "could not join the cluster again");
             }
         }
@@ -206,9 +216,8 @@ pub async fn run_storage(
 }
 
 /// Joins the cluster, retrying while the shard master cannot be reached (or cannot reach us).
-async fn join_cluster(cluster: &ClusterMembership, me: &str) -> Result<(), ServeError> {
-    let master = GrpcMaster::new(cluster.shardmaster.clone());
-    match member::join(&master, &TokioClock, me, cluster.join_timeout).await {
+async fn join_cluster(cluster: &ClusterMembership, master: &GrpcMaster, me: &str) -> Result<(), ServeError> {
+    match member::join(master, &TokioClock, me, cluster.join_timeout).await {
         Ok(epoch) => {
             info!(epoch, address = me, "joined the cluster");
             println!("kv-server storage joined the cluster as {me} at epoch {epoch}");
@@ -221,10 +230,9 @@ async fn join_cluster(cluster: &ClusterMembership, me: &str) -> Result<(), Serve
 }
 
 /// Leaves the cluster, handing this server's data to the others; logs what went wrong.
-async fn leave_cluster(cluster: &ClusterMembership, me: &str) {
+async fn leave_cluster(cluster: &ClusterMembership, master: &GrpcMaster, me: &str) {
     info!(shardmaster = %cluster.shardmaster, "leaving the cluster: handing off this server's data");
-    let master = GrpcMaster::new(cluster.shardmaster.clone());
-    match member::leave(&master, &TokioClock, me, cluster.leave_timeout).await {
+    match member::leave(master, &TokioClock, me, cluster.leave_timeout).await {
         Ok(Left::Left(epoch)) => info!(epoch, "left the cluster"),
         Ok(Left::Earlier) => info!("left the cluster"),
         Ok(Left::NotMember) => info!("not a member any more"),
@@ -243,7 +251,7 @@ pub async fn run_shardmaster(
         failure_timeout: config.failure_timeout,
         replication: config.replication,
     };
-    let servers = Arc::new(GrpcTransport::new(config.cluster_token.clone()));
+    let servers = Arc::new(GrpcTransport::new(config.cluster_token.clone()).with_dial_via(config.dial_via));
     let master = ShardMaster::new(settings, servers, Arc::new(TokioClock))?;
     // Fails over members that stop answering.
     let watcher = tokio::spawn({

@@ -6,9 +6,14 @@
 //! Each call converts the domain message to the wire (`kv_proto::convert`), sets the timeout it
 //! is given, carries the cluster token where the cluster has one, and maps a failed call back to
 //! the protocol's error by its status (`kv_proto::status`): nothing else is decided here.
+//!
+//! Where a call goes: to the address the cluster knows the peer by, unless [`DialVia`] names a
+//! stand-in for that address (the test harness's proxy on the link from this process to that
+//! peer, so that it can cut one link alone). Empty outside tests: the protocol never sees it,
+//! peers keep their names, only the socket dialled changes.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -54,6 +59,31 @@ fn dial(address: &str) -> Result<Channel, Status> {
         .connect_lazy())
 }
 
+/// Stand-ins for peer addresses: a call to a peer known as `A` dials `B` instead, for each
+/// `A=B` given (`--dial-via`, hidden: the harness's fault-injecting links).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DialVia(Arc<HashMap<String, String>>);
+
+impl DialVia {
+    /// Parses `A=B,C=D` (empty: no stand-in).
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let mut map = HashMap::new();
+        for pair in spec.split(',').map(str::trim).filter(|pair| !pair.is_empty()) {
+            let (peer, via) = pair
+                .split_once('=')
+                .filter(|(peer, via)| !peer.is_empty() && !via.is_empty())
+                .ok_or_else(|| format!("expected PEER=VIA, got {pair:?}"))?;
+            map.insert(peer.trim().to_owned(), via.trim().to_owned());
+        }
+        Ok(DialVia(Arc::new(map)))
+    }
+
+    /// The address to dial to reach the peer known as `peer`.
+    pub fn address<'a>(&'a self, peer: &'a str) -> &'a str {
+        self.0.get(peer).map_or(peer, String::as_str)
+    }
+}
+
 /// The calls of the shard master and of storage servers to storage servers, over one lazily
 /// connected channel per address. A channel reconnects by itself after a failure, so entries are
 /// kept for the life of the process (servers are few). Every call carries the cluster's token,
@@ -62,12 +92,20 @@ fn dial(address: &str) -> Result<Channel, Status> {
 pub struct GrpcTransport {
     channels: Mutex<HashMap<String, Channel>>,
     token: Option<String>,
+    dial_via: DialVia,
 }
 
 impl GrpcTransport {
     /// No channel yet; calls carry `token` if given.
     pub fn new(token: Option<String>) -> Self {
-        GrpcTransport { channels: Mutex::new(HashMap::new()), token }
+        GrpcTransport { channels: Mutex::new(HashMap::new()), token, dial_via: DialVia::default() }
+    }
+
+    /// Dials the stand-ins `dial_via` names instead of the peers' addresses.
+    #[must_use]
+    pub fn with_dial_via(mut self, dial_via: DialVia) -> Self {
+        self.dial_via = dial_via;
+        self
     }
 
     /// A request for `message`, with the cluster token and `timeout`.
@@ -82,13 +120,14 @@ impl GrpcTransport {
         request
     }
 
-    /// The channel to `address`, dialled on first use.
+    /// The channel to the peer known as `address` (at its stand-in, if it has one), dialled on
+    /// first use.
     fn channel(&self, address: &str) -> Result<Channel, Status> {
         let mut channels = self.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(channel) = channels.get(address) {
             return Ok(channel.clone());
         }
-        let channel = dial(address)?;
+        let channel = dial(self.dial_via.address(address))?;
         channels.insert(address.to_owned(), channel.clone());
         Ok(channel)
     }
@@ -204,22 +243,30 @@ impl PeerCalls for GrpcTransport {
     }
 }
 
-/// A storage server's calls to its shard master at `address`, each over a channel dialled for
-/// it (joins and leaves are rare, and a shard master may have restarted in between).
+/// A storage server's calls to its shard master at `address` (or its stand-in), each over a
+/// channel dialled for it (joins and leaves are rare, and a shard master may have restarted in between).
 #[derive(Debug, Clone)]
 pub struct GrpcMaster {
     address: String,
+    dial_via: DialVia,
 }
 
 impl GrpcMaster {
     /// Calls to the shard master at `address`.
     pub fn new(address: impl Into<String>) -> Self {
-        GrpcMaster { address: address.into() }
+        GrpcMaster { address: address.into(), dial_via: DialVia::default() }
+    }
+
+    /// Dials the shard master's stand-in, if `dial_via` names one.
+    #[must_use]
+    pub fn with_dial_via(mut self, dial_via: DialVia) -> Self {
+        self.dial_via = dial_via;
+        self
     }
 
     async fn change(&self, server: &str, join: bool, timeout: Duration) -> Result<u64, kv_shard::Error> {
         let call = async {
-            let mut master = ShardMasterClient::new(dial(&self.address)?);
+            let mut master = ShardMasterClient::new(dial(self.dial_via.address(&self.address))?);
             let server = server.to_owned();
             let answer = if join {
                 let mut request = tonic::Request::new(v1::JoinRequest { server });
@@ -245,5 +292,21 @@ impl MasterCalls for GrpcMaster {
 
     async fn leave(&self, server: &str, timeout: Duration) -> Result<u64, kv_shard::Error> {
         self.change(server, false, timeout).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DialVia;
+
+    #[test]
+    fn dial_via_rewrites_only_the_peers_it_names() {
+        let via = DialVia::parse("127.0.0.1:1=127.0.0.1:9, 127.0.0.1:2=127.0.0.1:8").unwrap();
+        assert_eq!(via.address("127.0.0.1:1"), "127.0.0.1:9");
+        assert_eq!(via.address("127.0.0.1:2"), "127.0.0.1:8");
+        assert_eq!(via.address("127.0.0.1:3"), "127.0.0.1:3");
+        assert_eq!(DialVia::parse("").unwrap(), DialVia::default());
+        assert!(DialVia::parse("127.0.0.1:1").is_err());
+        assert!(DialVia::parse("=127.0.0.1:1").is_err());
     }
 }
