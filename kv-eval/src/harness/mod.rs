@@ -2,7 +2,7 @@
 //! integration tests share it.
 //!
 //! - [`process`]: real `kv-server` processes on free loopback ports, always stopped;
-//! - [`cluster`]: nodes to kill, restart, pause and resume, each behind fault-injecting
+//! - [`cluster`] and [`node`]: nodes to kill, restart, pause and resume, each behind fault-injecting
 //!   [`proxy`]s (client paths and node-to-node links) to partition, delay and reset;
 //! - [`recorder`] and [`history`]: every operation of every client, with invocation and
 //!   completion times and an `ok` / `fail` / `unknown` outcome;
@@ -22,6 +22,7 @@ pub mod cluster;
 pub mod history;
 pub mod linearizability;
 pub mod mix;
+pub mod node;
 pub mod process;
 pub mod proxy;
 pub mod recorder;
