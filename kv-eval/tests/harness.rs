@@ -140,6 +140,40 @@ fn a_cluster_can_include_a_shard_master_to_break() {
     assert!(cluster.logs().contains("shard master listening"));
 }
 
+/// With `route_links`, the processes dial each other through the links (`kv-server
+/// --dial-via`): the shard master's pings and installs go over its link to each server, a
+/// server's join over its link to the master, and replication over the server-to-server links.
+#[test]
+fn routed_links_carry_the_traffic_between_processes() {
+    let config = ClusterConfig {
+        shardmaster: true,
+        route_links: true,
+        replication_factor: 2,
+        ..ClusterConfig::new(2).unwrap()
+    };
+    let cluster = Cluster::start(&config).unwrap();
+    let rt = runtime();
+    let master_addr = cluster.shardmaster().unwrap().client_addr().to_string();
+    rt.block_on(async {
+        let client = Client::connect_cluster(master_addr).await.unwrap();
+        for i in 0..20 {
+            client.put(format!("k{i}"), "v").await.unwrap();
+        }
+    });
+    let carried = |p: &kv_eval::harness::proxy::Proxy| p.stats().upstream.bytes_forwarded > 0;
+    for id in 0..2 {
+        let (to_master, from_master) = cluster.master_links(id).unwrap();
+        assert!(carried(to_master), "node {id} joined over its link to the master");
+        assert!(carried(from_master), "the master reached node {id} over its link");
+    }
+    // Each node is primary of some of the 20 keys and replicates them to the other.
+    assert!(
+        carried(cluster.link(0, 1).unwrap()) && carried(cluster.link(1, 0).unwrap()),
+        "{}",
+        cluster.logs()
+    );
+}
+
 /// Node-to-node links: each ordered pair has its own proxy, so the harness can cut one direction,
 /// both, or whole groups apart. (The calls here stand in for a node's calls to its peer.)
 #[test]

@@ -21,9 +21,16 @@
 //! - between every ordered pair of nodes, a *link* ([`Cluster::link`]): node `a` must reach node
 //!   `b` at [`Cluster::peer_addr`]`(a, b)`, never at `b`'s own address, so that the harness can
 //!   cut `a → b` alone (a one-way fault), both ways, or whole groups apart
-//!   ([`Cluster::partition`], [`Cluster::isolate`]). Storage servers of a sharded cluster reach
-//!   each other at the addresses they joined with (their client paths), so for now links carry
-//!   nothing: a node cut off on its client path is cut off from its peers too.
+//!   ([`Cluster::partition`], [`Cluster::isolate`]). Storage servers of a sharded cluster know
+//!   each other (and the shard master knows them) by the addresses they joined with, their
+//!   client paths. By default they dial those, so links carry nothing and a node cut off on its
+//!   client path is cut off from its peers too. With [`ClusterConfig::route_links`] every
+//!   process starts with `kv-server --dial-via`, mapping each peer's client path to the link
+//!   from it to that peer, the shard master included ([`Cluster::master_links`]): then a link
+//!   cut is one link, one way or both, and [`Cluster::cut_from_master`] cuts a server from the
+//!   shard master alone while it still reaches its peers and its clients. Links are made at
+//!   start-up: a node added later ([`Cluster::add_node`]) has none, and is reached at its client
+//!   path.
 //!
 //! A proxy only knows TCP: "drop" is a black hole per direction, and a connection that lost
 //! bytes is reset when healed (see [`crate::harness::proxy`] for why).
@@ -62,6 +69,12 @@ pub struct ClusterConfig {
     pub replication_factor: usize,
     /// Extra arguments for the `kv-server shardmaster`.
     pub shardmaster_args: Vec<String>,
+    /// Route the traffic between processes through the links (needs `proxies` and a
+    /// `shardmaster`): every process gets `--dial-via`, which makes it dial the link's proxy for
+    /// each peer, the shard master included, so a cut of one link (or of a server from the shard
+    /// master only) is one. Off by default: then servers reach each other, and the shard master,
+    /// at their client paths, and a cut client path cuts a node off from its peers too.
+    pub route_links: bool,
     /// Seed of the port choice and of the proxies' randomness.
     pub seed: u64,
 }
@@ -78,6 +91,7 @@ impl ClusterConfig {
             shardmaster: false,
             replication_factor: 1,
             shardmaster_args: Vec::new(),
+            route_links: false,
             seed: 0,
         })
     }
@@ -90,6 +104,9 @@ pub struct Cluster {
     shardmaster: Option<Node>,
     /// `links[a][b]`: the proxy node `a` uses to reach node `b` (none for `a == b`).
     links: Vec<Vec<Option<Proxy>>>,
+    /// With [`ClusterConfig::route_links`], per start-up node: the proxies of its link to the
+    /// shard master, and of the shard master's link to it.
+    master_links: Vec<(Proxy, Proxy)>,
     // Declared after `nodes`: the processes die before their folders are removed.
     dir: Option<tempfile::TempDir>,
     kept: Option<PathBuf>,
@@ -112,11 +129,17 @@ impl Cluster {
             nodes: Vec::new(),
             shardmaster: None,
             links: Vec::new(),
+            master_links: Vec::new(),
             dir: Some(dir),
             kept: None,
             config: config.clone(),
             rng: SmallRng::seed_from_u64(0),
         };
+        if config.route_links {
+            cluster.start_routed(&mut rng)?;
+            cluster.rng = rng;
+            return Ok(cluster);
+        }
         if config.shardmaster {
             let master = start_node(cluster.root(), "shardmaster", 0, config, None, &mut rng)?;
             cluster.shardmaster = Some(master);
@@ -144,6 +167,53 @@ impl Cluster {
             }
         }
         Ok(cluster)
+    }
+
+    /// Starts the shard master and the nodes with their traffic routed through the links:
+    /// every address and proxy is made first, so that each process starts knowing the link to
+    /// dial for each of its peers. A port taken between the probe and the bind fails the start
+    /// (the links point at it).
+    fn start_routed(&mut self, rng: &mut SmallRng) -> Result<()> {
+        let config = self.config.clone();
+        if !config.proxies || !config.shardmaster {
+            bail!("routing the links needs proxies and a shard master");
+        }
+        let root = self.root().to_path_buf();
+        let n = config.nodes;
+        let mut master = new_node(&root, "shardmaster", 0, &config, rng)?;
+        let mut nodes =
+            (0..n).map(|id| new_node(&root, "storage", id, &config, rng)).collect::<Result<Vec<_>>>()?;
+        let link = |target: SocketAddr, nth: usize| {
+            Proxy::start(target, config.seed.wrapping_add(nth as u64 * 7919))
+                .context("cannot start a link proxy")
+        };
+        for a in 0..n {
+            let row = (0..n).map(|b| (a != b).then(|| link(nodes[b].addr, 1 + a * n + b)).transpose());
+            self.links.push(row.collect::<Result<_>>()?);
+        }
+        for (i, node) in nodes.iter().enumerate() {
+            let nth = 1 + n * n + 2 * i;
+            self.master_links.push((link(master.addr, nth)?, link(node.addr, nth + 1)?));
+        }
+        let to_nodes = nodes
+            .iter()
+            .zip(&self.master_links)
+            .map(|(node, (_, from_master))| (node.client_addr(), from_master.addr()));
+        master.args.extend(dial_via(to_nodes));
+        master.spawn()?;
+        let peers: Vec<SocketAddr> = nodes.iter().map(Node::client_addr).collect();
+        for (a, node) in nodes.iter_mut().enumerate() {
+            let to_master = (master.client_addr(), self.master_links[a].0.addr());
+            let to_peers = (0..n).filter_map(|b| Some((peers[b], self.link(a, b)?.addr())));
+            join_args(node, &config, master.client_addr());
+            node.args.extend(dial_via([to_master].into_iter().chain(to_peers)));
+        }
+        self.shardmaster = Some(master);
+        for mut node in nodes {
+            node.spawn()?;
+            self.nodes.push(node);
+        }
+        Ok(())
     }
 
     /// The cluster's folder.
@@ -174,7 +244,8 @@ impl Cluster {
     }
 
     /// Starts one more storage node (which joins the shard master, if there is one); returns its
-    /// id. Links are made at start-up only: the new node has none.
+    /// id. Links are made at start-up only: the new node has none, and is reached at its client
+    /// path.
     pub fn add_node(&mut self) -> Result<usize> {
         let id = self.nodes.len();
         let master = self.shardmaster.as_ref().map(Node::client_addr);
@@ -225,22 +296,40 @@ impl Cluster {
         }
     }
 
-    /// Cuts node `id` off from everything: every link to and from it, and its client path.
+    /// With [`ClusterConfig::route_links`], the proxies of start-up node `id`'s link to the
+    /// shard master and of the shard master's link to it.
+    pub fn master_links(&self, id: usize) -> Option<(&Proxy, &Proxy)> {
+        self.master_links.get(id).map(|(to, from)| (to, from))
+    }
+
+    /// Cuts node `id` off from the shard master only, both ways (it still reaches its peers, and
+    /// clients it); false if the cluster does not route its links.
+    pub fn cut_from_master(&self, id: usize) -> bool {
+        let Some((to, from)) = self.master_links(id) else { return false };
+        to.set_faults(Faults::partition());
+        from.set_faults(Faults::partition());
+        true
+    }
+
+    /// Cuts node `id` off from everything: every link to and from it (the shard master's
+    /// included), and its client path.
     pub fn isolate(&self, id: usize) {
         let others: Vec<usize> = (0..self.nodes.len()).filter(|&n| n != id).collect();
         self.partition(&[id], &others);
+        self.cut_from_master(id);
         if let Some(proxy) = &self.nodes[id].proxy {
             proxy.set_faults(Faults::partition());
         }
     }
 
-    /// Ends every fault: resumes paused nodes, restarts dead ones, heals every proxy.
+    /// Ends every fault: resumes paused nodes, restarts dead ones (not those stopped with
+    /// [`Node::stop`]: they left), heals every proxy.
     pub fn heal(&mut self) -> Result<()> {
         for node in self.nodes.iter_mut().chain(self.shardmaster.as_mut()) {
             if node.paused {
                 node.resume()?;
             }
-            if !node.is_running() {
+            if !node.is_running() && !node.stopped {
                 node.restart()?;
             }
             if let Some(proxy) = &node.proxy {
@@ -249,6 +338,10 @@ impl Cluster {
         }
         for link in self.links.iter().flatten().flatten() {
             link.heal();
+        }
+        for (to, from) in &self.master_links {
+            to.heal();
+            from.heal();
         }
         Ok(())
     }
@@ -263,14 +356,13 @@ impl Cluster {
     }
 }
 
-/// Starts one server process of role `role` (`storage` or `shardmaster`) in `root`, on a free
-/// port, behind a proxy if the cluster has proxies; a storage node joins `shardmaster` if given.
-fn start_node(
+/// Makes the folder and the [`Node`] (not started) of role `role` (`storage` or `shardmaster`)
+/// in `root`, on a free port, behind a proxy if the cluster has proxies.
+fn new_node(
     root: &Path,
     role: &'static str,
     id: usize,
     config: &ClusterConfig,
-    shardmaster: Option<SocketAddr>,
     rng: &mut SmallRng,
 ) -> Result<Node> {
     let dir = match role {
@@ -296,40 +388,73 @@ fn start_node(
         args,
         child: None,
         paused: false,
+        stopped: false,
         proxy: None,
         ready: None,
     };
+    make_proxy(&mut node, config)?;
+    Ok(node)
+}
+
+/// Puts a proxy in front of `node`'s port, if the cluster has proxies.
+fn make_proxy(node: &mut Node, config: &ClusterConfig) -> Result<()> {
+    if config.proxies {
+        let (id, role) = (node.id, node.role);
+        let seed = config.seed.wrapping_add(id as u64).wrapping_add(u64::from(role == "shardmaster") << 32);
+        let proxy = Proxy::start(node.addr, seed)
+            .with_context(|| format!("cannot start the proxy of the {role} node {id}"))?;
+        node.proxy = Some(proxy);
+    }
+    Ok(())
+}
+
+/// A storage node's arguments to join the shard master at `master`, known by its client path.
+fn join_args(node: &mut Node, config: &ClusterConfig, master: SocketAddr) {
+    node.args = config.server_args.clone();
+    node.args.extend([
+        "--shardmaster".to_owned(),
+        master.to_string(),
+        "--advertise".to_owned(),
+        node.client_addr().to_string(),
+    ]);
+    node.ready = Some("joined the cluster");
+}
+
+/// Starts one server process of role `role` (`storage` or `shardmaster`) in `root`, on a free
+/// port, behind a proxy if the cluster has proxies; a storage node joins `shardmaster` if given.
+fn start_node(
+    root: &Path,
+    role: &'static str,
+    id: usize,
+    config: &ClusterConfig,
+    shardmaster: Option<SocketAddr>,
+    rng: &mut SmallRng,
+) -> Result<Node> {
+    let mut node = new_node(root, role, id, config, rng)?;
     // Another process may take the port between the probe and the bind: pick again.
     let mut attempts = 0;
     loop {
-        // The proxy forwards to the port, so it is made (again) for each port tried.
-        if config.proxies {
-            let seed =
-                config.seed.wrapping_add(id as u64).wrapping_add(u64::from(role == "shardmaster") << 32);
-            let proxy = Proxy::start(node.addr, seed)
-                .with_context(|| format!("cannot start the proxy of the {role} node {id}"))?;
-            node.proxy = Some(proxy);
-        }
         if let (Some(master), "storage") = (shardmaster, role) {
-            node.args = config.server_args.clone();
-            node.args.extend([
-                "--shardmaster".to_owned(),
-                master.to_string(),
-                "--advertise".to_owned(),
-                node.client_addr().to_string(),
-            ]);
-            node.ready = Some("joined the cluster");
+            join_args(&mut node, config, master);
         }
         match node.spawn() {
             Ok(()) => break,
             Err(err) if attempts < 5 && format!("{err:#}").contains("in use") => {
                 attempts += 1;
                 node.addr = free_port(rng)?;
+                // The proxy forwards to the port, so it is made again for the new one.
+                make_proxy(&mut node, config)?;
             }
             Err(err) => return Err(err),
         }
     }
     Ok(node)
+}
+
+/// `PEER=VIA,...` for `kv-server --dial-via`.
+fn dial_via(pairs: impl IntoIterator<Item = (SocketAddr, SocketAddr)>) -> [String; 2] {
+    let pairs: Vec<String> = pairs.into_iter().map(|(peer, via)| format!("{peer}={via}")).collect();
+    ["--dial-via".to_owned(), pairs.join(",")]
 }
 
 /// A loopback address with a port below the ephemeral range that nothing listens on right now.

@@ -29,6 +29,9 @@ pub struct Node {
     pub(super) args: Vec<String>,
     pub(super) child: Option<Child>,
     pub(super) paused: bool,
+    /// Stopped by [`Node::stop`] (a storage node of a sharded cluster left it): healing does
+    /// not start it again.
+    pub(super) stopped: bool,
     pub(super) proxy: Option<Proxy>,
     /// Standard output the process prints once it is ready, beyond listening.
     pub(super) ready: Option<&'static str>,
@@ -75,6 +78,11 @@ impl Node {
         self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// Whether the process was stopped by [`Node::stop`] (and not started again).
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
+    }
+
     /// Whether the process is stopped by [`Node::pause`].
     pub fn is_paused(&self) -> bool {
         self.paused
@@ -91,6 +99,7 @@ impl Node {
                 Ok((child, _)) => {
                     self.child = Some(child);
                     self.paused = false;
+                    self.stopped = false;
                     return Ok(());
                 }
                 Err(err) if Instant::now() < deadline && format!("{err:#}").contains("in use") => {
@@ -149,6 +158,7 @@ impl Node {
     /// Returns whether it exited on its own with status 0.
     pub fn stop(&mut self, timeout: Duration) -> Result<bool> {
         let Some(mut child) = self.child.take() else { return Ok(false) };
+        self.stopped = true;
         if self.paused {
             signal(&child, Signal::SIGCONT)?;
             self.paused = false;
