@@ -10,7 +10,9 @@
 //! - [`checks`]: the checks the simulator and the chaos runs share: linearizable where
 //!   promised, appends exactly once, no acknowledged write lost, the longest write gap;
 //! - [`chaos`]: workloads under a nemesis schedule, healed, read back and checked, with an
-//!   operation [`mix`] that the benchmark and the recorded loads share.
+//!   operation [`mix`] that the benchmark and the recorded loads share; against one server;
+//! - [`cluster_chaos`]: the same against a replicated cluster (a shard master, servers, every
+//!   link behind a proxy), with the simulator's checks, convergence and liveness.
 //!
 //! The history and the checker need nothing but `std` and `serde` (a test holds them to it): a
 //! history written out by a run can be checked anywhere, and the checker's verdict depends on
@@ -19,6 +21,7 @@
 pub mod chaos;
 pub mod checks;
 pub mod cluster;
+pub mod cluster_chaos;
 pub mod history;
 pub mod linearizability;
 pub mod mix;

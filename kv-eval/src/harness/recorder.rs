@@ -8,7 +8,7 @@
 //! timeout, a broken connection, a write still in progress — is `unknown`.
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use kv_client::Client;
 
@@ -31,6 +31,11 @@ impl Recorder {
     /// An empty history whose clock starts now.
     pub fn new() -> Self {
         Recorder { start: Instant::now(), ops: Arc::new(Mutex::new(Vec::new())) }
+    }
+
+    /// The time since the history's clock started, on the clock its operations are timed by.
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
     }
 
     /// A client that records its operations as process `process`.
