@@ -24,21 +24,48 @@ pub(crate) struct ChaosArgs {
     /// Concurrent clients.
     #[arg(long, default_value_t = 8)]
     pub(crate) clients: usize,
-    /// Seconds the clients run.
+    /// Seconds the clients run (with `--servers`: seconds of faults, before the tail).
     #[arg(long, default_value_t = 10.0)]
     pub(crate) duration: f64,
-    /// Distinct keys (few, so that operations conflict).
+    /// Distinct keys (few, so that operations conflict). With `--servers`, two thirds are
+    /// written by appends only (audited exactly once), the rest by puts.
     #[arg(long, default_value_t = 5)]
     pub(crate) keys: usize,
-    /// Operation mix, as weights: get, put, append, lpop, rpop, delete.
+    /// Operation mix, as weights: get, put, append, lpop, rpop, delete. One server only (a
+    /// cluster run's clients read 40%, and append or put by key).
     #[arg(long, default_value = kv_eval::harness::chaos::DEFAULT_MIX)]
     pub(crate) mix: Mix,
-    /// Seconds a call may take before its outcome counts as unknown.
+    /// Seconds a call may take before its outcome counts as unknown (with `--servers`: one
+    /// attempt; the cluster client retries, exactly once).
     #[arg(long, default_value_t = 0.5)]
     pub(crate) timeout: f64,
-    /// Faults to draw from, comma-separated: kill, pause, partition, flaky; `none` for none.
-    #[arg(long, default_value = "pause,partition,flaky")]
-    pub(crate) faults: String,
+    /// Faults to draw from, comma-separated; `none` for none. One server: kill, pause,
+    /// partition, flaky (default pause,partition,flaky). A cluster (`--servers`): kill-primary,
+    /// kill-secondary, kill-master, pause, pause-master, link, master-link, join, leave (default:
+    /// all but kill-master, which fails until the shard master is durable).
+    #[arg(long)]
+    pub(crate) faults: Option<String>,
+    /// Break a replicated cluster of this many storage servers and a shard master, instead of
+    /// one server; every link between them goes through a proxy of its own.
+    #[arg(long)]
+    pub(crate) servers: Option<usize>,
+    /// With `--servers`: copies of every slot.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) replication_factor: usize,
+    /// With `--servers`: `strong` or `eventual`.
+    #[arg(long, default_value = "strong")]
+    pub(crate) consistency: kv_shard::Consistency,
+    /// With `--servers` and eventual consistency: secondaries that apply a write before it is
+    /// acknowledged.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) sync_replicas: usize,
+    /// With `--servers`: seconds the clients go on after the last fault.
+    #[arg(long, default_value_t = 5.0)]
+    pub(crate) tail: f64,
+    /// With `--servers`: the longest, in seconds, a key may go without a successful write once
+    /// a fault has ended.
+    #[arg(long, default_value_t = 10.0)]
+    pub(crate) liveness_bound: f64,
     /// Seconds from one fault's start to the next's.
     #[arg(long, default_value_t = 2.0)]
     pub(crate) interval: f64,

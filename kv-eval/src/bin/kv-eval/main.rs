@@ -13,6 +13,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use kv_eval::harness::chaos::{ChaosConfig, FaultKind};
 use kv_eval::harness::cluster::ClusterConfig;
+use kv_eval::harness::cluster_chaos::{self, ClusterChaosConfig, ClusterFault};
 use kv_eval::load::bench::BenchConfig;
 use kv_eval::load::report;
 use kv_eval::replicas;
@@ -154,8 +155,12 @@ fn run(cli: Cli) -> Result<bool> {
 }
 
 fn chaos(args: &ChaosArgs) -> Result<bool> {
+    if let Some(servers) = args.servers {
+        return chaos_cluster(args, servers);
+    }
     let seconds = |s: f64, what: &str| seconds(s, what, false);
-    let faults = match args.faults.trim() {
+    let names = args.faults.as_deref().unwrap_or("pause,partition,flaky");
+    let faults = match names.trim() {
         "none" | "" => Vec::new(),
         list => list.split(',').map(str::parse).collect::<Result<Vec<FaultKind>>>()?,
     };
@@ -182,9 +187,69 @@ fn chaos(args: &ChaosArgs) -> Result<bool> {
         config.clients,
         config.keys,
         config.duration.as_secs_f64(),
-        if config.faults.is_empty() { "none".to_owned() } else { args.faults.clone() }
+        if config.faults.is_empty() { "none" } else { names }
     );
     let report = kv_eval::harness::chaos::run(&cluster, &config)?;
+    println!("{report}");
+    if let Some(path) = &args.json {
+        report::write_json(path, &report)?;
+    }
+    if let Some(path) = &args.history {
+        report::write_json(path, &report.history)?;
+    }
+    Ok(report.passed)
+}
+
+/// `kv-eval chaos --servers N`: a replicated cluster under the cluster nemesis.
+fn chaos_cluster(args: &ChaosArgs, servers: usize) -> Result<bool> {
+    let seconds = |s: f64, what: &str| seconds(s, what, false);
+    let faults = match args.faults.as_deref().map(str::trim) {
+        None => ClusterFault::DEFAULT
+            .into_iter()
+            .filter(|f| args.replication_factor >= 2 || !f.kills_a_server())
+            .collect(),
+        Some("none" | "") => Vec::new(),
+        Some(list) => list.split(',').map(str::parse).collect::<Result<Vec<ClusterFault>>>()?,
+    };
+    anyhow::ensure!(args.clients > 0 && servers > 0, "--clients and --servers must be at least 1");
+    let keys = args.keys.max(2);
+    let append_keys = (keys * 2).div_ceil(3);
+    let config = ClusterChaosConfig {
+        servers,
+        replication_factor: args.replication_factor,
+        consistency: args.consistency,
+        sync_replicas: args.sync_replicas,
+        clients: args.clients,
+        append_keys,
+        put_keys: keys - append_keys,
+        timeout: seconds(args.timeout, "timeout")?,
+        faults,
+        duration: seconds(args.duration, "duration")?,
+        interval: seconds(args.interval, "interval")?,
+        fault_duration: seconds(args.fault_duration, "fault-duration")?,
+        tail: seconds(args.tail, "tail")?,
+        liveness_bound: seconds(args.liveness_bound, "liveness-bound")?,
+        seed: args.seed,
+        ..ClusterChaosConfig::default()
+    };
+    let mut base = ClusterConfig::new(servers)?;
+    base.seed = args.seed;
+    if let Some(bin) = &args.server_bin {
+        base.server_bin = bin.clone();
+    }
+    let names: Vec<&str> = config.faults.iter().map(|f| f.name()).collect();
+    println!(
+        "chaos: {servers} storage servers and a shard master, R = {} {}{}, {} clients on {} keys, \
+         {:.1} s of faults: {}",
+        config.replication_factor,
+        config.consistency,
+        if config.sync_replicas > 0 { format!(" (sync {})", config.sync_replicas) } else { String::new() },
+        config.clients,
+        keys,
+        config.duration.as_secs_f64(),
+        if names.is_empty() { "none".to_owned() } else { names.join(",") }
+    );
+    let report = cluster_chaos::run(&base, &config)?;
     println!("{report}");
     if let Some(path) = &args.json {
         report::write_json(path, &report)?;
