@@ -85,7 +85,11 @@ pub(super) async fn converge(master: &str, keys: &[String], bound: Duration) -> 
         match ShardMaster::connect(master).await.map_err(|e| e.to_string()) {
             Ok(shardmaster) => match shardmaster.config().await {
                 Ok(map) => {
-                    for key in keys {
+                    for key in keys.iter() {
+                        if map.replicas(key).is_empty() {
+                            differ.push(format!("{key}: no replica in the map (epoch {})", map.epoch()));
+                            continue;
+                        }
                         let mut values = BTreeMap::new();
                         for (_, server) in map.replicas(key) {
                             let value = read_at(&mut direct, server, key).await;
