@@ -1,5 +1,7 @@
 //! Workloads under faults: concurrent clients on a small key space, a nemesis breaking the
-//! cluster on a schedule, then healing, final reads, and a linearizability check.
+//! cluster on a schedule, then healing, final reads, and a linearizability check. This breaks
+//! one server (`kv-eval chaos`); [`crate::harness::cluster_chaos`] breaks a replicated cluster
+//! (`kv-eval chaos --servers N`).
 //!
 //! The run, in order:
 //! 1. start the cluster (each node behind a fault-injecting proxy) and one recorded client per
