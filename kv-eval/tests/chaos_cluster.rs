@@ -54,3 +54,31 @@ fn a_replicated_cluster_survives_kills_and_cuts_and_passes_the_checks() {
     assert!(dropped > 0, "no link cut dropped anything:\n{report}");
     assert!(report.ok > 100, "too little work done under the faults:\n{report}");
 }
+
+/// The checks bite on a cluster that loses its data: the shard master keeps its state in
+/// memory, so one restarted by `kill-master` forgets the cluster, and the run must fail (no
+/// server a member, no key readable, every acknowledged append gone). When the shard master
+/// becomes durable (issue 15), this run passes: turn this test around then.
+#[test]
+fn a_shard_master_that_forgets_the_cluster_fails_the_checks() {
+    let config = ClusterChaosConfig {
+        servers: 3,
+        faults: vec![ClusterFault::KillMaster],
+        duration: Duration::from_secs(2),
+        fault_duration: Duration::from_secs(1),
+        tail: Duration::from_secs(1),
+        settle_bound: Duration::from_secs(5),
+        seed: 3,
+        ..ClusterChaosConfig::default()
+    };
+    let mut base = ClusterConfig::new(0).unwrap();
+    base.seed = 3;
+    let report = cluster_chaos::run(&base, &config).unwrap();
+    println!("{report}");
+    assert_eq!(report.injected(ClusterFault::KillMaster), 1, "{report}");
+    assert!(!report.passed, "a forgetful shard master went unnoticed:\n{report}");
+    assert!(
+        report.problems.iter().any(|p| p.contains("lost")),
+        "the acknowledged appends are not reported lost:\n{report}"
+    );
+}
