@@ -222,17 +222,22 @@ fn inject(
     };
     let what = match kind {
         ClusterFault::KillPrimary | ClusterFault::KillSecondary => {
-            let among = match (kind, replicas.split_first()) {
-                (ClusterFault::KillPrimary, Some((primary, _))) => vec![*primary],
-                (_, Some((_, secondaries))) if !secondaries.is_empty() => secondaries.to_vec(),
-                _ => running.clone(),
+            let role = if kind == ClusterFault::KillPrimary { "primary" } else { "secondary" };
+            let (among, role) = match (kind, replicas.split_first()) {
+                (ClusterFault::KillPrimary, Some((primary, _))) => {
+                    (vec![*primary], format!("{role} of {key}"))
+                }
+                (_, Some((_, secondaries))) if !secondaries.is_empty() => {
+                    (secondaries.to_vec(), format!("{role} of {key}"))
+                }
+                // The map could not be read (or has no such replica): any running server.
+                _ => (running.clone(), "no map: a random server".to_owned()),
             };
             let Some(id) = pick(rng, &among) else { return Ok(None) };
-            let role = if kind == ClusterFault::KillPrimary { "primary" } else { "secondary" };
             cluster.node_mut(id).kill()?;
             hold_on();
             cluster.node_mut(id).restart().with_context(|| format!("node {id} did not rejoin"))?;
-            format!("kill -9 node {id} ({role} of {key}), restarted empty, rejoined")
+            format!("kill -9 node {id} ({role}), restarted empty, rejoined")
         }
         ClusterFault::KillMaster | ClusterFault::PauseMaster => {
             let Some(master) = cluster.shardmaster_mut() else { return Ok(None) };
