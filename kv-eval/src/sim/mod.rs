@@ -42,7 +42,9 @@
 //! 2% of real time; the leases allow 10%), and faults one at a time (a lossy link, slow links
 //! that reorder, a link cut one way, two servers cut from each other while both reach the shard
 //! master, a server cut from the shard master, an isolated server, a paused server or shard
-//! master, a crashed server, restarted empty later), with joins and leaves anywhere. Four
+//! master, a crashed server, restarted empty later; with two replicas or more, half the runs
+//! add a crash amid message losses on every link, which leaves aborted writes behind a primary
+//! that then dies), with joins and leaves anywhere. Four
 //! [`client`]s with the real client's retries and exactly-once ids run gets, puts and appends on
 //! six hot keys. With two replicas or more, half the runs end on a *lasting cut*: the link
 //! between a primary and one of its secondaries is cut both ways for 12 s, a fault the protocol

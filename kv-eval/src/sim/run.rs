@@ -229,10 +229,32 @@ async fn simulate(seed: u64, setting: Setting, options: RunOptions, trace: Arc<T
         let event = Event::Begin(episode.fault.clone());
         net.trace(format_args!("event {event:?}"));
         apply(&mut lock(&world), &net, &event, &everyone, &mut crashed);
-        tokio::time::sleep(episode.hold).await;
+        let mut crashed_amid = None;
+        if let Fault::CrashAmidLoss { server, .. } = &episode.fault {
+            tokio::time::sleep(episode.hold / 2).await;
+            {
+                let mut world = lock(&world);
+                // The primary of a hot key, if there is one: its aborted writes are the point.
+                let primary = world.config().and_then(|config| {
+                    config.replicas("a0").first().map(|(_, address)| (*address).to_owned())
+                });
+                let server = primary.unwrap_or_else(|| server.clone());
+                if world.is_running(&server) {
+                    net.trace(format_args!("event {server} crashes amid the losses"));
+                    world.crash(&server);
+                    crashed_amid = Some(server);
+                }
+            }
+            tokio::time::sleep(episode.hold - episode.hold / 2).await;
+        } else {
+            tokio::time::sleep(episode.hold).await;
+        }
         let event = Event::End(episode.fault.clone());
         net.trace(format_args!("event {event:?}"));
         apply(&mut lock(&world), &net, &event, &everyone, &mut crashed);
+        if let Some(server) = crashed_amid {
+            lock(&world).start_server(&server);
+        }
     }
     // A lasting cut between a primary and a secondary: the writes must go on around it.
     let mut under_cut = None;
@@ -524,6 +546,10 @@ fn apply(world: &mut World, net: &Net, event: &Event, everyone: &[String], crash
                     } else if !on && crashed.remove(server) {
                         world.start_server(server);
                     }
+                }
+                Fault::CrashAmidLoss { loss, .. } => {
+                    // The crash itself, and the restart, are the episode loop's.
+                    net.set_conditions(if on { Conditions { loss: *loss, ..QUIET } } else { QUIET });
                 }
                 Fault::CrashMaster => {
                     if on {
