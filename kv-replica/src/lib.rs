@@ -84,6 +84,10 @@
 //!
 //! The primary applies the write at once, then sends its value to the first `k` secondaries
 //! (`--sync-replicas k`, `0 ≤ k < R − 1`), which apply it at once, and answers when they have.
+//! While one of those is still catching up (it is owed a snapshot of the slot), the write goes
+//! synchronously to the next secondaries too, until `k` up-to-date copies hold it: a failover
+//! promotes an up-to-date copy before one still catching up, and that copy must hold every
+//! acknowledged write.
 //! A retry answered from the exactly-once record (its first attempt was applied here but failed
 //! to reach them) first sends them the key's value too: an acknowledged write is always held by
 //! the synchronous secondaries, which a failover promotes first.

@@ -175,7 +175,8 @@ impl Primary {
                 }
                 let value = self.storage.get(&key).await?;
                 let number = seq.number();
-                let (sync, background) = targets.split_at(replication.sync_replicas.min(targets.len()));
+                let (sync, background) =
+                    targets.split_at(self.synchronous(&targets, replication.sync_replicas, slot));
                 self.links.owe_key(background, &key);
                 if !sync.is_empty() {
                     let session = id.map(|id| session_record(id, fingerprint, &output, slot));
@@ -214,7 +215,7 @@ impl Primary {
         if replication.consistency != Consistency::Eventual {
             return Ok(());
         }
-        let sync = &targets[..replication.sync_replicas.min(targets.len())];
+        let sync = &targets[..self.synchronous(targets, replication.sync_replicas, slot)];
         if sync.is_empty() {
             return Ok(());
         }
@@ -224,6 +225,24 @@ impl Primary {
         self.replicate_now(view, sync, vec![write], WriteKind::Apply).await.inspect_err(|_| {
             self.links.owe_key(sync, key);
         })
+    }
+
+    /// How many of `targets`, the secondaries of `slot` in order, an eventual write goes to
+    /// synchronously: the first `k`, and while some of those are still catching up (owed a
+    /// snapshot), the next ones too, until `k` up-to-date copies hold it (or every secondary
+    /// does). A failover promotes an up-to-date copy before one still catching up, so the
+    /// copy it promotes holds every acknowledged write.
+    fn synchronous(&self, targets: &[String], k: usize, slot: Slot) -> usize {
+        let mut ready = 0;
+        let mut count = 0;
+        for target in targets {
+            if ready >= k {
+                break;
+            }
+            count += 1;
+            ready += usize::from(!self.links.snapshot_owed(target, slot));
+        }
+        count
     }
 
     /// Sends `writes` to every one of `targets` and waits for all to confirm, retrying those
