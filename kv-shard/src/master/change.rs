@@ -65,7 +65,23 @@ pub(crate) async fn change(shared: &Shared, change: Change) -> Result<Arc<Config
         && records.restarted(server, status.incarnation)
     {
         warn!(server, "a member restarted empty: failing its old incarnation over");
-        fail_locked(shared, server).await?;
+        // That failover's outcome is not this join's: an incomplete one still removed the old
+        // incarnation (the join goes on, or waits for it to settle), and any other failure is
+        // worth a retry. Returned as is, it would read as an incomplete *join*, a member.
+        match fail_locked(shared, server).await {
+            Ok(_) => {}
+            Err(Error::Incomplete { reason, .. }) => {
+                warn!(
+                    server,
+                    reason, "the failover of a restarted member's old incarnation did not reach everyone"
+                );
+            }
+            Err(err) => {
+                return Err(Error::Unavailable(format!(
+                    "the failover of {server}'s old incarnation failed ({err}); retry"
+                )));
+            }
+        }
         before = records.current();
     }
     let next = match &change {
