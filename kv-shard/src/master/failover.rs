@@ -59,6 +59,16 @@ pub(crate) async fn fail_locked(shared: &Shared, server: &str) -> Result<Arc<Con
     let statuses = join_all(others.iter().map(|a| calls.status_for_failover(a))).await;
     let answers: Vec<_> = others.into_iter().zip(statuses.into_iter().map(Result::ok)).collect();
     let mut plan = plan_failover(&before, &moves, server, &answers);
+    // A slot with no up-to-date copy at a server that answered would go to its first
+    // secondary regardless: if that one does not answer either (two failures at once, or this
+    // shard master cut off), promoting it serves nothing and may hand the slot to a dead copy
+    // while the failed member was only slow. Not now: the detector asks again.
+    let silent = |address: &str| answers.iter().any(|(a, status)| a == address && status.is_none());
+    if let Some(to) = plan.behind.keys().find(|to| silent(to)) {
+        return Err(Error::Unavailable(format!(
+            "{to}, which would take slots of {server}, does not answer either: not failing {server} over now"
+        )));
+    }
     // Slots with no up-to-date copy: a former secondary that kept its copy brings the first
     // secondary up to date, which then takes them.
     for (to, slots) in &plan.behind {
