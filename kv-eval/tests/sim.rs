@@ -108,6 +108,12 @@ const REGRESSIONS: &[(u64, &str, &str)] = &[
         "(crash amid losses) a restarted member's join failed its old self over incompletely, and that \
          error, returned as the join's, read as \"joined\": the server never asked again",
     ),
+    (
+        155,
+        "eventual-r2",
+        "(crash amid losses) a member whose pings were lost was failed over just as the other crashed: \
+         its slots went to the dead one, and every slot's only copy was dropped",
+    ),
 ];
 
 #[test]
