@@ -254,3 +254,35 @@ async fn a_retry_answered_from_memory_first_reaches_the_synchronous_secondary() 
     );
     assert_eq!(cluster.get_at(&primary, "k").await.unwrap().as_deref(), Some("a;b;"), "applied once");
 }
+
+/// Strong mode, the aborted-writes list: a write prepared at the first secondary but not at the
+/// second is aborted at the primary; a later write of the key commits, and its commit notice
+/// has not reached the first secondary when the primary dies. The first secondary, promoted,
+/// commits what it holds prepared: had it kept the aborted write (with its exactly-once record),
+/// the client's retry would be answered "done" while the value, computed by the later write
+/// without it, lacks it. The later write's prepare named it aborted, so it was dropped, and the
+/// retry applies it.
+#[tokio::test(start_paused = true)]
+async fn an_aborted_write_is_not_committed_by_a_takeover() {
+    let cluster = Cluster::start(3, strong(3)).await;
+    cluster.put("k", "a;").await.expect("a healthy write");
+    let (primary, secondaries) = cluster.replicas("k");
+    let (first, second) = (&secondaries[0], &secondaries[1]);
+    let id = kv_core::RequestId { client: 7, seq: 1, first_unanswered: 1 };
+
+    cluster.network.cut(&primary, second);
+    let aborted = cluster.node(&primary).write(Some(id), Mutation::append("k", "b;")).await;
+    assert!(aborted.expect_err("the second secondary does not answer").is_retryable());
+    cluster.network.heal();
+    cluster.node(&primary).write(None, Mutation::append("k", "c;")).await.expect("a later write");
+    // Its commit notice goes out in the background: cut before it leaves, then the primary dies.
+    cluster.network.cut(&primary, first);
+    cluster.network.detach(&primary);
+    let config = cluster.master.fail(&primary).await.expect("the failover");
+    assert_eq!(primary_of(&config, "k"), Some(first.as_str()), "the first secondary takes over");
+
+    cluster.node(first).write(Some(id), Mutation::append("k", "b;")).await.expect("the retry");
+    let value = cluster.get_at(first, "k").await.unwrap().unwrap_or_default();
+    assert!(value.contains("b;"), "an acknowledged append is in the value: {value:?}");
+    assert_eq!(value.matches("b;").count(), 1, "once: {value:?}");
+}
