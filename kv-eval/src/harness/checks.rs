@@ -20,8 +20,8 @@ use serde::Serialize;
 use crate::harness::history::{History, Input, Operation, Outcome};
 use crate::harness::linearizability;
 
-/// How long the linearizability checker may take over one run's history.
-const CHECK_BUDGET: Duration = Duration::from_secs(20);
+/// How long the linearizability checker may take over one run's history, by default.
+pub const CHECK_BUDGET: Duration = Duration::from_secs(20);
 
 /// What the store promises in a setting, which decides the checks that apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,9 +41,22 @@ pub(crate) fn check_history(
     finals: &BTreeMap<String, Option<String>>,
     initial: impl Fn(&str) -> String,
 ) -> Vec<String> {
+    check_history_within(promises, history, append_keys, finals, initial, CHECK_BUDGET)
+}
+
+/// [`check_history`], with the linearizability checker given `budget` (an undecided check is a
+/// problem too).
+pub(crate) fn check_history_within(
+    promises: Promises,
+    history: &History,
+    append_keys: &[String],
+    finals: &BTreeMap<String, Option<String>>,
+    initial: impl Fn(&str) -> String,
+    budget: Duration,
+) -> Vec<String> {
     let mut problems = Vec::new();
     if promises.linearizable {
-        let report = linearizability::check_with_budget(history, CHECK_BUDGET);
+        let report = linearizability::check_with_budget(history, budget);
         match report.verdict {
             linearizability::Verdict::Linearizable => {}
             linearizability::Verdict::NotLinearizable { key, reason, .. } => {

@@ -229,6 +229,7 @@ fn chaos_cluster(args: &ChaosArgs, servers: usize) -> Result<bool> {
         fault_duration: seconds(args.fault_duration, "fault-duration")?,
         tail: seconds(args.tail, "tail")?,
         liveness_bound: seconds(args.liveness_bound, "liveness-bound")?,
+        check_budget: seconds(args.check_budget, "check-budget")?,
         seed: args.seed,
         ..ClusterChaosConfig::default()
     };

@@ -38,7 +38,7 @@ use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 
-use crate::harness::checks::{Promises, check_history, longest_write_gap};
+use crate::harness::checks::{CHECK_BUDGET, Promises, check_history_within, longest_write_gap};
 use crate::harness::cluster::{Cluster, ClusterConfig};
 use crate::harness::history::{History, Input, Outcome};
 use crate::harness::recorder::{Recorder, RecordingClient};
@@ -86,6 +86,9 @@ pub struct ClusterChaosConfig {
     /// How long the cluster may take to be healthy, and its replicas to agree, after the heal.
     #[serde(serialize_with = "as_secs")]
     pub settle_bound: Duration,
+    /// How long the linearizability checker may take over the history.
+    #[serde(serialize_with = "as_secs")]
+    pub check_budget: Duration,
     /// Seed of the workload and the nemesis.
     pub seed: u64,
 }
@@ -108,6 +111,7 @@ impl Default for ClusterChaosConfig {
             tail: Duration::from_secs(5),
             liveness_bound: Duration::from_secs(10),
             settle_bound: Duration::from_secs(30),
+            check_budget: CHECK_BUDGET,
             seed: 1,
         }
     }
@@ -349,7 +353,14 @@ pub fn run_on(cluster: &mut Cluster, config: &ClusterChaosConfig) -> Result<Clus
 
     let history = recorder.history();
     let (ok, fail, unknown) = history.counts();
-    problems.extend(check_history(config.promises(), &history, &append_keys, &finals, preload));
+    problems.extend(check_history_within(
+        config.promises(),
+        &history,
+        &append_keys,
+        &finals,
+        preload,
+        config.check_budget,
+    ));
     let gap = longest_write_gap(&history, &keys, began, stopped);
     let after = gap_after_faults(&history, &keys, &faults, began, stopped);
     if after.0 > config.liveness_bound {
