@@ -114,6 +114,17 @@ const REGRESSIONS: &[(u64, &str, &str)] = &[
         "(crash amid losses) a member whose pings were lost was failed over just as the other crashed: \
          its slots went to the dead one, and every slot's only copy was dropped",
     ),
+    (
+        416,
+        "eventual-r3-sync1",
+        "the watch ran no round while a failover took 0.75 s, then counted that time as another member's \
+         silence and failed it too, promoting a copy still catching up: 99 appends lost",
+    ),
+    (
+        460,
+        "eventual-r3",
+        "as 416: a second, false failover right after a slow one left a server catching up for good",
+    ),
 ];
 
 #[test]

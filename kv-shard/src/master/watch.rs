@@ -49,6 +49,7 @@ pub(crate) async fn watch(shared: &Shared) {
                 calls.judge_cut_off(&address, true);
                 let failed = fail_member(shared, &address, config.id_of(&address)).await;
                 calls.judge_cut_off(&address, false);
+                detector.resume(calls.now());
                 match failed {
                     Ok(config) => {
                         detector.forget(&address);
@@ -61,7 +62,9 @@ pub(crate) async fn watch(shared: &Shared) {
             Verdict::Restarted(address) => {
                 // A member that restarted lost what it held: fail its old self at once.
                 warn!(server = address, "a member restarted and lost its data: failing it over");
-                match fail_member(shared, &address, config.id_of(&address)).await {
+                let failed = fail_member(shared, &address, config.id_of(&address)).await;
+                detector.resume(calls.now());
+                match failed {
                     Ok(config) => info!(server = address, epoch = config.epoch(), "failed over"),
                     Err(err) => warn!(server = address, cause = %err, "could not fail the member over"),
                 }
@@ -69,7 +72,10 @@ pub(crate) async fn watch(shared: &Shared) {
             }
             Verdict::Silent(address, silent) => {
                 warn!(server = address, silent = ?silent, "a member stopped answering: failing it over");
-                match fail_member(shared, &address, config.id_of(&address)).await {
+                let failed = fail_member(shared, &address, config.id_of(&address)).await;
+                // No round ran meanwhile: what the others did then was not watched.
+                detector.resume(calls.now());
+                match failed {
                     Ok(config) => {
                         detector.forget(&address);
                         info!(server = address, epoch = config.epoch(), "failed over");

@@ -3,7 +3,8 @@
 //!
 //! Invariants:
 //! - a member is failed only once it has not answered for longer than the failure timeout,
-//!   counted from the first round that saw it as a member (a new member gets the whole timeout);
+//!   counted from the first round that saw it as a member (a new member gets the whole timeout),
+//!   and over rounds that ran: the time the watch spent in a failover does not count;
 //! - no member is failed while fewer than half the members answer: the shard master may be the
 //!   one cut off;
 //! - nothing is failed with a replication factor of 1, or a single member: there is no other
@@ -90,6 +91,14 @@ impl Detector {
         match self.last_seen.iter().find(|(_, seen)| silent(seen)) {
             Some((address, seen)) => Verdict::Silent(address.clone(), now.saturating_duration_since(*seen)),
             None => Verdict::Wait,
+        }
+    }
+
+    /// Counts every member as seen at `now`: the rounds stopped while a failover ran, and the
+    /// silence the detector did not watch is not silence it saw.
+    pub(crate) fn resume(&mut self, now: Instant) {
+        for seen in self.last_seen.values_mut() {
+            *seen = (*seen).max(now);
         }
     }
 
