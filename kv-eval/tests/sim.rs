@@ -125,6 +125,18 @@ const REGRESSIONS: &[(u64, &str, &str)] = &[
         "eventual-r3",
         "as 416: a second, false failover right after a slow one left a server catching up for good",
     ),
+    (
+        540,
+        "eventual-r3-sync1",
+        "(crash amid losses) the synchronous secondary crashed, then the primary, alive but unheard, was \
+         failed over to the background copy, which missed the last acknowledged appends: 2 lost",
+    ),
+    (
+        467,
+        "eventual-r3-sync1",
+        "as 540, during a lasting cut: a background copy promoted while the synchronous one was silent: \
+         6 appends lost",
+    ),
 ];
 
 #[test]

@@ -160,7 +160,11 @@
 //! still catching up (`Status`; only answers at the epoch being failed over count, and a slow
 //! server is asked again, longer), and gives each slot to its first secondary whose copy is up to
 //! date — in eventual mode a synchronous one first, then any. A copy catching up (a server that
-//! has just joined, say) is passed over while an up-to-date one exists. A secondary whose slot
+//! has just joined, say) is passed over while an up-to-date one exists. In eventual mode a
+//! background copy is never promoted while a synchronous secondary of the slot gives no answer:
+//! that one may be slow only, and hold the last acknowledged writes alone. The failover is
+//! refused and tried again by the detector, which decides once that secondary answers (a copy
+//! restarted empty answers too) or is failed itself. A secondary whose slot
 //! leaves it at a change (the slot moves, or the change gives it another secondary) keeps its
 //! copy until the next configuration: if no secondary of a failed primary's slot is up to date
 //! (with two copies of each slot, a join or leave replaces the only one), such a former

@@ -78,8 +78,9 @@ pub fn secondaries(config: &Config, slot: Slot) -> Vec<&str> {
 /// (`ready(address, slot)`; a server that did not answer is not) among those that hold every
 /// acknowledged write — every secondary in strong mode, the synchronous ones in eventual mode —
 /// else the first up-to-date secondary at all (eventual mode: it may miss the writes of the last
-/// sync interval). Slots with neither are left out: they go to their first secondary, whose copy
-/// is still catching up.
+/// sync interval, so the shard master does not promote it while a synchronous secondary is
+/// silent). Slots with neither are left out: they go to their first secondary, whose copy is
+/// still catching up.
 pub fn heirs(config: &Config, failed: &str, ready: impl Fn(&str, Slot) -> bool) -> BTreeMap<Slot, ServerId> {
     let Some(id) = config.id_of(failed) else { return BTreeMap::new() };
     let replication = config.replication();

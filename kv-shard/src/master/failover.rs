@@ -69,6 +69,17 @@ pub(crate) async fn fail_locked(shared: &Shared, server: &str) -> Result<Arc<Con
             "{to}, which would take slots of {server}, does not answer either: not failing {server} over now"
         )));
     }
+    // Eventual mode: promoting a background copy while a synchronous secondary is silent would
+    // lose the writes acknowledged since the last flush if that secondary is only slow (or the
+    // failed member only unheard). Not now: once that secondary is known failed, or answers,
+    // the detector's next attempt decides.
+    if let Some((quiet, slots)) = plan.unsure.iter().next() {
+        return Err(Error::Unavailable(format!(
+            "{quiet}, the synchronous secondary of {} slots of {server}, does not answer: not failing \
+             {server} over to background copies now",
+            slots.len()
+        )));
+    }
     // Slots with no up-to-date copy: a former secondary that kept its copy brings the first
     // secondary up to date, which then takes them.
     for (to, slots) in &plan.behind {

@@ -10,13 +10,16 @@
 //!   from a copy that missed its data; a sender that has not switched to the last change yet
 //!   counts as owing its moves;
 //! - every primary slot of the failed member is carried, or has an heir, or is *behind* (no
-//!   up-to-date copy answered): then its first secondary is named, to be brought up to date.
+//!   up-to-date copy answered): then its first secondary is named, to be brought up to date;
+//! - in eventual mode with synchronous secondaries, a slot whose heir is a background copy
+//!   because a synchronous secondary did not answer is *unsure*: that secondary may be the only
+//!   copy of the writes the failed member acknowledged last, and may only be slow.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::messages::ServerStatus;
 use crate::roles::{heirs, secondaries};
-use crate::{Config, ServerId, Slot};
+use crate::{Config, Consistency, ServerId, Slot};
 
 /// One slot of the last change, moving from one server to another (by address).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +65,9 @@ pub(crate) struct FailoverPlan {
     pub(crate) behind: BTreeMap<String, Vec<Slot>>,
     /// Copies of the failed member's slots that former secondaries kept, by holder.
     pub(crate) retired: BTreeMap<String, BTreeSet<Slot>>,
+    /// Slots whose heir is a background copy while a synchronous secondary of theirs did not
+    /// answer, by that secondary.
+    pub(crate) unsure: BTreeMap<String, Vec<Slot>>,
 }
 
 /// Plans the failover of `server` out of `before`, whose last change made `moves`, from what
@@ -102,6 +108,7 @@ pub(crate) fn plan_failover(
     plan.heirs = heirs(before, server, |address, slot| {
         unready.get(address).is_some_and(|unready| !unready.contains(&slot))
     });
+    plan.unsure = unsure_heirs(before, &plan.heirs, answers);
     // Slots with no up-to-date secondary (the last change gave them new ones, still catching
     // up): a former secondary that kept its copy brings the first one up to date.
     let carried_set: BTreeSet<Slot> = plan.carried.values().flatten().copied().collect();
@@ -114,6 +121,34 @@ pub(crate) fn plan_failover(
         }
     }
     plan
+}
+
+/// Of `heirs`, the slots given to a background secondary in eventual mode while one of the
+/// synchronous secondaries, which hold every acknowledged write, gave no answer, by that
+/// secondary. (A synchronous secondary that answered but is catching up had the writes sent
+/// synchronously to the next secondaries too, the heir among them.)
+fn unsure_heirs(
+    before: &Config,
+    heirs: &BTreeMap<Slot, ServerId>,
+    answers: &[(String, Option<ServerStatus>)],
+) -> BTreeMap<String, Vec<Slot>> {
+    let replication = before.replication();
+    let mut unsure: BTreeMap<String, Vec<Slot>> = BTreeMap::new();
+    if replication.consistency != Consistency::Eventual || replication.sync_replicas == 0 {
+        return unsure;
+    }
+    let silent = |address: &str| answers.iter().any(|(a, status)| a == address && status.is_none());
+    for (&slot, &heir) in heirs {
+        let synchronous: Vec<&str> =
+            secondaries(before, slot).into_iter().take(replication.sync_replicas).collect();
+        if synchronous.iter().any(|address| before.id_of(address) == Some(heir)) {
+            continue;
+        }
+        if let Some(quiet) = synchronous.into_iter().find(|address| silent(address)) {
+            unsure.entry(quiet.to_owned()).or_default().push(slot);
+        }
+    }
+    unsure
 }
 
 #[cfg(test)]
@@ -203,6 +238,41 @@ mod tests {
         assert!(plan.heirs.values().all(|&heir| Some(heir) == config.id_of("10.0.0.4:1")));
         assert_eq!(plan.heirs.len(), owned.len());
         assert_eq!(plan.retired["10.0.0.4:1"].len(), owned.len());
+    }
+
+    #[test]
+    fn a_background_heir_is_unsure_while_a_synchronous_secondary_is_silent() {
+        let replication = Replication {
+            factor: 3,
+            consistency: Consistency::Eventual,
+            sync_replicas: 1,
+            ..Replication::default()
+        };
+        let config = (0..4).fold(Config::new().with_replication(replication).unwrap(), |c, i| {
+            c.join(&format!("10.0.0.{i}:1")).unwrap()
+        });
+        let failed = "10.0.0.1:1";
+        let owned = primaries(&config, failed);
+        let slot = owned[0];
+        let synchronous = secondaries(&config, slot)[0];
+        let mut answers = up_to_date(&config, failed);
+        let plan = plan_failover(&config, &[], failed, &answers);
+        assert!(plan.unsure.is_empty(), "every synchronous secondary answered");
+        // Catching up, it answered: the writes went synchronously to the next secondary too.
+        let at = answers.iter().position(|(a, _)| a == synchronous).unwrap();
+        answers[at].1.as_mut().unwrap().unready = owned.clone();
+        let plan = plan_failover(&config, &[], failed, &answers);
+        assert!(plan.unsure.is_empty() && plan.heirs.contains_key(&slot));
+        // Silent, it may hold writes no other copy has.
+        answers[at].1 = None;
+        let plan = plan_failover(&config, &[], failed, &answers);
+        assert!(plan.unsure[synchronous].contains(&slot));
+        let strong = Replication { factor: 3, ..Replication::default() };
+        let config = config.with_replication(strong).unwrap();
+        assert!(
+            plan_failover(&config, &[], failed, &answers).unsure.is_empty(),
+            "strong mode has no background copies"
+        );
     }
 
     proptest! {
