@@ -8,13 +8,16 @@
 //!    calls are refused at once) and running (a paused one sends when resumed);
 //! 2. the request travels for a delay drawn from the network's generator (a few hundred
 //!    microseconds, now and then tens of milliseconds: later requests overtake it);
-//! 3. across a cut link it waits until the link heals (TCP retransmits until it gets through),
-//!    unless the caller gives up first;
+//! 3. across a cut link it waits until the link heals (TCP retransmits until it gets through);
+//!    if the caller gives up meanwhile, it still arrives once the link heals, and its handler
+//!    runs (the bytes were in the socket; the cancel comes after them, and a handler acts on
+//!    arrival), only its answer goes nowhere: so an old request can arrive long after newer ones;
 //! 4. a *lost* message, drawn by the generator or the link's loss rate, breaks the call: the
 //!    caller hears, a little later, that the connection broke (*interrupted*: a lost answer's
 //!    request was handled);
 //! 5. at an address with no process the call is refused (*unavailable*, connection refused);
-//!    at a paused process it waits until the process is resumed (the kernel buffers it);
+//!    at a paused process it waits until the process is resumed (the kernel buffers it), and
+//!    arrives then even if the caller gave up, as across a cut link;
 //! 6. the handler runs, as the gRPC service does (the install and the hand-off of a copy run on
 //!    even if the caller gives up; other handlers stop with the caller, as a cancelled request
 //!    does);
@@ -264,7 +267,7 @@ impl Endpoint {
     ) -> Result<T, Failure>
     where
         T: Send + 'static,
-        F: FnOnce(Service) -> Fut,
+        F: FnOnce(Service) -> Fut + Send + 'static,
         Fut: Future<Output = T> + Send + 'static,
     {
         let net = &self.net;
@@ -285,23 +288,28 @@ impl Endpoint {
                 net.trace(format_args!("#{id} request lost"));
                 return Err(Failure::NoAnswer);
             }
-            net.until_open(&self.me, to).await;
-            let Some(host) = lock(&net.hosts).get(to).cloned() else {
-                net.trace(format_args!("#{id} refused"));
-                return Err(Failure::Refused);
-            };
-            host.gate.running().await;
-            if !net.is_alive(to, host.life) {
-                return Err(Failure::Refused);
-            }
-            let answer = match handler {
-                Handler::WithCaller => handle(host.service).await,
-                Handler::Detached => match tokio::spawn(handle(host.service)).await {
-                    Ok(answer) => answer,
+            let held = net.is_cut(&self.me, to)
+                || lock(&net.hosts).get(to).is_some_and(|host| host.gate.is_paused());
+            let (answer, life) = if held {
+                // Held in the network: it arrives whether or not the caller still waits.
+                let (sent, arrived) = tokio::sync::oneshot::channel();
+                let (net, from, to) = (Arc::clone(net), self.me.clone(), to.to_owned());
+                tokio::spawn(async move {
+                    net.until_open(&from, &to).await;
+                    let delivered = deliver(&net, id, &to, Handler::Detached, handle).await;
+                    if sent.is_closed() {
+                        net.trace(format_args!("#{id} arrived after its caller gave up"));
+                    }
+                    let _ = sent.send(delivered);
+                });
+                match arrived.await {
+                    Ok(delivered) => delivered?,
                     Err(_) => return Err(Failure::NoAnswer),
-                },
+                }
+            } else {
+                deliver(net, id, to, handler, handle).await?
             };
-            if !net.is_alive(to, host.life) {
+            if !net.is_alive(to, life) {
                 net.trace(format_args!("#{id} connection broken"));
                 return Err(Failure::NoAnswer);
             }
@@ -329,4 +337,36 @@ impl Endpoint {
             }
         }
     }
+}
+
+/// Hands request `id` to the process at `to` and runs its handler there: its answer, and the
+/// life that gave it.
+async fn deliver<T, F, Fut>(
+    net: &Net,
+    id: u64,
+    to: &str,
+    handler: Handler,
+    handle: F,
+) -> Result<(T, u64), Failure>
+where
+    T: Send + 'static,
+    F: FnOnce(Service) -> Fut,
+    Fut: Future<Output = T> + Send + 'static,
+{
+    let Some(host) = lock(&net.hosts).get(to).cloned() else {
+        net.trace(format_args!("#{id} refused"));
+        return Err(Failure::Refused);
+    };
+    host.gate.running().await;
+    if !net.is_alive(to, host.life) {
+        return Err(Failure::Refused);
+    }
+    let answer = match handler {
+        Handler::WithCaller => handle(host.service).await,
+        Handler::Detached => match tokio::spawn(handle(host.service)).await {
+            Ok(answer) => answer,
+            Err(_) => return Err(Failure::NoAnswer),
+        },
+    };
+    Ok((answer, host.life))
 }
