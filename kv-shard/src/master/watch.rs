@@ -10,6 +10,7 @@ use super::calls::HEARTBEAT;
 use super::failover::fail_member;
 use super::plan::detector::{Detector, Heard, Verdict, cut_off};
 use super::shared::Shared;
+use crate::Config;
 
 /// Watches the members for as long as it runs: pings each every heartbeat, and fails one that
 /// has not answered for the failure timeout, or that restarted (with a replication factor of 2
@@ -47,42 +48,40 @@ pub(crate) async fn watch(shared: &Shared) {
                 // Recorded first: a join it makes once failed over must find its hold-off.
                 records.failed_for_cut(&address, calls.now());
                 calls.judge_cut_off(&address, true);
-                let failed = fail_member(shared, &address, config.id_of(&address)).await;
+                fail(shared, &mut detector, &config, &address, false).await;
                 calls.judge_cut_off(&address, false);
-                detector.resume(calls.now());
-                match failed {
-                    Ok(config) => {
-                        detector.forget(&address);
-                        info!(server = address, epoch = config.epoch(), "failed over");
-                    }
-                    Err(err) => warn!(server = address, cause = %err, "could not fail the member over"),
-                }
             }
             Verdict::Wait => {}
             Verdict::Restarted(address) => {
-                // A member that restarted lost what it held: fail its old self at once.
+                // A member that restarted lost what it held: fail its old self at once. (Its
+                // restart is seen again at the next round if this failover fails.)
                 warn!(server = address, "a member restarted and lost its data: failing it over");
-                let failed = fail_member(shared, &address, config.id_of(&address)).await;
-                detector.resume(calls.now());
-                match failed {
-                    Ok(config) => info!(server = address, epoch = config.epoch(), "failed over"),
-                    Err(err) => warn!(server = address, cause = %err, "could not fail the member over"),
-                }
-                detector.forget(&address);
+                fail(shared, &mut detector, &config, &address, true).await;
             }
             Verdict::Silent(address, silent) => {
                 warn!(server = address, silent = ?silent, "a member stopped answering: failing it over");
-                let failed = fail_member(shared, &address, config.id_of(&address)).await;
-                // No round ran meanwhile: what the others did then was not watched.
-                detector.resume(calls.now());
-                match failed {
-                    Ok(config) => {
-                        detector.forget(&address);
-                        info!(server = address, epoch = config.epoch(), "failed over");
-                    }
-                    Err(err) => warn!(server = address, cause = %err, "could not fail the member over"),
-                }
+                fail(shared, &mut detector, &config, &address, false).await;
             }
+        }
+    }
+}
+
+/// Fails member `address` of `config` over, then resumes `detector` (no round ran meanwhile:
+/// what the others did then was not watched) and forgets the member once it is failed, or in
+/// any case if `forget_anyway`.
+async fn fail(shared: &Shared, detector: &mut Detector, config: &Config, address: &str, forget_anyway: bool) {
+    let failed = fail_member(shared, address, config.id_of(address)).await;
+    detector.resume(shared.calls.now());
+    match failed {
+        Ok(config) => {
+            detector.forget(address);
+            info!(server = address, epoch = config.epoch(), "failed over");
+        }
+        Err(err) => {
+            if forget_anyway {
+                detector.forget(address);
+            }
+            warn!(server = address, cause = %err, "could not fail the member over");
         }
     }
 }
