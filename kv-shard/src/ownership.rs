@@ -290,6 +290,27 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_of_an_older_move_of_the_same_slot_is_refused() {
+        // The slot goes from A to B, back to A (B leaves), and to B again (B joins again): a
+        // batch of the first move that arrives late carries A's data as it was then, before the
+        // writes A took while it served the slot again. Only its epoch tells it apart.
+        let c1 = Config::new().join(A).unwrap();
+        let c2 = c1.join(B).unwrap();
+        let (c3, c4) = (c2.leave(B).unwrap(), c2.leave(B).unwrap().join(B).unwrap());
+        let slot = owned_by(&c2, B)[0];
+        assert!(owned_by(&c4, B).contains(&slot), "the slot goes to B again");
+        let mut b = Ownership::new(B);
+        b.install(&c1, c2.clone(), &none()).unwrap();
+        assert_eq!(b.accept(2, A, slot), Accept::Take);
+        b.complete(slot);
+        b.install(&c2, c3.clone(), &none()).unwrap();
+        b.install(&c3, c4.clone(), &none()).unwrap();
+        assert!(b.is_incoming(slot));
+        assert_eq!(b.accept(c4.epoch(), A, slot), Accept::Take);
+        assert!(matches!(b.accept(2, A, slot), Accept::Refuse(_)), "a batch of epoch 2 is stale");
+    }
+
+    #[test]
     fn installs_go_forward_only() {
         let c1 = Config::new().join(A).unwrap();
         let mut a = Ownership::new(A);
