@@ -238,7 +238,10 @@ pub(crate) fn audit_appends(
                     audit.acknowledged += 1;
                     if found == 0 {
                         audit.lost += 1;
-                        audit.problem(format!("{key}: acknowledged append {token:?} is missing"));
+                        audit.problem(format!(
+                            "{key}: acknowledged append {token:?} (at {:.3} s) is missing",
+                            op.completed.as_secs_f64()
+                        ));
                     }
                 }
                 Outcome::Fail => {
@@ -254,7 +257,9 @@ pub(crate) fn audit_appends(
                 }
             }
         }
-        for token in counts.keys() {
+        let mut unexplained: Vec<&str> = counts.into_keys().collect();
+        unexplained.sort_unstable();
+        for token in unexplained {
             audit.unexplained += 1;
             audit.problem(format!("{key}: {token:?} was written by no append"));
         }
@@ -317,5 +322,9 @@ mod tests {
         assert!(!a.is_clean());
         let a = audit(vec![], "x");
         assert_eq!((a.initial_missing, a.unexplained), (1, 1));
+        let finals = BTreeMap::from([("a".to_owned(), None)]);
+        let ops = vec![append(0, "0.1", ok())];
+        let a = audit_appends(&History { ops }, &["a".to_owned()], &finals, |k| format!("{k}:0;"));
+        assert_eq!((a.initial_missing, a.lost), (1, 1), "a key not read back holds nothing");
     }
 }
