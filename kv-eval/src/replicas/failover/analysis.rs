@@ -1,19 +1,19 @@
 //! What a recorded failover run shows: operations by outcome in and out of the outage,
 //! throughput over time, stalls, and whether every acknowledged append landed exactly once.
-//! Pure functions over a [`History`], tested here without a cluster.
+//! Pure functions over a [`crate::harness::history::History`], tested here without a cluster
+//! (the append audit is the harness's shared one, [`crate::harness::checks`]).
 //!
 //! Times are seconds since the load started (`from` on the history's clock). What the sharded
 //! runner's resharding phase measures the same way (the load's operations, slices of throughput,
 //! the longest latency) comes from the crate's shared [`crate::load::analysis`]; what is here is the
 //! failover's own.
 
-use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use super::Counts;
-use crate::harness::history::{History, Input, Operation, Outcome};
-use crate::load::analysis::{AppendAudit, Bucket};
-pub(super) use crate::load::analysis::{buckets, load_ops, max_latency_ms};
+use crate::harness::history::{Operation, Outcome};
+use crate::load::analysis::Bucket;
+pub(super) use crate::load::analysis::{audit_appends, buckets, load_ops, max_latency_ms};
 
 /// Seconds since `from`, at `at` (0 before it).
 fn secs(at: Duration, from: Duration) -> f64 {
@@ -62,95 +62,10 @@ pub(super) fn min_rate(buckets: &[Bucket], window: (f64, f64)) -> f64 {
     if min.is_finite() { min } else { 0.0 }
 }
 
-/// Audits the appends to `keys`, whose final values are in `finals` (`None`, or no entry: not
-/// read) and whose preloaded values `initial` gives.
-///
-/// Every value written is unique and ends with `;`, so a final value reads as the list of the
-/// writes it holds: the preloaded value first, then the appends.
-pub(super) fn audit_appends(
-    history: &History,
-    keys: &[String],
-    finals: &BTreeMap<String, Option<String>>,
-    initial: impl Fn(&str) -> String,
-) -> AppendAudit {
-    let mut audit = AppendAudit { keys: keys.len(), ..AppendAudit::default() };
-    let mut examples = Vec::new();
-    let mut appends: HashMap<&str, Vec<&Operation>> = HashMap::new();
-    for op in &history.ops {
-        if let Input::Append(_) = op.input {
-            appends.entry(op.key.as_str()).or_default().push(op);
-        }
-    }
-    for key in keys {
-        let read = finals.get(key).and_then(Option::as_deref);
-        let mut counts: HashMap<&str, usize> = HashMap::new();
-        let tokens: Vec<&str> = read.unwrap_or("").split(';').filter(|t| !t.is_empty()).collect();
-        for token in &tokens {
-            *counts.entry(token).or_default() += 1;
-        }
-        let first = initial(key);
-        let first = first.trim_end_matches(';');
-        if tokens.first() != Some(&first) {
-            audit.initial_missing += 1;
-            let got = read.map_or_else(|| "no value read".to_owned(), |v| format!("{:?}…", head(v, 40)));
-            examples.push(format!("{key}: does not start with its preloaded {first:?}: {got}"));
-        }
-        if counts.remove(first).is_some_and(|n| n > 1) {
-            audit.duplicated += 1;
-            examples.push(format!("{key}: its preloaded value appears more than once"));
-        }
-        for op in appends.get(key.as_str()).into_iter().flatten() {
-            let Input::Append(value) = &op.input else { continue };
-            let token = value.trim_end_matches(';');
-            let found = counts.remove(token).unwrap_or(0);
-            if found > 1 {
-                audit.duplicated += 1;
-                examples.push(format!("{key}: append {token:?} applied {found} times"));
-            }
-            match op.outcome {
-                Outcome::Ok(_) => {
-                    audit.acknowledged += 1;
-                    if found == 0 {
-                        audit.lost += 1;
-                        examples.push(format!(
-                            "{key}: acknowledged append {token:?} (at {:.3} s) is missing",
-                            op.completed.as_secs_f64()
-                        ));
-                    }
-                }
-                Outcome::Fail => {
-                    audit.failed += 1;
-                    if found > 0 {
-                        audit.failed_applied += 1;
-                        examples.push(format!("{key}: append {token:?} failed, yet was applied"));
-                    }
-                }
-                Outcome::Unknown => {
-                    audit.unknown += 1;
-                    audit.unknown_applied += usize::from(found > 0);
-                }
-            }
-        }
-        let mut unexplained: Vec<&str> = counts.into_keys().collect();
-        unexplained.sort_unstable();
-        for token in unexplained {
-            audit.unexplained += 1;
-            examples.push(format!("{key}: {token:?} was written by no append"));
-        }
-    }
-    audit.examples = examples.into_iter().take(5).collect();
-    audit
-}
-
-/// The first `chars` characters of `s`.
-fn head(s: &str, chars: usize) -> &str {
-    s.char_indices().nth(chars).map_or(s, |(i, _)| &s[..i])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::harness::history::Output;
+    use crate::harness::history::{History, Input, Output};
 
     fn op(process: u64, key: &str, input: Input, ms: (u64, u64), outcome: Outcome) -> Operation {
         Operation {
@@ -169,40 +84,6 @@ mod tests {
 
     fn get(process: u64, ms: (u64, u64), outcome: Outcome) -> Operation {
         op(process, "k", Input::Get, ms, outcome)
-    }
-
-    fn audit(ops: Vec<Operation>, last: Option<&str>) -> AppendAudit {
-        let finals = BTreeMap::from([("a".to_owned(), last.map(str::to_owned))]);
-        audit_appends(&History { ops }, &["a".to_owned()], &finals, |k| format!("{k}:0;"))
-    }
-
-    fn append(token: &str, outcome: Outcome) -> Operation {
-        op(0, "a", Input::Append(format!("{token};")), (10, 20), outcome)
-    }
-
-    #[test]
-    fn a_clean_history_passes_the_audit() {
-        let ops = vec![
-            append("0.1", ok()),
-            append("1.1", ok()),
-            append("1.2", Outcome::Unknown),
-            append("2.1", Outcome::Unknown),
-            append("2.2", Outcome::Fail),
-        ];
-        let a = audit(ops, Some("a:0;1.1;0.1;2.1;"));
-        assert!(a.is_clean(), "{a:?}");
-        assert_eq!((a.acknowledged, a.unknown, a.unknown_applied, a.failed), (2, 2, 1, 1));
-    }
-
-    #[test]
-    fn the_audit_finds_lost_duplicated_failed_and_made_up_writes() {
-        let ops = vec![append("0.1", ok()), append("0.2", ok()), append("1.1", Outcome::Fail)];
-        let a = audit(ops, Some("a:0;0.2;0.2;1.1;9.9;"));
-        assert_eq!((a.lost, a.duplicated, a.failed_applied, a.unexplained), (1, 1, 1, 1), "{a:?}");
-        assert!(!a.is_clean());
-        assert!(a.examples.iter().any(|e| e.contains("\"0.1\"") && e.contains("missing")), "{a:?}");
-        let a = audit(vec![append("0.1", ok())], None);
-        assert_eq!((a.initial_missing, a.lost), (1, 1), "a key not read back holds nothing");
     }
 
     #[test]
