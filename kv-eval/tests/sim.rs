@@ -137,6 +137,12 @@ const REGRESSIONS: &[(u64, &str, &str)] = &[
         "as 540, during a lasting cut: a background copy promoted while the synchronous one was silent: \
          6 appends lost",
     ),
+    (
+        557,
+        "strong-r2",
+        "a paused member was judged silent during a leave; its failover waited for the leave and ran \
+         after it had answered again, and the crash that followed of the one other copy lost a key",
+    ),
 ];
 
 #[test]

@@ -10,8 +10,9 @@ use crate::{Config, Error, ServerId, Slot};
 use futures_util::future::join_all;
 use tracing::info;
 
+use super::calls::HEARTBEAT;
 use super::copies::{hand_off_copies, snapshot_from_copy};
-use super::plan::failover::{moves_between, moves_from, plan_failover};
+use super::plan::failover::{handoffs_between, moves_from, plan_failover};
 use super::shared::Shared;
 use super::state::Failover;
 
@@ -36,6 +37,33 @@ pub(crate) async fn fail_member(
     fail_locked(shared, server).await
 }
 
+/// [`fail_member`] for a member judged silent. If it waited more than a heartbeat for a change
+/// in progress, the member is pinged once more first, and not failed if it answers as the same
+/// process: the verdict is stale (it was paused, say, and the change's end found it back). A
+/// failover it did not need would leave its slots with one copy fewer, just when the cluster
+/// looks healthy again.
+pub(crate) async fn fail_silent_member(
+    shared: &Shared,
+    server: &str,
+    id: Option<ServerId>,
+) -> Result<Arc<Config>, Error> {
+    let judged = shared.calls.now();
+    let _serialised = shared.changes.lock().await;
+    let current = shared.records.current();
+    if id.is_none() || current.id_of(server) != id {
+        return Ok(current);
+    }
+    if shared.calls.now().saturating_duration_since(judged) > HEARTBEAT
+        && let Some(pong) = shared.calls.pong(server).await
+        && !shared.records.restarted(server, pong.incarnation)
+    {
+        return Err(Error::Unavailable(format!(
+            "{server} answers again, after the change this failover waited for: not failing it over"
+        )));
+    }
+    fail_locked(shared, server).await
+}
+
 /// Removes failed member `server`, with the change lock held: its slots go to up-to-date
 /// secondaries, which serve them from their copies, and the replica sets refill. Installs the
 /// new configuration at every member, and at every server that still owes slots.
@@ -44,7 +72,11 @@ pub(crate) async fn fail_locked(shared: &Shared, server: &str) -> Result<Arc<Con
     let before = records.current();
     // Slots it was still handing off at the last change: a secondary sends its copy.
     let previous = records.previous();
-    let moves = previous.as_ref().map(|previous| moves_between(previous, &before)).unwrap_or_default();
+    // (If a failover made `before`, its promotions are no hand-offs: counted as moves, those of
+    // a failed member that has not switched yet would wait for data it never sends.)
+    let promoted = records.promoted_at(before.epoch());
+    let moves =
+        previous.as_ref().map(|previous| handoffs_between(previous, &before, &promoted)).unwrap_or_default();
     if let Some(previous) = &previous {
         for (to, slots) in moves_from(&moves, server) {
             if calls.receiver_waits(&to).await {

@@ -186,6 +186,11 @@ impl Records {
         lock(&self.owing).insert(server.to_owned());
     }
 
+    /// The slots the failover that made `epoch` promoted (none if a join or leave made it).
+    pub(crate) fn promoted_at(&self, epoch: u64) -> Vec<Slot> {
+        lock(&self.failovers).get(&epoch).map(|failover| failover.promoted.clone()).unwrap_or_default()
+    }
+
     /// Keeps watching only the servers outside the membership for which `still` holds.
     pub(crate) fn retain_owing(&self, still: impl FnMut(&String) -> bool) {
         lock(&self.owing).retain(still);

@@ -7,7 +7,7 @@ use futures_util::future::join_all;
 use tracing::{info, warn};
 
 use super::calls::HEARTBEAT;
-use super::failover::fail_member;
+use super::failover::{fail_member, fail_silent_member};
 use super::plan::detector::{Detector, Heard, Verdict, cut_off};
 use super::shared::Shared;
 use crate::Config;
@@ -48,29 +48,44 @@ pub(crate) async fn watch(shared: &Shared) {
                 // Recorded first: a join it makes once failed over must find its hold-off.
                 records.failed_for_cut(&address, calls.now());
                 calls.judge_cut_off(&address, true);
-                fail(shared, &mut detector, &config, &address, false).await;
+                fail(shared, &mut detector, &config, &address, Why::CutOff).await;
                 calls.judge_cut_off(&address, false);
             }
             Verdict::Wait => {}
             Verdict::Restarted(address) => {
-                // A member that restarted lost what it held: fail its old self at once. (Its
-                // restart is seen again at the next round if this failover fails.)
+                // A member that restarted lost what it held: fail its old self at once.
                 warn!(server = address, "a member restarted and lost its data: failing it over");
-                fail(shared, &mut detector, &config, &address, true).await;
+                fail(shared, &mut detector, &config, &address, Why::Restarted).await;
             }
             Verdict::Silent(address, silent) => {
                 warn!(server = address, silent = ?silent, "a member stopped answering: failing it over");
-                fail(shared, &mut detector, &config, &address, false).await;
+                fail(shared, &mut detector, &config, &address, Why::Silent).await;
             }
         }
     }
 }
 
+/// Why the detector names a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Why {
+    /// It stopped answering: if it answers again by the time the failover can run, it is not
+    /// failed.
+    Silent,
+    /// It answers, but members cannot reach it.
+    CutOff,
+    /// It restarted, and lost what it held: seen again at the next round if its failover fails.
+    Restarted,
+}
+
 /// Fails member `address` of `config` over, then resumes `detector` (no round ran meanwhile:
-/// what the others did then was not watched) and forgets the member once it is failed, or in
-/// any case if `forget_anyway`.
-async fn fail(shared: &Shared, detector: &mut Detector, config: &Config, address: &str, forget_anyway: bool) {
-    let failed = fail_member(shared, address, config.id_of(address)).await;
+/// what the others did then was not watched) and forgets the member once it is failed (or
+/// restarted: its restart is seen again).
+async fn fail(shared: &Shared, detector: &mut Detector, config: &Config, address: &str, why: Why) {
+    let id = config.id_of(address);
+    let failed = match why {
+        Why::Silent => fail_silent_member(shared, address, id).await,
+        Why::CutOff | Why::Restarted => fail_member(shared, address, id).await,
+    };
     detector.resume(shared.calls.now());
     match failed {
         Ok(config) => {
@@ -78,7 +93,7 @@ async fn fail(shared: &Shared, detector: &mut Detector, config: &Config, address
             info!(server = address, epoch = config.epoch(), "failed over");
         }
         Err(err) => {
-            if forget_anyway {
+            if why == Why::Restarted {
                 detector.forget(address);
             }
             warn!(server = address, cause = %err, "could not fail the member over");

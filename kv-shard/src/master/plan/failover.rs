@@ -42,6 +42,16 @@ pub(crate) fn moves_between(previous: &Config, current: &Config) -> Vec<Move> {
         .collect()
 }
 
+/// The hand-offs of the change from `previous` to `current`: the moves between two servers, but
+/// for `promoted`, the slots of a failed member that the failover which made `current` promoted
+/// (their new owners serve their own copies: no one sends them, least of all the failed member).
+pub(crate) fn handoffs_between(previous: &Config, current: &Config, promoted: &[Slot]) -> Vec<Move> {
+    let promoted: BTreeSet<Slot> = promoted.iter().copied().collect();
+    let mut moves = moves_between(previous, current);
+    moves.retain(|m| !promoted.contains(&m.slot));
+    moves
+}
+
 /// Of `moves`, those from `sender`, by receiver.
 pub(crate) fn moves_from(moves: &[Move], sender: &str) -> BTreeMap<String, Vec<Slot>> {
     let mut by_receiver: BTreeMap<String, Vec<Slot>> = BTreeMap::new();
@@ -189,6 +199,34 @@ mod tests {
             assert_eq!(Some(heir), config.replicas_of_slot(slot).get(1).copied());
         }
         assert!(plan.carried.is_empty() && plan.behind.is_empty() && plan.owing.is_empty());
+    }
+
+    #[test]
+    fn a_failover_s_promotions_are_no_hand_offs() {
+        let before = cluster(4);
+        let failed = "10.0.0.1:1";
+        let heirs: BTreeMap<Slot, ServerId> = primaries(&before, failed)
+            .into_iter()
+            .map(|slot| (slot, before.id_of(secondaries(&before, slot)[0]).unwrap()))
+            .collect();
+        let (after, promoted) = before.fail_to(failed, &heirs).unwrap();
+        assert!(!promoted.is_empty());
+        assert!(moves_between(&before, &after).iter().any(|m| m.from == failed), "the map moved them");
+        assert!(handoffs_between(&before, &after, &promoted).iter().all(|m| m.from != failed));
+        // The later failover of an heir must not wait for the failed member to send them, even
+        // if that member, cut off, has not switched yet.
+        let heir = before.address(*heirs.values().next().unwrap()).unwrap();
+        let mut answers = up_to_date(&after, heir);
+        answers.push((
+            failed.to_owned(),
+            Some(ServerStatus { epoch: before.epoch(), ..ServerStatus::default() }),
+        ));
+        let plan = plan_failover(&after, &handoffs_between(&before, &after, &promoted), heir, &answers);
+        assert!(!plan.carried.contains_key(failed), "{:?}", plan.carried);
+        let counted_as_moves = plan_failover(&after, &moves_between(&before, &after), heir, &answers);
+        assert!(counted_as_moves.carried.contains_key(failed), "what the distinction is for");
+        let joined = after.join("10.0.0.9:1").unwrap();
+        assert_eq!(handoffs_between(&after, &joined, &[]), moves_between(&after, &joined));
     }
 
     #[test]
