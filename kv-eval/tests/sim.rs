@@ -143,6 +143,17 @@ const REGRESSIONS: &[(u64, &str, &str)] = &[
         "a paused member was judged silent during a leave; its failover waited for the leave and ran \
          after it had answered again, and the crash that followed of the one other copy lost a key",
     ),
+    (
+        558,
+        "strong-r3",
+        "(crash amid losses) a primary whose pings the losses ate, alive and heard by its peers, was \
+         failed over; its heir crashed next, before the other copies had caught up: 243 appends lost",
+    ),
+    (
+        726,
+        "eventual-r3-sync1",
+        "as 558, in eventual mode: a live primary failed over under losses, then a crash: 8 appends lost",
+    ),
 ];
 
 #[test]

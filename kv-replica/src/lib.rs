@@ -156,6 +156,16 @@
 //! epoch grows; clients follow on their next error. With the default timeouts a failover takes
 //! about the failure timeout plus one install: about 0.9 s.
 //!
+//! A member silent to the shard master that another member, which answers, heard from within
+//! the last 300 ms (an answer to a lease renewal or a hand-off batch; every `Pong` lists the
+//! peers heard lately) is *vouched for*, for half a timeout: it is failed only once silent for
+//! three failure timeouts. A failover of a live member leaves its slots one up-to-date copy
+//! short while the others catch up, so under message loss on the shard master's links, false
+//! failovers followed by a real crash lost acknowledged writes. A crashed, paused or isolated
+//! member is heard by no one, and is failed after the failure timeout as before. A failover
+//! that waited for a change in progress pings the member once more first, and drops a verdict
+//! the member has since answered.
+//!
 //! Which secondary ([`heirs`]): the shard master asks the members which of their copies are
 //! still catching up (`Status`; only answers at the epoch being failed over count, and a slow
 //! server is asked again, longer), and gives each slot to its first secondary whose copy is up to

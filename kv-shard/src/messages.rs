@@ -86,6 +86,18 @@ pub struct Pong {
     /// Its peers it has heard nothing from lately, not even a refusal (see `kv_replica`'s docs,
     /// "A link cut between two live servers").
     pub unheard: Vec<UnheardPeer>,
+    /// Its peers that answered it lately (an answer or a refusal from the process), and how
+    /// long ago: a member that does not answer the shard master may still be alive.
+    pub heard: Vec<HeardPeer>,
+}
+
+/// A peer a storage server heard from lately.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeardPeer {
+    /// Its address as a member.
+    pub peer: String,
+    /// How long ago its last answer came.
+    pub ago: Duration,
 }
 
 /// A peer a storage server has heard nothing from.

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kv_shard::Slot;
-use kv_shard::messages::{HandOffCopy, Install, InstallReport, Pong, ServerStatus, UnheardPeer};
+use kv_shard::messages::{HandOffCopy, HeardPeer, Install, InstallReport, Pong, ServerStatus, UnheardPeer};
 use tonic::Status;
 
 use super::{config_from_wire, config_to_wire, slot_from_wire, slots_from_wire};
@@ -162,7 +162,15 @@ pub fn pong_to_wire(pong: Pong) -> v1::PingResponse {
             unheard_for_ms: u64::try_from(report.unheard_for.as_millis()).unwrap_or(u64::MAX),
         })
         .collect();
-    v1::PingResponse { epoch: pong.epoch, incarnation: pong.incarnation, unheard }
+    let heard = pong
+        .heard
+        .into_iter()
+        .map(|heard| v1::HeardPeer {
+            peer: heard.peer,
+            ago_ms: u64::try_from(heard.ago.as_millis()).unwrap_or(u64::MAX),
+        })
+        .collect();
+    v1::PingResponse { epoch: pong.epoch, incarnation: pong.incarnation, unheard, heard }
 }
 
 /// A ping's answer from the wire.
@@ -175,7 +183,12 @@ pub fn pong_from_wire(wire: &v1::PingResponse) -> Pong {
             unheard_for: Duration::from_millis(report.unheard_for_ms),
         })
         .collect();
-    Pong { epoch: wire.epoch, incarnation: wire.incarnation, unheard }
+    let heard = wire
+        .heard
+        .iter()
+        .map(|heard| HeardPeer { peer: heard.peer.clone(), ago: Duration::from_millis(heard.ago_ms) })
+        .collect();
+    Pong { epoch: wire.epoch, incarnation: wire.incarnation, unheard, heard }
 }
 
 #[cfg(test)]
@@ -243,7 +256,8 @@ mod tests {
         let report = InstallReport { slots_sent: 1, keys_sent: 2, never_arrived: vec![3] };
         assert_eq!(install_report_from_wire(&install_report_to_wire(&report)), report);
         let unheard = vec![UnheardPeer { peer: "c:1".into(), unheard_for: Duration::from_millis(900) }];
-        let pong = Pong { epoch: 1, incarnation: 2, unheard };
+        let heard = vec![HeardPeer { peer: "b:1".into(), ago: Duration::from_millis(120) }];
+        let pong = Pong { epoch: 1, incarnation: 2, unheard, heard };
         assert_eq!(pong_from_wire(&pong_to_wire(pong.clone())), pong);
     }
 }

@@ -19,7 +19,9 @@
 //! request to it that went unanswered in time (not refused: no answer at all) after its last
 //! answer, for as long as the requests sent since go unanswered, counted up to the latest of
 //! them, and while they go on. A request held up by a pause of this process counts for nothing
-//! on its own: the next is sent after the pause.
+//! on its own: the next is sent after the pause. They tell too which servers answered lately
+//! ([`Leases::heard`]: an answer or a refusal, not a refused connection), which the shard master
+//! takes as a sign of life of a server that does not answer it.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,7 +33,7 @@ use crate::transport::PeerCalls;
 use crate::{Error, peers, secondaries};
 use futures_util::future::join_all;
 use kv_shard::clock::{Clock, timeout};
-use kv_shard::messages::UnheardPeer;
+use kv_shard::messages::{HeardPeer, UnheardPeer};
 use kv_shard::{Config, Slot};
 use tokio::sync::Notify;
 use tracing::{debug, info};
@@ -67,6 +69,8 @@ pub(crate) struct Leases {
     fences: Mutex<BTreeMap<Slot, Instant>>,
     /// Servers whose requests go unanswered: when the first and the latest of them were sent.
     unanswered: Mutex<BTreeMap<String, (Instant, Instant)>>,
+    /// When each server last answered (or refused) a request.
+    answered: Mutex<BTreeMap<String, Instant>>,
     /// Renew now (after an install).
     kick: Notify,
     started: AtomicBool,
@@ -89,6 +93,7 @@ impl Leases {
             promised: Mutex::new(BTreeMap::new()),
             fences: Mutex::new(BTreeMap::new()),
             unanswered: Mutex::new(BTreeMap::new()),
+            answered: Mutex::new(BTreeMap::new()),
             kick: Notify::new(),
             started: AtomicBool::new(false),
         })
@@ -107,6 +112,22 @@ impl Leases {
         } else {
             unanswered.remove(peer);
         }
+        drop(unanswered);
+        // A process answered (a refused connection is no process: it proves nothing).
+        if !matches!(answer, Err(Error::Interrupted(_) | Error::Unavailable(_))) {
+            lock(&self.answered).insert(peer.to_owned(), self.clock.now());
+        }
+    }
+
+    /// The servers that answered this one within [`UNHEARD_FRESH`], and how long ago.
+    pub(crate) fn heard(&self) -> Vec<HeardPeer> {
+        let now = self.clock.now();
+        let mut answered = lock(&self.answered);
+        answered.retain(|_, &mut at| now.saturating_duration_since(at) <= UNHEARD_FRESH);
+        answered
+            .iter()
+            .map(|(peer, &at)| HeardPeer { peer: peer.clone(), ago: now.saturating_duration_since(at) })
+            .collect()
     }
 
     /// The servers this one hears nothing from, and for how long (see the module's docs).

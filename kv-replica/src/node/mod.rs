@@ -260,7 +260,12 @@ impl Node {
 
     /// This server's answer to a ping.
     pub fn ping(&self) -> Pong {
-        Pong { epoch: self.epoch(), incarnation: self.incarnation, unheard: self.leases.unheard() }
+        Pong {
+            epoch: self.epoch(),
+            incarnation: self.incarnation,
+            unheard: self.leases.unheard(),
+            heard: self.leases.heard(),
+        }
     }
 
     /// What this server holds.

@@ -1,7 +1,11 @@
 //! Watching the members: the driver of [`super::plan::detector`]. Every heartbeat it pings each
-//! member and fails over the one the detector names: silent, restarted, or cut off from a peer
+//! member and fails over the one the detector names: silent (and not vouched for by a member
+//! that heard from it lately), restarted, or cut off from a peer
 //! (while that failover waits for a change in progress, the change's waits count the member as
 //! silent, so it does not wait for it).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
 
 use futures_util::future::join_all;
 use tracing::{info, warn};
@@ -11,6 +15,10 @@ use super::failover::{fail_member, fail_silent_member};
 use super::plan::detector::{Detector, Heard, Verdict, cut_off};
 use super::shared::Shared;
 use crate::Config;
+
+/// How lately another member must have heard from a member silent to the shard master, to
+/// vouch for it.
+const VOUCH_FRESH: Duration = Duration::from_millis(300);
 
 /// Watches the members for as long as it runs: pings each every heartbeat, and fails one that
 /// has not answered for the failure timeout, or that restarted (with a replication factor of 2
@@ -25,7 +33,8 @@ pub(crate) async fn watch(shared: &Shared) {
         let sent = calls.now();
         let answers = join_all(members.iter().map(|address| calls.pong(address))).await;
         let mut reports = Vec::new();
-        let heard: Vec<(String, Heard)> = members
+        let mut vouched = BTreeSet::new();
+        let mut heard: Vec<(String, Heard)> = members
             .into_iter()
             .zip(answers)
             .map(|(address, answer)| {
@@ -33,6 +42,9 @@ pub(crate) async fn watch(shared: &Shared) {
                     Some(pong) if records.restarted(&address, pong.incarnation) => Heard::Restarted,
                     Some(pong) => {
                         reports.extend(pong.unheard.into_iter().map(|report| (address.clone(), report)));
+                        let fresh =
+                            pong.heard.into_iter().filter(|h| h.ago <= VOUCH_FRESH && h.peer != address);
+                        vouched.extend(fresh.map(|h| h.peer));
                         Heard::Alive
                     }
                     None => Heard::Nothing,
@@ -40,6 +52,11 @@ pub(crate) async fn watch(shared: &Shared) {
                 (address, heard)
             })
             .collect();
+        for (address, answer) in &mut heard {
+            if *answer == Heard::Nothing && vouched.contains(address) {
+                *answer = Heard::Vouched;
+            }
+        }
         let replicated = config.replication().factor > 1;
         match detector.round(&heard, sent, calls.now(), replicated) {
             Verdict::Wait if replicated => {

@@ -9,6 +9,11 @@
 //!   one cut off;
 //! - nothing is failed with a replication factor of 1, or a single member: there is no other
 //!   copy to promote;
+//! - a member silent to the shard master that another member, which answers, heard from lately
+//!   is *vouched for*: it is failed only once silent for [`VOUCHED_LIMIT`] timeouts. Lossy links
+//!   to the shard master then fail no live member (a failover would leave its slots one copy
+//!   short, for a second failure to lose), while a crashed or isolated member, heard by no one,
+//!   is failed after the timeout as before;
 //! - a member answering as another process than the one that joined (it restarted, and lost
 //!   what it held) is failed at once;
 //! - two members that answer, one of which has heard nothing from the other for longer than the
@@ -26,6 +31,8 @@ use crate::messages::UnheardPeer;
 pub(crate) enum Heard {
     /// Nothing, in time.
     Nothing,
+    /// Nothing, in time; but a member that answered heard from it lately.
+    Vouched,
     /// The process that joined answered.
     Alive,
     /// Another process answered: the member restarted.
@@ -43,17 +50,24 @@ pub(crate) enum Verdict {
     Silent(String, Duration),
 }
 
-/// When each member last answered.
+/// How many failure timeouts a member vouched for may stay silent before it is failed anyway
+/// (it may be cut off from the shard master only: changes need it to answer).
+pub(crate) const VOUCHED_LIMIT: u32 = 3;
+
+/// When each member last answered, and when one was last vouched for.
 #[derive(Debug, Clone)]
 pub(crate) struct Detector {
     timeout: Duration,
     last_seen: BTreeMap<String, Instant>,
+    /// A vouch counts for half a timeout: a round in which no one answers the shard master says
+    /// nothing new about anyone.
+    last_vouched: BTreeMap<String, Instant>,
 }
 
 impl Detector {
     /// A detector that fails members silent for longer than `timeout`.
     pub(crate) fn new(timeout: Duration) -> Self {
-        Detector { timeout, last_seen: BTreeMap::new() }
+        Detector { timeout, last_seen: BTreeMap::new(), last_vouched: BTreeMap::new() }
     }
 
     /// Takes one round: what every current member (in member order) answered the pings sent at
@@ -67,15 +81,24 @@ impl Detector {
         replicated: bool,
     ) -> Verdict {
         self.last_seen.retain(|address, _| heard.iter().any(|(member, _)| member == address));
+        self.last_vouched.retain(|address, _| heard.iter().any(|(member, _)| member == address));
         let mut restarted = None;
         for (address, answer) in heard {
             let seen = self.last_seen.entry(address.clone()).or_insert(sent);
             match answer {
                 Heard::Restarted => restarted = Some(address.clone()),
                 Heard::Alive => *seen = now,
+                Heard::Vouched => {
+                    self.last_vouched.insert(address.clone(), now);
+                }
                 Heard::Nothing => {}
             }
         }
+        let vouched = |address: &str| {
+            self.last_vouched
+                .get(address)
+                .is_some_and(|at| now.saturating_duration_since(*at) <= self.timeout / 2)
+        };
         if !replicated || heard.len() < 2 {
             return Verdict::Wait;
         }
@@ -88,7 +111,11 @@ impl Detector {
         if alive * 2 < heard.len() {
             return Verdict::Wait;
         }
-        match self.last_seen.iter().find(|(_, seen)| silent(seen)) {
+        let failed = |address: &str, seen: &Instant| {
+            silent(seen)
+                && (!vouched(address) || now.saturating_duration_since(*seen) > self.timeout * VOUCHED_LIMIT)
+        };
+        match self.last_seen.iter().find(|(address, seen)| failed(address, seen)) {
             Some((address, seen)) => Verdict::Silent(address.clone(), now.saturating_duration_since(*seen)),
             None => Verdict::Wait,
         }
@@ -105,6 +132,7 @@ impl Detector {
     /// Forgets `server` (failed over: if it comes back, it is a new member).
     pub(crate) fn forget(&mut self, server: &str) {
         self.last_seen.remove(server);
+        self.last_vouched.remove(server);
     }
 }
 
@@ -223,6 +251,29 @@ mod tests {
             until_verdict(&mut detector, &half, start, Duration::from_secs(10)).0,
             Verdict::Silent(..)
         ));
+    }
+
+    #[test]
+    fn a_member_others_still_hear_is_failed_only_after_the_longer_limit() {
+        let start = Instant::now();
+        let mut detector = Detector::new(TIMEOUT);
+        let vouched = [("a:1", Heard::Alive), ("b:1", Heard::Vouched), ("c:1", Heard::Alive)];
+        let (verdict, after) = until_verdict(&mut detector, &vouched, start, Duration::from_secs(5));
+        assert!(matches!(verdict, Verdict::Silent(ref a, _) if a == "b:1"), "{verdict:?}");
+        assert!(
+            after > TIMEOUT * VOUCHED_LIMIT - TICK && after <= TIMEOUT * VOUCHED_LIMIT + TICK,
+            "{after:?}"
+        );
+        // Heard by no one any more (it crashed): the plain timeout, counted from its last answer.
+        let mut detector = Detector::new(TIMEOUT);
+        assert_eq!(until_verdict(&mut detector, &vouched, start, TIMEOUT * 2).0, Verdict::Wait);
+        let silent = [("a:1", Heard::Alive), ("b:1", Heard::Nothing), ("c:1", Heard::Alive)];
+        let at = start + TIMEOUT * 2 + TICK;
+        assert_eq!(detector.round(&heard(&silent), at, at, true), Verdict::Wait, "vouched for a moment ago");
+        let at = at + TIMEOUT / 2;
+        assert!(
+            matches!(detector.round(&heard(&silent), at, at, true), Verdict::Silent(ref a, _) if a == "b:1")
+        );
     }
 
     #[test]
