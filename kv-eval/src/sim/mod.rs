@@ -44,7 +44,9 @@
 //! master, a server cut from the shard master, an isolated server, a paused server or shard
 //! master, a crashed server, restarted empty later; with two replicas or more, half the runs
 //! add a crash amid message losses on every link, which leaves aborted writes behind a primary
-//! that then dies), with joins and leaves anywhere. Four
+//! that then dies, and half a long cut (3 to 5 s) of a server from the shard master only, which
+//! outlasts the detector's patience with a member its peers still hear: it is failed over
+//! alive, leases and all), with joins and leaves anywhere. Four
 //! [`client`]s with the real client's retries and exactly-once ids run gets, puts and appends on
 //! six hot keys. With two replicas or more, half the runs end on a *lasting cut*: the link
 //! between a primary and one of its secondaries is cut both ways for 12 s, a fault the protocol
