@@ -64,6 +64,8 @@ mod calls;
 pub mod checks;
 mod client;
 mod clock;
+mod faults;
+mod health;
 mod net;
 mod run;
 pub mod schedule;

@@ -5,21 +5,19 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
-
-use kv_core::Storage;
 
 use super::checks::{LIVENESS_BOUND, check_history, longest_write_gap};
 use super::client::{Recorder, SimClient};
-use super::net::{Conditions, MASTER, Net};
+use super::faults::{QUIET, apply};
+use super::health::{health, lock, replicas_agree, until, until_healthy};
+use super::net::{MASTER, Net};
 use super::schedule::{Event, Fault, LASTING_CUT, Plan, PlanOptions, Setting};
 use super::trace::Trace;
 use super::world::World;
 use crate::harness::history::{Input, Outcome, Output};
 
-/// The network's conditions when no fault touches it.
-const QUIET: Conditions = Conditions { slow: 0.01, loss: 0.001 };
 /// Clients of the workload.
 const CLIENTS: u64 = 4;
 /// Keys written only by appends (after a preload), and keys written by puts.
@@ -404,161 +402,5 @@ impl std::io::Write for LogWriter {
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
-    }
-}
-
-fn lock(world: &Mutex<World>) -> MutexGuard<'_, World> {
-    world.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Whether the cluster is healthy: the shard master runs, every running server that has not
-/// asked to leave is a member at the current epoch, and no server catches up, waits for or owes
-/// slots. What is wrong, if it is not.
-async fn health(world: &Mutex<World>) -> Result<(), String> {
-    let inputs = lock(world).health_inputs();
-    let Some((config, servers)) = inputs else {
-        return Err("the shard master does not run".to_owned());
-    };
-    for (address, node) in servers {
-        if config.id_of(&address).is_none() {
-            return Err(format!("{address} runs but is not a member"));
-        }
-        let status = node.status().await.map_err(|err| format!("{address}: {err}"))?;
-        if status.epoch != config.epoch() {
-            return Err(format!(
-                "{address} is at epoch {}, the shard master at {}",
-                status.epoch,
-                config.epoch()
-            ));
-        }
-        if status.syncing_slots + status.incoming_slots + status.outgoing_slots > 0 {
-            return Err(format!(
-                "{address} catches up {} slots, waits for {}, owes {}",
-                status.syncing_slots, status.incoming_slots, status.outgoing_slots
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Waits until the cluster is healthy, or `limit` has passed; whether it is.
-async fn until_healthy(world: &Mutex<World>, net: &Net, limit: Duration) -> bool {
-    let deadline = net.elapsed() + limit;
-    loop {
-        if health(world).await.is_ok() {
-            return true;
-        }
-        if net.elapsed() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Waits, polling every 50 ms, until `done` holds or `limit` has passed; whether it held.
-async fn until(net: &Net, limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = net.elapsed() + limit;
-    loop {
-        if done() {
-            return true;
-        }
-        if net.elapsed() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A key whose replicas hold different values, if one does.
-fn replicas_agree(world: &World, keys: &[String]) -> Option<String> {
-    let config = world.config()?;
-    let servers: BTreeMap<&String, _> = world.running().collect();
-    for key in keys {
-        let mut values = Vec::new();
-        for (_, address) in config.replicas(key) {
-            let Some(server) = servers.get(&address.to_owned()) else {
-                return Some(format!("{key}: replica {address} does not run"));
-            };
-            values.push((address.to_owned(), peek(&server.storage, key)));
-        }
-        if values.windows(2).any(|pair| pair[0].1 != pair[1].1) {
-            let shown: Vec<String> = values
-                .iter()
-                .map(|(address, value)| format!("{address} holds {}", summary(value.as_deref())))
-                .collect();
-            return Some(format!("{key}: {}", shown.join(", ")));
-        }
-    }
-    None
-}
-
-/// A value, shortened for a report: its length and its end.
-fn summary(value: Option<&str>) -> String {
-    match value {
-        None => "no value".to_owned(),
-        Some(value) => {
-            let tail: String = value.chars().rev().take(24).collect::<Vec<_>>().into_iter().rev().collect();
-            format!("{} chars ending {tail:?}", value.chars().count())
-        }
-    }
-}
-
-/// The value an in-memory engine holds, read without waiting.
-fn peek(storage: &kv_core::MemoryStorage, key: &str) -> Option<String> {
-    use std::future::Future;
-    use std::task::{Context, Poll, Waker};
-    let mut read = std::pin::pin!(storage.get(key));
-    match read.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(Ok(value)) => value,
-        _ => None,
-    }
-}
-
-fn apply(world: &mut World, net: &Net, event: &Event, everyone: &[String], crashed: &mut BTreeSet<String>) {
-    let cut_both = |a: &str, b: &str, cut: bool| {
-        net.set_cut(a, b, cut);
-        net.set_cut(b, a, cut);
-    };
-    match event {
-        Event::Join(server) => world.start_server(server),
-        Event::Leave(server) => world.leave(server),
-        Event::Begin(fault) | Event::End(fault) => {
-            let on = matches!(event, Event::Begin(_));
-            match fault {
-                Fault::Lossy { from, to, rate } => net.set_flaky(from, to, if on { *rate } else { 0.0 }),
-                Fault::Slow { share } => {
-                    net.set_conditions(if on { Conditions { slow: *share, ..QUIET } } else { QUIET })
-                }
-                Fault::CutOneWay { from, to } => net.set_cut(from, to, on),
-                Fault::CutBetween { a, b } => cut_both(a, b, on),
-                Fault::CutFromMaster { server } => cut_both(server, MASTER, on),
-                Fault::Isolate { server } => {
-                    for other in everyone.iter().filter(|other| *other != server) {
-                        cut_both(server, other, on);
-                    }
-                }
-                Fault::Pause { server } => world.set_paused(server, on),
-                Fault::PauseMaster => world.set_paused(MASTER, on),
-                Fault::Crash { server } => {
-                    if on && world.is_running(server) {
-                        world.crash(server);
-                        crashed.insert(server.clone());
-                    } else if !on && crashed.remove(server) {
-                        world.start_server(server);
-                    }
-                }
-                Fault::CrashAmidLoss { loss, .. } => {
-                    // The crash itself, and the restart, are the episode loop's.
-                    net.set_conditions(if on { Conditions { loss: *loss, ..QUIET } } else { QUIET });
-                }
-                Fault::CrashMaster => {
-                    if on {
-                        world.crash_master();
-                    } else {
-                        world.start_master();
-                    }
-                }
-            }
-        }
     }
 }
