@@ -2,13 +2,54 @@
 //! network or on a process, a server joins or leaves.
 
 use std::collections::BTreeSet;
+use std::sync::Mutex;
 
+use super::health::lock;
 use super::net::{Conditions, MASTER, Net};
-use super::schedule::{Event, Fault};
+use super::schedule::{Episode, Event, Fault};
 use super::world::World;
 
 /// The network's conditions when no fault touches it.
 pub(crate) const QUIET: Conditions = Conditions { slow: 0.01, loss: 0.001 };
+
+/// Plays one fault: begins it, holds it, and ends it.
+pub(crate) async fn play(
+    world: &Mutex<World>,
+    net: &Net,
+    episode: &Episode,
+    everyone: &[String],
+    crashed: &mut BTreeSet<String>,
+) {
+    let event = Event::Begin(episode.fault.clone());
+    net.trace(format_args!("event {event:?}"));
+    apply(&mut lock(world), net, &event, everyone, crashed);
+    let mut crashed_amid = None;
+    if let Fault::CrashAmidLoss { server, .. } = &episode.fault {
+        tokio::time::sleep(episode.hold / 2).await;
+        {
+            let mut world = lock(world);
+            // The primary of a hot key, if there is one: its aborted writes are the point.
+            let primary = world
+                .config()
+                .and_then(|config| config.replicas("a0").first().map(|(_, address)| (*address).to_owned()));
+            let server = primary.unwrap_or_else(|| server.clone());
+            if world.is_running(&server) {
+                net.trace(format_args!("event {server} crashes amid the losses"));
+                world.crash(&server);
+                crashed_amid = Some(server);
+            }
+        }
+        tokio::time::sleep(episode.hold - episode.hold / 2).await;
+    } else {
+        tokio::time::sleep(episode.hold).await;
+    }
+    let event = Event::End(episode.fault.clone());
+    net.trace(format_args!("event {event:?}"));
+    apply(&mut lock(world), net, &event, everyone, crashed);
+    if let Some(server) = crashed_amid {
+        lock(world).start_server(&server);
+    }
+}
 
 pub(crate) fn apply(
     world: &mut World,

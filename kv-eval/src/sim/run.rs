@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::checks::{LIVENESS_BOUND, check_history, longest_write_gap};
 use super::client::{Recorder, SimClient};
-use super::faults::{QUIET, apply};
+use super::faults::{QUIET, apply, play};
 use super::health::{health, lock, replicas_agree, until, until_healthy};
 use super::net::{MASTER, Net};
 use super::schedule::{Event, Fault, LASTING_CUT, Plan, PlanOptions, Setting};
@@ -224,35 +224,7 @@ async fn simulate(seed: u64, setting: Setting, options: RunOptions, trace: Arc<T
         }
         recoveries.push(net.elapsed() - began);
         tokio::time::sleep(episode.gap).await;
-        let event = Event::Begin(episode.fault.clone());
-        net.trace(format_args!("event {event:?}"));
-        apply(&mut lock(&world), &net, &event, &everyone, &mut crashed);
-        let mut crashed_amid = None;
-        if let Fault::CrashAmidLoss { server, .. } = &episode.fault {
-            tokio::time::sleep(episode.hold / 2).await;
-            {
-                let mut world = lock(&world);
-                // The primary of a hot key, if there is one: its aborted writes are the point.
-                let primary = world.config().and_then(|config| {
-                    config.replicas("a0").first().map(|(_, address)| (*address).to_owned())
-                });
-                let server = primary.unwrap_or_else(|| server.clone());
-                if world.is_running(&server) {
-                    net.trace(format_args!("event {server} crashes amid the losses"));
-                    world.crash(&server);
-                    crashed_amid = Some(server);
-                }
-            }
-            tokio::time::sleep(episode.hold - episode.hold / 2).await;
-        } else {
-            tokio::time::sleep(episode.hold).await;
-        }
-        let event = Event::End(episode.fault.clone());
-        net.trace(format_args!("event {event:?}"));
-        apply(&mut lock(&world), &net, &event, &everyone, &mut crashed);
-        if let Some(server) = crashed_amid {
-            lock(&world).start_server(&server);
-        }
+        play(&world, &net, episode, &everyone, &mut crashed).await;
     }
     // A lasting cut between a primary and a secondary: the writes must go on around it.
     let mut under_cut = None;
