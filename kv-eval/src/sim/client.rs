@@ -61,9 +61,22 @@ impl CallError {
 #[derive(Debug, Default)]
 pub(crate) struct Recorder {
     ops: Mutex<Vec<Operation>>,
+    /// Writes a primary failed because it could not replicate them (it aborted them), with when
+    /// and where: an aimed fault acts on them.
+    failed_writes: Mutex<Vec<(Duration, String)>>,
 }
 
 impl Recorder {
+    fn write_failed(&self, at: Duration, server: &str) {
+        self.failed_writes.lock().unwrap_or_else(PoisonError::into_inner).push((at, server.to_owned()));
+    }
+
+    /// The first write a primary aborted at or after `since`: when, and the primary.
+    pub(crate) fn first_failed_write(&self, since: Duration) -> Option<(Duration, String)> {
+        let failed = self.failed_writes.lock().unwrap_or_else(PoisonError::into_inner);
+        failed.iter().find(|(at, _)| *at >= since).cloned()
+    }
+
     fn record(&self, op: Operation) {
         self.ops.lock().unwrap_or_else(PoisonError::into_inner).push(op);
     }
@@ -205,6 +218,10 @@ impl SimClient {
                         .await;
                     match answer {
                         Ok(Some(Ok(value))) => return Ok(value),
+                        Ok(Some(Err(err @ kv_core::Error::Replication(_)))) if !read => {
+                            self.recorder.write_failed(self.endpoint.net.elapsed(), server);
+                            Err(CallError::Rejected(err))
+                        }
                         Ok(Some(Err(err))) => Err(CallError::Rejected(err)),
                         Ok(None) => Err(CallError::Net(Failure::Refused)),
                         Err(failure) => Err(CallError::Net(failure)),

@@ -3,19 +3,23 @@
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
+use std::time::Duration;
 
+use super::client::Recorder;
 use super::health::lock;
 use super::net::{Conditions, MASTER, Net};
-use super::schedule::{Episode, Event, Fault};
+use super::schedule::{Episode, Event, Fault, HOT_KEYS};
 use super::world::World;
 
 /// The network's conditions when no fault touches it.
 pub(crate) const QUIET: Conditions = Conditions { slow: 0.01, loss: 0.001 };
 
-/// Plays one fault: begins it, holds it, and ends it.
+/// Plays one fault: begins it, holds it (acting on the cluster meanwhile, for the faults that
+/// do), and ends it.
 pub(crate) async fn play(
     world: &Mutex<World>,
     net: &Net,
+    recorder: &Recorder,
     episode: &Episode,
     everyone: &[String],
     crashed: &mut BTreeSet<String>,
@@ -23,32 +27,112 @@ pub(crate) async fn play(
     let event = Event::Begin(episode.fault.clone());
     net.trace(format_args!("event {event:?}"));
     apply(&mut lock(world), net, &event, everyone, crashed);
-    let mut crashed_amid = None;
-    if let Fault::CrashAmidLoss { server, .. } = &episode.fault {
-        tokio::time::sleep(episode.hold / 2).await;
-        {
-            let mut world = lock(world);
+    let began = net.elapsed();
+    let until_end = || (began + episode.hold).saturating_sub(net.elapsed());
+    // A server this fault crashed, started again at its end; a server it cut from the master.
+    let mut restart = None;
+    let mut cut_from_master = None;
+    match &episode.fault {
+        Fault::CrashAmidLoss { server, .. } => {
+            tokio::time::sleep(episode.hold / 2).await;
             // The primary of a hot key, if there is one: its aborted writes are the point.
-            let primary = world
-                .config()
-                .and_then(|config| config.replicas("a0").first().map(|(_, address)| (*address).to_owned()));
-            let server = primary.unwrap_or_else(|| server.clone());
-            if world.is_running(&server) {
-                net.trace(format_args!("event {server} crashes amid the losses"));
-                world.crash(&server);
-                crashed_amid = Some(server);
+            let primary = replica(world, "a0", 0).unwrap_or_else(|| server.clone());
+            restart = crash(world, net, &primary, "amid the losses");
+        }
+        Fault::ChangeWhileCut { key, joiner, leave, after } => {
+            let primary = replica(world, key, 0);
+            if let Some(secondary) = replica(world, key, 1) {
+                net.trace(format_args!(
+                    "event {secondary}, a secondary of {key:?}, is cut from the shard master"
+                ));
+                net.set_cut(&secondary, MASTER, true);
+                net.set_cut(MASTER, &secondary, true);
+                cut_from_master = Some(secondary);
+            }
+            tokio::time::sleep(*after).await;
+            let mut world = lock(world);
+            let spare = world.config().is_some_and(|c| c.members().count() > c.replication().factor);
+            match primary {
+                Some(primary) if *leave && spare && world.is_running(&primary) => {
+                    net.trace(format_args!("event {primary}, the primary of {key:?}, leaves"));
+                    world.leave(&primary);
+                }
+                _ => {
+                    net.trace(format_args!("event {joiner} joins"));
+                    world.start_server(joiner);
+                }
             }
         }
-        tokio::time::sleep(episode.hold - episode.hold / 2).await;
-    } else {
-        tokio::time::sleep(episode.hold).await;
+        Fault::CrashAfterJoin { joiner, after } => {
+            net.trace(format_args!("event {joiner} joins"));
+            lock(world).start_server(joiner);
+            let member = || lock(world).config().is_some_and(|config| config.id_of(joiner).is_some());
+            if poll(net, episode.hold, member).await {
+                tokio::time::sleep(*after).await;
+                // A hot key the joiner now holds a copy of, and whose primary is another server.
+                let primary = lock(world).config().and_then(|config| {
+                    HOT_KEYS.iter().find_map(|key| {
+                        let replicas: Vec<&str> = config.replicas(key).into_iter().map(|(_, a)| a).collect();
+                        (replicas.contains(&joiner.as_str()) && replicas.first() != Some(&joiner.as_str()))
+                            .then(|| replicas[0].to_owned())
+                    })
+                });
+                if let Some(primary) = primary {
+                    restart = crash(world, net, &primary, "while the joiner's copy catches up");
+                }
+            }
+        }
+        Fault::CrashAfterAbort { after, .. } => {
+            let aborted = || recorder.first_failed_write(began).is_some();
+            if poll(net, episode.hold, aborted).await
+                && let Some((_, primary)) = recorder.first_failed_write(began)
+            {
+                tokio::time::sleep(*after).await;
+                restart = crash(world, net, &primary, "after it failed a write");
+            }
+        }
+        _ => {}
     }
+    tokio::time::sleep(until_end()).await;
     let event = Event::End(episode.fault.clone());
     net.trace(format_args!("event {event:?}"));
     apply(&mut lock(world), net, &event, everyone, crashed);
-    if let Some(server) = crashed_amid {
+    if let Some(server) = cut_from_master {
+        net.set_cut(&server, MASTER, false);
+        net.set_cut(MASTER, &server, false);
+    }
+    if let Some(server) = restart {
         lock(world).start_server(&server);
     }
+}
+
+/// The `index`-th replica of `key` (0: its primary) in the shard master's map.
+fn replica(world: &Mutex<World>, key: &str, index: usize) -> Option<String> {
+    let config = lock(world).config()?;
+    config.replicas(key).get(index).map(|(_, address)| (*address).to_owned())
+}
+
+/// Crashes `server` if it runs; the server crashed.
+fn crash(world: &Mutex<World>, net: &Net, server: &str, why: &str) -> Option<String> {
+    let mut world = lock(world);
+    if !world.is_running(server) {
+        return None;
+    }
+    net.trace(format_args!("event {server} crashes {why}"));
+    world.crash(server);
+    Some(server.to_owned())
+}
+
+/// Waits, looking every millisecond, until `done` holds or `limit` has passed; whether it held.
+async fn poll(net: &Net, limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = net.elapsed() + limit;
+    while !done() {
+        if net.elapsed() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    true
 }
 
 pub(crate) fn apply(
@@ -90,10 +174,12 @@ pub(crate) fn apply(
                         world.start_server(server);
                     }
                 }
-                Fault::CrashAmidLoss { loss, .. } => {
+                Fault::CrashAmidLoss { loss, .. } | Fault::CrashAfterAbort { loss, .. } => {
                     // The crash itself, and the restart, are the episode loop's.
                     net.set_conditions(if on { Conditions { loss: *loss, ..QUIET } } else { QUIET });
                 }
+                // What these do, `play` does.
+                Fault::ChangeWhileCut { .. } | Fault::CrashAfterJoin { .. } => {}
                 Fault::CrashMaster => {
                     if on {
                         world.crash_master();

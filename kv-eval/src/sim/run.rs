@@ -13,16 +13,13 @@ use super::client::{Recorder, SimClient};
 use super::faults::{QUIET, apply, play};
 use super::health::{health, lock, replicas_agree, until, until_healthy};
 use super::net::{MASTER, Net};
-use super::schedule::{Event, Fault, LASTING_CUT, Plan, PlanOptions, Setting};
+use super::schedule::{Event, Fault, HOT_KEYS, LASTING_CUT, Plan, PlanOptions, Setting};
 use super::trace::Trace;
 use super::world::World;
 use crate::harness::history::{Input, Outcome, Output};
 
 /// Clients of the workload.
 const CLIENTS: u64 = 4;
-/// Keys written only by appends (after a preload), and keys written by puts.
-const APPEND_KEYS: usize = 4;
-const PUT_KEYS: usize = 2;
 /// The longest the cluster may take to be healthy again (every running server a member, every
 /// copy caught up, nothing moving) once a fault has ended.
 pub(crate) const HEALTH_BOUND: Duration = Duration::from_secs(15);
@@ -78,12 +75,14 @@ impl RunReport {
     }
 }
 
+/// Keys written only by appends (after a preload).
 fn append_keys() -> Vec<String> {
-    (0..APPEND_KEYS).map(|i| format!("a{i}")).collect()
+    HOT_KEYS.iter().filter(|key| key.starts_with('a')).map(|&key| key.to_owned()).collect()
 }
 
+/// Keys written by puts.
 fn put_keys() -> Vec<String> {
-    (0..PUT_KEYS).map(|i| format!("p{i}")).collect()
+    HOT_KEYS.iter().filter(|key| key.starts_with('p')).map(|&key| key.to_owned()).collect()
 }
 
 fn preload(key: &str) -> String {
@@ -224,7 +223,7 @@ async fn simulate(seed: u64, setting: Setting, options: RunOptions, trace: Arc<T
         }
         recoveries.push(net.elapsed() - began);
         tokio::time::sleep(episode.gap).await;
-        play(&world, &net, episode, &everyone, &mut crashed).await;
+        play(&world, &net, &recorder, episode, &everyone, &mut crashed).await;
     }
     // A lasting cut between a primary and a secondary: the writes must go on around it.
     let mut under_cut = None;

@@ -129,6 +129,18 @@ pub(crate) enum Fault {
     /// prepares were lost at one secondary are aborted, later writes of the same keys made, then
     /// their primary is gone.
     CrashAmidLoss { server: String, loss: f64 },
+    /// The first secondary of the hot key `key` is cut from the shard master, and `after` that
+    /// a membership change moves slots: the key's primary leaves (if `leave`, and the members are
+    /// more than the replicas), or else `joiner` joins. The change's installs miss the cut
+    /// server, while its primary's leases still let it serve reads.
+    ChangeWhileCut { key: String, joiner: String, leave: bool, after: Duration },
+    /// `joiner` joins, and `after` it is a member, the primary of a hot key whose new copy is
+    /// the joiner's crashes (it is started again at the end), while that copy may still catch up.
+    CrashAfterJoin { joiner: String, after: Duration },
+    /// Every link loses `loss` of its messages, and `after` the first write a primary fails (the
+    /// write is aborted), that primary crashes (it is started again at the end): its secondaries
+    /// may hold the aborted write prepared, and later writes of the key.
+    CrashAfterAbort { loss: f64, after: Duration },
 }
 
 /// What happens at a moment of the run.
@@ -182,6 +194,8 @@ pub(crate) struct PlanOptions {
 
 /// Faults per run.
 const EPISODES: usize = 3;
+/// The keys the workload writes most, which aimed faults pick from.
+pub(crate) const HOT_KEYS: [&str; 6] = ["a0", "a1", "a2", "a3", "p0", "p1"];
 /// How long a lasting cut holds.
 pub(crate) const LASTING_CUT: Duration = Duration::from_secs(12);
 
@@ -264,6 +278,32 @@ impl Plan {
                 hold: Duration::from_millis(long.random_range(3_000..5_000)),
             });
         }
+        // A fault aimed at one step of the protocol (a hand-off, a catch-up, an abort), from a
+        // stream of its own, last.
+        let mut aimed = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0xa13e_d5f7);
+        if setting.factor > 1 && aimed.random_bool(0.75) {
+            let joiner = server(n + 1);
+            let fault = match aimed.random_range(0..3) {
+                0 => Fault::ChangeWhileCut {
+                    key: HOT_KEYS[aimed.random_range(0..HOT_KEYS.len())].to_owned(),
+                    joiner,
+                    leave: aimed.random_bool(0.5),
+                    after: Duration::from_millis(aimed.random_range(50..600)),
+                },
+                1 => {
+                    Fault::CrashAfterJoin { joiner, after: Duration::from_millis(aimed.random_range(0..300)) }
+                }
+                _ => Fault::CrashAfterAbort {
+                    loss: aimed.random_range(0.05..0.3),
+                    after: Duration::from_millis(aimed.random_range(0..30)),
+                },
+            };
+            episodes.push(Episode {
+                gap: Duration::from_millis(aimed.random_range(100..1_000)),
+                fault,
+                hold: Duration::from_millis(aimed.random_range(1_000..3_000)),
+            });
+        }
         Plan { initial, rates, episodes, membership, lasting_cut }
     }
 
@@ -316,6 +356,6 @@ mod tests {
         assert_eq!((&a.episodes, &a.membership, &a.initial), (&b.episodes, &b.membership, &b.initial));
         let c = Plan::draw(8, setting, options);
         assert!(a.episodes != c.episodes || a.initial != c.initial, "another seed, another plan");
-        assert!((EPISODES..=EPISODES + 2).contains(&a.episodes.len()));
+        assert!((EPISODES..=EPISODES + 3).contains(&a.episodes.len()));
     }
 }
