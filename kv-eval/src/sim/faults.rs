@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::client::Recorder;
 use super::health::lock;
 use super::net::{Conditions, MASTER, Net};
-use super::schedule::{Episode, Event, Fault, HOT_KEYS};
+use super::schedule::{Episode, Event, Fault};
 use super::world::World;
 
 /// The network's conditions when no fault touches it.
@@ -29,9 +29,9 @@ pub(crate) async fn play(
     apply(&mut lock(world), net, &event, everyone, crashed);
     let began = net.elapsed();
     let until_end = || (began + episode.hold).saturating_sub(net.elapsed());
-    // A server this fault crashed, started again at its end; a server it cut from the master.
+    // A server this fault crashed, started again at its end; the links it stalled.
     let mut restart = None;
-    let mut cut_from_master = None;
+    let mut unstall: Vec<(String, String)> = Vec::new();
     match &episode.fault {
         Fault::CrashAmidLoss { server, .. } => {
             tokio::time::sleep(episode.hold / 2).await;
@@ -39,17 +39,13 @@ pub(crate) async fn play(
             let primary = replica(world, "a0", 0).unwrap_or_else(|| server.clone());
             restart = crash(world, net, &primary, "amid the losses");
         }
-        Fault::ChangeWhileCut { key, joiner, leave, after } => {
+        Fault::StalledInstall { key, joiner, leave, stall } => {
             let primary = replica(world, key, 0);
             if let Some(secondary) = replica(world, key, 1) {
-                net.trace(format_args!(
-                    "event {secondary}, a secondary of {key:?}, is cut from the shard master"
-                ));
-                net.set_cut(&secondary, MASTER, true);
-                net.set_cut(MASTER, &secondary, true);
-                cut_from_master = Some(secondary);
+                net.trace(format_args!("event installs to {secondary}, a secondary of {key:?}, stall"));
+                net.set_stalled(MASTER, &secondary, Some(("install", *stall)));
+                unstall.push((MASTER.to_owned(), secondary));
             }
-            tokio::time::sleep(*after).await;
             let mut world = lock(world);
             let spare = world.config().is_some_and(|c| c.members().count() > c.replication().factor);
             match primary {
@@ -63,22 +59,47 @@ pub(crate) async fn play(
                 }
             }
         }
-        Fault::CrashAfterJoin { joiner, after } => {
-            net.trace(format_args!("event {joiner} joins"));
+        Fault::StaleBatch { joiner, stall, pause } => {
+            for from in everyone.iter().filter(|from| *from != joiner) {
+                net.set_stalled(from, joiner, Some(("transfer", *stall)));
+                unstall.push((from.clone(), joiner.clone()));
+            }
+            net.trace(format_args!("event {joiner} joins, its hand-offs stalled"));
             lock(world).start_server(joiner);
-            let member = || lock(world).config().is_some_and(|config| config.id_of(joiner).is_some());
-            if poll(net, episode.hold, member).await {
-                tokio::time::sleep(*after).await;
-                // A hot key the joiner now holds a copy of, and whose primary is another server.
-                let primary = lock(world).config().and_then(|config| {
-                    HOT_KEYS.iter().find_map(|key| {
-                        let replicas: Vec<&str> = config.replicas(key).into_iter().map(|(_, a)| a).collect();
-                        (replicas.contains(&joiner.as_str()) && replicas.first() != Some(&joiner.as_str()))
-                            .then(|| replicas[0].to_owned())
-                    })
-                });
-                if let Some(primary) = primary {
-                    restart = crash(world, net, &primary, "while the joiner's copy catches up");
+            let deadline = net.elapsed() + Duration::from_secs(30);
+            while net.elapsed() < deadline {
+                let node = lock(world).node(joiner);
+                let status = match node {
+                    Some(node) => node.status().await.ok(),
+                    None => None,
+                };
+                if status.is_some_and(|s| s.epoch > 0 && s.incoming_slots == 0) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            net.trace(format_args!("event {joiner} holds its slots, and is paused"));
+            lock(world).set_paused(joiner, true);
+            tokio::time::sleep(*pause).await;
+            lock(world).set_paused(joiner, false);
+            // The batches resent during its first join are still on their way.
+            tokio::time::sleep(*stall + Duration::from_secs(2)).await;
+        }
+        Fault::CrashAfterLeave { key, stall, after } => {
+            let (primary, secondary) = (replica(world, key, 0), replica(world, key, 1));
+            let spare = lock(world).config().is_some_and(|c| c.members().count() > c.replication().factor);
+            if let (Some(primary), Some(secondary), true) = (primary, secondary, spare) {
+                for to in everyone.iter().filter(|to| **to != primary) {
+                    net.set_stalled(&primary, to, Some(("replicate", *stall)));
+                    unstall.push((primary.clone(), to.clone()));
+                }
+                net.trace(format_args!(
+                    "event {secondary}, a secondary of {key:?}, leaves; {primary} stalls"
+                ));
+                lock(world).leave(&secondary);
+                if poll(net, Duration::from_secs(30), || !lock(world).is_running(&secondary)).await {
+                    tokio::time::sleep(*after).await;
+                    restart = crash(world, net, &primary, "after the leave returned");
                 }
             }
         }
@@ -97,9 +118,8 @@ pub(crate) async fn play(
     let event = Event::End(episode.fault.clone());
     net.trace(format_args!("event {event:?}"));
     apply(&mut lock(world), net, &event, everyone, crashed);
-    if let Some(server) = cut_from_master {
-        net.set_cut(&server, MASTER, false);
-        net.set_cut(MASTER, &server, false);
+    for (from, to) in unstall {
+        net.set_stalled(&from, &to, None);
     }
     if let Some(server) = restart {
         lock(world).start_server(&server);
@@ -179,7 +199,7 @@ pub(crate) fn apply(
                     net.set_conditions(if on { Conditions { loss: *loss, ..QUIET } } else { QUIET });
                 }
                 // What these do, `play` does.
-                Fault::ChangeWhileCut { .. } | Fault::CrashAfterJoin { .. } => {}
+                Fault::StalledInstall { .. } | Fault::CrashAfterLeave { .. } | Fault::StaleBatch { .. } => {}
                 Fault::CrashMaster => {
                     if on {
                         world.crash_master();

@@ -15,14 +15,17 @@ pub(crate) fn lock(world: &Mutex<World>) -> MutexGuard<'_, World> {
     world.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Whether the cluster is healthy: the shard master runs, every running server that has not
-/// asked to leave is a member at the current epoch, and no server catches up, waits for or owes
-/// slots. What is wrong, if it is not.
+/// Whether the cluster is healthy: the shard master runs, no leave is under way, every running
+/// server is a member at the current epoch, and no server catches up, waits for or owes slots.
+/// What is wrong, if it is not.
 pub(crate) async fn health(world: &Mutex<World>) -> Result<(), String> {
     let inputs = lock(world).health_inputs();
-    let Some((config, servers)) = inputs else {
+    let Some((config, servers, leaving)) = inputs else {
         return Err("the shard master does not run".to_owned());
     };
+    if let Some(leaver) = leaving.first() {
+        return Err(format!("{leaver} is still leaving"));
+    }
     for (address, node) in servers {
         if config.id_of(&address).is_none() {
             return Err(format!("{address} runs but is not a member"));

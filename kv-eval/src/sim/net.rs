@@ -12,6 +12,9 @@
 //!    if the caller gives up meanwhile, it still arrives once the link heals, and its handler
 //!    runs (the bytes were in the socket; the cancel comes after them, and a handler acts on
 //!    arrival), only its answer goes nowhere: so an old request can arrive long after newer ones;
+//!    a link can also *stall* the requests of one kind (installs, say), holding each for a
+//!    while before it goes on, as a connection stuck retransmitting does while other calls go
+//!    out on others;
 //! 4. a *lost* message, drawn by the generator or the link's loss rate, breaks the call: the
 //!    caller hears, a little later, that the connection broke (*interrupted*: a lost answer's
 //!    request was handled);
@@ -98,6 +101,9 @@ struct Links {
     cut: BTreeSet<(String, String)>,
     /// Extra loss rate of a link, from → to.
     flaky: BTreeMap<(String, String), f64>,
+    /// Requests of one kind (the first word of what they carry) that a link, from → to, holds
+    /// for a while each: a connection stuck retransmitting, while the other calls go on.
+    stalled: BTreeMap<(String, String), (String, Duration)>,
 }
 
 /// The network of one run.
@@ -198,6 +204,24 @@ impl Net {
         }
     }
 
+    /// Makes the link from `from` to `to` hold each request of `kind` for `hold` (`None`: no
+    /// more): it arrives then, whether or not its caller still waits.
+    pub(crate) fn set_stalled(&self, from: &str, to: &str, stall: Option<(&str, Duration)>) {
+        let key = (from.to_owned(), to.to_owned());
+        let mut links = lock(&self.links);
+        match stall {
+            Some((kind, hold)) => links.stalled.insert(key, (kind.to_owned(), hold)),
+            None => links.stalled.remove(&key),
+        };
+    }
+
+    /// How long the link from `from` to `to` holds a request carrying `what`, if it stalls it.
+    fn stall_of(&self, from: &str, to: &str, what: &str) -> Option<Duration> {
+        let links = lock(&self.links);
+        let (kind, hold) = links.stalled.get(&(from.to_owned(), to.to_owned()))?;
+        (what.split(' ').next() == Some(kind.as_str())).then_some(*hold)
+    }
+
     /// Heals every link, and brings back the quiet network's conditions.
     pub(crate) fn heal(&self, quiet: Conditions) {
         *lock(&self.links) = Links::default();
@@ -288,13 +312,19 @@ impl Endpoint {
                 net.trace(format_args!("#{id} request lost"));
                 return Err(Failure::NoAnswer);
             }
-            let held = net.is_cut(&self.me, to)
+            let stalled = net.stall_of(&self.me, to, what);
+            let held = stalled.is_some()
+                || net.is_cut(&self.me, to)
                 || lock(&net.hosts).get(to).is_some_and(|host| host.gate.is_paused());
             let (answer, life) = if held {
                 // Held in the network: it arrives whether or not the caller still waits.
                 let (sent, arrived) = tokio::sync::oneshot::channel();
                 let (net, from, to) = (Arc::clone(net), self.me.clone(), to.to_owned());
                 tokio::spawn(async move {
+                    if let Some(hold) = stalled {
+                        net.trace(format_args!("#{id} stalled for {:.3} s", hold.as_secs_f64()));
+                        tokio::time::sleep(hold).await;
+                    }
                     net.until_open(&from, &to).await;
                     let delivered = deliver(&net, id, &to, Handler::Detached, handle).await;
                     if sent.is_closed() {

@@ -129,18 +129,25 @@ pub(crate) enum Fault {
     /// prepares were lost at one secondary are aborted, later writes of the same keys made, then
     /// their primary is gone.
     CrashAmidLoss { server: String, loss: f64 },
-    /// The first secondary of the hot key `key` is cut from the shard master, and `after` that
-    /// a membership change moves slots: the key's primary leaves (if `leave`, and the members are
-    /// more than the replicas), or else `joiner` joins. The change's installs miss the cut
-    /// server, while its primary's leases still let it serve reads.
-    ChangeWhileCut { key: String, joiner: String, leave: bool, after: Duration },
-    /// `joiner` joins, and `after` it is a member, the primary of a hot key whose new copy is
-    /// the joiner's crashes (it is started again at the end), while that copy may still catch up.
-    CrashAfterJoin { joiner: String, after: Duration },
+    /// A membership change moves slots while the shard master's installs to the first
+    /// secondary of the hot key `key` are stalled, each for `stall`: the key's primary leaves (if
+    /// `leave`, and the members are more than the replicas), or else `joiner` joins. The senders
+    /// hand off while that secondary is still at the old epoch, where its primary's leases let it
+    /// serve reads.
+    StalledInstall { key: String, joiner: String, leave: bool, stall: Duration },
+    /// The first secondary of the hot key `key` leaves while the replication from the key's
+    /// primary is stalled (each batch held for `stall`), so the copy that replaces the leaver's
+    /// catches up slowly; `after` the leave returns (the leaver stops), the primary crashes (it
+    /// is started again at the end).
+    CrashAfterLeave { key: String, stall: Duration, after: Duration },
     /// Every link loses `loss` of its messages, and `after` the first write a primary fails (the
     /// write is aborted), that primary crashes (it is started again at the end): its secondaries
     /// may hold the aborted write prepared, and later writes of the key.
     CrashAfterAbort { loss: f64, after: Duration },
+    /// `joiner` joins while every hand-off batch sent to it is stalled for `stall`; once it holds
+    /// its slots it is paused for `pause` (failed over as silent), resumed, and joins again, when
+    /// batches of its first join, resent meanwhile, are still on their way to it.
+    StaleBatch { joiner: String, stall: Duration, pause: Duration },
 }
 
 /// What happens at a moment of the run.
@@ -283,16 +290,23 @@ impl Plan {
         let mut aimed = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0xa13e_d5f7);
         if setting.factor > 1 && aimed.random_bool(0.75) {
             let joiner = server(n + 1);
-            let fault = match aimed.random_range(0..3) {
-                0 => Fault::ChangeWhileCut {
+            let fault = match aimed.random_range(0..4) {
+                0 => Fault::StalledInstall {
                     key: HOT_KEYS[aimed.random_range(0..HOT_KEYS.len())].to_owned(),
                     joiner,
                     leave: aimed.random_bool(0.5),
-                    after: Duration::from_millis(aimed.random_range(50..600)),
+                    stall: Duration::from_millis(aimed.random_range(300..1_500)),
                 },
-                1 => {
-                    Fault::CrashAfterJoin { joiner, after: Duration::from_millis(aimed.random_range(0..300)) }
-                }
+                3 => Fault::StaleBatch {
+                    joiner,
+                    stall: Duration::from_millis(aimed.random_range(5_500..8_000)),
+                    pause: Duration::from_millis(aimed.random_range(1_200..2_000)),
+                },
+                1 => Fault::CrashAfterLeave {
+                    key: HOT_KEYS[aimed.random_range(0..HOT_KEYS.len())].to_owned(),
+                    stall: Duration::from_millis(aimed.random_range(300..1_000)),
+                    after: Duration::from_millis(aimed.random_range(0..50)),
+                },
                 _ => Fault::CrashAfterAbort {
                     loss: aimed.random_range(0.05..0.3),
                     after: Duration::from_millis(aimed.random_range(0..30)),

@@ -243,21 +243,26 @@ impl World {
         self.servers.iter().filter(|(address, server)| self.net.is_alive(address, server.endpoint.life))
     }
 
+    /// The node of the server running at `address`.
+    pub(crate) fn node(&self, address: &str) -> Option<Arc<Node>> {
+        self.servers.get(address).filter(|_| self.is_running(address)).map(|server| Arc::clone(&server.node))
+    }
+
     /// Whether a process runs at `address`.
     pub(crate) fn is_running(&self, address: &str) -> bool {
         self.servers.get(address).is_some_and(|server| self.net.is_alive(address, server.endpoint.life))
     }
 
-    /// What the cluster's health depends on: the shard master's configuration, and the servers
-    /// that should be members (running, and not leaving), with their nodes.
-    pub(crate) fn health_inputs(&self) -> Option<(Arc<kv_shard::Config>, Vec<Member>)> {
+    /// What the cluster's health depends on: the shard master's configuration, the servers
+    /// that should be members (running, and not leaving) with their nodes, and the leavers still
+    /// running (a leaver stops once its leave has returned, its slots handed off).
+    pub(crate) fn health_inputs(&self) -> Option<(Arc<kv_shard::Config>, Vec<Member>, Vec<String>)> {
         let config = self.config()?;
-        let servers = self
-            .running()
-            .filter(|(address, _)| !self.leavers.contains(*address))
-            .map(|(address, server)| (address.clone(), Arc::clone(&server.node)))
-            .collect();
-        Some((config, servers))
+        let (leaving, staying): (Vec<_>, Vec<_>) =
+            self.running().partition(|(address, _)| self.leavers.contains(*address));
+        let servers =
+            staying.into_iter().map(|(address, server)| (address.clone(), Arc::clone(&server.node)));
+        Some((config, servers.collect(), leaving.into_iter().map(|(address, _)| address.clone()).collect()))
     }
 
     /// Stops everything (the end of the run).
