@@ -7,7 +7,8 @@
 //!   numbering a write to knowing whether it was applied;
 //! - strong mode applies a write here (its linearization point) only once every secondary
 //!   holds it prepared; a write prepared and not applied is named as aborted to the secondaries
-//!   with the next prepare of its key;
+//!   with the next prepare of its key, whether it failed or its handler was dropped (the client
+//!   cancelled the call) while its prepare was on its way;
 //! - eventual mode applies a write here first, then waits for the synchronous secondaries; the
 //!   others are owed the key in the background, and so is a synchronous one that missed it;
 //! - a write still waiting for a secondary when an install comes gives up soon: the install
@@ -150,18 +151,18 @@ impl Primary {
                 let session = id.map(|id| session_record(id, fingerprint, &output, slot));
                 let mut write = slot_write(slot, number, &key, value.clone(), session);
                 write.aborted = seq.aborted(&key);
+                // From here its prepare may reach the secondaries: unless it is applied here, it
+                // is aborted, even if this handler is dropped first (its caller gave up).
+                let prepared = Prepared { seq: &mut seq, key: Some(key.clone()), number };
                 // Applying it is the linearization point: from then on, reads here see the write.
                 let applied = match self.replicate_now(view, &targets, vec![write], WriteKind::Prepare).await
                 {
-                    Ok(()) => store(self.storage.as_ref(), key.clone(), value).await,
+                    Ok(()) => store(self.storage.as_ref(), key, value).await,
                     Err(err) => Err(err),
                 };
-                if let Err(err) = applied {
-                    // Not applied here: the secondaries that prepared it must not commit it.
-                    seq.abort(key, number);
-                    return Err(err);
-                }
-                seq.applied(&key);
+                // Not applied here: the secondaries that prepared it must not commit it.
+                applied?;
+                prepared.applied();
                 if let Some(ticket) = ticket {
                     ticket.finish(&output);
                 }
@@ -297,6 +298,35 @@ impl Primary {
                 "secondaries did not confirm the write ({})",
                 failures.join("; ")
             )))
+        }
+    }
+}
+
+/// A strong write whose prepare may be at the secondaries, not yet applied here: dropped before
+/// [`Prepared::applied`] (the write failed, or its handler was dropped because its caller gave
+/// up), it is recorded as aborted, so the next prepare of its key names it and no secondary
+/// commits it in a takeover.
+struct Prepared<'a> {
+    seq: &'a mut SlotSequence,
+    /// The write's key, until it is applied.
+    key: Option<String>,
+    number: u64,
+}
+
+impl Prepared<'_> {
+    /// The write was applied here: a prepare of its key, naming the aborted writes, was taken
+    /// everywhere.
+    fn applied(mut self) {
+        if let Some(key) = self.key.take() {
+            self.seq.applied(&key);
+        }
+    }
+}
+
+impl Drop for Prepared<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.seq.abort(key, self.number);
         }
     }
 }
