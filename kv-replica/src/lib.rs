@@ -80,6 +80,10 @@
 //! exactly-once record, which would answer its client's retry "done") under a later write that
 //! was computed without it, and lose it. A secondary ignores a prepare older than the newest it
 //! holds (the primary prepares a slot's writes one at a time: it is a late duplicate).
+//! Nor does it take a write or a commit notice sent at an epoch before its copy began following
+//! the slot's current primary (the epoch of its catch-up, or of the hand-off that made it
+//! one): under the same address, that comes late from an earlier process there, one that
+//! crashed and was restarted, whose numbers are not the current primary's.
 //!
 //! # Eventual consistency
 //!

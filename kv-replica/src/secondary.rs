@@ -71,6 +71,12 @@ pub struct SlotReplica {
     /// The newest write prepared here: the primary prepares a slot's writes one after the
     /// other, so an older one arriving now is a late duplicate of an attempt already answered.
     last_prepared: u64,
+    /// The epoch from which the writes of the slot's current primary belong to this copy: the
+    /// one its catch-up began at, or at which the primary took the slot's data from this
+    /// server. A write sent at an older epoch under the same address is not the current
+    /// primary's: it comes late from an earlier process there (one that crashed, and was
+    /// restarted), whose numbers are not this primary's.
+    writes_since: u64,
 }
 
 impl SlotReplica {
@@ -90,7 +96,7 @@ impl SlotReplica {
     pub fn takes_writes_from(&self, epoch: u64) -> bool {
         match self.state {
             SlotState::Syncing { since, .. } => epoch >= since,
-            SlotState::Ready => true,
+            SlotState::Ready => epoch >= self.writes_since,
             SlotState::Idle | SlotState::Awaiting => false,
         }
     }
@@ -102,6 +108,10 @@ impl SlotReplica {
 
     /// Starts over in `state`, forgetting every pending write (a new primary, or no role).
     pub fn reset(&mut self, state: SlotState) {
+        self.writes_since = match state {
+            SlotState::Syncing { since, .. } => since,
+            _ => 0,
+        };
         self.state = state;
         self.pending.clear();
         self.dirty.clear();
@@ -112,17 +122,19 @@ impl SlotReplica {
     pub fn start_syncing(&mut self, epoch: u64) {
         if self.state == SlotState::Awaiting {
             self.state = SlotState::Syncing { touched: BTreeSet::new(), since: epoch };
+            self.writes_since = epoch;
         }
     }
 
     /// The hand-off this slot was awaiting is done, and the new primary took the data exactly as
     /// sent: the data kept here is its copy, and the primary took no write of the slot meanwhile
-    /// (this secondary refused them while awaiting): up to date at once. Returns whether the slot
-    /// was awaiting.
-    pub fn keep_handed_off(&mut self) -> bool {
+    /// (this secondary refused them while awaiting): up to date at once, taking the primary's
+    /// writes from `epoch`, the hand-off's. Returns whether the slot was awaiting.
+    pub fn keep_handed_off(&mut self, epoch: u64) -> bool {
         let awaiting = self.state == SlotState::Awaiting;
         if awaiting {
             self.state = SlotState::Ready;
+            self.writes_since = epoch;
         }
         awaiting
     }
@@ -265,11 +277,28 @@ mod tests {
     #[test]
     fn a_copy_handed_off_as_is_is_up_to_date_at_once() {
         let mut slot = SlotReplica::default();
-        assert!(!slot.keep_handed_off(), "only a copy awaiting its hand-off");
+        assert!(!slot.keep_handed_off(12), "only a copy awaiting its hand-off");
         slot.reset(SlotState::Awaiting);
         assert!(!slot.takes_writes());
-        assert!(slot.keep_handed_off());
+        assert!(slot.keep_handed_off(12));
         assert!(slot.is_ready() && slot.takes_writes());
+    }
+
+    #[test]
+    fn a_copy_takes_no_write_sent_before_its_primary_took_the_slot() {
+        // The slot's primary took it from this server at epoch 12; a prepare sent at epoch 10
+        // under the same address comes late from an earlier process there, whose numbers are
+        // higher than the new primary's: taken, a takeover would commit it over newer writes.
+        let mut kept = SlotReplica::default();
+        kept.reset(SlotState::Awaiting);
+        kept.keep_handed_off(12);
+        assert!(!kept.takes_writes_from(10) && !kept.takes_writes_from(11));
+        assert!(kept.takes_writes_from(12) && kept.takes_writes_from(13));
+        // A copy that caught up from epoch 3 takes its primary's writes from epoch 3 on.
+        let mut caught_up = syncing();
+        caught_up.synced(3);
+        assert!(caught_up.is_ready());
+        assert!(!caught_up.takes_writes_from(2) && caught_up.takes_writes_from(3));
     }
 
     #[test]

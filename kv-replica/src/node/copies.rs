@@ -205,6 +205,11 @@ impl Copies {
             // A slot not (or no longer) replicated here from `from` has nothing to commit: its
             // copy was reset. The batch's other commits still count.
             let Ok(mut copy) = self.copy_from(&from, committed.slot).await else { continue };
+            // Nor one of an older epoch than its copy takes writes from: a late commit notice
+            // from an earlier process at the primary's address names that process's numbers.
+            if !copy.takes_writes_from(epoch) {
+                continue;
+            }
             if let Some(write) = copy.commit(committed.seq) {
                 self.apply(write).await?;
             }
@@ -529,7 +534,7 @@ impl Copies {
         for &slot in slots {
             let mut copy = self.slots[usize::from(slot)].lock().await;
             if kept[usize::from(slot)] {
-                copy.keep_handed_off();
+                copy.keep_handed_off(epoch);
             } else {
                 copy.start_syncing(epoch);
             }
