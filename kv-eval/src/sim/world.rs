@@ -192,18 +192,34 @@ impl World {
         }
     }
 
-    /// Has the server at `address` leave the cluster, and stop once it has.
+    /// Has the server at `address` leave the cluster, and stop once it has (after a leave whose
+    /// hand-offs did not all finish, once it has sent them on).
     pub(crate) fn leave(&mut self, address: &str) {
         let Some(server) = self.servers.get_mut(address) else { return };
         let net = Arc::clone(&self.net);
         let endpoint = server.endpoint.clone();
         self.leavers.insert(address.to_owned());
         self.net.trace(format_args!("{address} asks to leave"));
+        let node = Arc::downgrade(&server.node);
         let leaver = tokio::spawn(async move {
             let me = endpoint.me.clone();
             let left = member::leave(&endpoint, endpoint.clock.as_ref(), &me, LEAVE_PATIENCE).await;
             net.trace(format_args!("{me} leave: {left:?}"));
-            if left.is_ok() && net.is_alive(&me, endpoint.life) {
+            if let Err(kv_shard::Error::Incomplete { .. }) = left {
+                // Not a member any more, but it still owes slots it could not hand off yet: it
+                // stays up, and sends them on, until it owes nothing.
+                loop {
+                    let Some(node) = node.upgrade() else { return };
+                    if node.status().await.is_ok_and(|status| status.outgoing_slots == 0) {
+                        break;
+                    }
+                    drop(node);
+                    endpoint.clock.sleep(Duration::from_millis(50)).await;
+                }
+            } else if left.is_err() {
+                return;
+            }
+            if net.is_alive(&me, endpoint.life) {
                 net.detach(&me);
                 net.trace(format_args!("{me} stops after leaving"));
             }
