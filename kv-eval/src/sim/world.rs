@@ -185,6 +185,8 @@ impl World {
 
     /// Crashes the server at `address`: its memory is gone.
     pub(crate) fn crash(&mut self, address: &str) {
+        // A leaver that crashes leaves no more: started again, it joins.
+        self.leavers.remove(address);
         if let Some(server) = self.servers.remove(address) {
             abort_all(&server.tasks);
             self.net.detach(address);
