@@ -65,6 +65,10 @@ impl Error {
             // The same write is being applied by an earlier attempt (in progress), or was applied
             // and its answer forgotten (stale retry): either way it may well have happened.
             Error::Rejected(kv_core::Error::InProgress { .. } | kv_core::Error::StaleRetry { .. }) => false,
+            // The primary could not confirm the write at its secondaries: in eventual mode it
+            // applied it first; in strong mode a secondary may hold it prepared, and a takeover
+            // before the primary names it aborted commits it.
+            Error::Rejected(kv_core::Error::Replication(_)) => false,
             Error::Rejected(_) => true,
             Error::Rpc(_) | Error::AfterUnknown(_) => false,
         }
@@ -103,6 +107,8 @@ mod tests {
         assert!(!after.is_definite() && !after.is_retryable());
         assert!(after.to_string().contains("earlier attempt"));
         assert!(!Error::Rejected(kv_core::Error::StaleRetry { client: 1, seq: 2 }).is_definite());
+        let unconfirmed = Error::Rejected(kv_core::Error::Replication("no secondary answered".to_owned()));
+        assert!(!unconfirmed.is_definite(), "a primary may have applied it, or a takeover commit it");
         let timeout = Error::Rpc(tonic::Status::cancelled("Timeout expired"));
         assert!(!timeout.is_definite() && timeout.is_retryable());
     }

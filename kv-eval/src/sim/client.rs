@@ -49,9 +49,11 @@ impl CallError {
         match self {
             CallError::Net(Failure::Refused) => true,
             CallError::Net(Failure::NoAnswer) | CallError::NoOwner => false,
-            CallError::Rejected(kv_core::Error::InProgress { .. } | kv_core::Error::StaleRetry { .. }) => {
-                false
-            }
+            CallError::Rejected(
+                kv_core::Error::InProgress { .. }
+                | kv_core::Error::StaleRetry { .. }
+                | kv_core::Error::Replication(_),
+            ) => false,
             CallError::Rejected(_) => true,
         }
     }
