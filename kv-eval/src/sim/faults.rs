@@ -42,26 +42,34 @@ pub(crate) async fn play(
         Fault::StalledInstall { key, joiner, leave, stall } => {
             let primary = replica(world, key, 0);
             if let Some(secondary) = replica(world, key, 1) {
-                net.trace(format_args!("event installs to {secondary}, a secondary of {key:?}, stall"));
-                net.set_stalled(MASTER, &secondary, Some(("install", *stall)));
+                // Its pings too: the shard master stops waiting for it, and goes on with the
+                // senders, while it still serves under the old configuration.
+                net.trace(format_args!(
+                    "event installs and pings to {secondary}, a secondary of {key:?}, stall"
+                ));
+                net.set_stalled(MASTER, &secondary, Some((&["install", "ping"], *stall)));
                 unstall.push((MASTER.to_owned(), secondary));
             }
-            let mut world = lock(world);
-            let spare = world.config().is_some_and(|c| c.members().count() > c.replication().factor);
-            match primary {
-                Some(primary) if *leave && spare && world.is_running(&primary) => {
-                    net.trace(format_args!("event {primary}, the primary of {key:?}, leaves"));
-                    world.leave(&primary);
-                }
-                _ => {
-                    net.trace(format_args!("event {joiner} joins"));
-                    world.start_server(joiner);
+            {
+                let mut world = lock(world);
+                let spare = world.config().is_some_and(|c| c.members().count() > c.replication().factor);
+                match primary {
+                    Some(primary) if *leave && spare && world.is_running(&primary) => {
+                        net.trace(format_args!("event {primary}, the primary of {key:?}, leaves"));
+                        world.leave(&primary);
+                    }
+                    _ => {
+                        net.trace(format_args!("event {joiner} joins"));
+                        world.start_server(joiner);
+                    }
                 }
             }
+            // Past the shard master giving up on it, and its resend of the install.
+            tokio::time::sleep(*stall + Duration::from_millis(1_500)).await;
         }
         Fault::StaleBatch { joiner, stall, pause } => {
             for from in everyone.iter().filter(|from| *from != joiner) {
-                net.set_stalled(from, joiner, Some(("transfer", *stall)));
+                net.set_stalled(from, joiner, Some((&["transfer"], *stall)));
                 unstall.push((from.clone(), joiner.clone()));
             }
             net.trace(format_args!("event {joiner} joins, its hand-offs stalled"));
@@ -90,7 +98,7 @@ pub(crate) async fn play(
             let spare = lock(world).config().is_some_and(|c| c.members().count() > c.replication().factor);
             if let (Some(primary), Some(secondary), true) = (primary, secondary, spare) {
                 for to in everyone.iter().filter(|to| **to != primary) {
-                    net.set_stalled(&primary, to, Some(("replicate", *stall)));
+                    net.set_stalled(&primary, to, Some((&["replicate"], *stall)));
                     unstall.push((primary.clone(), to.clone()));
                 }
                 net.trace(format_args!(

@@ -101,9 +101,9 @@ struct Links {
     cut: BTreeSet<(String, String)>,
     /// Extra loss rate of a link, from → to.
     flaky: BTreeMap<(String, String), f64>,
-    /// Requests of one kind (the first word of what they carry) that a link, from → to, holds
+    /// Requests of some kinds (the first word of what they carry) that a link, from → to, holds
     /// for a while each: a connection stuck retransmitting, while the other calls go on.
-    stalled: BTreeMap<(String, String), (String, Duration)>,
+    stalled: BTreeMap<(String, String), (Vec<&'static str>, Duration)>,
 }
 
 /// The network of one run.
@@ -204,13 +204,13 @@ impl Net {
         }
     }
 
-    /// Makes the link from `from` to `to` hold each request of `kind` for `hold` (`None`: no
-    /// more): it arrives then, whether or not its caller still waits.
-    pub(crate) fn set_stalled(&self, from: &str, to: &str, stall: Option<(&str, Duration)>) {
+    /// Makes the link from `from` to `to` hold each request of the `kinds` for `hold` (`None`:
+    /// no more): it arrives then, whether or not its caller still waits.
+    pub(crate) fn set_stalled(&self, from: &str, to: &str, stall: Option<(&[&'static str], Duration)>) {
         let key = (from.to_owned(), to.to_owned());
         let mut links = lock(&self.links);
         match stall {
-            Some((kind, hold)) => links.stalled.insert(key, (kind.to_owned(), hold)),
+            Some((kinds, hold)) => links.stalled.insert(key, (kinds.to_vec(), hold)),
             None => links.stalled.remove(&key),
         };
     }
@@ -218,8 +218,9 @@ impl Net {
     /// How long the link from `from` to `to` holds a request carrying `what`, if it stalls it.
     fn stall_of(&self, from: &str, to: &str, what: &str) -> Option<Duration> {
         let links = lock(&self.links);
-        let (kind, hold) = links.stalled.get(&(from.to_owned(), to.to_owned()))?;
-        (what.split(' ').next() == Some(kind.as_str())).then_some(*hold)
+        let (kinds, hold) = links.stalled.get(&(from.to_owned(), to.to_owned()))?;
+        let kind = what.split(' ').next()?;
+        kinds.contains(&kind).then_some(*hold)
     }
 
     /// Heals every link, and brings back the quiet network's conditions.

@@ -129,11 +129,11 @@ pub(crate) enum Fault {
     /// prepares were lost at one secondary are aborted, later writes of the same keys made, then
     /// their primary is gone.
     CrashAmidLoss { server: String, loss: f64 },
-    /// A membership change moves slots while the shard master's installs to the first
+    /// A membership change moves slots while the shard master's installs and pings to the first
     /// secondary of the hot key `key` are stalled, each for `stall`: the key's primary leaves (if
-    /// `leave`, and the members are more than the replicas), or else `joiner` joins. The senders
-    /// hand off while that secondary is still at the old epoch, where its primary's leases let it
-    /// serve reads.
+    /// `leave`, and the members are more than the replicas), or else `joiner` joins. The shard
+    /// master stops waiting for that secondary, and the senders hand off while it is still at
+    /// the old epoch, where its primary's leases let it serve reads.
     StalledInstall { key: String, joiner: String, leave: bool, stall: Duration },
     /// The first secondary of the hot key `key` leaves while the replication from the key's
     /// primary is stalled (each batch held for `stall`), so the copy that replaces the leaver's
@@ -295,7 +295,7 @@ impl Plan {
                     key: HOT_KEYS[aimed.random_range(0..HOT_KEYS.len())].to_owned(),
                     joiner,
                     leave: aimed.random_bool(0.5),
-                    stall: Duration::from_millis(aimed.random_range(300..1_500)),
+                    stall: Duration::from_millis(aimed.random_range(1_000..2_000)),
                 },
                 3 => Fault::StaleBatch {
                     joiner,
