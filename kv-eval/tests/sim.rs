@@ -154,6 +154,33 @@ const REGRESSIONS: &[(u64, &str, &str)] = &[
         "eventual-r3-sync1",
         "as 558, in eventual mode: a live primary failed over under losses, then a crash: 8 appends lost",
     ),
+    (
+        25,
+        "strong-r3",
+        "a client gave up on an append stalled at its prepare; the primary dropped the write's handler \
+         without recording it as aborted, so the next prepare of the key did not name it, and the \
+         takeover after the primary crashed committed it, with its exactly-once record, under a value \
+         computed without it: the retry was answered done, and the append was lost",
+    ),
+    (
+        49,
+        "strong-r2",
+        "a crashed primary's prepare, stalled in the network, reached the copy of its restarted \
+         successor's secondary at the same address; taken, its number (higher than the successor's) \
+         made the copy drop every later write as a late duplicate: the replicas differed for good",
+    ),
+    (
+        51,
+        "strong-r2",
+        "a crashed primary's stalled prepare was held by its restarted successor's secondary, and \
+         committed at the next takeover over the successor's writes: acknowledged appends lost",
+    ),
+    (
+        21,
+        "eventual-r3-sync1",
+        "a write the primary applied but could not confirm at its synchronous secondary was reported \
+         to the client as a definite failure, though it was there",
+    ),
 ];
 
 #[test]
