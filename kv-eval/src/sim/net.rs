@@ -12,9 +12,9 @@
 //!    if the caller gives up meanwhile, it still arrives once the link heals, and its handler
 //!    runs (the bytes were in the socket; the cancel comes after them, and a handler acts on
 //!    arrival), only its answer goes nowhere: so an old request can arrive long after newer ones;
-//!    a link can also *stall* the requests of one kind (installs, say), holding each for a
-//!    while before it goes on, as a connection stuck retransmitting does while other calls go
-//!    out on others;
+//!    a link can also *stall* the requests of some kinds (installs, say), holding each for a
+//!    while before it goes on (or until the stall ends), as a connection stuck retransmitting
+//!    does while other calls go out on others;
 //! 4. a *lost* message, drawn by the generator or the link's loss rate, breaks the call: the
 //!    caller hears, a little later, that the connection broke (*interrupted*: a lost answer's
 //!    request was handled);
@@ -193,6 +193,15 @@ impl Net {
         }
     }
 
+    /// Returns once the link from `from` to `to` stalls nothing (at once if it does not).
+    async fn until_unstalled(&self, from: &str, to: &str) {
+        let stalls = || lock(&self.links).stalled.contains_key(&(from.to_owned(), to.to_owned()));
+        while stalls() {
+            let seen = self.healed.get();
+            self.healed.wait_for(|&n| n != seen || !stalls()).await;
+        }
+    }
+
     /// Makes the link from `from` to `to` lose `rate` of its messages (0: none extra).
     pub(crate) fn set_flaky(&self, from: &str, to: &str, rate: f64) {
         let key = (from.to_owned(), to.to_owned());
@@ -205,14 +214,23 @@ impl Net {
     }
 
     /// Makes the link from `from` to `to` hold each request of the `kinds` for `hold` (`None`:
-    /// no more): it arrives then, whether or not its caller still waits.
+    /// no more: what it holds goes on): it arrives then, whether or not its caller still waits.
     pub(crate) fn set_stalled(&self, from: &str, to: &str, stall: Option<(&[&'static str], Duration)>) {
         let key = (from.to_owned(), to.to_owned());
         let mut links = lock(&self.links);
         match stall {
-            Some((kinds, hold)) => links.stalled.insert(key, (kinds.to_vec(), hold)),
-            None => links.stalled.remove(&key),
-        };
+            Some((kinds, hold)) => {
+                links.stalled.insert(key, (kinds.to_vec(), hold));
+            }
+            None => {
+                links.stalled.remove(&key);
+                drop(links);
+                self.healed.modify(|n| {
+                    *n += 1;
+                    true
+                });
+            }
+        }
     }
 
     /// How long the link from `from` to `to` holds a request carrying `what`, if it stalls it.
@@ -324,7 +342,11 @@ impl Endpoint {
                 tokio::spawn(async move {
                     if let Some(hold) = stalled {
                         net.trace(format_args!("#{id} stalled for {:.3} s", hold.as_secs_f64()));
-                        tokio::time::sleep(hold).await;
+                        // Or until the link stalls no more: healed, it lets what it held through.
+                        tokio::select! {
+                            () = tokio::time::sleep(hold) => {}
+                            () = net.until_unstalled(&from, &to) => {}
+                        }
                     }
                     net.until_open(&from, &to).await;
                     let delivered = deliver(&net, id, &to, Handler::Detached, handle).await;
