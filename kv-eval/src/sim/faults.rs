@@ -67,7 +67,7 @@ pub(crate) async fn play(
             // Past the shard master giving up on it, and its resend of the install.
             tokio::time::sleep(*stall + Duration::from_millis(1_500)).await;
         }
-        Fault::StaleBatch { joiner, stall, pause } => {
+        Fault::StaleBatch { joiner, stall, isolate } => {
             for from in everyone.iter().filter(|from| *from != joiner) {
                 net.set_stalled(from, joiner, Some((&["transfer"], *stall)));
                 unstall.push((from.clone(), joiner.clone()));
@@ -86,10 +86,13 @@ pub(crate) async fn play(
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            net.trace(format_args!("event {joiner} holds its slots, and is paused"));
-            lock(world).set_paused(joiner, true);
-            tokio::time::sleep(*pause).await;
-            lock(world).set_paused(joiner, false);
+            // Cut off from everyone, it is failed over as silent once the join gives way; healed,
+            // it learns so, and joins again.
+            net.trace(format_args!("event {joiner} holds its slots, and is isolated"));
+            let isolation = Fault::Isolate { server: joiner.clone() };
+            apply(&mut lock(world), net, &Event::Begin(isolation.clone()), everyone, crashed);
+            tokio::time::sleep(*isolate).await;
+            apply(&mut lock(world), net, &Event::End(isolation), everyone, crashed);
             // The batches resent during its first join are still on their way.
             tokio::time::sleep(*stall + Duration::from_secs(2)).await;
         }

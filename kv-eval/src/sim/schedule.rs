@@ -145,9 +145,9 @@ pub(crate) enum Fault {
     /// may hold the aborted write prepared, and later writes of the key.
     CrashAfterAbort { loss: f64, after: Duration },
     /// `joiner` joins while every hand-off batch sent to it is stalled for `stall`; once it holds
-    /// its slots it is paused for `pause` (failed over as silent), resumed, and joins again, when
-    /// batches of its first join, resent meanwhile, are still on their way to it.
-    StaleBatch { joiner: String, stall: Duration, pause: Duration },
+    /// its slots it is cut off from everyone for `isolate` (failed over as silent), and once healed
+    /// joins again, when batches of its first join, resent meanwhile, are still on their way to it.
+    StaleBatch { joiner: String, stall: Duration, isolate: Duration },
 }
 
 /// What happens at a moment of the run.
@@ -299,8 +299,10 @@ impl Plan {
                 },
                 3 => Fault::StaleBatch {
                     joiner,
-                    stall: Duration::from_millis(aimed.random_range(5_500..8_000)),
-                    pause: Duration::from_millis(aimed.random_range(1_200..2_000)),
+                    // Longer than a hand-off batch's timeout (5 s), so that the first join's
+                    // batches are resent, and resent again while the joiner is failed over.
+                    stall: Duration::from_millis(aimed.random_range(7_500..9_000)),
+                    isolate: Duration::from_millis(aimed.random_range(3_000..5_000)),
                 },
                 1 => Fault::CrashAfterLeave {
                     key: HOT_KEYS[aimed.random_range(0..HOT_KEYS.len())].to_owned(),
