@@ -141,6 +141,44 @@ impl SimClient {
         outcome
     }
 
+    /// Reads `key` once at `server`, whatever the map says (a client whose map is out of date
+    /// does so), and records it: a read that fails changed nothing.
+    pub(crate) async fn read_at(&mut self, key: &str, server: &str) -> Outcome {
+        let net = Arc::clone(&self.endpoint.net);
+        let invoked = net.elapsed();
+        net.trace(format_args!("client {} invokes {key:?} Get at {server}", self.process));
+        let owned = key.to_owned();
+        let answer = self
+            .endpoint
+            .call(
+                server,
+                CALL_TIMEOUT,
+                &format!("get {key:?}"),
+                Handler::WithCaller,
+                move |service| async move {
+                    match service {
+                        Service::Node(node) => Some(node.get(&owned).await),
+                        _ => None,
+                    }
+                },
+            )
+            .await;
+        let outcome = match answer {
+            Ok(Some(Ok(value))) => Outcome::Ok(Output::Value(value)),
+            _ => Outcome::Fail,
+        };
+        net.trace(format_args!("client {} completes {key:?}: {outcome:?}", self.process));
+        self.recorder.record(Operation {
+            process: self.process,
+            key: key.to_owned(),
+            input: Input::Get,
+            invoked,
+            completed: net.elapsed(),
+            outcome: outcome.clone(),
+        });
+        outcome
+    }
+
     async fn read(&mut self, key: &str) -> Result<Option<String>, (CallError, bool)> {
         let owned = key.to_owned();
         self.call(key, true, move |node| {
@@ -268,6 +306,11 @@ impl SimClient {
         let jitter = self.rng.random_range(0.5..1.5);
         self.endpoint.clock.sleep(backoff.mul_f64(jitter)).await;
         *backoff = (*backoff * 2).min(MAX_BACKOFF);
+    }
+
+    /// This client's side of the network.
+    pub(crate) fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
     }
 
     /// A draw from this client's generator.

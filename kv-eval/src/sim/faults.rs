@@ -2,10 +2,10 @@
 //! network or on a process, a server joins or leaves.
 
 use std::collections::BTreeSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::client::Recorder;
+use super::client::{Recorder, SimClient};
 use super::health::lock;
 use super::net::{Conditions, MASTER, Net};
 use super::schedule::{Episode, Event, Fault};
@@ -19,7 +19,7 @@ pub(crate) const QUIET: Conditions = Conditions { slow: 0.01, loss: 0.001 };
 pub(crate) async fn play(
     world: &Mutex<World>,
     net: &Net,
-    recorder: &Recorder,
+    recorder: &Arc<Recorder>,
     episode: &Episode,
     everyone: &[String],
     crashed: &mut BTreeSet<String>,
@@ -32,6 +32,7 @@ pub(crate) async fn play(
     // A server this fault crashed, started again at its end; the links it stalled.
     let mut restart = None;
     let mut unstall: Vec<(String, String)> = Vec::new();
+    let mut stale_reader = None;
     match &episode.fault {
         Fault::CrashAmidLoss { server, .. } => {
             tokio::time::sleep(episode.hold / 2).await;
@@ -48,7 +49,18 @@ pub(crate) async fn play(
                     "event installs and pings to {secondary}, a secondary of {key:?}, stall"
                 ));
                 net.set_stalled(MASTER, &secondary, Some((&["install", "ping"], *stall)));
-                unstall.push((MASTER.to_owned(), secondary));
+                unstall.push((MASTER.to_owned(), secondary.clone()));
+                // A client whose map is out of date reads the key there meanwhile.
+                let mut reader =
+                    SimClient::new(lock(world).client("client-stale"), 902, 0x57a1e, Arc::clone(recorder));
+                let (key, end) = (key.clone(), began + *stall + Duration::from_millis(1_500));
+                let clock = Arc::clone(&reader.endpoint().net);
+                stale_reader = Some(tokio::spawn(async move {
+                    while clock.elapsed() < end {
+                        reader.read_at(&key, &secondary).await;
+                        tokio::time::sleep(Duration::from_millis(3)).await;
+                    }
+                }));
             }
             {
                 let mut world = lock(world);
@@ -129,6 +141,9 @@ pub(crate) async fn play(
     let event = Event::End(episode.fault.clone());
     net.trace(format_args!("event {event:?}"));
     apply(&mut lock(world), net, &event, everyone, crashed);
+    if let Some(reader) = stale_reader {
+        let _ = reader.await;
+    }
     for (from, to) in unstall {
         net.set_stalled(&from, &to, None);
     }
