@@ -46,7 +46,15 @@
 //! add a crash amid message losses on every link, which leaves aborted writes behind a primary
 //! that then dies, and half a long cut (3 to 5 s) of a server from the shard master only, which
 //! outlasts the detector's patience with a member its peers still hear: it is failed over
-//! alive, leases and all), with joins and leaves anywhere. Four
+//! alive, leases and all), with joins and leaves anywhere. Three runs in four with two
+//! replicas or more add a fault *aimed* at one step of the protocol, built from stalled links
+//! (requests of some kinds held for seconds each, then delivered even if their caller gave up,
+//! as a connection stuck retransmitting does): installs and pings to a secondary stalled while a
+//! change moves its slot (with a client whose map is out of date reading there); a primary's
+//! replication stalled while its secondary leaves, then the primary crashes; a crash just after
+//! a primary aborts a write amid losses; a joiner whose hand-offs are stalled past two of their
+//! timeouts, cut off until it is failed over, then joining again while the first join's resends
+//! are still on their way. Four
 //! [`client`]s with the real client's retries and exactly-once ids run gets, puts and appends on
 //! six hot keys. With two replicas or more, half the runs end on a *lasting cut*: the link
 //! between a primary and one of its secondaries is cut both ways for 12 s, a fault the protocol

@@ -4,13 +4,17 @@
 //!
 //! The faults come one at a time (the protocol's guarantees are for one failure at a time): a
 //! fault holds for a while and ends (a crashed server is started again, empty), and the next
-//! one begins a short gap after the cluster is *healthy* again (every running server a member,
-//! every copy caught up, nothing moving): the simulator waits for that, within a bound, and a
-//! cluster that does not get there is a failed run. Joins and leaves fall in the first seconds,
-//! whatever the faults do. With two replicas or more, half the plans end on a *lasting cut*: once
-//! the cluster is healthy again, the link between a primary and one of its secondaries is cut
-//! both ways for [`LASTING_CUT`], a fault the protocol must work around rather than wait out.
+//! one begins a short gap after the cluster is *healthy* again (no leave under way, every
+//! running server a member, every copy caught up, nothing moving): the simulator waits for
+//! that, within a bound, and a cluster that does not get there is a failed run. Joins and
+//! leaves fall in the first seconds, whatever the faults do. With two replicas or more, half the
+//! plans end on a *lasting cut*: once the cluster is healthy again, the link between a primary
+//! and one of its secondaries is cut both ways for [`LASTING_CUT`], a fault the protocol must
+//! work around rather than wait out.
 //! After the last fault the workload goes on for the liveness window.
+//!
+//! Faults added after others are drawn from streams of their own and placed last, so that the
+//! seeds kept as regression tests keep the stories they were kept for.
 
 use std::collections::BTreeMap;
 use std::fmt;
