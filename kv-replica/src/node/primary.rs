@@ -10,7 +10,8 @@
 //!   with the next prepare of its key, whether it failed or its handler was dropped (the client
 //!   cancelled the call) while its prepare was on its way;
 //! - eventual mode applies a write here first, then waits for the synchronous secondaries; the
-//!   others are owed the key in the background, and so is a synchronous one that missed it;
+//!   others are owed the key in the background, and so is a synchronous one that missed it,
+//!   whether the write failed there or its handler was dropped first;
 //! - a write still waiting for a secondary when an install comes gives up soon: the install
 //!   waits for it, and may be the one that removes that secondary (it died).
 
@@ -171,6 +172,9 @@ impl Primary {
             }
             Consistency::Eventual => {
                 let output = self.storage.apply(Mutation { key: key.clone(), op }).await?;
+                // Applied here, and answered to a retry: from now on the key is owed to every
+                // secondary that has not confirmed it, even if this handler is dropped first.
+                let mut unconfirmed = Unconfirmed { links: &self.links, targets: &targets, key: &key };
                 if let Some(ticket) = ticket {
                     ticket.finish(&output);
                 }
@@ -179,16 +183,14 @@ impl Primary {
                 let (sync, background) =
                     targets.split_at(self.synchronous(&targets, replication.sync_replicas, slot));
                 self.links.owe_key(background, &key);
+                unconfirmed.targets = sync;
                 if !sync.is_empty() {
                     let session = id.map(|id| session_record(id, fingerprint, &output, slot));
                     let write = slot_write(slot, number, &key, value, session);
-                    if let Err(err) = self.replicate_now(view, sync, vec![write], WriteKind::Apply).await {
-                        // Applied here, and answered to a retry: the background flush repairs
-                        // the synchronous secondaries that missed it.
-                        self.links.owe_key(sync, &key);
-                        return Err(err);
-                    }
+                    // Missed by a synchronous secondary: the background flush repairs it.
+                    self.replicate_now(view, sync, vec![write], WriteKind::Apply).await?;
                 }
+                unconfirmed.confirmed();
                 Ok(output)
             }
         }
@@ -220,12 +222,13 @@ impl Primary {
         if sync.is_empty() {
             return Ok(());
         }
+        let unconfirmed = Unconfirmed { links: &self.links, targets: sync, key };
         let value = self.storage.get(key).await?;
         let write =
             slot_write(slot, seq.number(), key, value, Some(session_record(id, fingerprint, output, slot)));
-        self.replicate_now(view, sync, vec![write], WriteKind::Apply).await.inspect_err(|_| {
-            self.links.owe_key(sync, key);
-        })
+        self.replicate_now(view, sync, vec![write], WriteKind::Apply).await?;
+        unconfirmed.confirmed();
+        Ok(())
     }
 
     /// How many of `targets`, the secondaries of `slot` in order, an eventual write goes to
@@ -327,6 +330,30 @@ impl Drop for Prepared<'_> {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
             self.seq.abort(key, self.number);
+        }
+    }
+}
+
+/// An eventual write applied here that the secondaries in `targets` have not confirmed: dropped
+/// before [`Unconfirmed::confirmed`] (their replication failed, or the handler was dropped
+/// because its caller gave up), the key is owed to them, and the background flush repairs them.
+struct Unconfirmed<'a> {
+    links: &'a Links,
+    targets: &'a [String],
+    key: &'a str,
+}
+
+impl Unconfirmed<'_> {
+    /// The secondaries confirmed the write.
+    fn confirmed(mut self) {
+        self.targets = &[];
+    }
+}
+
+impl Drop for Unconfirmed<'_> {
+    fn drop(&mut self) {
+        if !self.targets.is_empty() {
+            self.links.owe_key(self.targets, self.key);
         }
     }
 }
