@@ -129,6 +129,12 @@ impl SimClient {
             Err((_, true)) => Outcome::Fail,
             Err((_, false)) => Outcome::Unknown,
         };
+        self.record(key, input, invoked, outcome)
+    }
+
+    /// Records an operation invoked at `invoked` that ended now with `outcome`; returns it.
+    fn record(&self, key: &str, input: Input, invoked: Duration, outcome: Outcome) -> Outcome {
+        let net = &self.endpoint.net;
         net.trace(format_args!("client {} completes {key:?}: {outcome:?}", self.process));
         self.recorder.record(Operation {
             process: self.process,
@@ -167,16 +173,7 @@ impl SimClient {
             Ok(Some(Ok(value))) => Outcome::Ok(Output::Value(value)),
             _ => Outcome::Fail,
         };
-        net.trace(format_args!("client {} completes {key:?}: {outcome:?}", self.process));
-        self.recorder.record(Operation {
-            process: self.process,
-            key: key.to_owned(),
-            input: Input::Get,
-            invoked,
-            completed: net.elapsed(),
-            outcome: outcome.clone(),
-        });
-        outcome
+        self.record(key, Input::Get, invoked, outcome)
     }
 
     async fn read(&mut self, key: &str) -> Result<Option<String>, (CallError, bool)> {
@@ -306,11 +303,6 @@ impl SimClient {
         let jitter = self.rng.random_range(0.5..1.5);
         self.endpoint.clock.sleep(backoff.mul_f64(jitter)).await;
         *backoff = (*backoff * 2).min(MAX_BACKOFF);
-    }
-
-    /// This client's side of the network.
-    pub(crate) fn endpoint(&self) -> &Endpoint {
-        &self.endpoint
     }
 
     /// A draw from this client's generator.

@@ -51,12 +51,12 @@ pub(crate) async fn play(
                 net.set_stalled(MASTER, &secondary, Some((&["install", "ping"], *stall)));
                 unstall.push((MASTER.to_owned(), secondary.clone()));
                 // A client whose map is out of date reads the key there meanwhile.
-                let mut reader =
-                    SimClient::new(lock(world).client("client-stale"), 902, 0x57a1e, Arc::clone(recorder));
+                let endpoint = lock(world).client("client-stale");
+                let net = Arc::clone(&endpoint.net);
+                let mut reader = SimClient::new(endpoint, 902, 0x57a1e, Arc::clone(recorder));
                 let (key, end) = (key.clone(), began + *stall + Duration::from_millis(1_500));
-                let clock = Arc::clone(&reader.endpoint().net);
                 stale_reader = Some(tokio::spawn(async move {
-                    while clock.elapsed() < end {
+                    while net.elapsed() < end {
                         reader.read_at(&key, &secondary).await;
                         tokio::time::sleep(Duration::from_millis(3)).await;
                     }
@@ -64,7 +64,7 @@ pub(crate) async fn play(
             }
             {
                 let mut world = lock(world);
-                let spare = world.config().is_some_and(|c| c.members().count() > c.replication().factor);
+                let spare = can_leave(&world);
                 match primary {
                     Some(primary) if *leave && spare && world.is_running(&primary) => {
                         net.trace(format_args!("event {primary}, the primary of {key:?}, leaves"));
@@ -110,7 +110,7 @@ pub(crate) async fn play(
         }
         Fault::CrashAfterLeave { key, stall, after } => {
             let (primary, secondary) = (replica(world, key, 0), replica(world, key, 1));
-            let spare = lock(world).config().is_some_and(|c| c.members().count() > c.replication().factor);
+            let spare = can_leave(&lock(world));
             if let (Some(primary), Some(secondary), true) = (primary, secondary, spare) {
                 for to in everyone.iter().filter(|to| **to != primary) {
                     net.set_stalled(&primary, to, Some((&["replicate"], *stall)));
@@ -150,6 +150,11 @@ pub(crate) async fn play(
     if let Some(server) = restart {
         lock(world).start_server(&server);
     }
+}
+
+/// Whether a member may leave: the members are more than the replicas.
+fn can_leave(world: &World) -> bool {
+    world.config().is_some_and(|config| config.members().count() > config.replication().factor)
 }
 
 /// The `index`-th replica of `key` (0: its primary) in the shard master's map.

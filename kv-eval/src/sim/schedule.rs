@@ -301,17 +301,17 @@ impl Plan {
                     leave: aimed.random_bool(0.5),
                     stall: Duration::from_millis(aimed.random_range(1_000..2_000)),
                 },
+                1 => Fault::CrashAfterLeave {
+                    key: HOT_KEYS[aimed.random_range(0..HOT_KEYS.len())].to_owned(),
+                    stall: Duration::from_millis(aimed.random_range(300..1_000)),
+                    after: Duration::from_millis(aimed.random_range(0..50)),
+                },
                 3 => Fault::StaleBatch {
                     joiner,
                     // Longer than a hand-off batch's timeout (5 s), so that the first join's
                     // batches are resent, and resent again while the joiner is failed over.
                     stall: Duration::from_millis(aimed.random_range(7_500..9_000)),
                     isolate: Duration::from_millis(aimed.random_range(3_000..5_000)),
-                },
-                1 => Fault::CrashAfterLeave {
-                    key: HOT_KEYS[aimed.random_range(0..HOT_KEYS.len())].to_owned(),
-                    stall: Duration::from_millis(aimed.random_range(300..1_000)),
-                    after: Duration::from_millis(aimed.random_range(0..50)),
                 },
                 _ => Fault::CrashAfterAbort {
                     loss: aimed.random_range(0.05..0.3),
