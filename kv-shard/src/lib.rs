@@ -98,7 +98,10 @@
 //!   check and the switch is kept in its memory, unserved, and lost when it stops (it is logged).
 //! - Safety relies on the engine applying a write and its exactly-once record without yielding,
 //!   as the in-memory engine does; a durable engine must keep the two atomic.
-//! - The shard master keeps its configurations in memory: restarting it forgets the cluster.
+//! - The shard master saves what it must not forget ([`MasterState`]) through a [`MasterStore`]
+//!   before it acts on it, and a restarted one goes on from there; but over the in-memory store
+//!   ([`ShardMaster::new`]) a restart of its process forgets the cluster, and a lost store is
+//!   not noticed by the servers (no cluster id yet).
 //! - A server that crashes loses its data (the engine is in memory). With replication it is
 //!   failed over and joins again when it restarts; without, it is refused as a member already,
 //!   and an operator removes it (`kv cluster leave`) first.
@@ -134,6 +137,8 @@ pub mod transport;
 
 pub use config::{Config, SLOTS, ServerId, Slot, SlotMove, slot_of};
 pub use error::{Error, Result};
-pub use master::{LONGEST_HOLD_OFF, MasterSettings, ShardMaster};
+pub use master::{
+    Failover, LONGEST_HOLD_OFF, MasterSettings, MasterState, MasterStore, MemoryMasterStore, ShardMaster,
+};
 pub use ownership::{Accept, Handoff, Ownership, Refused};
 pub use replication::{Consistency, Replication};

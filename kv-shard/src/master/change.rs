@@ -119,7 +119,9 @@ pub(crate) async fn change(shared: &Shared, change: Change) -> Result<Arc<Config
     let next = Arc::new(next);
     let moves = before.moves_to(&next);
     info!(epoch = next.epoch(), members = next.len(), slots_moving = moves.len(), "configuration changed");
-    records.commit(&next);
+    let mut state = records.state();
+    state.commit(&next);
+    shared.keep(state).await?;
     apply(shared, &before, &next).await?;
     Ok(next)
 }

@@ -142,7 +142,20 @@ pub(crate) async fn fail_locked(shared: &Shared, server: &str) -> Result<Arc<Con
     let (next, promoted) = before.fail_to(server, &plan.heirs)?;
     let next = Arc::new(next);
     let carried_slots: usize = plan.carried.values().map(Vec::len).sum();
-    records.failed_over(next.epoch(), Failover { promoted: promoted.clone(), carried: plan.carried });
+    let mut state = records.state();
+    state.failovers.insert(next.epoch(), Failover { promoted: promoted.clone(), carried: plan.carried });
+    state.commit(&next);
+    state.evicted.insert(server.to_owned(), next.epoch());
+    // The members, and every server that owes slots: it carries its hand-offs over, and is
+    // watched until it owes nothing.
+    let mut targets: Vec<&str> = next.members().map(|(_, a)| a).collect();
+    for address in &plan.owing {
+        if next.id_of(address).is_none() {
+            targets.push(address);
+            state.owing.insert(address.clone());
+        }
+    }
+    shared.keep(state).await?;
     info!(
         epoch = next.epoch(),
         server,
@@ -150,18 +163,8 @@ pub(crate) async fn fail_locked(shared: &Shared, server: &str) -> Result<Arc<Con
         carried = carried_slots,
         "configuration changed: member failed"
     );
-    records.commit(&next);
-    records.evicted(server, next.epoch());
     let started = calls.now();
     let deadline = started + calls.move_timeout;
-    // The members, and every server that owes slots: it carries its hand-offs over.
-    let mut targets: Vec<&str> = next.members().map(|(_, a)| a).collect();
-    for address in &plan.owing {
-        if next.id_of(address).is_none() {
-            targets.push(address);
-            records.owes(address);
-        }
-    }
     let installs = targets.iter().map(|addr| shared.install(addr, &before, &next, &[], deadline));
     let mut problems = Vec::new();
     for (addr, result) in targets.iter().zip(join_all(installs).await) {

@@ -9,6 +9,9 @@
 //! detector's heartbeats). [`ShardMaster`] is what a binding serves.
 //!
 //! Invariants:
+//! - a change is saved ([`MasterStore`]) before anyone is shown or sent its configuration, so a
+//!   restarted shard master goes on from the last epoch it made, never makes another with the
+//!   same number, and never forgets its cluster (see [`saved`]);
 //! - changes (joins, leaves, failovers) are serialised, and run to their end even if their
 //!   caller goes away: a change stopped half-way would leave slots waiting for data no one sends;
 //! - reads of the current configuration never wait for a change in progress;
@@ -20,6 +23,7 @@ mod copies;
 mod failover;
 pub(crate) mod plan;
 mod reconcile;
+mod saved;
 mod shared;
 mod state;
 mod watch;
@@ -33,6 +37,7 @@ use crate::{Config, Error, Replication};
 
 use self::calls::Calls;
 use self::change::Change;
+pub use self::saved::{Failover, MasterState, MasterStore, MemoryMasterStore};
 use self::shared::Shared;
 pub use self::state::LONGEST_HOLD_OFF;
 use self::state::Records;
@@ -60,16 +65,57 @@ pub struct ShardMaster {
 }
 
 impl ShardMaster {
-    /// Epoch 0: no member, slots replicated as `settings` say.
+    /// Epoch 0: no member, slots replicated as `settings` say; kept in memory only, so a restart
+    /// of the process forgets the cluster.
     pub fn new(
         settings: MasterSettings,
         servers: Arc<dyn ServerCalls>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, Error> {
-        let first = Config::new().with_replication(settings.replication)?;
+        Self::with_store(settings, servers, clock, Arc::new(MemoryMasterStore::new()), None)
+    }
+
+    /// A shard master that saves its state in `store` before it acts on it, starting from
+    /// `saved`, the state `store` holds (read by [`MasterStore::load`]), or at epoch 0 if it
+    /// holds none. A saved state that does not hold together, or whose replication settings are
+    /// not `settings`', is refused: a shard master never starts from a state it cannot trust.
+    pub fn with_store(
+        settings: MasterSettings,
+        servers: Arc<dyn ServerCalls>,
+        clock: Arc<dyn Clock>,
+        store: Arc<dyn MasterStore>,
+        saved: Option<MasterState>,
+    ) -> Result<Self, Error> {
+        let state = match saved {
+            Some(state) => {
+                state.check()?;
+                let made = state.current().replication();
+                if *made != settings.replication {
+                    return Err(Error::FailedPrecondition(format!(
+                        "the saved cluster replicates {made:?}, not {:?} as asked: start with the \
+                         cluster's settings",
+                        settings.replication
+                    )));
+                }
+                state
+            }
+            None => MasterState::new(Config::new().with_replication(settings.replication)?),
+        };
         let calls = Calls::new(servers, clock, settings.move_timeout, settings.failure_timeout);
-        let shared = Shared { records: Records::new(first), calls, changes: tokio::sync::Mutex::new(()) };
+        let shared =
+            Shared { records: Records::new(state), calls, store, changes: tokio::sync::Mutex::new(()) };
         Ok(ShardMaster { shared: Arc::new(shared) })
+    }
+
+    /// [`ShardMaster::with_store`], from what `store` holds.
+    pub async fn open(
+        settings: MasterSettings,
+        servers: Arc<dyn ServerCalls>,
+        clock: Arc<dyn Clock>,
+        store: Arc<dyn MasterStore>,
+    ) -> Result<Self, Error> {
+        let saved = store.load().await?;
+        Self::with_store(settings, servers, clock, store, saved)
     }
 
     /// The current configuration.

@@ -5,12 +5,14 @@
 //! end of their moves, so the next starts only after the last has finished; the repair of what
 //! failures left behind runs only when no change does.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::messages::InstallReport;
 use crate::{Config, Error, Slot};
 
 use super::calls::Calls;
+use super::saved::{MasterState, MasterStore};
 use super::state::Records;
 
 /// The shard master's state and means, shared by its drivers.
@@ -18,11 +20,25 @@ use super::state::Records;
 pub(crate) struct Shared {
     pub(crate) records: Records,
     pub(crate) calls: Calls,
+    /// Where the records are saved before they are acted on.
+    pub(crate) store: Arc<dyn MasterStore>,
     /// Held for the whole of a change, data moves included.
     pub(crate) changes: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
+    /// Saves `state`, and only then makes it the records: no one is shown a configuration, or
+    /// sent an install of it, before it is saved. A change whose save fails is not made.
+    pub(crate) async fn keep(&self, state: MasterState) -> Result<(), Error> {
+        if let Err(err) = self.store.save(&state).await {
+            return Err(Error::Unavailable(format!(
+                "the shard master could not save the change, which is not made ({err}); retry"
+            )));
+        }
+        self.records.adopt(state);
+        Ok(())
+    }
+
     /// Installs `next` (after `previous`) at `server`, as the records say it should be given
     /// there, retrying while it is unreachable or busy, until `deadline`.
     pub(crate) async fn install(

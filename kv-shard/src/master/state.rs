@@ -1,20 +1,23 @@
 //! What the shard master keeps: the current configuration, the last ones, and what it must
 //! remember about the servers between changes (who failed over what, who still owes slots, which
-//! process joined).
+//! process joined): a [`MasterState`], which a restart must not forget, and the hold-offs, which
+//! it may.
 //!
 //! Plain state behind short-lived locks, never held across an await: the changes themselves are
-//! serialised elsewhere (see [`super`]). Reads of the current configuration never wait for a
-//! change in progress.
+//! serialised elsewhere (see [`super`]), and a change's new state is saved before the records
+//! adopt it ([`super::shared::Shared::keep`]). Reads of the current configuration never wait for
+//! a change in progress.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::messages::Install;
 use crate::{Config, Slot};
 
-/// How many configurations are kept for servers that missed some.
-pub(crate) const HISTORY: usize = 64;
+pub(crate) use super::saved::Failover;
+use super::saved::MasterState;
+
 /// How long a server failed over for a cut link may not join again, the first time...
 const FIRST_HOLD_OFF: Duration = Duration::from_secs(2);
 /// ...twice as long each time again within this...
@@ -22,42 +25,18 @@ const HOLD_OFF_MEMORY: Duration = Duration::from_secs(120);
 /// ...up to this.
 pub const LONGEST_HOLD_OFF: Duration = Duration::from_secs(30);
 
-/// The slots a failed member held, and where they went.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub(crate) struct Failover {
-    /// Every slot of the failed member's: each new owner serves its share from its own copy...
-    pub(crate) promoted: Vec<Slot>,
-    /// ...but those still moving to the failed member when it failed, which come from the
-    /// server that was sending them (by sender).
-    pub(crate) carried: BTreeMap<String, Vec<Slot>>,
-}
-
 /// The shard master's records.
 #[derive(Debug)]
 pub(crate) struct Records {
+    /// The current configuration, the last of `kept`'s history: read without waiting for the
+    /// rest.
     current: RwLock<Arc<Config>>,
-    /// The last configurations, oldest first, the current one last: a server that missed some
-    /// is brought up to date one epoch at a time.
-    history: Mutex<VecDeque<Arc<Config>>>,
-    /// What each failover gave to whom, by the epoch it made: every install of that epoch
-    /// carries it.
-    failovers: Mutex<BTreeMap<u64, Failover>>,
-    /// Servers outside the membership that still owe slots (a leaver whose hand-off a failover
-    /// carried over): watched like the members until they owe nothing.
-    owing: Mutex<BTreeSet<String>>,
-    /// The incarnation of each member's process when it joined: a member answering with another
-    /// one restarted, and lost what it held.
-    incarnations: Mutex<BTreeMap<String, u64>>,
-    /// Failed members not yet told (a server cut off only from this shard master still runs,
-    /// and holds the configuration that had it as a member), by the epoch that removed them:
-    /// the repairs bring them up to the current epoch once they answer, so that they learn they
-    /// were failed over and join again. Forgotten once one answers at that epoch or later, or as
-    /// another process, or joins again.
-    evicted: Mutex<BTreeMap<String, u64>>,
+    /// What a restart must not forget (see [`MasterState`]).
+    kept: Mutex<MasterState>,
     /// Servers failed over because members could not reach them: when last, and how many times
     /// in a row (each within [`HOLD_OFF_MEMORY`] of the one before). They may not join again
     /// until their hold-off has passed, so that a link that stays cut does not have them join
-    /// and be failed over again and again.
+    /// and be failed over again and again. Forgotten at a restart.
     cut_off: Mutex<BTreeMap<String, (Instant, u32)>>,
 }
 
@@ -67,16 +46,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Records {
-    /// Records that start at `first`.
-    pub(crate) fn new(first: Config) -> Self {
-        let first = Arc::new(first);
+    /// Records that start from `state` (which [`MasterState::check`] accepted).
+    pub(crate) fn new(state: MasterState) -> Self {
         Records {
-            current: RwLock::new(Arc::clone(&first)),
-            history: Mutex::new(VecDeque::from([first])),
-            failovers: Mutex::new(BTreeMap::new()),
-            owing: Mutex::new(BTreeSet::new()),
-            incarnations: Mutex::new(BTreeMap::new()),
-            evicted: Mutex::new(BTreeMap::new()),
+            current: RwLock::new(Arc::clone(state.current())),
+            kept: Mutex::new(state),
             cut_off: Mutex::new(BTreeMap::new()),
         }
     }
@@ -86,65 +60,71 @@ impl Records {
         Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// Makes `next` the current configuration; forgets the oldest beyond [`HISTORY`], and the
-    /// failovers of the epochs forgotten.
-    pub(crate) fn commit(&self, next: &Arc<Config>) {
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::clone(next);
-        let mut history = lock(&self.history);
-        history.push_back(Arc::clone(next));
-        while history.len() > HISTORY {
-            if let Some(dropped) = history.pop_front() {
-                lock(&self.failovers).retain(|&epoch, _| epoch > dropped.epoch());
-            }
-        }
+    /// What a restart must not forget, as it stands.
+    pub(crate) fn state(&self) -> MasterState {
+        lock(&self.kept).clone()
+    }
+
+    /// Takes `state` (saved by then) as what it keeps, its last configuration as the current
+    /// one.
+    pub(crate) fn adopt(&self, state: MasterState) {
+        let current = Arc::clone(state.current());
+        let mut kept = lock(&self.kept);
+        *kept = state;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = current;
     }
 
     /// The configurations kept, oldest first.
     pub(crate) fn history(&self) -> Vec<Arc<Config>> {
-        lock(&self.history).iter().cloned().collect()
+        lock(&self.kept).history.clone()
     }
 
     /// The configuration before the current one, if it is kept.
     pub(crate) fn previous(&self) -> Option<Arc<Config>> {
-        let history = lock(&self.history);
-        history.len().checked_sub(2).and_then(|i| history.get(i).cloned())
+        let kept = lock(&self.kept);
+        kept.history.len().checked_sub(2).and_then(|i| kept.history.get(i).cloned())
     }
 
     /// The servers a change must hear from: the members of `current` and of the configuration
     /// before it (a leaver is one of those), and the servers outside that still owe slots.
     pub(crate) fn involved(&self, current: &Config) -> Vec<String> {
         let mut involved: Vec<String> = current.members().map(|(_, address)| address.to_owned()).collect();
-        let history = lock(&self.history);
-        if let Some(previous) = history.iter().rev().find(|c| c.epoch() < current.epoch()) {
+        let kept = lock(&self.kept);
+        if let Some(previous) = kept.history.iter().rev().find(|c| c.epoch() < current.epoch()) {
             involved.extend(previous.members().map(|(_, address)| address.to_owned()));
         }
-        drop(history);
-        involved.extend(lock(&self.owing).iter().cloned());
+        involved.extend(kept.owing.iter().cloned());
+        drop(kept);
         involved.sort_unstable();
         involved.dedup();
         involved
     }
 
-    /// Records the incarnation of the process that joins at `server`.
+    /// Records the incarnation of the process that joins at `server` (saved with the change
+    /// that makes it a member).
     pub(crate) fn joined(&self, server: &str, incarnation: u64) {
-        lock(&self.incarnations).insert(server.to_owned(), incarnation);
-        lock(&self.evicted).remove(server);
-    }
-
-    /// Watches `server`, failed over by the configuration of `epoch`, until it has heard so.
-    pub(crate) fn evicted(&self, server: &str, epoch: u64) {
-        lock(&self.evicted).insert(server.to_owned(), epoch);
+        let mut kept = lock(&self.kept);
+        kept.incarnations.insert(server.to_owned(), incarnation);
+        kept.evicted.remove(server);
     }
 
     /// The failed members not yet told.
     pub(crate) fn evicted_servers(&self) -> Vec<String> {
-        lock(&self.evicted).keys().cloned().collect()
+        lock(&self.kept).evicted.keys().cloned().collect()
     }
 
     /// Keeps watching only the failed members for which `still` holds (given the epoch that
-    /// removed each).
+    /// removed each). Saved with the next change: a restart before it watches them a while
+    /// longer, which is harmless.
     pub(crate) fn retain_evicted(&self, mut still: impl FnMut(&String, u64) -> bool) {
-        lock(&self.evicted).retain(|address, epoch| still(address, *epoch));
+        // `still` may read the records: it runs without their lock.
+        let evicted = lock(&self.kept).evicted.clone();
+        let heard: Vec<String> =
+            evicted.into_iter().filter(|(address, epoch)| !still(address, *epoch)).map(|(a, _)| a).collect();
+        let mut kept = lock(&self.kept);
+        for address in heard {
+            kept.evicted.remove(&address);
+        }
     }
 
     /// Records that `server` was failed over at `now` because members could not reach it.
@@ -167,33 +147,30 @@ impl Records {
 
     /// The incarnation of the process that joined at `server`, if one did.
     pub(crate) fn incarnation(&self, server: &str) -> Option<u64> {
-        lock(&self.incarnations).get(server).copied()
+        lock(&self.kept).incarnations.get(server).copied()
     }
 
     /// Whether the process at member `server` is not the one that joined (`incarnation` is
     /// what it answers now).
     pub(crate) fn restarted(&self, server: &str, incarnation: u64) -> bool {
-        lock(&self.incarnations).get(server).is_some_and(|&joined| joined != incarnation)
-    }
-
-    /// Records what the failover that made `epoch` gave to whom.
-    pub(crate) fn failed_over(&self, epoch: u64, failover: Failover) {
-        lock(&self.failovers).insert(epoch, failover);
-    }
-
-    /// Watches `server`, outside the membership, until it owes nothing.
-    pub(crate) fn owes(&self, server: &str) {
-        lock(&self.owing).insert(server.to_owned());
+        lock(&self.kept).incarnations.get(server).is_some_and(|&joined| joined != incarnation)
     }
 
     /// The slots the failover that made `epoch` promoted (none if a join or leave made it).
     pub(crate) fn promoted_at(&self, epoch: u64) -> Vec<Slot> {
-        lock(&self.failovers).get(&epoch).map(|failover| failover.promoted.clone()).unwrap_or_default()
+        lock(&self.kept).failovers.get(&epoch).map(|failover| failover.promoted.clone()).unwrap_or_default()
     }
 
-    /// Keeps watching only the servers outside the membership for which `still` holds.
-    pub(crate) fn retain_owing(&self, still: impl FnMut(&String) -> bool) {
-        lock(&self.owing).retain(still);
+    /// Keeps watching only the servers outside the membership for which `still` holds (saved
+    /// with the next change, as [`Records::retain_evicted`]).
+    pub(crate) fn retain_owing(&self, mut still: impl FnMut(&String) -> bool) {
+        // `still` may read the records: it runs without their lock.
+        let owing = lock(&self.kept).owing.clone();
+        let paid: Vec<String> = owing.into_iter().filter(|address| !still(address)).collect();
+        let mut kept = lock(&self.kept);
+        for address in paid {
+            kept.owing.remove(&address);
+        }
     }
 
     /// The install of `next` (after `previous`) at `server`: with what the failover that made
@@ -205,8 +182,10 @@ impl Records {
         next: &Config,
         abandoned: &[Slot],
     ) -> Install {
-        let failover = lock(&self.failovers).get(&next.epoch()).cloned().unwrap_or_default();
-        let incarnation = lock(&self.incarnations).get(server).copied().unwrap_or(0);
+        let kept = lock(&self.kept);
+        let failover = kept.failovers.get(&next.epoch()).cloned().unwrap_or_default();
+        let incarnation = kept.incarnations.get(server).copied().unwrap_or(0);
+        drop(kept);
         Install {
             next: next.clone(),
             previous: previous.clone(),
