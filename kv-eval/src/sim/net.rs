@@ -23,7 +23,8 @@
 //!    arrives then even if the caller gave up, as across a cut link;
 //! 6. the handler runs, as the gRPC service does (the install and the hand-off of a copy run on
 //!    even if the caller gives up; other handlers stop with the caller, as a cancelled request
-//!    does);
+//!    does); if the process serving it dies meanwhile, the call breaks at once (*no answer*), as
+//!    a connection to a killed process is reset by its kernel;
 //! 7. the answer travels back the same way, and is lost if the process died meanwhile.
 //!
 //! Timeouts are the caller's, on the caller's own clock.
@@ -117,6 +118,8 @@ pub(crate) struct Net {
     next_call: Mutex<u64>,
     /// Bumped whenever a link heals: messages held at a cut link look again.
     healed: Signal<u64>,
+    /// Bumped whenever a process leaves the network: the calls it was serving break.
+    deaths: Signal<u64>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -141,6 +144,7 @@ impl Net {
             start: tokio::time::Instant::now(),
             next_call: Mutex::new(0),
             healed: Signal::new(0),
+            deaths: Signal::new(0),
         })
     }
 
@@ -162,6 +166,18 @@ impl Net {
     /// Takes the process at `address` off the network (it crashed, or stopped).
     pub(crate) fn detach(&self, address: &str) {
         lock(&self.hosts).remove(address);
+        self.deaths.modify(|n| {
+            *n += 1;
+            true
+        });
+    }
+
+    /// Returns once the process of `life` at `address` is gone.
+    async fn until_dead(&self, address: &str, life: u64) {
+        while self.is_alive(address, life) {
+            let seen = self.deaths.get();
+            self.deaths.wait_for(|&n| n != seen || !self.is_alive(address, life)).await;
+        }
     }
 
     /// Whether the process of `life` is the one at `address`.
@@ -414,12 +430,18 @@ where
     if !net.is_alive(to, host.life) {
         return Err(Failure::Refused);
     }
-    let answer = match handler {
-        Handler::WithCaller => handle(host.service).await,
-        Handler::Detached => match tokio::spawn(handle(host.service)).await {
-            Ok(answer) => answer,
-            Err(_) => return Err(Failure::NoAnswer),
-        },
+    let served = async {
+        match handler {
+            Handler::WithCaller => Ok(handle(host.service).await),
+            Handler::Detached => tokio::spawn(handle(host.service)).await.map_err(|_| Failure::NoAnswer),
+        }
     };
-    Ok((answer, host.life))
+    tokio::select! {
+        biased;
+        answer = served => Ok((answer?, host.life)),
+        () = net.until_dead(to, host.life) => {
+            net.trace(format_args!("#{id} connection reset: {to} died"));
+            Err(Failure::NoAnswer)
+        }
+    }
 }
