@@ -190,9 +190,13 @@ pub async fn run_storage(
         async move {
             shutdown.await;
             let started = tokio::time::Instant::now();
-            leave_cluster(&cluster, &master, &me).await;
-            let left = cluster.leave_timeout.saturating_sub(started.elapsed());
-            leaver.wait_for_handoffs(left).await;
+            let left = leave_cluster(&cluster, &master, &me).await;
+            let patience = cluster.leave_timeout.saturating_sub(started.elapsed());
+            if left {
+                leaver.wait_until_left(patience).await;
+            } else {
+                leaver.wait_for_handoffs(patience).await;
+            }
         }
     };
     let serving = serve(listener, routes, &names, config.shutdown_grace, leave);
@@ -229,15 +233,23 @@ async fn join_cluster(cluster: &ClusterMembership, master: &GrpcMaster, me: &str
     }
 }
 
-/// Leaves the cluster, handing this server's data to the others; logs what went wrong.
-async fn leave_cluster(cluster: &ClusterMembership, master: &GrpcMaster, me: &str) {
+/// Leaves the cluster, handing this server's data to the others; logs what went wrong. Returns
+/// whether this server is out of the membership (though it may still owe hand-offs).
+async fn leave_cluster(cluster: &ClusterMembership, master: &GrpcMaster, me: &str) -> bool {
     info!(shardmaster = %cluster.shardmaster, "leaving the cluster: handing off this server's data");
     match member::leave(master, &TokioClock, me, cluster.leave_timeout).await {
         Ok(Left::Left(epoch)) => info!(epoch, "left the cluster"),
         Ok(Left::Earlier) => info!("left the cluster"),
         Ok(Left::NotMember) => info!("not a member any more"),
-        Err(err) => warn!(cause = %err, "could not leave the cluster"),
+        Err(err @ kv_shard::Error::Incomplete { .. }) => {
+            warn!(cause = %err, "left, with hand-offs still owed")
+        }
+        Err(err) => {
+            warn!(cause = %err, "could not leave the cluster");
+            return false;
+        }
     }
+    true
 }
 
 /// Serves a shard master on `listener` until `shutdown` completes.

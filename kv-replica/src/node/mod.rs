@@ -293,6 +293,28 @@ impl Node {
         })
     }
 
+    /// After its leave was made: waits until this server has installed a configuration without
+    /// it (the shard master's repairs bring it there if the leave's install did not: a shard
+    /// master that restarted during the leave, say, whose retry answered "not a member"), and
+    /// then until it owes no hand-off, or `timeout` passes; returns whether it got there. A
+    /// leaver that stopped before would take its slots' only up-to-date data with it.
+    pub async fn wait_until_left(&self, timeout: Duration) -> bool {
+        let deadline = self.clock.now() + timeout;
+        let mut told = false;
+        while self.view.get().id_of(self.view.me()).is_some() {
+            if self.clock.now() >= deadline {
+                warn!("stopping before the configuration without this server arrived");
+                return false;
+            }
+            if !told {
+                info!("waiting for the configuration without this server");
+                told = true;
+            }
+            self.clock.sleep(Duration::from_millis(50)).await;
+        }
+        self.wait_for_handoffs(deadline.saturating_duration_since(self.clock.now())).await
+    }
+
     /// Waits until this server owes no hand-off (the shard master resumes failed ones), or
     /// `timeout` passes; returns whether none is owed.
     pub async fn wait_for_handoffs(&self, timeout: Duration) -> bool {
