@@ -34,7 +34,7 @@ const CONVERGENCE_BOUND: Duration = Duration::from_secs(10);
 pub struct RunOptions {
     /// Keep the trace's text, to print it.
     pub trace: bool,
-    /// Let the shard master crash (it restarts with no memory of the cluster).
+    /// Let the shard master crash among the faults too (it restarts from the state it saved).
     pub master_crashes: bool,
 }
 
@@ -309,6 +309,7 @@ async fn simulate(seed: u64, setting: Setting, options: RunOptions, trace: Arc<T
     else {
         unreachable!("the membership task, the only other holder, has ended");
     };
+    problems.append(&mut world.problems);
 
     // Writes have stopped: the replicas converge.
     let converged = until(&net, CONVERGENCE_BOUND, || replicas_agree(&world, &writing_keys).is_none()).await;

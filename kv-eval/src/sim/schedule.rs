@@ -126,7 +126,7 @@ pub(crate) enum Fault {
     Crash { server: String },
     /// The shard master's process is stopped.
     PauseMaster,
-    /// The shard master crashes, and restarts with no memory of the cluster.
+    /// The shard master crashes, and restarts from the state it saved.
     CrashMaster,
     /// Every link loses this share of its messages, and half-way through a server crashes (it
     /// is started again at the end): the primary of a hot key, or else `server`. Writes whose
@@ -199,7 +199,8 @@ pub(crate) fn server(i: usize) -> String {
 /// Options of the plan that are not drawn.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PlanOptions {
-    /// Whether the shard master may crash (and restart with no memory of the cluster).
+    /// Whether the shard master may crash among the faults too (it crashes in a third of the
+    /// runs anyway, around a membership change).
     pub(crate) master_crashes: bool,
 }
 
@@ -264,6 +265,17 @@ impl Plan {
         if rng.random_bool(0.4) && n > setting.factor {
             let at = Duration::from_millis(rng.random_range(300..6_000));
             membership.push((at, Event::Leave(initial[rng.random_range(0..n)].clone())));
+        }
+        // The shard master crashes in a third of the runs, around a membership change (or at
+        // any time in the first seconds), and restarts from what it saved. From a stream of its
+        // own, so the rest of each plan stays as it was.
+        let mut master = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x3a57_e6c1);
+        if master.random_bool(1.0 / 3.0) {
+            let near = membership.get(master.random_range(0..membership.len().max(1))).map(|(at, _)| *at);
+            let at = near.unwrap_or_default() + Duration::from_millis(master.random_range(0..1_500));
+            let down = Duration::from_millis(master.random_range(200..2_500));
+            membership.push((at, Event::Begin(Fault::CrashMaster)));
+            membership.push((at + down, Event::End(Fault::CrashMaster)));
         }
         membership.sort_by_key(|(at, _)| *at);
         let lasting_cut = setting.factor > 1 && rng.random_bool(0.5);

@@ -7,7 +7,10 @@
 //! was failed over, and a leaving one asks to leave and stops once it has. A crash takes its
 //! process off the network and drops its memory; a restart is a new process (a new life and
 //! incarnation) at the same address, empty, that joins again. The shard master runs its failure
-//! detector and its repairs, as `kv-server shardmaster` does.
+//! detector and its repairs, as `kv-server shardmaster` does, and saves its state in a store that
+//! outlives its crashes, as `kv-server shardmaster --data-dir` does on disk: a restarted shard
+//! master goes on from what it saved. One that came back at an epoch behind one it had shown
+//! (it forgot its cluster) is a problem of the run.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -16,7 +19,9 @@ use std::time::Duration;
 use kv_core::MemoryStorage;
 use kv_replica::{Node, NodeSettings};
 use kv_shard::clock::Clock;
-use kv_shard::{MasterSettings, Replication, ShardMaster, member};
+use kv_shard::{
+    MasterSettings, MasterState, MasterStore, MemoryMasterStore, Replication, ShardMaster, member,
+};
 use tokio::task::JoinHandle;
 
 use super::clock::{Gate, SimClock};
@@ -31,6 +36,30 @@ const RESTART_DELAY: Duration = Duration::from_secs(1);
 
 /// A server that should be a member, with its node.
 pub(crate) type Member = (String, Arc<Node>);
+
+/// The shard master's disk as one of its processes sees it: a crashed process writes nothing
+/// more (its leftover tasks in the simulator, a change in progress say, would otherwise go on
+/// saving over what its successor saved).
+#[derive(Debug)]
+struct MasterDisk {
+    disk: Arc<MemoryMasterStore>,
+    net: Arc<Net>,
+    life: u64,
+}
+
+#[async_trait::async_trait]
+impl MasterStore for MasterDisk {
+    async fn load(&self) -> Result<Option<MasterState>, kv_shard::Error> {
+        self.disk.load().await
+    }
+
+    async fn save(&self, state: &MasterState) -> Result<(), kv_shard::Error> {
+        if !self.net.is_alive(MASTER, self.life) {
+            return Err(kv_shard::Error::Unavailable("this process is dead".to_owned()));
+        }
+        self.disk.save(state).await
+    }
+}
 
 /// A running storage server.
 pub(crate) struct Server {
@@ -52,6 +81,12 @@ pub(crate) struct World {
     settings: MasterSettings,
     servers: BTreeMap<String, Server>,
     master: Option<Master>,
+    /// The shard master's saved state: its disk, which its crashes leave in place.
+    master_disk: Arc<MemoryMasterStore>,
+    /// The highest epoch a shard master of this run has shown.
+    master_epoch: u64,
+    /// What went wrong with the processes themselves (a shard master that forgot its cluster).
+    pub(crate) problems: Vec<String>,
     next_life: u64,
     /// Each address's clock rate, drawn when the run's schedule was made.
     rates: BTreeMap<String, f64>,
@@ -78,6 +113,9 @@ impl World {
             settings,
             servers: BTreeMap::new(),
             master: None,
+            master_disk: Arc::new(MemoryMasterStore::new()),
+            master_epoch: 0,
+            problems: Vec::new(),
             next_life: 1,
             rates,
             leavers: BTreeSet::new(),
@@ -106,14 +144,36 @@ impl World {
         endpoint
     }
 
-    /// Starts the shard master (afresh: it remembers nothing of an earlier one).
+    /// Starts the shard master, from the state it saved, if it saved any (a no-op if it runs).
     pub(crate) fn start_master(&mut self) {
+        if self.master.is_some() {
+            return;
+        }
         let endpoint = self.endpoint(MASTER);
-        let Ok(master) =
-            ShardMaster::new(self.settings, Arc::new(endpoint.clone()), Arc::clone(&endpoint.clock))
-        else {
-            unreachable!("the run's replication settings were validated");
+        let master = match ShardMaster::with_store(
+            self.settings,
+            Arc::new(endpoint.clone()),
+            Arc::clone(&endpoint.clock),
+            Arc::new(MasterDisk {
+                disk: Arc::clone(&self.master_disk),
+                net: Arc::clone(&self.net),
+                life: endpoint.life,
+            }),
+            self.master_disk.saved(),
+        ) {
+            Ok(master) => master,
+            Err(err) => {
+                self.problems.push(format!("the shard master could not start: {err}"));
+                return;
+            }
         };
+        let epoch = master.current().epoch();
+        if epoch < self.master_epoch {
+            self.problems.push(format!(
+                "the shard master restarted at epoch {epoch}, behind epoch {} it had made: it forgot its cluster",
+                self.master_epoch
+            ));
+        }
         self.net.attach(MASTER, endpoint.life, endpoint.gate.clone(), Service::Master(master.clone()));
         let watcher = tokio::spawn({
             let master = master.clone();
@@ -123,13 +183,14 @@ impl World {
             let master = master.clone();
             async move { master.repair().await }
         });
-        self.net.trace(format_args!("the shard master starts (life {})", endpoint.life));
+        self.net.trace(format_args!("the shard master starts at epoch {epoch} (life {})", endpoint.life));
         self.master = Some(Master { master, gate: endpoint.gate, tasks: vec![watcher, repairer] });
     }
 
-    /// Crashes the shard master: its state is gone.
+    /// Crashes the shard master: what it did not save is gone.
     pub(crate) fn crash_master(&mut self) {
         if let Some(master) = self.master.take() {
+            self.master_epoch = self.master_epoch.max(master.master.current().epoch());
             abort_all(&master.tasks);
             self.net.detach(MASTER);
             self.net.trace(format_args!("the shard master crashes"));
@@ -207,18 +268,14 @@ impl World {
             let me = endpoint.me.clone();
             let left = member::leave(&endpoint, endpoint.clock.as_ref(), &me, LEAVE_PATIENCE).await;
             net.trace(format_args!("{me} leave: {left:?}"));
-            if let Err(kv_shard::Error::Incomplete { .. }) = left {
-                // Not a member any more, but it still owes slots it could not hand off yet: it
-                // stays up, and sends them on, until it owes nothing.
-                loop {
-                    let Some(node) = node.upgrade() else { return };
-                    if node.status().await.is_ok_and(|status| status.outgoing_slots == 0) {
-                        break;
-                    }
-                    drop(node);
-                    endpoint.clock.sleep(Duration::from_millis(50)).await;
-                }
-            } else if left.is_err() {
+            if matches!(left, Ok(_) | Err(kv_shard::Error::Incomplete { .. })) {
+                // Not a member any more, but it may not have installed its leave yet, or still
+                // owe slots it could not hand off (its leave was incomplete, or the shard master
+                // restarted during it and the retry found it gone): it stays up until it has,
+                // and owes nothing, as `kv-server` does.
+                let Some(node) = node.upgrade() else { return };
+                node.wait_until_left(LEAVE_PATIENCE).await;
+            } else {
                 return;
             }
             if net.is_alive(&me, endpoint.life) {
