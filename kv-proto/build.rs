@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "proto/kv/v1/kv.proto",
     "proto/kv/v1/shardmaster.proto",
     "proto/kv/v1/node.proto",
+    "proto/kv/v1/stored.proto",
     "proto/kvstore.proto",
     "proto/shardmaster.proto",
 ];

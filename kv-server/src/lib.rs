@@ -15,7 +15,9 @@
 //!
 //! A shard master serves `kv.v1.ShardMaster` and the assignment's `ShardMaster`
 //! ([`service::ShardMasterService`], [`service::CompatShardMasterService`]) over one
-//! [`service::ShardMaster`], with the same health and reflection services.
+//! [`service::ShardMaster`], with the same health and reflection services; with a data directory
+//! it keeps its state there ([`master_store::FileMasterStore`]) and goes on from it when it
+//! restarts.
 //!
 //! [`run_storage`] and [`run_shardmaster`] take a bound listener and a shutdown future, so tests start servers on
 //! `127.0.0.1:0` and stop them on cue; the `kv-server` binary parses flags, binds, and calls it.
@@ -24,6 +26,7 @@
 //! `NOT_SERVING`, the listener stops accepting, requests in flight finish, and after
 //! [`StorageConfig::shutdown_grace`] whatever is left is dropped.
 
+pub mod master_store;
 pub mod service;
 
 mod server;

@@ -54,6 +54,13 @@ struct ShardMasterArgs {
     #[arg(long, env = "KV_MOVE_TIMEOUT_SECS", default_value_t = 30)]
     move_timeout_secs: u64,
 
+    /// Directory to keep the cluster's state in (its configurations, and what failovers and
+    /// moves in progress must not forget), written before any change is acted on: a shard master
+    /// restarted with the same directory goes on from it. Without it the state is in memory only,
+    /// and a restarted shard master forgets the cluster.
+    #[arg(long, env = "KV_DATA_DIR")]
+    data_dir: Option<std::path::PathBuf>,
+
     /// A secret shared by the cluster's shard master and storage servers: storage servers
     /// refuse installs and transfers that do not carry it. Without it, anyone who can connect may
     /// send them: set it wherever the ports are reachable from outside the cluster.
@@ -209,6 +216,7 @@ async fn shardmaster(args: ShardMasterArgs) -> Result<()> {
         replication,
         failure_timeout: Duration::from_millis(args.failure_timeout_ms),
         dial_via: args.dial_via,
+        data_dir: args.data_dir,
     };
     let listener = bind(&args.listen).await?;
     let local = listener.local_addr().context("cannot read the bound address")?;

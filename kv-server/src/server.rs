@@ -1,6 +1,7 @@
 //! Wiring the services into one gRPC server, and its lifecycle.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
+use crate::master_store::FileMasterStore;
 use crate::service::{
     CompatKvService, CompatShardMasterService, KeyValueService, MasterSettings, NodeService, ShardMaster,
     ShardMasterService,
@@ -102,6 +104,9 @@ pub struct ShardMasterConfig {
     /// Stand-ins to dial instead of the storage servers' addresses (a test harness's link
     /// proxies); empty by default.
     pub dial_via: DialVia,
+    /// Where the shard master keeps its state, to go on from it after a restart (none: in
+    /// memory, and a restart forgets the cluster).
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Default for ShardMasterConfig {
@@ -113,6 +118,7 @@ impl Default for ShardMasterConfig {
             replication: Replication::default(),
             failure_timeout: Duration::from_millis(800),
             dial_via: DialVia::default(),
+            data_dir: None,
         }
     }
 }
@@ -132,6 +138,14 @@ pub enum ServeError {
     /// The replication settings are invalid.
     #[error("invalid replication settings: {0}")]
     Replication(#[from] kv_shard::Error),
+    /// The shard master's saved state cannot be used.
+    #[error("cannot start from the shard master's state in {dir}: {reason}")]
+    MasterState {
+        /// Its data directory.
+        dir: String,
+        /// Why.
+        reason: String,
+    },
     /// The server could not join its cluster.
     #[error("cannot join the cluster of shard master {shardmaster}: {reason}")]
     Join {
@@ -252,7 +266,8 @@ async fn leave_cluster(cluster: &ClusterMembership, master: &GrpcMaster, me: &st
     true
 }
 
-/// Serves a shard master on `listener` until `shutdown` completes.
+/// Serves a shard master on `listener` until `shutdown` completes, from the state saved in its
+/// data directory if it has one.
 pub async fn run_shardmaster(
     listener: TcpListener,
     config: ShardMasterConfig,
@@ -264,7 +279,24 @@ pub async fn run_shardmaster(
         replication: config.replication,
     };
     let servers = Arc::new(GrpcTransport::new(config.cluster_token.clone()).with_dial_via(config.dial_via));
-    let master = ShardMaster::new(settings, servers, Arc::new(TokioClock))?;
+    let master = match &config.data_dir {
+        Some(dir) => {
+            let refused = |reason: String| ServeError::MasterState { dir: dir.display().to_string(), reason };
+            let store = FileMasterStore::open(dir).map_err(|err| refused(err.to_string()))?;
+            let master = ShardMaster::open(settings, servers, Arc::new(TokioClock), Arc::new(store))
+                .await
+                .map_err(|err| refused(err.to_string()))?;
+            let current = master.current();
+            info!(dir = %dir.display(), epoch = current.epoch(), members = current.len(), "shard master state loaded");
+            master
+        }
+        None => {
+            warn!(
+                "no --data-dir: the shard master keeps its state in memory, and a restart forgets the cluster"
+            );
+            ShardMaster::new(settings, servers, Arc::new(TokioClock))?
+        }
+    };
     // Fails over members that stop answering.
     let watcher = tokio::spawn({
         let master = master.clone();

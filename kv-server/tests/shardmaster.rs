@@ -184,3 +184,43 @@ async fn concurrent_changes_are_serialised() {
     })
     .await;
 }
+
+/// A shard master with a data directory, killed and started again on it, goes on from the
+/// cluster it had: same configuration, the next change numbered after it; one whose state file is
+/// damaged refuses to start, rather than start a new cluster.
+#[tokio::test]
+async fn a_restarted_shard_master_goes_on_from_its_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("master");
+    let flags = ["--data-dir", data_dir.to_str().unwrap(), "--replication-factor", "1"];
+    let servers = StorageServers::start(3).await;
+    let mut first = ServerProcess::start_shardmaster_with(&flags);
+    let before = within("joins before the crash", async {
+        let (sm, _) = clients(&first).await;
+        join(&sm, servers.addr(0)).await.unwrap();
+        join(&sm, servers.addr(1)).await.unwrap()
+    })
+    .await;
+    assert_eq!(before.epoch(), 2);
+    first.signal("KILL");
+    first.wait_exit().await;
+
+    let second = ServerProcess::start_shardmaster_with(&flags);
+    within("the restarted shard master", async {
+        let (sm, _) = clients(&second).await;
+        assert_eq!(current(&sm).await, before, "the cluster it had, not an empty one");
+        assert_eq!(join(&sm, servers.addr(1)).await.unwrap_err().code(), Code::AlreadyExists);
+        let after = join(&sm, servers.addr(2)).await.unwrap();
+        assert_eq!(after, before.join(servers.addr(2)).unwrap(), "the next epoch after the saved one");
+    })
+    .await;
+    assert!(second.stderr().contains("shard master state loaded"), "{}", second.stderr());
+    drop(second);
+
+    std::fs::write(data_dir.join("master-state.pb"), b"not a master state").unwrap();
+    let mut damaged = ServerProcess::start_shardmaster_with(&flags);
+    let status = damaged.wait_exit().await;
+    assert!(!status.success(), "a damaged state must stop the shard master");
+    let stderr = damaged.stderr();
+    assert!(stderr.contains("master-state.pb") && stderr.contains("cannot start"), "{stderr}");
+}

@@ -1,10 +1,12 @@
 //! Every conversion between wire and domain types: requests to data-model values, cluster
-//! configurations, and the messages of the sharding and replication protocols, both ways.
+//! configurations, the messages of the sharding and replication protocols, and the records kept
+//! on disk, both ways.
 
 mod master;
 mod node;
 mod replica;
 mod shard;
+mod stored;
 
 pub use master::{
     checked_slots, hand_off_copy_from_wire, hand_off_copy_to_wire, install_from_wire,
@@ -20,6 +22,7 @@ pub use replica::{
     replicate_ack_from_wire, replicate_ack_to_wire, replicate_from_wire, replicate_to_wire,
 };
 pub use shard::{config_from_wire, config_to_wire, replication_from_wire, replication_to_wire};
+pub use stored::{decode_master_state, encode_master_state, master_state_from_wire, master_state_to_wire};
 
 use kv_core::Mutation;
 
