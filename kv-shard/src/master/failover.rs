@@ -165,7 +165,20 @@ pub(crate) async fn fail_locked(shared: &Shared, server: &str) -> Result<Arc<Con
     );
     let started = calls.now();
     let deadline = started + calls.move_timeout;
-    let installs = targets.iter().map(|addr| shared.install(addr, &before, &next, &[], deadline));
+    // One that stops answering is not waited for (a leaver that stopped once it owed nothing,
+    // its answer lost; a member, failed over next): the repairs bring back those that return.
+    let installs = targets.iter().map(|&addr| {
+        let (before, next) = (&before, &next);
+        async move {
+            tokio::select! {
+                biased;
+                result = shared.install(addr, before, next, &[], deadline) => result,
+                () = calls.until_silent(addr, records.incarnation(addr)) => {
+                    Err(Error::Unavailable("it stopped answering, or restarted".to_owned()))
+                }
+            }
+        }
+    });
     let mut problems = Vec::new();
     for (addr, result) in targets.iter().zip(join_all(installs).await) {
         if let Err(err) = result {
