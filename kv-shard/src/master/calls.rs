@@ -149,18 +149,29 @@ impl Calls {
         self.servers.ping(server, PING_TIMEOUT).await.ok()
     }
 
-    /// Whether `server` fails every one of a few probes, a second apart: then it is presumed
-    /// dead.
-    pub(crate) async fn is_gone(&self, server: &str) -> bool {
+    /// Whether `server` fails every one of a few probes, a second apart, or answers as another
+    /// process than `joined` (it restarted, and holds nothing of what it held): then it is
+    /// presumed dead.
+    pub(crate) async fn is_gone(&self, server: &str, joined: Option<u64>) -> bool {
         for attempt in 0..3 {
             if attempt > 0 {
                 self.clock.sleep(Duration::from_secs(1)).await;
             }
-            if self.status_of(server).await.is_ok() {
-                return false;
+            if let Ok(status) = self.status_of(server).await {
+                return joined.is_some_and(|joined| joined != status.incarnation);
             }
         }
         true
+    }
+
+    /// Returns once `server` answers that it holds a configuration of `epoch` or later.
+    pub(crate) async fn until_at_epoch(&self, server: &str, epoch: u64) {
+        loop {
+            if self.status_of(server).await.is_ok_and(|status| status.epoch >= epoch) {
+                return;
+            }
+            self.clock.sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Whether `server` answers that it still waits for slots.

@@ -107,7 +107,7 @@ pub(crate) async fn change(shared: &Shared, change: Change) -> Result<Arc<Config
         Change::Leave(server) if next.is_empty() => match calls.status_of(server).await {
             Ok(status) => checks::last_leaver(server, &status)?,
             // Removing a dead last member is allowed: its data is gone with it.
-            Err(_) if calls.is_gone(server).await => {}
+            Err(_) if calls.is_gone(server, records.incarnation(server)).await => {}
             Err(err) => {
                 return Err(Error::Unavailable(format!(
                     "cannot tell whether {server}, the last member, holds keys: {err}"
@@ -223,8 +223,9 @@ async fn apply(shared: &Shared, before: &Config, next: &Config) -> Result<(), Er
                 continue;
             }
         };
-        // With copies elsewhere, a silent sender is failed at once; otherwise make sure.
-        let gone = (silent && replicated) || calls.is_gone(sender).await;
+        // With copies elsewhere, a silent sender is failed at once; otherwise make sure (one
+        // that restarted is gone too: its answer refused the install meant for its old self).
+        let gone = (silent && replicated) || calls.is_gone(sender, shared.records.incarnation(sender)).await;
         if !gone {
             // The sender is there and keeps the data; installing this epoch again resumes.
             problems.push(format!("{sender} could not hand off its slots ({err})"));

@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use super::plan::catch_up::catch_up_steps;
 use super::shared::Shared;
+use crate::messages::InstallReport;
 
 /// One round of repairs; returns how many installs it made.
 pub(crate) async fn reconcile(shared: &Shared) -> usize {
@@ -34,12 +35,17 @@ pub(crate) async fn reconcile(shared: &Shared) -> usize {
     let mut installs = 0;
     let mut waiting = false;
     let mut up_to_date = Vec::new();
-    // A server outside the membership is watched until it answers that it owes nothing (or
-    // answers as another process, which holds nothing).
+    // A server outside the membership is watched until it answers, at the current epoch, that
+    // it owes nothing (or answers as another process, which holds nothing): one still behind
+    // has not learnt yet what it owes (a leaver whose sender install a shard master restart cut
+    // short, whose hand-off a failover then carried over).
     records.retain_owing(|address| {
         let status = involved.iter().zip(&statuses).find(|(a, _)| *a == address).map(|(_, s)| s);
         match status {
-            Some(Ok(status)) => status.outgoing_slots > 0 && !records.restarted(address, status.incarnation),
+            Some(Ok(status)) => {
+                (status.outgoing_slots > 0 || status.epoch < current.epoch())
+                    && !records.restarted(address, status.incarnation)
+            }
             Some(Err(_)) | None => true,
         }
     });
@@ -73,8 +79,20 @@ pub(crate) async fn reconcile(shared: &Shared) -> usize {
         for (previous, next) in steps {
             let deadline = calls.now() + calls.move_timeout;
             installs += 1;
-            if let Err(err) = shared.install_while_alive(address, &members, &previous, &next, deadline).await
-            {
+            let install = shared.install_while_alive(address, &members, &previous, &next, deadline);
+            // A step short of the current epoch is over once the server holds it: a hand-off it
+            // owes at that epoch may not get through (its receivers are at a later one), and is
+            // carried over by the next step's install.
+            let result = if next.epoch() < current.epoch() {
+                tokio::select! {
+                    biased;
+                    result = install => result,
+                    () = calls.until_at_epoch(address, next.epoch()) => Ok(InstallReport::default()),
+                }
+            } else {
+                install.await
+            };
+            if let Err(err) = result {
                 warn!(server = address, cause = %err, "could not bring a server up to date");
                 break;
             }
