@@ -56,7 +56,9 @@ const REGRESSIONS: &[(u64, &str, &str)] = &[
         32,
         "eventual-r3-sync1",
         "a slot's primary crashed while its synchronous secondary left; the leave made the background \
-         secondary synchronous with its stale copy, and the failover promoted it: acknowledged writes lost",
+         secondary synchronous with its stale copy, and the failover promoted it: acknowledged writes \
+         lost. Since the shard master crashes too: a leaver whose leave a restart cut short stopped once \
+         a failover's install cleared its debt, the answer lost, and the failover waited on it 30 s",
     ),
     (
         108,
@@ -94,7 +96,17 @@ const REGRESSIONS: &[(u64, &str, &str)] = &[
         1,
         "eventual-r2",
         "a receiver paused at the start of a leave missed its install; the leaver's batches were refused \
-         as too new for the whole move timeout, with the change lock held",
+         as too new for the whole move timeout, with the change lock held. Since the shard master \
+         crashes too: it restarted during the leave, before the leaver's own install; the leaver, \
+         owing nothing yet at its old epoch, was forgotten as owing, and the hand-off a failover \
+         carried over waited forever",
+    ),
+    (
+        61,
+        "eventual-r2",
+        "a leaver crashed mid hand-off and restarted at once; its refusal of the install meant for its \
+         old self read as the answer of a live sender keeping the data, so its secondaries' copies were \
+         never sent, and the receivers waited for its slots for good",
     ),
     (
         88,
