@@ -30,7 +30,7 @@ pub(crate) async fn play(
     let began = net.elapsed();
     let until_end = || (began + episode.hold).saturating_sub(net.elapsed());
     // A server this fault crashed, started again at its end; the links it stalled.
-    let mut restart = None;
+    let mut restart: Vec<String> = Vec::new();
     let mut unstall: Vec<(String, String)> = Vec::new();
     let mut stale_reader = None;
     match &episode.fault {
@@ -38,7 +38,7 @@ pub(crate) async fn play(
             tokio::time::sleep(episode.hold / 2).await;
             // The primary of a hot key, if there is one: its aborted writes are the point.
             let primary = replica(world, "a0", 0).unwrap_or_else(|| server.clone());
-            restart = crash(world, net, &primary, "amid the losses");
+            restart.extend(crash(world, net, &primary, "amid the losses"));
         }
         Fault::StalledInstall { key, joiner, leave, stall } => {
             let primary = replica(world, key, 0);
@@ -122,7 +122,7 @@ pub(crate) async fn play(
                 lock(world).leave(&secondary);
                 if poll(net, Duration::from_secs(30), || !lock(world).is_running(&secondary)).await {
                     tokio::time::sleep(*after).await;
-                    restart = crash(world, net, &primary, "after the leave returned");
+                    restart.extend(crash(world, net, &primary, "after the leave returned"));
                 }
             }
         }
@@ -132,8 +132,11 @@ pub(crate) async fn play(
                 && let Some((_, primary)) = recorder.first_failed_write(began)
             {
                 tokio::time::sleep(*after).await;
-                restart = crash(world, net, &primary, "after it failed a write");
+                restart.extend(crash(world, net, &primary, "after it failed a write"));
             }
+        }
+        Fault::UnevenLeave { key, spare, stall, after } => {
+            restart = uneven_leave(world, net, key, spare, *stall, *after, &mut unstall).await;
         }
         _ => {}
     }
@@ -147,9 +150,89 @@ pub(crate) async fn play(
     for (from, to) in unstall {
         net.set_stalled(&from, &to, None);
     }
-    if let Some(server) = restart {
+    for server in restart {
         lock(world).start_server(&server);
     }
+}
+
+/// What [`Fault::UnevenLeave`] does; returns the servers it crashed.
+async fn uneven_leave(
+    world: &Mutex<World>,
+    net: &Net,
+    key: &str,
+    spare: &str,
+    stall: Duration,
+    after: Duration,
+    unstall: &mut Vec<(String, String)>,
+) -> Vec<String> {
+    let mut crashed = Vec::new();
+    let Some(factor) = lock(world).config().map(|config| config.replication().factor) else { return crashed };
+    // The crashed member and the leaver go; the replicas stay.
+    let members = || lock(world).config().map_or(0, |config| config.len());
+    if members() < factor + 2 {
+        net.trace(format_args!("event {spare} joins, for a leave after a crash"));
+        lock(world).start_server(spare);
+        let joined = || lock(world).config().is_some_and(|config| config.id_of(spare).is_some());
+        if !poll(net, Duration::from_secs(30), joined).await || members() < factor + 2 {
+            return crashed;
+        }
+        // Its copies catch up.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    // The member before the key's primary in the ring: its slots go to that primary.
+    let Some(config) = lock(world).config() else { return crashed };
+    let Some((primary, _)) = config.replicas(key).first().map(|&(id, address)| (id, address.to_owned()))
+    else {
+        return crashed;
+    };
+    let ring: Vec<(kv_shard::ServerId, &str)> = config.members().collect();
+    let Some(at) = ring.iter().position(|&(id, _)| id == primary) else { return crashed };
+    let before = ring[(at + ring.len() - 1) % ring.len()].1.to_owned();
+    let Some(victim) = crash(world, net, &before, "to make slot counts uneven") else { return crashed };
+    crashed.push(victim);
+    let failed = || lock(world).config().is_some_and(|config| config.id_of(&before).is_none());
+    if !poll(net, Duration::from_secs(10), failed).await {
+        return crashed;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The primary's first secondary leaves; the one that replaces it catches up slowly.
+    let Some(config) = lock(world).config() else { return crashed };
+    let replicas: Vec<String> = config.replicas(key).iter().map(|(_, a)| (*a).to_owned()).collect();
+    let (Some(primary), Some(leaver)) = (replicas.first().cloned(), replicas.get(1).cloned()) else {
+        return crashed;
+    };
+    let Ok(next) = config.leave(&leaver) else { return crashed };
+    let Some(successor) = next.replicas(key).get(1).map(|(_, a)| (*a).to_owned()) else { return crashed };
+    if !can_leave(&lock(world)) || !lock(world).is_running(&leaver) {
+        return crashed;
+    }
+    net.set_stalled(&primary, &successor, Some((&["replicate"], stall)));
+    unstall.push((primary.clone(), successor.clone()));
+    net.trace(format_args!(
+        "event {leaver}, the first secondary of {key:?}, leaves; {primary} → {successor} stalls"
+    ));
+    lock(world).leave(&leaver);
+    if poll(net, Duration::from_secs(40), || !lock(world).is_running(&leaver)).await {
+        tokio::time::sleep(after).await;
+        crashed.extend(crash(world, net, &primary, "after the leave returned"));
+        // The stall outlasts the primary's failover, installed at the successor: what it held,
+        // let through at the end of the fault, then comes from a primary no longer.
+        let failed = || lock(world).config().filter(|config| config.id_of(&primary).is_none());
+        if poll(net, Duration::from_secs(10), || failed().is_some()).await
+            && let Some(epoch) = failed().map(|config| config.epoch())
+        {
+            let deadline = net.elapsed() + Duration::from_secs(10);
+            while net.elapsed() < deadline {
+                let node = lock(world).node(&successor);
+                match node {
+                    Some(node) if node.status().await.is_ok_and(|status| status.epoch < epoch) => {}
+                    _ => break,
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+    crashed
 }
 
 /// Whether a member may leave: the members are more than the replicas.
@@ -230,7 +313,10 @@ pub(crate) fn apply(
                     net.set_conditions(if on { Conditions { loss: *loss, ..QUIET } } else { QUIET });
                 }
                 // What these do, `play` does.
-                Fault::StalledInstall { .. } | Fault::CrashAfterLeave { .. } | Fault::StaleBatch { .. } => {}
+                Fault::StalledInstall { .. }
+                | Fault::CrashAfterLeave { .. }
+                | Fault::StaleBatch { .. }
+                | Fault::UnevenLeave { .. } => {}
                 Fault::CrashMaster => {
                     if on {
                         world.crash_master();

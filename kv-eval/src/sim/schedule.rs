@@ -152,6 +152,14 @@ pub(crate) enum Fault {
     /// its slots it is cut off from everyone for `isolate` (failed over as silent), and once healed
     /// joins again, when batches of its first join, resent meanwhile, are still on their way to it.
     StaleBatch { joiner: String, stall: Duration, isolate: Duration },
+    /// Slot counts made uneven, then a leave whose predecessor gains none of the leaver's slots,
+    /// so that its hand-offs do not wait for the copies it resets: the member before the
+    /// primary `P` of the hot key `key` crashes (`spare` joins first if the members are too few)
+    /// and is failed over, `P` taking its slots; then `P`'s first secondary leaves while the
+    /// replication from `P` to the secondary that replaces it is stalled (each batch held for
+    /// `stall`), and `after` the leave returns (the leaver stops), `P` crashes. Both crashed
+    /// servers are started again at the end.
+    UnevenLeave { key: String, spare: String, stall: Duration, after: Duration },
 }
 
 /// What happens at a moment of the run.
@@ -336,6 +344,21 @@ impl Plan {
                 hold: Duration::from_millis(aimed.random_range(1_000..3_000)),
             });
         }
+        // Slot counts made uneven before a leave (see `Fault::UnevenLeave`), in a third of the
+        // runs with two replicas or more: from a stream of its own, last.
+        let mut uneven = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x0e7e_11ea);
+        if setting.factor > 1 && uneven.random_bool(1.0 / 3.0) {
+            episodes.push(Episode {
+                gap: Duration::from_millis(uneven.random_range(100..1_000)),
+                fault: Fault::UnevenLeave {
+                    key: HOT_KEYS[uneven.random_range(0..HOT_KEYS.len())].to_owned(),
+                    spare: server(n + 2),
+                    stall: Duration::from_millis(uneven.random_range(1_500..3_000)),
+                    after: Duration::from_millis(uneven.random_range(0..300)),
+                },
+                hold: Duration::from_millis(uneven.random_range(1_000..2_000)),
+            });
+        }
         Plan { initial, rates, episodes, membership, lasting_cut }
     }
 
@@ -388,6 +411,6 @@ mod tests {
         assert_eq!((&a.episodes, &a.membership, &a.initial), (&b.episodes, &b.membership, &b.initial));
         let c = Plan::draw(8, setting, options);
         assert!(a.episodes != c.episodes || a.initial != c.initial, "another seed, another plan");
-        assert!((EPISODES..=EPISODES + 3).contains(&a.episodes.len()));
+        assert!((EPISODES..=EPISODES + 4).contains(&a.episodes.len()));
     }
 }
