@@ -5,7 +5,9 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
+use crate::clock::timeout;
 use crate::{Config, Error, ServerId, Slot};
 use futures_util::future::join_all;
 use tracing::info;
@@ -15,6 +17,10 @@ use super::copies::{hand_off_copies, snapshot_from_copy};
 use super::plan::failover::{handoffs_between, moves_from, plan_failover};
 use super::shared::Shared;
 use super::state::Failover;
+
+/// How long a failover waits for the failed member to hear of it, when it was failed over for
+/// a cut link (it still answers this shard master).
+const TELL_FAILED_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Fails `server` over, once no other change runs.
 pub(crate) async fn fail(shared: &Shared, server: &str) -> Result<Arc<Config>, Error> {
@@ -179,8 +185,19 @@ pub(crate) async fn fail_locked(shared: &Shared, server: &str) -> Result<Arc<Con
             }
         }
     });
+    // A member failed over because members could not reach it still answers this shard master:
+    // it is told at once (not at the next repair round), so that it stops answering "moving"
+    // for slots it was still taking, and its clients go where the slots are now. Not waited
+    // for long: the repairs tell it otherwise.
+    let tell_failed = async {
+        if records.held_off(server, calls.now()).is_some() {
+            let install = shared.install(server, &before, &next, &[], deadline);
+            let _told = timeout(calls.clock.as_ref(), TELL_FAILED_TIMEOUT, install).await;
+        }
+    };
+    let (results, ()) = futures_util::future::join(join_all(installs), tell_failed).await;
     let mut problems = Vec::new();
-    for (addr, result) in targets.iter().zip(join_all(installs).await) {
+    for (addr, result) in targets.iter().zip(results) {
         if let Err(err) = result {
             problems.push(format!("{addr}: {err}"));
         }
