@@ -375,6 +375,8 @@ fn new_node(
         _ => {
             let mut args: Vec<String> = vec!["--log".into(), "info".into(), "--workers".into(), "1".into()];
             args.extend(["--replication-factor".into(), config.replication_factor.to_string()]);
+            // Its state survives a restart (a kill -9 included), as in any real deployment.
+            args.extend(["--data-dir".into(), dir.join("data").display().to_string()]);
             args.extend(config.shardmaster_args.iter().cloned());
             args
         }

@@ -54,7 +54,15 @@
 //! replication stalled while its secondary leaves, then the primary crashes; a crash just after
 //! a primary aborts a write amid losses; a joiner whose hand-offs are stalled past two of their
 //! timeouts, cut off until it is failed over, then joining again while the first join's resends
-//! are still on their way. Four
+//! are still on their way. A third of the runs with two replicas or more make slot counts uneven
+//! (a member crashed and failed over, its successor holding its slots) and then have that
+//! successor's first secondary leave while the replication to its replacement is stalled, and
+//! the successor crash once the leave returns: the leave's hand-offs then do not wait for the
+//! copies it reset, and only the shard master's wait for copies keeps the slot's data. A third
+//! of all runs crash the shard master around a membership change; it restarts from the state it
+//! saved (its store outlives the crash, as a disk would), and the run fails if it ever comes back
+//! behind an epoch it had shown. A crashed process breaks the calls it was serving at once, as
+//! the kernel resets a killed process's connections. Four
 //! [`client`]s with the real client's retries and exactly-once ids run gets, puts and appends on
 //! six hot keys. With two replicas or more, half the runs end on a *lasting cut*: the link
 //! between a primary and one of its secondaries is cut both ways for 12 s, a fault the protocol

@@ -42,7 +42,7 @@ pub(crate) struct ChaosArgs {
     /// Faults to draw from, comma-separated; `none` for none. One server: kill, pause,
     /// partition, flaky (default pause,partition,flaky). A cluster (`--servers`): kill-primary,
     /// kill-secondary, kill-master, pause, pause-master, link, master-link, join, leave (default:
-    /// all but kill-master, which fails until the shard master is durable).
+    /// all of them; the harness's shard master keeps its state in a data directory).
     #[arg(long)]
     pub(crate) faults: Option<String>,
     /// Break a replicated cluster of this many storage servers and a shard master, instead of

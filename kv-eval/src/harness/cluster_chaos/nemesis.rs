@@ -70,10 +70,11 @@ impl ClusterFault {
         ClusterFault::Leave,
     ];
 
-    /// The default set: everything a cluster can survive (`kill-master` is not: opt-in).
-    pub const DEFAULT: [ClusterFault; 8] = [
+    /// The default set: everything a cluster can survive.
+    pub const DEFAULT: [ClusterFault; 9] = [
         ClusterFault::KillPrimary,
         ClusterFault::KillSecondary,
+        ClusterFault::KillMaster,
         ClusterFault::Pause,
         ClusterFault::PauseMaster,
         ClusterFault::Link,
@@ -245,7 +246,7 @@ fn inject(
                 master.kill()?;
                 hold_on();
                 master.restart()?;
-                "kill -9 the shard master, restarted (it forgets the cluster)".to_owned()
+                "kill -9 the shard master, restarted from its data directory".to_owned()
             } else {
                 master.pause()?;
                 hold_on();
