@@ -56,10 +56,15 @@ struct ShardMasterArgs {
 
     /// Directory to keep the cluster's state in (its configurations, and what failovers and
     /// moves in progress must not forget), written before any change is acted on: a shard master
-    /// restarted with the same directory goes on from it. Without it the state is in memory only,
-    /// and a restarted shard master forgets the cluster.
+    /// restarted with the same directory goes on from it. Default: `kv-shardmaster-PORT` in the
+    /// working directory, PORT the port bound (printed at start-up).
     #[arg(long, env = "KV_DATA_DIR")]
     data_dir: Option<std::path::PathBuf>,
+
+    /// Keep the cluster's state in memory only: a restarted shard master forgets the cluster, and
+    /// the first server to join it gets a new, empty one (for tests and throwaway clusters).
+    #[arg(long, env = "KV_IN_MEMORY", conflicts_with = "data_dir")]
+    in_memory: bool,
 
     /// A secret shared by the cluster's shard master and storage servers: storage servers
     /// refuse installs and transfers that do not carry it. Without it, anyone who can connect may
@@ -216,12 +221,22 @@ async fn shardmaster(args: ShardMasterArgs) -> Result<()> {
         replication,
         failure_timeout: Duration::from_millis(args.failure_timeout_ms),
         dial_via: args.dial_via,
-        data_dir: args.data_dir,
+        data_dir: None,
     };
     let listener = bind(&args.listen).await?;
     let local = listener.local_addr().context("cannot read the bound address")?;
+    let config = ShardMasterConfig {
+        data_dir: (!args.in_memory).then(|| {
+            args.data_dir.unwrap_or_else(|| format!("kv-shardmaster-{}", local.port()).into())
+        }),
+        ..config
+    };
     let shutdown = shutdown_signal();
     println!("kv-server shardmaster listening on {local}");
+    match &config.data_dir {
+        Some(dir) => println!("kv-server shardmaster keeps the cluster's state in {}", dir.display()),
+        None => println!("kv-server shardmaster keeps the cluster's state in memory only (--in-memory)"),
+    }
     tracing::info!(address = %local, "shard master listening");
     kv_server::run_shardmaster(listener, config, shutdown).await?;
     Ok(())

@@ -224,3 +224,25 @@ async fn a_restarted_shard_master_goes_on_from_its_data_directory() {
     let stderr = damaged.stderr();
     assert!(stderr.contains("master-state.pb") && stderr.contains("cannot start"), "{stderr}");
 }
+
+/// Durable by default: a shard master given no data directory keeps its state in
+/// `kv-shardmaster-PORT` under its working directory, and says so at start-up.
+#[test]
+fn a_shard_master_keeps_its_state_on_disk_by_default() {
+    use std::io::{BufRead, BufReader};
+
+    let cwd = tempfile::tempdir().unwrap();
+    let mut command = common::server_command();
+    command.current_dir(cwd.path()).args(["shardmaster", "--listen", "127.0.0.1:0"]);
+    let mut child = command.spawn().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let (mut first, mut second) = (String::new(), String::new());
+    stdout.read_line(&mut first).unwrap();
+    stdout.read_line(&mut second).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let port = first.trim_end().rsplit(':').next().unwrap().to_owned();
+    let dir = format!("kv-shardmaster-{port}");
+    assert!(second.contains(&dir), "{second:?}");
+    assert!(cwd.path().join(&dir).is_dir(), "no {dir} under the working directory");
+}

@@ -43,6 +43,8 @@ const SERVER_ENV: &[&str] = &[
     "KV_HANDOFF_TIMEOUT_SECS",
     "KV_MOVE_TIMEOUT_SECS",
     "KV_CLUSTER_TOKEN",
+    "KV_DATA_DIR",
+    "KV_IN_MEMORY",
 ];
 
 /// Runs `future`, panicking if it takes longer than [`TEST_TIMEOUT`].
@@ -170,10 +172,14 @@ impl ServerProcess {
         Self::start_role("shardmaster", flags)
     }
 
-    /// Starts `kv-server <role> --listen 127.0.0.1:0 <flags>`.
+    /// Starts `kv-server <role> --listen 127.0.0.1:0 <flags>` (a shard master in memory, unless
+    /// `flags` give it a data directory).
     fn start_role(role: &str, flags: &[&str]) -> Self {
         let mut command = server_command();
         command.args([role, "--listen", "127.0.0.1:0"]).args(flags);
+        if role == "shardmaster" && !flags.contains(&"--data-dir") {
+            command.arg("--in-memory");
+        }
         let mut child = ChildGuard(command.spawn().expect("cannot spawn kv-server"));
         let stderr = drain(child.0.stderr.take().unwrap());
 
