@@ -64,8 +64,8 @@ impl Calls {
         }
     }
 
-    /// Whether `server` is judged cut off from a peer.
-    fn is_judged(&self, server: &str) -> bool {
+    /// Whether `server` is judged cut off from a peer (its failover for that is under way).
+    pub(crate) fn is_judged(&self, server: &str) -> bool {
         self.judged.lock().unwrap_or_else(PoisonError::into_inner).contains(server)
     }
 

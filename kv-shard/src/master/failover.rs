@@ -190,7 +190,7 @@ pub(crate) async fn fail_locked(shared: &Shared, server: &str) -> Result<Arc<Con
     // for slots it was still taking, and its clients go where the slots are now. Not waited
     // for long: the repairs tell it otherwise.
     let tell_failed = async {
-        if records.held_off(server, calls.now()).is_some() {
+        if calls.is_judged(server) {
             let install = shared.install(server, &before, &next, &[], deadline);
             let _told = timeout(calls.clock.as_ref(), TELL_FAILED_TIMEOUT, install).await;
         }
