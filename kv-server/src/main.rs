@@ -57,7 +57,8 @@ struct ShardMasterArgs {
     /// Directory to keep the cluster's state in (its configurations, and what failovers and
     /// moves in progress must not forget), written before any change is acted on: a shard master
     /// restarted with the same directory goes on from it. Default: `kv-shardmaster-PORT` in the
-    /// working directory, PORT the port bound (printed at start-up).
+    /// working directory, PORT the port of `--listen` (printed at start-up; a port of 0 then is
+    /// refused).
     #[arg(long, env = "KV_DATA_DIR")]
     data_dir: Option<std::path::PathBuf>,
 
@@ -223,12 +224,18 @@ async fn shardmaster(args: ShardMasterArgs) -> Result<()> {
         dial_via: args.dial_via,
         data_dir: None,
     };
+    if !args.in_memory && args.data_dir.is_none() && args.listen.rsplit(':').next() == Some("0") {
+        anyhow::bail!(
+            "with --listen port 0 the default data directory, named after the port, would change at \
+             every start, and a restarted shard master would forget the cluster: give --data-dir DIR, \
+             or --in-memory"
+        );
+    }
     let listener = bind(&args.listen).await?;
     let local = listener.local_addr().context("cannot read the bound address")?;
     let config = ShardMasterConfig {
-        data_dir: (!args.in_memory).then(|| {
-            args.data_dir.unwrap_or_else(|| format!("kv-shardmaster-{}", local.port()).into())
-        }),
+        data_dir: (!args.in_memory)
+            .then(|| args.data_dir.unwrap_or_else(|| format!("kv-shardmaster-{}", local.port()).into())),
         ..config
     };
     let shutdown = shutdown_signal();

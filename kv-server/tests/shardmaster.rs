@@ -226,14 +226,24 @@ async fn a_restarted_shard_master_goes_on_from_its_data_directory() {
 }
 
 /// Durable by default: a shard master given no data directory keeps its state in
-/// `kv-shardmaster-PORT` under its working directory, and says so at start-up.
+/// `kv-shardmaster-PORT` under its working directory, and says so at start-up; with port 0, which
+/// would name another directory at every start, it refuses to start.
 #[test]
 fn a_shard_master_keeps_its_state_on_disk_by_default() {
     use std::io::{BufRead, BufReader};
 
     let cwd = tempfile::tempdir().unwrap();
+    let refused = common::run_to_exit({
+        let mut command = common::server_command();
+        command.current_dir(cwd.path()).args(["shardmaster", "--listen", "127.0.0.1:0"]);
+        command
+    });
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--in-memory"), "{refused:?}");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut command = common::server_command();
-    command.current_dir(cwd.path()).args(["shardmaster", "--listen", "127.0.0.1:0"]);
+    command.current_dir(cwd.path()).args(["shardmaster", "--listen", &format!("127.0.0.1:{port}")]);
     let mut child = command.spawn().unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let (mut first, mut second) = (String::new(), String::new());
@@ -241,7 +251,7 @@ fn a_shard_master_keeps_its_state_on_disk_by_default() {
     stdout.read_line(&mut second).unwrap();
     let _ = child.kill();
     let _ = child.wait();
-    let port = first.trim_end().rsplit(':').next().unwrap().to_owned();
+    assert!(first.contains(&format!("listening on 127.0.0.1:{port}")), "{first:?}");
     let dir = format!("kv-shardmaster-{port}");
     assert!(second.contains(&dir), "{second:?}");
     assert!(cwd.path().join(&dir).is_dir(), "no {dir} under the working directory");
