@@ -105,8 +105,8 @@ fn proxies_partition_and_heal_the_path_to_a_node() {
 }
 
 /// A cluster with a shard master: storage nodes join it at start-up, known by their client
-/// addresses; the master can be paused, cut off and restarted like any node (today it keeps its
-/// membership in memory, so a restart forgets it).
+/// addresses; the master can be paused, cut off and restarted like any node (it keeps its state
+/// in its data directory, so a restart goes on with the cluster).
 #[test]
 fn a_cluster_can_include_a_shard_master_to_break() {
     let config = ClusterConfig { shardmaster: true, ..ClusterConfig::new(2).unwrap() };
@@ -135,7 +135,12 @@ fn a_cluster_can_include_a_shard_master_to_break() {
 
         cluster.shardmaster_mut().unwrap().restart().unwrap();
         let master = ShardMaster::connect(master_addr).await.unwrap();
-        assert_eq!(master.config().await.unwrap().epoch(), 0, "an in-memory master forgets on restart");
+        let after = master.config().await.unwrap();
+        assert_eq!(
+            (after.epoch(), after.len()),
+            (2, 2),
+            "the harness's shard master keeps its state in its data directory across a restart"
+        );
     });
     assert!(cluster.logs().contains("shard master listening"));
 }
