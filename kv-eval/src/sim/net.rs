@@ -23,8 +23,9 @@
 //!    arrives then even if the caller gave up, as across a cut link;
 //! 6. the handler runs, as the gRPC service does (the install and the hand-off of a copy run on
 //!    even if the caller gives up; other handlers stop with the caller, as a cancelled request
-//!    does); if the process serving it dies meanwhile, the call breaks at once (*no answer*), as
-//!    a connection to a killed process is reset by its kernel;
+//!    does); if the process serving it dies meanwhile (or while it was paused, the request
+//!    waiting for it), the call breaks at once (*no answer*), as a connection to a killed process
+//!    is reset by its kernel;
 //! 7. the answer travels back the same way, and is lost if the process died meanwhile.
 //!
 //! Timeouts are the caller's, on the caller's own clock.
@@ -426,7 +427,16 @@ where
         net.trace(format_args!("#{id} refused"));
         return Err(Failure::Refused);
     };
-    host.gate.running().await;
+    // A paused process that is killed never resumes: what waited for it breaks, as its
+    // connections are reset.
+    tokio::select! {
+        biased;
+        () = host.gate.running() => {}
+        () = net.until_dead(to, host.life) => {
+            net.trace(format_args!("#{id} connection reset: {to} died while paused"));
+            return Err(Failure::NoAnswer);
+        }
+    }
     if !net.is_alive(to, host.life) {
         return Err(Failure::Refused);
     }
