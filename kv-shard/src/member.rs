@@ -15,8 +15,10 @@ use crate::Error;
 use crate::clock::Clock;
 use crate::transport::MasterCalls;
 
-/// The longest a join or leave call waits for the shard master: its moves have timeouts of their
-/// own, and the change goes on even if the call gives up.
+/// The longest a join or leave call waits for the shard master (or the server's patience, if
+/// shorter: a shard master that vanished without closing its connections must not hold a join
+/// past it): its moves have timeouts of their own, and the change goes on even if the call gives
+/// up.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A membership change a storage server asks for itself.
@@ -94,7 +96,7 @@ async fn ask(
     let mut sent = false;
     loop {
         let answer = match change {
-            Change::Join => master.join(me, CHANGE_TIMEOUT).await,
+            Change::Join => master.join(me, CHANGE_TIMEOUT.min(patience)).await,
             Change::Leave => master.leave(me, CHANGE_TIMEOUT.min(patience)).await,
         };
         match answer {
