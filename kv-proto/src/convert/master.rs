@@ -26,11 +26,11 @@ fn lenient_slots(wire: &[u32]) -> Vec<Slot> {
     wire.iter().filter_map(|&slot| slot_from_wire(slot)).collect()
 }
 
-fn slots_to_wire(slots: &[Slot]) -> Vec<u32> {
+pub(super) fn slots_to_wire(slots: &[Slot]) -> Vec<u32> {
     slots.iter().map(|&slot| u32::from(slot)).collect()
 }
 
-fn server_slots_to_wire(by_server: &BTreeMap<String, Vec<Slot>>) -> Vec<v1::ServerSlots> {
+pub(super) fn server_slots_to_wire(by_server: &BTreeMap<String, Vec<Slot>>) -> Vec<v1::ServerSlots> {
     by_server
         .iter()
         .map(|(server, slots)| v1::ServerSlots { server: server.clone(), slots: slots_to_wire(slots) })

@@ -9,16 +9,13 @@ use kv_shard::{Failover, MasterState, Slot};
 use prost::Message;
 use xxhash_rust::xxh3::xxh3_64;
 
+use super::master::{server_slots_to_wire, slots_to_wire};
 use super::node::slots_from_wire;
 use super::shard::{config_from_wire, config_to_wire};
 use crate::v1;
 
 /// The format of the master state this build writes.
 const MASTER_STATE_FORMAT: u32 = 1;
-
-fn slots_to_wire(slots: &[Slot]) -> Vec<u32> {
-    slots.iter().map(|&slot| u32::from(slot)).collect()
-}
 
 fn checked_slots(wire: Vec<u32>) -> kv_shard::Result<Vec<Slot>> {
     slots_from_wire(wire).map_err(|slot| kv_shard::Error::InvalidConfig(format!("no slot {slot}")))
@@ -35,14 +32,7 @@ pub fn master_state_to_wire(state: &MasterState) -> v1::MasterState {
             .map(|(&epoch, failover)| v1::FailoverRecord {
                 epoch,
                 promoted: slots_to_wire(&failover.promoted),
-                carried: failover
-                    .carried
-                    .iter()
-                    .map(|(server, slots)| v1::ServerSlots {
-                        server: server.clone(),
-                        slots: slots_to_wire(slots),
-                    })
-                    .collect(),
+                carried: server_slots_to_wire(&failover.carried),
             })
             .collect(),
         owing: state.owing.iter().cloned().collect(),
