@@ -238,6 +238,11 @@ async fn shardmaster(args: ShardMasterArgs) -> Result<()> {
             .then(|| args.data_dir.unwrap_or_else(|| format!("kv-shardmaster-{}", local.port()).into())),
         ..config
     };
+    if let Some(dir) = &config.data_dir {
+        // Made before it is announced, so whoever reads the announcement finds it there.
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    }
     let shutdown = shutdown_signal();
     println!("kv-server shardmaster listening on {local}");
     match &config.data_dir {
