@@ -214,7 +214,7 @@ async fn a_restarted_shard_master_goes_on_from_its_data_directory() {
         assert_eq!(after, before.join(servers.addr(2)).unwrap(), "the next epoch after the saved one");
     })
     .await;
-    assert!(second.stderr().contains("shard master state loaded"), "{}", second.stderr());
+    second.wait_for_log("shard master state loaded").await;
     drop(second);
 
     std::fs::write(data_dir.join("master-state.pb"), b"not a master state").unwrap();

@@ -76,25 +76,39 @@ impl Drop for ChildGuard {
     }
 }
 
+/// Everything a child wrote to one of its pipes so far, and whether the pipe has closed (the
+/// child has exited and all it wrote has been read).
+struct Drained {
+    bytes: Mutex<Vec<u8>>,
+    ended: std::sync::atomic::AtomicBool,
+}
+
+impl Drained {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes.lock().unwrap()).into_owned()
+    }
+
+    fn has_ended(&self) -> bool {
+        self.ended.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
 /// Collects everything `reader` produces, on a thread of its own, so a chatty child never blocks
 /// on a full pipe.
-fn drain(mut reader: impl Read + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
-    let buffer = Arc::new(Mutex::new(Vec::new()));
-    let sink = Arc::clone(&buffer);
+fn drain(mut reader: impl Read + Send + 'static) -> Arc<Drained> {
+    let drained = Arc::new(Drained { bytes: Mutex::new(Vec::new()), ended: Default::default() });
+    let sink = Arc::clone(&drained);
     std::thread::spawn(move || {
         let mut chunk = [0u8; 4096];
         loop {
             match reader.read(&mut chunk) {
                 Ok(0) | Err(_) => break,
-                Ok(n) => sink.lock().unwrap().extend_from_slice(&chunk[..n]),
+                Ok(n) => sink.bytes.lock().unwrap().extend_from_slice(&chunk[..n]),
             }
         }
+        sink.ended.store(true, std::sync::atomic::Ordering::Release);
     });
-    buffer
-}
-
-fn text(buffer: &Mutex<Vec<u8>>) -> String {
-    String::from_utf8_lossy(&buffer.lock().unwrap()).into_owned()
+    drained
 }
 
 /// Reads `reader` to its end on a thread of its own; the receiver gets everything read.
@@ -146,7 +160,7 @@ fn wait_blocking(child: &mut Child, within: Duration) -> Option<ExitStatus> {
 pub(crate) struct ServerProcess {
     child: ChildGuard,
     addr: SocketAddr,
-    stderr: Arc<Mutex<Vec<u8>>>,
+    stderr: Arc<Drained>,
 }
 
 impl ServerProcess {
@@ -198,7 +212,7 @@ impl ServerProcess {
             Ok(Ok(line)) => line,
             Ok(Err(err)) => panic!("cannot read kv-server's stdout: {err}"),
             Err(_) => {
-                panic!("kv-server printed no address within {STARTUP_TIMEOUT:?}; stderr: {}", text(&stderr))
+                panic!("kv-server printed no address within {STARTUP_TIMEOUT:?}; stderr: {}", stderr.text())
             }
         };
         let addr = line
@@ -206,7 +220,7 @@ impl ServerProcess {
             .strip_prefix(&format!("kv-server {role} listening on "))
             .and_then(|addr| addr.parse().ok())
             .unwrap_or_else(|| {
-                panic!("unexpected first line from kv-server: {line:?}; stderr: {}", text(&stderr))
+                panic!("unexpected first line from kv-server: {line:?}; stderr: {}", stderr.text())
             });
         ServerProcess { child, addr, stderr }
     }
@@ -221,9 +235,20 @@ impl ServerProcess {
         self.child.0.id()
     }
 
-    /// What the server has written to standard error so far (its logs).
+    /// What the server has written to standard error so far (its logs); once [`Self::wait_exit`]
+    /// has returned, all of it.
     pub(crate) fn stderr(&self) -> String {
-        text(&self.stderr)
+        self.stderr.text()
+    }
+
+    /// Waits until the server's logs contain `needle` (a line it writes before it answers a
+    /// request may still be in the pipe when the answer arrives), panicking after [`RPC_TIMEOUT`].
+    pub(crate) async fn wait_for_log(&self, needle: &str) {
+        let deadline = Instant::now() + RPC_TIMEOUT;
+        while !self.stderr().contains(needle) {
+            assert!(Instant::now() < deadline, "no {needle:?} in the server's logs: {}", self.stderr());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Sends a signal (`"TERM"`, `"INT"`, ...) with `kill(1)`.
@@ -247,6 +272,10 @@ impl ServerProcess {
         let deadline = Instant::now() + EXIT_TIMEOUT;
         loop {
             if let Some(status) = self.child.0.try_wait().expect("cannot poll kv-server") {
+                // What it wrote before it exited may still be in the pipe.
+                while !self.stderr.has_ended() && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
                 return status;
             }
             assert!(
