@@ -59,10 +59,24 @@ impl CallError {
     }
 }
 
+/// A write a storage server acknowledged: when (the simulation's time, as the server answered),
+/// which server, at which epoch, and what it wrote.
+#[derive(Debug, Clone)]
+pub(crate) struct Ack {
+    pub(crate) at: Duration,
+    pub(crate) server: String,
+    pub(crate) epoch: u64,
+    pub(crate) key: String,
+    /// The value of an append, or else `None`.
+    pub(crate) appended: Option<String>,
+}
+
 /// The operations of a run, recorded.
 #[derive(Debug, Default)]
 pub(crate) struct Recorder {
     ops: Mutex<Vec<Operation>>,
+    /// Every write a server acknowledged, in the order it did (a client may not hear of it).
+    acks: Mutex<Vec<Ack>>,
     /// Writes a primary failed because it could not replicate them (it aborted them), with when
     /// and where: an aimed fault acts on them.
     failed_writes: Mutex<Vec<(Duration, String)>>,
@@ -77,6 +91,15 @@ impl Recorder {
     pub(crate) fn first_failed_write(&self, since: Duration) -> Option<(Duration, String)> {
         let failed = self.failed_writes.lock().unwrap_or_else(PoisonError::into_inner);
         failed.iter().find(|(at, _)| *at >= since).cloned()
+    }
+
+    fn acknowledged(&self, ack: Ack) {
+        self.acks.lock().unwrap_or_else(PoisonError::into_inner).push(ack);
+    }
+
+    /// Every write a server acknowledged so far.
+    pub(crate) fn acks(&self) -> Vec<Ack> {
+        self.acks.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     fn record(&self, op: Operation) {
@@ -178,7 +201,7 @@ impl SimClient {
 
     async fn read(&mut self, key: &str) -> Result<Option<String>, (CallError, bool)> {
         let owned = key.to_owned();
-        self.call(key, true, move |node| {
+        self.call(key, None, move |node| {
             let key = owned.clone();
             async move { node.get(&key).await }
         })
@@ -190,8 +213,12 @@ impl SimClient {
         self.next_seq += 1;
         // One write at a time: this one is the lowest unanswered.
         let id = RequestId { client: self.id, seq, first_unanswered: seq };
+        let appended = match &op {
+            Op::Append(value) => Some(value.clone()),
+            _ => None,
+        };
         let mutation = Mutation { key: key.to_owned(), op };
-        self.call(key, false, move |node| {
+        self.call(key, Some(appended), move |node| {
             let mutation = mutation.clone();
             async move { node.write(Some(id), mutation).await }
         })
@@ -212,14 +239,22 @@ impl SimClient {
     }
 
     /// Runs `call` at the key's server until it succeeds, fails for good, or runs out of
-    /// attempts; an error comes with whether it is definite (nothing happened).
-    async fn call<T, F, Fut>(&mut self, key: &str, read: bool, call: F) -> Result<T, (CallError, bool)>
+    /// attempts; an error comes with whether it is definite (nothing happened). A write (`write`
+    /// holds the value it appends, if it is an append) is recorded as acknowledged by the server
+    /// that answered it, as it answers.
+    async fn call<T, F, Fut>(
+        &mut self,
+        key: &str,
+        write: Option<Option<String>>,
+        call: F,
+    ) -> Result<T, (CallError, bool)>
     where
         T: Send + 'static,
         F: Fn(Arc<kv_replica::Node>) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = Result<T, kv_core::Error>> + Send + 'static,
     {
         let call = Arc::new(call);
+        let read = write.is_none();
         let mut backoff = BACKOFF;
         let mut attempt = 1;
         let mut redirects = 0;
@@ -244,11 +279,24 @@ impl SimClient {
                 Some((_, server)) => {
                     let call = Arc::clone(&call);
                     let what = format!("{}{} {key:?}", if read { "get" } else { "write" }, attempt);
+                    let acked = write.clone().map(|appended| {
+                        let (recorder, net) = (Arc::clone(&self.recorder), Arc::clone(&self.endpoint.net));
+                        let (server, key) = (server.to_string(), key.to_owned());
+                        move |epoch| {
+                            recorder.acknowledged(Ack { at: net.elapsed(), server, epoch, key, appended });
+                        }
+                    });
                     let answer = self
                         .endpoint
                         .call(server, CALL_TIMEOUT, &what, Handler::WithCaller, move |service| async move {
                             match service {
-                                Service::Node(node) => Some(call(node).await),
+                                Service::Node(node) => {
+                                    let answer = call(Arc::clone(&node)).await;
+                                    if let (Ok(_), Some(acked)) = (&answer, acked) {
+                                        acked(node.epoch());
+                                    }
+                                    Some(answer)
+                                }
                                 _ => None,
                             }
                         })

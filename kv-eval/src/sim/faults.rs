@@ -10,6 +10,7 @@ use super::health::lock;
 use super::net::{Conditions, MASTER, Net};
 use super::schedule::{Episode, Event, Fault};
 use super::world::World;
+use crate::harness::history::Input;
 
 /// The network's conditions when no fault touches it.
 pub(crate) const QUIET: Conditions = Conditions { slow: 0.01, loss: 0.001 };
@@ -33,6 +34,9 @@ pub(crate) async fn play(
     let mut restart: Vec<String> = Vec::new();
     let mut unstall: Vec<(String, String)> = Vec::new();
     let mut stale_reader = None;
+    // The links a partition cut, healed at its end; the client on its majority side.
+    let mut uncut: Vec<(String, String)> = Vec::new();
+    let mut majority_writer = None;
     match &episode.fault {
         Fault::CrashAmidLoss { server, .. } => {
             tokio::time::sleep(episode.hold / 2).await;
@@ -138,14 +142,44 @@ pub(crate) async fn play(
         Fault::UnevenLeave { key, spare, stall, after } => {
             restart = uneven_leave(world, net, key, spare, *stall, *after, &mut unstall).await;
         }
+        Fault::Minority { key } => {
+            if let Some(primary) = replica(world, key, 0) {
+                let endpoint = lock(world).client("client-majority");
+                let servers = everyone.iter().filter(|other| !other.starts_with("client-"));
+                for other in servers.chain([&endpoint.me]).filter(|other| **other != primary) {
+                    net.set_cut(&primary, other, true);
+                    net.set_cut(other, &primary, true);
+                    uncut.push((primary.clone(), other.clone()));
+                }
+                net.trace(format_args!(
+                    "event {primary}, the primary of {key:?}, is cut from the servers and the shard \
+                     master; the clients still reach it"
+                ));
+                let net = Arc::clone(&endpoint.net);
+                let mut writer = SimClient::new(endpoint, 903, 0x3170_21e7, Arc::clone(recorder));
+                let (key, end) = (key.clone(), began + episode.hold);
+                majority_writer = Some(tokio::spawn(async move {
+                    let mut n = 0;
+                    while net.elapsed() < end {
+                        n += 1;
+                        writer.run(&key, Input::Append(format!("m{n};"))).await;
+                        tokio::time::sleep(Duration::from_millis(3)).await;
+                    }
+                }));
+            }
+        }
         _ => {}
     }
     tokio::time::sleep(until_end()).await;
     let event = Event::End(episode.fault.clone());
     net.trace(format_args!("event {event:?}"));
     apply(&mut lock(world), net, &event, everyone, crashed);
-    if let Some(reader) = stale_reader {
-        let _ = reader.await;
+    for (a, b) in uncut {
+        net.set_cut(&a, &b, false);
+        net.set_cut(&b, &a, false);
+    }
+    for task in [stale_reader, majority_writer].into_iter().flatten() {
+        let _ = task.await;
     }
     for (from, to) in unstall {
         net.set_stalled(&from, &to, None);
@@ -316,7 +350,8 @@ pub(crate) fn apply(
                 Fault::StalledInstall { .. }
                 | Fault::CrashAfterLeave { .. }
                 | Fault::StaleBatch { .. }
-                | Fault::UnevenLeave { .. } => {}
+                | Fault::UnevenLeave { .. }
+                | Fault::Minority { .. } => {}
                 Fault::CrashMaster => {
                     if on {
                         world.crash_master();

@@ -58,7 +58,11 @@
 //! (a member crashed and failed over, its successor holding its slots) and then have that
 //! successor's first secondary leave while the replication to its replacement is stalled, and
 //! the successor crash once the leave returns: the leave's hand-offs then do not wait for the
-//! copies it reset, and only the shard master's wait for copies keeps the slot's data. A third
+//! copies it reset, and only the shard master's wait for copies keeps the slot's data. Another
+//! third of the runs with two replicas or more partition a hot key's primary from every server
+//! and from the shard master while the clients still reach it (clients on both sides, one of
+//! them cut from that primary), past its failover: clients with an old map go on writing at
+//! the replaced primary, which must refuse them once its leases run out. A third
 //! of all runs crash the shard master around a membership change; it restarts from the state it
 //! saved (its store outlives the crash, as a disk would), and the run fails if it ever comes back
 //! behind an epoch it had shown. A crashed process breaks the calls it was serving at once, as
@@ -72,7 +76,9 @@
 //! # Checks
 //!
 //! See [`checks`]: strong mode linearizable; appends exactly once, and none acknowledged lost
-//! where promised; replicas identical once writes stop; every key written again within
+//! where promised; in every mode no split brain (no lost append acknowledged by a primary after
+//! its replacement acknowledged a write of the key); replicas identical once writes stop; every
+//! key written again within
 //! [`checks::LIVENESS_BOUND`] (4 s) of the heal, and, under a lasting cut, no key without a
 //! successful write for longer than that same bound while the cut holds.
 

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::checks::{LIVENESS_BOUND, check_history, longest_write_gap};
+use super::checks::{LIVENESS_BOUND, check_history, check_split_brain, longest_write_gap};
 use super::client::{Recorder, SimClient};
 use super::faults::{QUIET, apply, play};
 use super::health::{health, lock, replicas_agree, until, until_healthy};
@@ -343,6 +343,7 @@ async fn simulate(seed: u64, setting: Setting, options: RunOptions, trace: Arc<T
 
     let history = recorder.history();
     problems.extend(check_history(setting.promises(), &history, &append_keys(), &finals, preload));
+    problems.extend(check_split_brain(&history, &recorder.acks(), &finals));
     let simulated = net.elapsed();
     world.shut_down();
     net.trace(format_args!("end"));

@@ -160,6 +160,12 @@ pub(crate) enum Fault {
     /// `stall`), and `after` the leave returns (the leaver stops), `P` crashes. Both crashed
     /// servers are started again at the end.
     UnevenLeave { key: String, spare: String, stall: Duration, after: Duration },
+    /// A partition with clients on both sides: the primary of the hot key `key` is cut from
+    /// every other server and from the shard master, both ways, while the clients still reach
+    /// it; a client on the majority side (cut from that primary) appends to `key` meanwhile. The
+    /// clients whose map is out of date go on writing at the cut-off primary, the majority-side
+    /// client at the primary that replaces it.
+    Minority { key: String },
 }
 
 /// What happens at a moment of the run.
@@ -357,6 +363,18 @@ impl Plan {
                     after: Duration::from_millis(uneven.random_range(0..300)),
                 },
                 hold: Duration::from_millis(uneven.random_range(1_000..2_000)),
+            });
+        }
+        // A partition with clients on both sides (see `Fault::Minority`), past the failover of
+        // the cut-off primary, in a third of the runs with two replicas or more: from a stream of
+        // its own, last.
+        let mut minority = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x3170_21e7);
+        if setting.factor > 1 && minority.random_bool(1.0 / 3.0) {
+            let appended: Vec<&str> = HOT_KEYS.iter().copied().filter(|key| key.starts_with('a')).collect();
+            episodes.push(Episode {
+                gap: Duration::from_millis(minority.random_range(100..1_000)),
+                fault: Fault::Minority { key: appended[minority.random_range(0..appended.len())].to_owned() },
+                hold: Duration::from_millis(minority.random_range(2_000..4_000)),
             });
         }
         Plan { initial, rates, episodes, membership, lasting_cut }
