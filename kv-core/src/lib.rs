@@ -22,10 +22,12 @@
 //! `append` that would grow a value past it — fails with [`Error`] and changes nothing.
 //!
 //! The semantics live once, in [`Op::apply`], a pure function over `Option<String>`;
-//! engines ([`MemoryStorage`], and later durable ones) only decide where values are kept and how
-//! a key is locked while a mutation runs. The conformance suite in `kv_core::conformance`
+//! engines ([`MemoryStorage`], and the durable `disk::DiskStorage` of feature `disk`) only decide
+//! where values are kept and how a key is locked while a mutation runs. The conformance suite in `kv_core::conformance`
 //! (feature `conformance`) holds every engine to the same behaviour.
 
+#[cfg(feature = "disk")]
+pub mod disk;
 mod error;
 mod limits;
 mod memory;

@@ -1,0 +1,197 @@
+//! The durable engine against the conformance suite and the model, and across restarts: what
+//! it acknowledged is there when it opens again, and a directory it cannot read is refused.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use super::*;
+use crate::conformance;
+
+/// Keeps every directory the suite opened engines in until the test ends.
+#[derive(Default)]
+struct Dirs(Mutex<Vec<tempfile::TempDir>>);
+
+impl Dirs {
+    fn engine(&self, limits: Limits) -> DiskStorage {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = DiskStorage::open(dir.path(), DiskOptions { limits, ..DiskOptions::default() }).unwrap();
+        self.0.lock().unwrap().push(dir);
+        engine
+    }
+}
+
+fn open(dir: &Path, durability: Durability) -> DiskStorage {
+    let slot_of = |key: &str| (key.len() % 7) as u16;
+    DiskStorage::open(dir, DiskOptions { durability, slot_of, ..DiskOptions::default() }).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conforms() {
+    let dirs = Dirs::default();
+    conformance::run_all(|limits| dirs.engine(limits)).await;
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+    #[test]
+    fn matches_the_model(ops in conformance::ops_strategy()) {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let dirs = Dirs::default();
+        rt.block_on(conformance::check_against_model(&dirs.engine(conformance::MODEL_LIMITS), ops));
+    }
+}
+
+/// What the writes below leave, in key order.
+fn expected() -> Vec<(String, String)> {
+    let mut expected: Vec<(String, String)> =
+        (0..200).filter(|i| i % 10 != 3).map(|i| (format!("k{i}"), format!("v{i}!"))).collect();
+    expected.push(("ключ".to_owned(), "зна".to_owned()));
+    expected.sort();
+    expected
+}
+
+async fn write_everything(engine: &DiskStorage) {
+    for i in 0..200 {
+        engine.put(format!("k{i}"), format!("v{i}")).await.unwrap();
+        engine.append(format!("k{i}"), "!?".to_owned()).await.unwrap();
+        assert_eq!(engine.rpop(format!("k{i}")).await.unwrap().as_deref(), Some("?"));
+    }
+    for i in (3..200).step_by(10) {
+        assert!(engine.delete(format!("k{i}")).await.unwrap());
+    }
+    engine.put("ключ".to_owned(), "значение".to_owned()).await.unwrap();
+    for _ in 0..5 {
+        engine.rpop("ключ".to_owned()).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn what_it_acknowledged_is_there_after_a_restart_at_every_durability() {
+    for durability in [Durability::Always, Durability::Interval(Duration::from_millis(50)), Durability::Never]
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = open(dir.path(), durability);
+        write_everything(&engine).await;
+        drop(engine);
+
+        let engine = open(dir.path(), durability);
+        assert_eq!(engine.export(&|_| true).await.unwrap(), expected(), "{durability:?}");
+        assert_eq!(engine.key_count().await.unwrap(), expected().len());
+        assert_eq!(engine.get("k3").await.unwrap(), None, "a deleted key stays deleted");
+        // It goes on from there.
+        engine.append("k0".to_owned(), "+".to_owned()).await.unwrap();
+        assert_eq!(engine.get("k0").await.unwrap().as_deref(), Some("v0!+"));
+    }
+}
+
+#[tokio::test]
+async fn imports_and_removals_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), Durability::Always);
+    engine.import((0..100).map(|i| (format!("k{i}"), format!("v{i}"))).collect()).await.unwrap();
+    assert_eq!(engine.remove_where(&|key| key.ends_with('5')).await.unwrap(), 10);
+    drop(engine);
+    let engine = open(dir.path(), Durability::Always);
+    assert_eq!(engine.key_count().await.unwrap(), 90);
+    assert_eq!(engine.get("k15").await.unwrap(), None);
+    assert_eq!(engine.get("k16").await.unwrap().as_deref(), Some("v16"));
+}
+
+#[tokio::test]
+async fn concurrent_writes_share_their_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), Durability::Always);
+    let before = engine.stats();
+    let writes = (0..64).map(|i| engine.put(format!("k{i}"), "v".to_owned()));
+    for result in futures_join_all(writes).await {
+        result.unwrap();
+    }
+    let stats = engine.stats();
+    assert_eq!(stats.changes - before.changes, 64);
+    // All 64 are queued at once, while the first sync is on its way: they cannot all have had a
+    // batch, and a sync, of their own.
+    assert!(stats.batches - before.batches < 64, "{stats:?}");
+    assert_eq!(stats.syncs - before.syncs, stats.batches - before.batches, "one sync per batch: {stats:?}");
+}
+
+/// Polls every future on this task, so all of them start before any finishes.
+async fn futures_join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut pending: Vec<_> = futures.into_iter().map(Box::pin).map(Some).collect();
+    let mut outputs: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (slot, output) in pending.iter_mut().zip(outputs.iter_mut()) {
+            if let Some(future) = slot {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => {
+                        *output = Some(value);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => done = false,
+                }
+            }
+        }
+        if done { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+    })
+    .await;
+    outputs.into_iter().map(Option::unwrap).collect()
+}
+
+#[tokio::test]
+async fn another_format_is_refused_and_left_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Database::builder(dir.path()).open().unwrap();
+        let meta = db.keyspace("meta", KeyspaceCreateOptions::default).unwrap();
+        meta.insert("format", "kv-disk 99").unwrap();
+        db.persist(PersistMode::SyncAll).unwrap();
+    }
+    let err = DiskStorage::open(dir.path(), DiskOptions::default()).unwrap_err();
+    assert!(matches!(&err, OpenError::Format { found, .. } if found == "kv-disk 99"), "{err}");
+    assert!(err.to_string().contains("kv-disk 99") && err.to_string().contains(FORMAT), "{err}");
+    let again = DiskStorage::open(dir.path(), DiskOptions::default()).unwrap_err();
+    assert!(matches!(again, OpenError::Format { .. }), "refused again: {again}");
+}
+
+#[tokio::test]
+async fn a_directory_of_garbage_is_refused_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), Durability::Always);
+    write_everything(&engine).await;
+    drop(engine);
+    let mut damaged = 0;
+    let mut pending = vec![dir.path().to_owned()];
+    while let Some(next) = pending.pop() {
+        for entry in std::fs::read_dir(next).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.file_name().is_some_and(|name| name != "lock") {
+                std::fs::write(&path, b"this is not what fjall wrote here, in any version").unwrap();
+                damaged += 1;
+            }
+        }
+    }
+    assert!(damaged > 0);
+    let opened = std::panic::catch_unwind(|| DiskStorage::open(dir.path(), DiskOptions::default()));
+    match opened {
+        Ok(Ok(_)) => panic!("a damaged directory was opened as if whole"),
+        Ok(Err(err)) => assert!(err.to_string().contains(&dir.path().display().to_string()), "{err}"),
+        Err(_) => panic!("opening a damaged directory panicked"),
+    }
+}
+
+#[tokio::test]
+async fn stored_records_this_layout_does_not_write_are_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), Durability::Always);
+    engine.put("k".to_owned(), "v".to_owned()).await.unwrap();
+    // A value that is not UTF-8, and a key too short to hold a slot, written behind its back.
+    let stored = engine.stored_key("k");
+    engine.values.insert(stored, [0xff_u8, 0xfe].as_slice()).unwrap();
+    assert!(matches!(engine.get("k").await, Err(Error::Storage(_))));
+    engine.values.insert([7_u8].as_slice(), "x").unwrap();
+    assert!(matches!(engine.export(&|_| true).await, Err(Error::Storage(_))));
+}
