@@ -13,6 +13,9 @@
 //! - `grpc.health.v1.Health`, and server reflection (v1 and v1alpha), so that standard tools
 //!   (`grpcurl`, `grpc_health_probe`, load balancers) work against it.
 //!
+//! A storage server keeps its values in memory, or durably in a data directory
+//! ([`StorageData`], `kv_core::disk`).
+//!
 //! A shard master serves `kv.v1.ShardMaster` and the assignment's `ShardMaster`
 //! ([`service::ShardMasterService`], [`service::CompatShardMasterService`]) over one
 //! [`service::ShardMaster`], with the same health and reflection services; with a data directory
@@ -33,5 +36,6 @@ mod server;
 pub mod transport;
 
 pub use server::{
-    ClusterMembership, ServeError, ShardMasterConfig, StorageConfig, run_shardmaster, run_storage,
+    ClusterMembership, ServeError, ShardMasterConfig, StorageConfig, StorageData, run_shardmaster,
+    run_storage,
 };

@@ -7,8 +7,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use kv_core::Limits;
+use kv_core::disk::Durability;
 use kv_server::transport::DialVia;
-use kv_server::{ClusterMembership, ShardMasterConfig, StorageConfig};
+use kv_server::{ClusterMembership, ShardMasterConfig, StorageConfig, StorageData};
 use kv_shard::{Consistency, Replication};
 use tracing_subscriber::EnvFilter;
 
@@ -138,6 +139,31 @@ struct StorageArgs {
     #[arg(long, env = "KV_HANDOFF_TIMEOUT_SECS", default_value_t = 30)]
     handoff_timeout_secs: u64,
 
+    /// Directory to keep the values in, durably: a standalone server restarted with the same
+    /// directory has every write it acknowledged (with `--fsync always`). Default:
+    /// `kv-storage-PORT` in the working directory, PORT the port of `--listen` (printed at
+    /// start-up; a port of 0 then is refused). A cluster member does not recover from it yet:
+    /// it empties it at start-up, and its data comes back from its replicas.
+    #[arg(long, env = "KV_DATA_DIR")]
+    data_dir: Option<std::path::PathBuf>,
+
+    /// Keep the values in memory only: a restart loses them (a cache).
+    #[arg(long, env = "KV_IN_MEMORY", conflicts_with_all = ["data_dir", "fsync"])]
+    in_memory: bool,
+
+    /// When a write is on disk before it is acknowledged: `always` (synced first; writes waiting
+    /// together share one sync), `interval` (handed to the operating system first, which keeps
+    /// it across a crash of the server but not of the machine, and synced every
+    /// `--fsync-interval-ms`), or `never` (handed to the operating system, which syncs when it
+    /// decides).
+    #[arg(long, env = "KV_FSYNC", value_parser = ["always", "interval", "never"])]
+    fsync: Option<String>,
+
+    /// With `--fsync interval`: the longest an acknowledged write waits for its sync, in
+    /// milliseconds.
+    #[arg(long, env = "KV_FSYNC_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    fsync_interval_ms: u64,
+
     /// A secret shared by the cluster's shard master and storage servers: storage servers
     /// refuse installs and transfers that do not carry it. Without it, anyone who can connect may
     /// send them: set it wherever the ports are reachable from outside the cluster.
@@ -197,11 +223,49 @@ async fn storage(args: StorageArgs) -> Result<()> {
         handoff_timeout: Duration::from_secs(args.handoff_timeout_secs),
         cluster_token: args.cluster_token,
         dial_via: args.dial_via,
+        data: StorageData::Memory,
+    };
+    if !args.in_memory && args.data_dir.is_none() && args.listen.rsplit(':').next() == Some("0") {
+        bail!(
+            "with --listen port 0 the default data directory, named after the port, would change at \
+             every start, and a restarted server would not find its data: give --data-dir DIR, or \
+             --in-memory"
+        );
+    }
+    let durability = match args.fsync.as_deref() {
+        Some("interval") => Durability::Interval(Duration::from_millis(args.fsync_interval_ms)),
+        Some("never") => Durability::Never,
+        _ => Durability::Always,
     };
     let listener = bind(&args.listen).await?;
     let local = listener.local_addr().context("cannot read the bound address")?;
+    let config = StorageConfig {
+        data: if args.in_memory {
+            StorageData::Memory
+        } else {
+            let dir = args.data_dir.unwrap_or_else(|| format!("kv-storage-{}", local.port()).into());
+            StorageData::Disk { dir, durability }
+        },
+        ..config
+    };
+    if let StorageData::Disk { dir, .. } = &config.data {
+        // Made before it is announced, so whoever reads the announcement finds it there.
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    }
     let shutdown = shutdown_signal();
     println!("kv-server storage listening on {local}");
+    match &config.data {
+        StorageData::Disk { dir, durability } => {
+            let fsync = match durability {
+                Durability::Always => "always".to_owned(),
+                Durability::Interval(every) => format!("every {} ms", every.as_millis()),
+                Durability::Never => "never".to_owned(),
+            };
+            println!("kv-server storage keeps its data in {} (fsync: {fsync})", dir.display());
+        }
+        StorageData::Memory => println!("kv-server storage keeps its data in memory only (--in-memory)"),
+    }
     tracing::info!(address = %local, "storage server listening");
     kv_server::run_storage(listener, config, shutdown).await?;
     Ok(())

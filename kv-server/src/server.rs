@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kv_core::disk::{DiskOptions, DiskStorage, Durability};
 use kv_core::{Limits, MemoryStorage, Storage};
 use kv_shard::Replication;
 use kv_shard::clock::TokioClock;
@@ -43,6 +44,26 @@ pub struct StorageConfig {
     /// Stand-ins to dial instead of peers' and the shard master's addresses (a test harness's
     /// link proxies); empty by default.
     pub dial_via: DialVia,
+    /// Where the values are kept (in memory by default).
+    pub data: StorageData,
+}
+
+/// Where a storage server keeps its values.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum StorageData {
+    /// In memory: a restart loses them.
+    #[default]
+    Memory,
+    /// In the durable engine ([`kv_core::disk::DiskStorage`]) in `dir`: a standalone server
+    /// restarted with the same directory has every write it acknowledged (with
+    /// [`Durability::Always`]). A cluster member does not recover from its directory yet: it
+    /// empties it at start-up and joins as a new server (its data comes from its replicas).
+    Disk {
+        /// The data directory.
+        dir: PathBuf,
+        /// When an acknowledged write is on disk.
+        durability: Durability,
+    },
 }
 
 /// A storage server's membership of a cluster.
@@ -81,8 +102,30 @@ impl Default for StorageConfig {
             handoff_timeout: Duration::from_secs(30),
             cluster_token: None,
             dial_via: DialVia::default(),
+            data: StorageData::Memory,
         }
     }
+}
+
+/// The engine `config` asks for, opened (and, for a cluster member, emptied).
+async fn open_storage(config: &StorageConfig) -> Result<Arc<dyn Storage>, ServeError> {
+    let StorageData::Disk { dir, durability } = &config.data else {
+        return Ok(Arc::new(MemoryStorage::with_limits(config.limits)));
+    };
+    let options = DiskOptions { limits: config.limits, durability: *durability, slot_of: kv_shard::slot_of };
+    let engine = DiskStorage::open(dir, options)?;
+    let held = engine.key_count().await.map_err(|err| clear_error(dir, err))?;
+    info!(dir = %dir.display(), keys = held, ?durability, "data directory opened");
+    if config.cluster.is_some() && held > 0 {
+        // What it held is not known to be anyone's copy: it joins as a new server.
+        warn!(dir = %dir.display(), keys = held, "a cluster member does not recover from its data directory yet: emptied");
+        engine.remove_where(&|_| true).await.map_err(|err| clear_error(dir, err))?;
+    }
+    Ok(Arc::new(engine))
+}
+
+fn clear_error(dir: &std::path::Path, err: kv_core::Error) -> ServeError {
+    ServeError::Clear { dir: dir.display().to_string(), reason: err.to_string() }
 }
 
 /// How a shard master is set up.
@@ -138,6 +181,17 @@ pub enum ServeError {
     /// The replication settings are invalid.
     #[error("invalid replication settings: {0}")]
     Replication(#[from] kv_shard::Error),
+    /// The storage server's data directory cannot be used.
+    #[error("{0}")]
+    Data(#[from] kv_core::disk::OpenError),
+    /// The storage server's data directory could not be emptied (a cluster member's).
+    #[error("cannot empty the data directory {dir}: {reason}")]
+    Clear {
+        /// The directory.
+        dir: String,
+        /// Why.
+        reason: String,
+    },
     /// The shard master's saved state cannot be used.
     #[error("cannot start from the shard master's state in {dir}: {reason}")]
     MasterState {
@@ -156,16 +210,16 @@ pub enum ServeError {
     },
 }
 
-/// Serves a storage server, with an in-memory engine, on `listener` until `shutdown` completes;
-/// then drains as the crate docs say. With [`StorageConfig::cluster`], it joins the cluster once
+/// Serves a storage server, with the engine [`StorageConfig::data`] says, on `listener` until
+/// `shutdown` completes; then drains as the crate docs say. With [`StorageConfig::cluster`], it joins the cluster once
 /// it serves, and at shutdown leaves it (handing its data off) before it stops serving.
 pub async fn run_storage(
     listener: TcpListener,
     config: StorageConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::with_limits(config.limits));
     let cluster = config.cluster.clone();
+    let storage = open_storage(&config).await?;
     let me = match cluster.as_ref().and_then(|c| c.advertise.clone()) {
         Some(advertise) => advertise,
         None => listener.local_addr()?.to_string(),

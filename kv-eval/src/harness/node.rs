@@ -91,6 +91,10 @@ impl Node {
     pub(super) fn spawn(&mut self) -> Result<()> {
         let mut args = vec![self.role.to_owned(), "--listen".to_owned(), self.addr.to_string()];
         args.extend(self.args.iter().cloned());
+        // A storage server keeps its data in memory, unless it was given a data directory.
+        if self.role == "storage" && !self.args.iter().any(|arg| arg == "--data-dir") {
+            args.push("--in-memory".to_owned());
+        }
         // A port just freed by a killed process can be busy for a moment; retry briefly.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {

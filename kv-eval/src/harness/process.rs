@@ -196,8 +196,9 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Starts `kv-server storage --listen 127.0.0.1:0 <extra>` and waits until it reports the
-    /// address it bound. Its log (standard error) goes to a file in a fresh temporary folder.
+    /// Starts `kv-server storage --listen 127.0.0.1:0 <extra>` (in memory, unless `extra` gives it
+    /// a data directory) and waits until it reports the address it bound. Its log (standard
+    /// error) goes to a file in a fresh temporary folder.
     pub fn start_storage(bin: &Path, extra: &[String]) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("kv-eval-")
@@ -206,6 +207,9 @@ impl ServerProcess {
         let log_path = dir.path().join("server.log");
         let mut args = vec!["storage".to_owned(), "--listen".to_owned(), "127.0.0.1:0".to_owned()];
         args.extend_from_slice(extra);
+        if !extra.iter().any(|arg| arg == "--data-dir") {
+            args.push("--in-memory".to_owned());
+        }
         let (child, addr) = spawn_server(bin, &args, &log_path, dir.path())?;
         Ok(ServerProcess { child, addr, log_path, _dir: dir })
     }

@@ -186,12 +186,12 @@ impl ServerProcess {
         Self::start_role("shardmaster", flags)
     }
 
-    /// Starts `kv-server <role> --listen 127.0.0.1:0 <flags>` (a shard master in memory, unless
-    /// `flags` give it a data directory).
+    /// Starts `kv-server <role> --listen 127.0.0.1:0 <flags>` (in memory, unless `flags` give it a
+    /// data directory).
     fn start_role(role: &str, flags: &[&str]) -> Self {
         let mut command = server_command();
         command.args([role, "--listen", "127.0.0.1:0"]).args(flags);
-        if role == "shardmaster" && !flags.contains(&"--data-dir") {
+        if !flags.contains(&"--data-dir") {
             command.arg("--in-memory");
         }
         let mut child = ChildGuard(command.spawn().expect("cannot spawn kv-server"));
