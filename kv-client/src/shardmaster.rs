@@ -108,6 +108,8 @@ pub struct ServerStatus {
     pub replica_slots: u32,
     /// Slots it is a secondary of, still catching up.
     pub syncing_slots: u32,
+    /// Whether it keeps its values on disk, and what its engine has written since it started.
+    pub engine: kv_core::EngineStats,
 }
 
 /// Asks the storage server at `endpoint` what it holds, waiting at most `timeout`.
@@ -124,5 +126,11 @@ pub async fn server_status(endpoint: &str, timeout: Duration) -> Result<ServerSt
         standalone: status.standalone,
         replica_slots: status.replica_slots,
         syncing_slots: status.syncing_slots,
+        engine: kv_core::EngineStats {
+            durable: status.durable,
+            batches: status.engine_batches,
+            changes: status.engine_changes,
+            syncs: status.engine_syncs,
+        },
     })
 }

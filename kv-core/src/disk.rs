@@ -48,7 +48,7 @@ use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use tokio::sync::{RwLock, oneshot};
 
-use crate::{Error, Limits, Mutation, Output, Result, Storage};
+use crate::{EngineStats, Error, Limits, Mutation, Output, Result, Storage};
 
 /// The layout's version, kept in the `meta` keyspace.
 pub const FORMAT: &str = "kv-disk 1";
@@ -105,17 +105,6 @@ pub enum OpenError {
         /// The format it holds.
         found: String,
     },
-}
-
-/// What the committer has done since the engine opened.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct DiskStats {
-    /// Batches written.
-    pub batches: u64,
-    /// Changes (keys set or removed) written.
-    pub changes: u64,
-    /// Syncs to disk (`fsync`) made.
-    pub syncs: u64,
 }
 
 #[derive(Debug, Default)]
@@ -195,16 +184,6 @@ impl DiskStorage {
             committer: Some(committer),
             counters,
         })
-    }
-
-    /// What the committer has done so far: batches, changes, syncs.
-    pub fn stats(&self) -> DiskStats {
-        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        DiskStats {
-            batches: read(&self.counters.batches),
-            changes: read(&self.counters.changes),
-            syncs: read(&self.counters.syncs),
-        }
     }
 
     fn stored_key(&self, key: &str) -> Vec<u8> {
@@ -330,6 +309,16 @@ impl Storage for DiskStorage {
 
     async fn key_count(&self) -> Result<usize> {
         self.values.len().map_err(|err| storage_error("cannot count the keys", err))
+    }
+
+    fn stats(&self) -> EngineStats {
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        EngineStats {
+            durable: true,
+            batches: read(&self.counters.batches),
+            changes: read(&self.counters.changes),
+            syncs: read(&self.counters.syncs),
+        }
     }
 }
 

@@ -4,6 +4,20 @@ use async_trait::async_trait;
 
 use crate::{Limits, Mutation, Output, Result};
 
+/// What an engine reports about its writes since it opened (all zero for an engine that keeps
+/// nothing on disk).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Whether it keeps the values on disk.
+    pub durable: bool,
+    /// Batches written (a durable engine writes concurrent writes together).
+    pub batches: u64,
+    /// Changes (keys set or removed) written.
+    pub changes: u64,
+    /// Syncs to disk (`fsync`) made.
+    pub syncs: u64,
+}
+
 /// A key-value storage engine.
 ///
 /// Implementations apply each [`Mutation`] atomically with respect to every other operation on
@@ -40,6 +54,11 @@ pub trait Storage: Send + Sync + 'static {
 
     /// How many keys are held.
     async fn key_count(&self) -> Result<usize>;
+
+    /// What the engine has written since it opened.
+    fn stats(&self) -> EngineStats {
+        EngineStats::default()
+    }
 
     /// Sets `key` to `value`.
     async fn put(&self, key: String, value: String) -> Result<()> {

@@ -14,13 +14,15 @@
 //!   checks, a closed-loop benchmark, recorded load with its analysis, and the tables, JSON
 //!   and SVG charts of the reports.
 //! - The runners of the three subtasks: [`single_node`] (one storage server), [`sharded`] (a
-//!   shard master and storage servers) and [`replicas`] (replicated clusters).
+//!   shard master and storage servers) and [`replicas`] (replicated clusters); and
+//!   [`durable`], what each durability policy costs a storage server.
 //!
 //! - [`sim`]: the deterministic simulator, which runs the protocol crates themselves (no
 //!   processes, no gRPC) over a simulated network and clocks, and checks what the harness checks.
 //!
 //! Anything that makes or reads randomness takes an explicit seed.
 
+pub mod durable;
 pub mod harness;
 pub mod load;
 pub mod replicas;

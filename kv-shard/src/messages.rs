@@ -74,6 +74,8 @@ pub struct ServerStatus {
     /// Copies it keeps of slots it stopped being a secondary of, by the primary they were
     /// copies of.
     pub retired: BTreeMap<String, Vec<Slot>>,
+    /// What its engine has written since it started.
+    pub engine: kv_core::EngineStats,
 }
 
 /// A storage server's answer to a ping.

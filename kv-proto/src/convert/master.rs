@@ -130,6 +130,10 @@ pub fn server_status_to_wire(status: &ServerStatus) -> v1::StatusResponse {
         owed: server_slots_to_wire(&status.owed),
         unready: slots_to_wire(&status.unready),
         retired: server_slots_to_wire(&status.retired),
+        durable: status.engine.durable,
+        engine_batches: status.engine.batches,
+        engine_changes: status.engine.changes,
+        engine_syncs: status.engine.syncs,
     }
 }
 
@@ -149,6 +153,12 @@ pub fn server_status_from_wire(wire: &v1::StatusResponse) -> ServerStatus {
         owed: lenient_server_slots(&wire.owed),
         unready: lenient_slots(&wire.unready),
         retired: lenient_server_slots(&wire.retired),
+        engine: kv_core::EngineStats {
+            durable: wire.durable,
+            batches: wire.engine_batches,
+            changes: wire.engine_changes,
+            syncs: wire.engine_syncs,
+        },
     }
 }
 
@@ -237,6 +247,7 @@ mod tests {
             owed: BTreeMap::from([("b:1".to_owned(), vec![1, 2])]),
             unready: vec![5],
             retired: BTreeMap::from([("c:1".to_owned(), vec![6])]),
+            engine: kv_core::EngineStats { durable: true, batches: 7, changes: 8, syncs: 9 },
         };
         assert_eq!(server_status_from_wire(&server_status_to_wire(&status)), status);
         let mut wire = server_status_to_wire(&status);

@@ -290,6 +290,7 @@ impl Node {
             outgoing_slots,
             keys,
             standalone: table.standalone,
+            engine: self.storage.stats(),
         })
     }
 

@@ -87,6 +87,49 @@ pub(crate) struct ChaosArgs {
 }
 
 #[derive(Debug, Args)]
+pub(crate) struct DurableArgs {
+    /// The `kv-server` binary to start (default: $KV_SERVER_BIN, or next to this executable).
+    #[arg(long)]
+    pub(crate) server_bin: Option<PathBuf>,
+    /// Runtime worker threads of each server.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) server_workers: usize,
+    /// Runtime worker threads of the load generator.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) client_workers: usize,
+    /// HTTP/2 connections the load is spread over.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) connections: usize,
+    /// Policies, comma-separated: memory, always, interval, never.
+    #[arg(long, value_delimiter = ',', default_value = "memory,always,interval,never")]
+    pub(crate) policies: Vec<String>,
+    /// With the `interval` policy: its sync interval, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) fsync_interval_ms: u64,
+    /// Requests in flight, comma-separated: one measurement each.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+    pub(crate) concurrency: Vec<usize>,
+    /// Seconds measured, per measurement.
+    #[arg(long, default_value_t = 5.0)]
+    pub(crate) duration: f64,
+    /// Seconds of load before measuring, per measurement.
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) warmup: f64,
+    /// Distinct keys written.
+    #[arg(long, default_value_t = BENCH_KEYS)]
+    pub(crate) keys: usize,
+    /// Bytes per value written.
+    #[arg(long, default_value_t = BENCH_VALUE_SIZE)]
+    pub(crate) value_size: usize,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) seed: u64,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    pub(crate) json: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
 pub(crate) struct SingleNodeArgs {
     /// Run against this server (`host:port`) instead of starting one.
     #[arg(long)]

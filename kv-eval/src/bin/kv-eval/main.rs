@@ -21,7 +21,7 @@ use kv_eval::sharded::{self, Phase};
 use kv_eval::single_node;
 use serde::Serialize;
 
-use args::{AllArgs, ChaosArgs, ReplicasArgs, ShardedArgs, SingleNodeArgs};
+use args::{AllArgs, ChaosArgs, DurableArgs, ReplicasArgs, ShardedArgs, SingleNodeArgs};
 use options::{Common, default_bench, options, replicas_options, seconds, sharded_options};
 
 /// Evaluation runner of the kv store: functional checks and benchmarks of real server processes.
@@ -47,6 +47,9 @@ enum Command {
     /// Every subtask that exists: single-node, then sharded, then replicas (which start their
     /// own servers, also with `--endpoint`).
     All(Box<AllArgs>),
+    /// What durability costs one storage server: puts per second, latency and writes per sync
+    /// for each `--fsync` policy (and in memory), at several numbers of requests in flight.
+    Durable(DurableArgs),
     /// A workload under faults (kill/restart, pause, partition, flaky network) with a
     /// linearizability check of the recorded history.
     Chaos(ChaosArgs),
@@ -110,6 +113,13 @@ fn run(cli: Cli) -> Result<bool> {
             let options =
                 replicas_options(&args.phases, &args.tuning, &common, bench, check_budget, progress, false)?;
             let report = replicas::run(&options)?;
+            if let Some(path) = &args.json {
+                report::write_json(path, &report)?;
+            }
+            Ok(report.passed)
+        }
+        Command::Durable(args) => {
+            let report = kv_eval::durable::run(&options::durable_options(&args)?)?;
             if let Some(path) = &args.json {
                 report::write_json(path, &report)?;
             }

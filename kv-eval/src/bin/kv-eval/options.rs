@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use kv_eval::durable::{self, Policy};
 use kv_eval::load::bench::BenchConfig;
 use kv_eval::replicas::{self, ChartPaths, FailoverConfig, LevelsConfig, StalenessConfig, ThroughputConfig};
 use kv_eval::sharded::{self, LoadConfig, Phase};
@@ -11,7 +12,8 @@ use kv_eval::single_node;
 
 use crate::args::{
     BENCH_CONCURRENCY, BENCH_KEY_SIZE, BENCH_KEYS, BENCH_MIX, BENCH_SECS, BENCH_VALUE_SIZE,
-    BENCH_WARMUP_SECS, PhaseArg, ReplicasPhaseArg, ReplicasTuningArgs, ShardedPhaseArgs, SingleNodeArgs,
+    BENCH_WARMUP_SECS, DurableArgs, PhaseArg, ReplicasPhaseArg, ReplicasTuningArgs, ShardedPhaseArgs,
+    SingleNodeArgs,
 };
 
 /// The flags `sharded` and `all` spell alike.
@@ -203,4 +205,34 @@ pub(crate) fn seconds(value: f64, what: &str, zero_ok: bool) -> Result<Duration>
         if zero_ok { "non-negative" } else { "positive" }
     );
     Ok(Duration::from_secs_f64(value))
+}
+
+pub(crate) fn durable_options(args: &DurableArgs) -> Result<durable::Options> {
+    let policies = args
+        .policies
+        .iter()
+        .map(|name| match name.trim() {
+            "memory" => Ok(Policy::Memory),
+            "always" => Ok(Policy::Always),
+            "interval" => Ok(Policy::Interval(args.fsync_interval_ms)),
+            "never" => Ok(Policy::Never),
+            other => anyhow::bail!("unknown policy {other:?} (memory, always, interval, never)"),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    anyhow::ensure!(args.concurrency.iter().all(|&c| c > 0), "--concurrency values must be at least 1");
+    Ok(durable::Options {
+        server_bin: args.server_bin.clone(),
+        server_workers: args.server_workers.max(1),
+        client_workers: args.client_workers.max(1),
+        connections: args.connections.max(1),
+        policies,
+        concurrencies: args.concurrency.clone(),
+        bench: BenchConfig {
+            duration: seconds(args.duration, "duration", false)?,
+            warmup: seconds(args.warmup, "warmup", true)?,
+            keys: args.keys,
+            value_size: args.value_size,
+            ..default_bench(args.seed)
+        },
+    })
 }
