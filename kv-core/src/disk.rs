@@ -9,8 +9,9 @@
 //!   function the engine is opened with) followed by the key's UTF-8 bytes, so one slot's keys
 //!   are read in order without touching the others'; the stored value is the value's UTF-8
 //!   bytes.
-//! - `meta`: `format`, the layout's version ([`FORMAT`]). A directory written by another format
-//!   is refused at open, and so is one whose records are not what this layout writes.
+//! - `meta`: `format`, the layout's version ([`FORMAT`]), and `slots`, the slots `slot_of` gives
+//!   a few fixed keys. A directory written by another format, or by another `slot_of` (its keys
+//!   would be looked for under other slots), is refused at open, before anything is written.
 //!
 //! # Writes
 //!
@@ -27,26 +28,35 @@
 //! - with [`Durability::Interval`] and [`Durability::Never`], a committed batch is handed to the
 //!   operating system before it is acknowledged (a killed process loses nothing), and synced at
 //!   least every interval (or whenever the operating system decides);
-//! - a write holds its key's lock from its read to its answer, so two writes of a key never
-//!   compute from the same old value; a read takes the lock too (shared), so it never sees a
-//!   value whose write is not yet acknowledged (the committer makes a batch visible before it
-//!   syncs it, and a crash in between would take back what such a read returned);
+//! - a write holds its key's lock from its read until its change is written (the committer
+//!   releases it, so a writer whose future is dropped while it waits still holds it), so two
+//!   writes of a key never compute from the same old value; a read takes the lock too (shared),
+//!   so it never sees a value whose write is not yet acknowledged (the committer makes a batch
+//!   visible before it syncs it, and a crash in between would take back what such a read
+//!   returned);
 //! - a write the engine cannot commit or sync fails with [`Error::Storage`] and is not
-//!   acknowledged; reads go on.
+//!   acknowledged; from then on the engine refuses writes, and reads of the keys of the failed
+//!   batch (whose values it cannot vouch for) fail, while other reads go on (`committer`).
+//!
+//! `export`, `import` and `remove_where` take no key locks: they are for slots no one writes (a
+//! slot that has stopped being served, when data moves between servers).
 //!
 //! Nothing a disk holds can panic the engine: a stored key or value that is not what this
-//! layout writes is an [`Error::Storage`] naming it.
+//! layout writes is an [`Error::Storage`] naming it, and a directory fjall cannot read is an
+//! [`OpenError`] (a folder fjall would panic on is looked for before it reads the directory).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Sender};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
-use tokio::sync::{RwLock, oneshot};
+use tokio::sync::{OwnedRwLockWriteGuard, RwLock, oneshot};
+
+use self::committer::{Change, Committer, Request, Shared};
 
 use crate::{EngineStats, Error, Limits, Mutation, Output, Result, Storage};
 
@@ -54,8 +64,10 @@ use crate::{EngineStats, Error, Limits, Mutation, Output, Result, Storage};
 pub const FORMAT: &str = "kv-disk 1";
 /// How many key locks the engine keeps.
 pub const STRIPES: usize = 4096;
-/// The most changes one batch takes: a longer queue is written as several batches.
-const MAX_BATCH: usize = 4096;
+/// The longest key the engine stores: fjall keeps keys up to 65,535 bytes, and the slot takes 2.
+pub const MAX_KEY_LEN: usize = 65_533;
+/// Keys whose slots, kept in `meta` as `slots`, tell whether `slot_of` is the one that wrote.
+const SLOT_PROBES: [&str; 4] = ["", "a", "kv", "slot-probe"];
 
 /// When an acknowledged write is on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -97,6 +109,21 @@ pub enum OpenError {
         /// What the engine said.
         reason: String,
     },
+    /// It was written by another `slot_of`.
+    #[error(
+        "the data directory {dir} was written with another key-to-slot function: its keys would not \
+         be found"
+    )]
+    Slots {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// The limits ask for keys longer than the engine stores.
+    #[error("keys of up to {asked} bytes were asked for; the durable engine stores up to {MAX_KEY_LEN}")]
+    KeyLimit {
+        /// The key limit asked for.
+        asked: usize,
+    },
     /// It was written by another layout.
     #[error("the data directory {dir} holds format {found:?}, and this server reads {FORMAT:?}")]
     Format {
@@ -107,32 +134,16 @@ pub enum OpenError {
     },
 }
 
-#[derive(Debug, Default)]
-struct Counters {
-    batches: AtomicU64,
-    changes: AtomicU64,
-    syncs: AtomicU64,
-}
-
-/// One change of a batch: a stored key set to a value, or removed.
-type Change = (Vec<u8>, Option<String>);
-
-/// A batch of changes for the committer, and where its answer goes.
-struct Request {
-    changes: Vec<Change>,
-    answer: oneshot::Sender<Result<()>>,
-}
-
 /// A durable engine: see the module's documentation.
 pub struct DiskStorage {
     values: Keyspace,
     limits: Limits,
     slot_of: fn(&str) -> u16,
-    locks: Vec<RwLock<()>>,
+    locks: Vec<Arc<RwLock<()>>>,
     /// `None` once dropping.
     queue: Option<Sender<Request>>,
     committer: Option<JoinHandle<()>>,
-    counters: Arc<Counters>,
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for DiskStorage {
@@ -148,41 +159,51 @@ fn storage_error(what: &str, err: impl std::fmt::Display) -> Error {
 impl DiskStorage {
     /// Opens the engine kept in `dir`, creating it if it is missing or empty.
     pub fn open(dir: &Path, options: DiskOptions) -> Result<Self, OpenError> {
-        let engine = |err: fjall::Error| OpenError::Engine { dir: dir.to_owned(), reason: err.to_string() };
-        let db = Database::builder(dir).manual_journal_persist(true).open().map_err(engine)?;
-        let meta = db.keyspace("meta", KeyspaceCreateOptions::default).map_err(engine)?;
-        let values = db.keyspace("values", KeyspaceCreateOptions::default).map_err(engine)?;
-        match meta.get("format").map_err(engine)? {
-            Some(found) if &*found == FORMAT.as_bytes() => {}
-            Some(found) => {
+        if options.limits.max_key_len > MAX_KEY_LEN {
+            return Err(OpenError::KeyLimit { asked: options.limits.max_key_len });
+        }
+        let engine = |reason: String| OpenError::Engine { dir: dir.to_owned(), reason };
+        let fjall = |err: fjall::Error| engine(err.to_string());
+        check_keyspace_folders(dir).map_err(engine)?;
+        let db = Database::builder(dir).manual_journal_persist(true).open().map_err(fjall)?;
+        let meta = db.keyspace("meta", KeyspaceCreateOptions::default).map_err(fjall)?;
+        let slots: String = SLOT_PROBES.map(|probe| (options.slot_of)(probe).to_string()).join(",");
+        match (meta.get("format").map_err(fjall)?, meta.get("slots").map_err(fjall)?) {
+            (Some(found), _) if &*found != FORMAT.as_bytes() => {
                 let found = String::from_utf8_lossy(&found).into_owned();
                 return Err(OpenError::Format { dir: dir.to_owned(), found });
             }
-            None => {
-                meta.insert("format", FORMAT).map_err(engine)?;
-                db.persist(PersistMode::SyncAll).map_err(engine)?;
+            (Some(_), Some(written)) if &*written != slots.as_bytes() => {
+                return Err(OpenError::Slots { dir: dir.to_owned() });
+            }
+            (Some(_), Some(_)) => {}
+            (None, _) | (Some(_), None) => {
+                meta.insert("format", FORMAT).map_err(fjall)?;
+                meta.insert("slots", slots.as_str()).map_err(fjall)?;
+                db.persist(PersistMode::SyncAll).map_err(fjall)?;
             }
         }
+        let values = db.keyspace("values", KeyspaceCreateOptions::default).map_err(fjall)?;
         let (queue, requests) = mpsc::channel();
-        let counters = Arc::new(Counters::default());
+        let shared = Arc::new(Shared::default());
         let committer = Committer {
             db,
             values: values.clone(),
             durability: options.durability,
-            counters: Arc::clone(&counters),
+            shared: Arc::clone(&shared),
         };
         let committer = std::thread::Builder::new()
             .name("kv-disk-commit".to_owned())
             .spawn(move || committer.run(requests))
-            .map_err(|err| OpenError::Engine { dir: dir.to_owned(), reason: err.to_string() })?;
+            .map_err(|err| engine(err.to_string()))?;
         Ok(DiskStorage {
             values,
             limits: options.limits,
             slot_of: options.slot_of,
-            locks: (0..STRIPES).map(|_| RwLock::new(())).collect(),
+            locks: (0..STRIPES).map(|_| Arc::new(RwLock::new(()))).collect(),
             queue: Some(queue),
             committer: Some(committer),
-            counters,
+            shared,
         })
     }
 
@@ -193,27 +214,36 @@ impl DiskStorage {
         stored
     }
 
-    fn lock_of(&self, key: &str) -> &RwLock<()> {
+    fn lock_of(&self, key: &str) -> &Arc<RwLock<()>> {
         let hash = xxhash_rust::xxh3::xxh3_64(key.as_bytes());
         &self.locks[(hash % STRIPES as u64) as usize]
     }
 
     fn read(&self, key: &str) -> Result<Option<String>> {
-        let stored =
-            self.values.get(self.stored_key(key)).map_err(|err| storage_error("cannot read", err))?;
+        let stored_key = self.stored_key(key);
+        self.shared.check_readable(&stored_key, key)?;
+        let stored = self.values.get(stored_key).map_err(|err| storage_error("cannot read", err))?;
         stored.map(|bytes| decode_value(key, &bytes)).transpose()
     }
 
-    /// Commits `changes` as one batch, as the durability says; returns once it is done.
-    async fn commit(&self, changes: Vec<Change>) -> Result<()> {
+    /// Commits `changes` as one batch, as the durability says, holding `locks` until it is
+    /// written; returns once it is done.
+    async fn commit(&self, changes: Vec<Change>, locks: Vec<OwnedRwLockWriteGuard<()>>) -> Result<()> {
         if changes.is_empty() {
             return Ok(());
+        }
+        if let Some((key, _)) = changes.iter().find(|(key, _)| key.len() > MAX_KEY_LEN + 2) {
+            return Err(Error::Storage(format!(
+                "a key of {} bytes: the durable engine stores keys up to {MAX_KEY_LEN} bytes",
+                key.len() - 2
+            )));
         }
         let (answer, answered) = oneshot::channel();
         let queue = self.queue.as_ref().ok_or_else(|| Error::Storage("the engine is closing".to_owned()))?;
         queue
-            .send(Request { changes, answer })
+            .send(Request { changes, locks, answer })
             .map_err(|_| Error::Storage("the engine's committer has stopped".to_owned()))?;
+        self.shared.queued.fetch_add(1, Ordering::Relaxed);
         answered
             .await
             .unwrap_or_else(|_| Err(Error::Storage("the engine's committer has stopped".to_owned())))
@@ -232,6 +262,24 @@ impl DiskStorage {
         }
         Ok(entries)
     }
+}
+
+/// fjall names its keyspaces' folders by number and panics on a folder it cannot parse (and the
+/// panic cannot be caught: its destructors panic again while unwinding): such a folder is an
+/// error here, before fjall reads the directory.
+fn check_keyspace_folders(dir: &Path) -> Result<(), String> {
+    let folder = dir.join("keyspaces");
+    let Ok(entries) = std::fs::read_dir(&folder) else { return Ok(()) };
+    for entry in entries {
+        let entry = entry.map_err(|err| format!("cannot read {}: {err}", folder.display()))?;
+        let is_dir = entry.file_type().is_ok_and(|kind| kind.is_dir());
+        let name = entry.file_name();
+        let numbered = name.to_str().is_some_and(|name| name.parse::<u64>().is_ok());
+        if is_dir && !numbered {
+            return Err(format!("{} is not one of the engine's keyspaces", entry.path().display()));
+        }
+    }
+    Ok(())
 }
 
 /// The user key of a stored key: its bytes after the slot.
@@ -274,12 +322,13 @@ impl Storage for DiskStorage {
     async fn apply(&self, mutation: Mutation) -> Result<Output> {
         let Mutation { key, op } = mutation;
         self.limits.check_key(&key)?;
-        let _locked = self.lock_of(&key).write().await;
+        let locked = Arc::clone(self.lock_of(&key)).write_owned().await;
+        self.shared.check_writable()?;
         let old = self.read(&key)?;
         let mut value = old.clone();
         let output = op.apply(&mut value, &self.limits)?;
         if value != old {
-            self.commit(vec![(self.stored_key(&key), value)]).await?;
+            self.commit(vec![(self.stored_key(&key), value)], vec![locked]).await?;
         }
         Ok(output)
     }
@@ -296,116 +345,37 @@ impl Storage for DiskStorage {
 
     async fn import(&self, entries: Vec<(String, String)>) -> Result<()> {
         let changes = entries.into_iter().map(|(key, value)| (self.stored_key(&key), Some(value))).collect();
-        self.commit(changes).await
+        self.commit(changes, Vec::new()).await
     }
 
     async fn remove_where(&self, select: &(dyn for<'k> Fn(&'k str) -> bool + Sync)) -> Result<usize> {
         let changes: Vec<Change> =
             self.scan(select)?.into_iter().map(|(key, _)| (self.stored_key(&key), None)).collect();
         let removed = changes.len();
-        self.commit(changes).await?;
+        self.commit(changes, Vec::new()).await?;
         Ok(removed)
     }
 
     async fn key_count(&self) -> Result<usize> {
-        self.values.len().map_err(|err| storage_error("cannot count the keys", err))
+        // It reads every key: off the runtime's workers.
+        let values = self.values.clone();
+        tokio::task::spawn_blocking(move || values.len())
+            .await
+            .map_err(|err| storage_error("cannot count the keys", err))?
+            .map_err(|err| storage_error("cannot count the keys", err))
     }
 
     fn stats(&self) -> EngineStats {
         let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         EngineStats {
             durable: true,
-            batches: read(&self.counters.batches),
-            changes: read(&self.counters.changes),
-            syncs: read(&self.counters.syncs),
+            batches: read(&self.shared.batches),
+            changes: read(&self.shared.changes),
+            syncs: read(&self.shared.syncs),
         }
     }
 }
 
-/// The one thread that writes: drains the queue into batches.
-struct Committer {
-    db: Database,
-    values: Keyspace,
-    durability: Durability,
-    counters: Arc<Counters>,
-}
-
-impl Committer {
-    fn run(self, requests: Receiver<Request>) {
-        let mut unsynced = false;
-        let mut last_sync = Instant::now();
-        loop {
-            let first = match self.durability {
-                Durability::Interval(every) if unsynced => {
-                    match requests.recv_timeout(every.saturating_sub(last_sync.elapsed())) {
-                        Ok(request) => request,
-                        Err(RecvTimeoutError::Timeout) => {
-                            // A failed sync is tried again at the next interval.
-                            if self.sync().is_ok() {
-                                unsynced = false;
-                                last_sync = Instant::now();
-                            }
-                            continue;
-                        }
-                        Err(RecvTimeoutError::Disconnected) => break,
-                    }
-                }
-                _ => match requests.recv() {
-                    Ok(request) => request,
-                    Err(_) => break,
-                },
-            };
-            let mut batch = vec![first];
-            let mut changes = batch[0].changes.len();
-            while changes < MAX_BATCH {
-                let Ok(more) = requests.try_recv() else { break };
-                changes += more.changes.len();
-                batch.push(more);
-            }
-            let result = self.write(&batch);
-            if result.is_ok() && self.durability != Durability::Always {
-                unsynced = true;
-                if let Durability::Interval(every) = self.durability
-                    && last_sync.elapsed() >= every
-                    && self.sync().is_ok()
-                {
-                    unsynced = false;
-                    last_sync = Instant::now();
-                }
-            }
-            for request in batch {
-                let _ = request.answer.send(result.clone());
-            }
-        }
-        // Closing: what was handed to the operating system is synced too.
-        let _ = self.sync();
-    }
-
-    fn sync(&self) -> fjall::Result<()> {
-        self.counters.syncs.fetch_add(1, Ordering::Relaxed);
-        self.db.persist(PersistMode::SyncAll)
-    }
-
-    /// Writes `batch` as one atomic fjall batch, and makes it as durable as the policy says.
-    fn write(&self, batch: &[Request]) -> Result<()> {
-        let mut writes = self.db.batch().durability(None);
-        for (key, value) in batch.iter().flat_map(|request| &request.changes) {
-            match value {
-                Some(value) => writes.insert(&self.values, key.as_slice(), value.as_str()),
-                None => writes.remove(&self.values, key.as_slice()),
-            }
-        }
-        writes.commit().map_err(|err| storage_error("cannot write", err))?;
-        self.counters.batches.fetch_add(1, Ordering::Relaxed);
-        let changes = batch.iter().map(|request| request.changes.len() as u64).sum();
-        self.counters.changes.fetch_add(changes, Ordering::Relaxed);
-        match self.durability {
-            Durability::Always => self.sync(),
-            Durability::Interval(_) | Durability::Never => self.db.persist(PersistMode::Buffer),
-        }
-        .map_err(|err| storage_error("cannot sync", err))
-    }
-}
-
+mod committer;
 #[cfg(test)]
 mod tests;

@@ -4,7 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use super::*;
 use crate::conformance;
@@ -99,44 +100,85 @@ async fn imports_and_removals_survive_a_restart() {
     assert_eq!(engine.get("k16").await.unwrap().as_deref(), Some("v16"));
 }
 
-#[tokio::test]
+/// 64 writes queued while the committer is held: one batch, one sync, for all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_share_their_syncs() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = open(dir.path(), Durability::Always);
+    let engine = Arc::new(open(dir.path(), Durability::Always));
     let before = engine.stats();
-    let writes = (0..64).map(|i| engine.put(format!("k{i}"), "v".to_owned()));
-    for result in futures_join_all(writes).await {
-        result.unwrap();
+    let queued = engine.shared.queued.load(Ordering::Relaxed);
+    let held = engine.shared.hold.lock().unwrap();
+    let writes: Vec<_> = (0..64)
+        .map(|i| {
+            let engine = Arc::clone(&engine);
+            tokio::spawn(async move { engine.put(format!("k{i}"), "v".to_owned()).await })
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while engine.shared.queued.load(Ordering::Relaxed) < queued + 64 {
+        assert!(std::time::Instant::now() < deadline, "the 64 writes were not all queued");
+        // The writes run on the runtime's workers; this thread only waits.
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(held);
+    for write in writes {
+        write.await.unwrap().unwrap();
     }
     let stats = engine.stats();
     assert_eq!(stats.changes - before.changes, 64);
-    // All 64 are queued at once, while the first sync is on its way: they cannot all have had a
-    // batch, and a sync, of their own.
-    assert!(stats.batches - before.batches < 64, "{stats:?}");
-    assert_eq!(stats.syncs - before.syncs, stats.batches - before.batches, "one sync per batch: {stats:?}");
+    assert_eq!((stats.batches - before.batches, stats.syncs - before.syncs), (1, 1), "{stats:?}");
 }
 
-/// Polls every future on this task, so all of them start before any finishes.
-async fn futures_join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
-    let mut pending: Vec<_> = futures.into_iter().map(Box::pin).map(Some).collect();
-    let mut outputs: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut done = true;
-        for (slot, output) in pending.iter_mut().zip(outputs.iter_mut()) {
-            if let Some(future) = slot {
-                match future.as_mut().poll(cx) {
-                    std::task::Poll::Ready(value) => {
-                        *output = Some(value);
-                        *slot = None;
-                    }
-                    std::task::Poll::Pending => done = false,
-                }
-            }
-        }
-        if done { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
-    })
-    .await;
-    outputs.into_iter().map(Option::unwrap).collect()
+/// With an interval, what was acknowledged is synced within it, though no write follows.
+#[tokio::test]
+async fn an_interval_syncs_what_was_acknowledged_once_writes_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), Durability::Interval(Duration::from_millis(20)));
+    engine.put("k".to_owned(), "v".to_owned()).await.unwrap();
+    assert_eq!(engine.stats().batches, 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while engine.stats().syncs == 0 {
+        assert!(std::time::Instant::now() < deadline, "no sync after the interval");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Nothing more to sync: it stays idle.
+    let synced = engine.stats().syncs;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(engine.stats().syncs, synced);
+}
+
+/// Another `slot_of` would look for every key under another slot: refused.
+#[tokio::test]
+async fn another_key_to_slot_function_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), Durability::Always);
+    engine.put("k".to_owned(), "v".to_owned()).await.unwrap();
+    drop(engine);
+    let other = DiskOptions { slot_of: |key| key.len() as u16 + 1, ..DiskOptions::default() };
+    let err = DiskStorage::open(dir.path(), other).unwrap_err();
+    assert!(matches!(err, OpenError::Slots { .. }), "{err}");
+    assert_eq!(open(dir.path(), Durability::Always).get("k").await.unwrap().as_deref(), Some("v"));
+}
+
+/// Keys longer than fjall stores are refused when the engine opens, not when a write panics.
+#[test]
+fn a_key_limit_beyond_the_engine_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits { max_key_len: 70_000, ..Limits::default() };
+    let err = DiskStorage::open(dir.path(), DiskOptions { limits, ..DiskOptions::default() }).unwrap_err();
+    assert!(matches!(err, OpenError::KeyLimit { asked: 70_000 }), "{err}");
+}
+
+/// A stray folder among fjall's keyspaces (on which fjall itself panics) is an error at open.
+#[tokio::test]
+async fn a_stray_folder_is_refused_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), Durability::Always);
+    engine.put("k".to_owned(), "v".to_owned()).await.unwrap();
+    drop(engine);
+    std::fs::create_dir(dir.path().join("keyspaces").join("not-a-keyspace")).unwrap();
+    let err = DiskStorage::open(dir.path(), DiskOptions::default()).unwrap_err();
+    assert!(matches!(err, OpenError::Engine { .. }), "{err}");
 }
 
 #[tokio::test]
@@ -153,6 +195,8 @@ async fn another_format_is_refused_and_left_as_it_was() {
     assert!(err.to_string().contains("kv-disk 99") && err.to_string().contains(FORMAT), "{err}");
     let again = DiskStorage::open(dir.path(), DiskOptions::default()).unwrap_err();
     assert!(matches!(again, OpenError::Format { .. }), "refused again: {again}");
+    let db = Database::builder(dir.path()).open().unwrap();
+    assert!(!db.keyspace_exists("values"), "a refused directory was written to");
 }
 
 #[tokio::test]
