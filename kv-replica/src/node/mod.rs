@@ -212,16 +212,22 @@ impl Node {
         let Some(id) = id else {
             return self.storage.apply(mutation).await;
         };
-        match self.sessions.begin(id, mutation.fingerprint(), slot, self.clock.now())? {
-            Begin::Answered(output) => Ok(output),
-            Begin::Apply(ticket) => {
-                // No await point between the engine applying the write and the ticket recording
-                // it: the in-memory engine completes `apply` without yielding.
-                let output = self.storage.apply(mutation).await?;
-                ticket.finish(&output);
-                Ok(output)
+        let (sessions, storage, now) =
+            (Arc::clone(&self.sessions), Arc::clone(&self.storage), self.clock.now());
+        // On a task of its own, so that it runs to its end even if this call is dropped (its
+        // client gave up): a durable engine yields in `apply`, and a write applied whose record
+        // was then forgotten would be applied again by the client's retry.
+        let write = tokio::spawn(async move {
+            match sessions.begin(id, mutation.fingerprint(), slot, now)? {
+                Begin::Answered(output) => Ok(output),
+                Begin::Apply(ticket) => {
+                    let output = storage.apply(mutation).await?;
+                    ticket.finish(&output);
+                    Ok(output)
+                }
             }
-        }
+        });
+        write.await.unwrap_or_else(|err| Err(Error::Storage(format!("the write's task failed: {err}"))))
     }
 
     /// Switches to the configuration `install` carries, then hands off what this server owes
