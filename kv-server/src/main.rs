@@ -142,8 +142,8 @@ struct StorageArgs {
     /// Directory to keep the values in, durably: a standalone server restarted with the same
     /// directory has every write it acknowledged (with `--fsync always`). Default:
     /// `kv-storage-PORT` in the working directory, PORT the port of `--listen` (printed at
-    /// start-up; a port of 0 then is refused). A cluster member does not recover from it yet:
-    /// it empties it at start-up, and its data comes back from its replicas.
+    /// start-up; a port of 0 then is refused). Standalone servers only for now: a cluster
+    /// member (`--shardmaster`) keeps its data in memory, as it cannot yet recover from disk.
     #[arg(long, env = "KV_DATA_DIR")]
     data_dir: Option<std::path::PathBuf>,
 
@@ -216,7 +216,7 @@ async fn storage(args: StorageArgs) -> Result<()> {
     let config = StorageConfig {
         limits: Limits { max_key_len: args.max_key_bytes, max_value_len: args.max_value_bytes },
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
-        cluster: args.shardmaster.map(|shardmaster| ClusterMembership {
+        cluster: args.shardmaster.clone().map(|shardmaster| ClusterMembership {
             advertise: args.advertise,
             ..ClusterMembership::new(shardmaster)
         }),
@@ -225,7 +225,14 @@ async fn storage(args: StorageArgs) -> Result<()> {
         dial_via: args.dial_via,
         data: StorageData::Memory,
     };
-    if !args.in_memory && args.data_dir.is_none() && args.listen.rsplit(':').next() == Some("0") {
+    let member = args.shardmaster.is_some();
+    if member && (args.data_dir.is_some() || args.fsync.is_some()) {
+        bail!(
+            "a cluster member keeps its data in memory for now: it cannot yet recover from a data \
+             directory (it would rejoin as a new, empty server); drop --data-dir and --fsync"
+        );
+    }
+    if !member && !args.in_memory && args.data_dir.is_none() && port_of(&args.listen) == Some(0) {
         bail!(
             "with --listen port 0 the default data directory, named after the port, would change at \
              every start, and a restarted server would not find its data: give --data-dir DIR, or \
@@ -240,7 +247,7 @@ async fn storage(args: StorageArgs) -> Result<()> {
     let listener = bind(&args.listen).await?;
     let local = listener.local_addr().context("cannot read the bound address")?;
     let config = StorageConfig {
-        data: if args.in_memory {
+        data: if args.in_memory || member {
             StorageData::Memory
         } else {
             let dir = args.data_dir.unwrap_or_else(|| format!("kv-storage-{}", local.port()).into());
@@ -263,6 +270,9 @@ async fn storage(args: StorageArgs) -> Result<()> {
                 Durability::Never => "never".to_owned(),
             };
             println!("kv-server storage keeps its data in {} (fsync: {fsync})", dir.display());
+        }
+        StorageData::Memory if member => {
+            println!("kv-server storage keeps its data in memory only (a cluster member, for now)")
         }
         StorageData::Memory => println!("kv-server storage keeps its data in memory only (--in-memory)"),
     }
@@ -288,7 +298,7 @@ async fn shardmaster(args: ShardMasterArgs) -> Result<()> {
         dial_via: args.dial_via,
         data_dir: None,
     };
-    if !args.in_memory && args.data_dir.is_none() && args.listen.rsplit(':').next() == Some("0") {
+    if !args.in_memory && args.data_dir.is_none() && port_of(&args.listen) == Some(0) {
         anyhow::bail!(
             "with --listen port 0 the default data directory, named after the port, would change at \
              every start, and a restarted shard master would forget the cluster: give --data-dir DIR, \
@@ -316,6 +326,11 @@ async fn shardmaster(args: ShardMasterArgs) -> Result<()> {
     tracing::info!(address = %local, "shard master listening");
     kv_server::run_shardmaster(listener, config, shutdown).await?;
     Ok(())
+}
+
+/// The port of `host:port`, if it reads as one.
+fn port_of(address: &str) -> Option<u16> {
+    address.rsplit(':').next().and_then(|port| port.parse().ok())
 }
 
 /// Resolves `address` and binds the first address that works, with errors a person can act on.

@@ -56,8 +56,8 @@ pub enum StorageData {
     Memory,
     /// In the durable engine ([`kv_core::disk::DiskStorage`]) in `dir`: a standalone server
     /// restarted with the same directory has every write it acknowledged (with
-    /// [`Durability::Always`]). A cluster member does not recover from its directory yet: it
-    /// empties it at start-up and joins as a new server (its data comes from its replicas).
+    /// [`Durability::Always`]). Standalone servers only, for now: a cluster member cannot yet
+    /// recover from its directory, and is refused one.
     Disk {
         /// The data directory.
         dir: PathBuf,
@@ -107,25 +107,19 @@ impl Default for StorageConfig {
     }
 }
 
-/// The engine `config` asks for, opened (and, for a cluster member, emptied).
+/// The engine `config` asks for, opened.
 async fn open_storage(config: &StorageConfig) -> Result<Arc<dyn Storage>, ServeError> {
     let StorageData::Disk { dir, durability } = &config.data else {
         return Ok(Arc::new(MemoryStorage::with_limits(config.limits)));
     };
+    if config.cluster.is_some() {
+        return Err(ServeError::MemberDataDir);
+    }
     let options = DiskOptions { limits: config.limits, durability: *durability, slot_of: kv_shard::slot_of };
     let engine = DiskStorage::open(dir, options)?;
-    let held = engine.key_count().await.map_err(|err| clear_error(dir, err))?;
+    let held = engine.key_count().await.unwrap_or_default();
     info!(dir = %dir.display(), keys = held, ?durability, "data directory opened");
-    if config.cluster.is_some() && held > 0 {
-        // What it held is not known to be anyone's copy: it joins as a new server.
-        warn!(dir = %dir.display(), keys = held, "a cluster member does not recover from its data directory yet: emptied");
-        engine.remove_where(&|_| true).await.map_err(|err| clear_error(dir, err))?;
-    }
     Ok(Arc::new(engine))
-}
-
-fn clear_error(dir: &std::path::Path, err: kv_core::Error) -> ServeError {
-    ServeError::Clear { dir: dir.display().to_string(), reason: err.to_string() }
 }
 
 /// How a shard master is set up.
@@ -184,14 +178,12 @@ pub enum ServeError {
     /// The storage server's data directory cannot be used.
     #[error("{0}")]
     Data(#[from] kv_core::disk::OpenError),
-    /// The storage server's data directory could not be emptied (a cluster member's).
-    #[error("cannot empty the data directory {dir}: {reason}")]
-    Clear {
-        /// The directory.
-        dir: String,
-        /// Why.
-        reason: String,
-    },
+    /// A cluster member was given a data directory, which it cannot recover from yet.
+    #[error(
+        "a cluster member keeps its data in memory for now: it cannot yet recover from a data \
+         directory (it would rejoin as a new, empty server); start it without --data-dir"
+    )]
+    MemberDataDir,
     /// The shard master's saved state cannot be used.
     #[error("cannot start from the shard master's state in {dir}: {reason}")]
     MasterState {

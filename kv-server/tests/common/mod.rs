@@ -45,6 +45,8 @@ const SERVER_ENV: &[&str] = &[
     "KV_CLUSTER_TOKEN",
     "KV_DATA_DIR",
     "KV_IN_MEMORY",
+    "KV_FSYNC",
+    "KV_FSYNC_INTERVAL_MS",
 ];
 
 /// Runs `future`, panicking if it takes longer than [`TEST_TIMEOUT`].
