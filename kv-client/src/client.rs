@@ -309,14 +309,21 @@ impl Client {
                         cluster.refresh(epoch).await;
                         continue;
                     }
-                    // The server is behind the map (it will catch up), or the slot is moving:
-                    // wait, within the move budget, without using up attempts.
+                    // The server is behind the map (it will catch up), or the slot is moving, or
+                    // the redirects are used up (the shard master could not be reached, say):
+                    // wait, within the move budget, without using up attempts; a map the server
+                    // says is stale is fetched again after the wait.
                     Error::Rejected(kv_core::Error::WrongShard { .. } | kv_core::Error::Moving { .. })
                         if started.elapsed() + backoff < self.retry.move_wait =>
                     {
                         let jitter = rand::rng().random_range(0.5..1.5);
                         tokio::time::sleep(backoff.mul_f64(jitter)).await;
                         backoff = (backoff * 2).min(self.retry.max_backoff);
+                        if let Error::Rejected(kv_core::Error::WrongShard { epoch: at, .. }) = &err
+                            && *at >= epoch
+                        {
+                            cluster.refresh(epoch).await;
+                        }
                         continue;
                     }
                     Error::Rejected(kv_core::Error::WrongShard { .. } | kv_core::Error::Moving { .. }) => {}

@@ -330,6 +330,13 @@ impl SimClient {
                     if self.endpoint.net.elapsed() - started + backoff < MOVE_WAIT =>
                 {
                     self.pause(&mut backoff).await;
+                    // Redirects used up (the shard master could not be reached, say): a map the
+                    // server says is stale is fetched again after the wait.
+                    if let CallError::Rejected(kv_core::Error::WrongShard { epoch: at, .. }) = &err
+                        && *at >= epoch
+                    {
+                        self.refresh(epoch).await;
+                    }
                     continue;
                 }
                 CallError::Rejected(kv_core::Error::WrongShard { .. } | kv_core::Error::Moving { .. }) => {}
