@@ -123,3 +123,19 @@ async fn a_data_directory_it_cannot_read_is_refused() {
     let stderr = damaged.stderr();
     assert!(stderr.contains(&data.display().to_string()), "{stderr}");
 }
+
+/// A cluster member cannot yet recover from a data directory: it is refused one, before it
+/// binds or joins, with an error that says why.
+#[test]
+fn a_cluster_member_is_refused_a_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut command = server_command();
+    command.args(["storage", "--listen", "127.0.0.1:0", "--shardmaster", "127.0.0.1:9", "--data-dir"]);
+    command.arg(&data);
+    let refused = run_to_exit(command);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("cluster member keeps its data in memory"), "{stderr}");
+    assert!(!data.exists(), "a refused server made its data directory");
+}
