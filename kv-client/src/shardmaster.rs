@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use kv_proto::convert::config_from_wire;
+use kv_proto::convert::{config_from_wire, engine_stats_from_wire};
 use kv_proto::v1::{self, shard_master_client::ShardMasterClient};
 use kv_shard::Config;
 use tonic::Code;
@@ -116,6 +116,7 @@ pub struct ServerStatus {
 pub async fn server_status(endpoint: &str, timeout: Duration) -> Result<ServerStatus> {
     let channel = dial(endpoint, timeout, timeout).await?;
     let status = v1::node_client::NodeClient::new(channel).status(v1::StatusRequest {}).await?.into_inner();
+    let engine = engine_stats_from_wire(&status);
     Ok(ServerStatus {
         address: status.address,
         epoch: status.epoch,
@@ -126,11 +127,6 @@ pub async fn server_status(endpoint: &str, timeout: Duration) -> Result<ServerSt
         standalone: status.standalone,
         replica_slots: status.replica_slots,
         syncing_slots: status.syncing_slots,
-        engine: kv_core::EngineStats {
-            durable: status.durable,
-            batches: status.engine_batches,
-            changes: status.engine_changes,
-            syncs: status.engine_syncs,
-        },
+        engine,
     })
 }

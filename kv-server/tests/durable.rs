@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{ServerProcess, run_to_exit, server_command, within};
+use common::{ServerProcess, first_two_lines, run_to_exit, server_command, within};
 
 /// Writes from 16 clients at once (so that writes share their syncs), `kill -9` after the last
 /// answer, a restart on the same directory: every acknowledged write is there.
@@ -64,8 +64,6 @@ async fn every_acknowledged_write_survives_kill_9() {
 /// its working directory, and says so at start-up; with port 0 it refuses to start.
 #[test]
 fn a_storage_server_keeps_its_data_on_disk_by_default() {
-    use std::io::{BufRead, BufReader};
-
     let cwd = tempfile::tempdir().unwrap();
     let refused = run_to_exit({
         let mut command = server_command();
@@ -78,13 +76,7 @@ fn a_storage_server_keeps_its_data_on_disk_by_default() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut command = server_command();
     command.current_dir(cwd.path()).args(["storage", "--listen", &format!("127.0.0.1:{port}")]);
-    let mut child = command.spawn().unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let (mut first, mut second) = (String::new(), String::new());
-    stdout.read_line(&mut first).unwrap();
-    stdout.read_line(&mut second).unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
+    let (first, second) = first_two_lines(command);
     assert!(first.contains(&format!("listening on 127.0.0.1:{port}")), "{first:?}");
     let dir = format!("kv-storage-{port}");
     assert!(second.contains(&dir) && second.contains("fsync: always"), "{second:?}");

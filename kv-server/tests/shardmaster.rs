@@ -230,8 +230,6 @@ async fn a_restarted_shard_master_goes_on_from_its_data_directory() {
 /// would name another directory at every start, it refuses to start.
 #[test]
 fn a_shard_master_keeps_its_state_on_disk_by_default() {
-    use std::io::{BufRead, BufReader};
-
     let cwd = tempfile::tempdir().unwrap();
     let refused = common::run_to_exit({
         let mut command = common::server_command();
@@ -244,13 +242,7 @@ fn a_shard_master_keeps_its_state_on_disk_by_default() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut command = common::server_command();
     command.current_dir(cwd.path()).args(["shardmaster", "--listen", &format!("127.0.0.1:{port}")]);
-    let mut child = command.spawn().unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let (mut first, mut second) = (String::new(), String::new());
-    stdout.read_line(&mut first).unwrap();
-    stdout.read_line(&mut second).unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
+    let (first, second) = common::first_two_lines(command);
     assert!(first.contains(&format!("listening on 127.0.0.1:{port}")), "{first:?}");
     let dir = format!("kv-shardmaster-{port}");
     assert!(second.contains(&dir), "{second:?}");

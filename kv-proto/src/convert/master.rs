@@ -153,12 +153,17 @@ pub fn server_status_from_wire(wire: &v1::StatusResponse) -> ServerStatus {
         owed: lenient_server_slots(&wire.owed),
         unready: lenient_slots(&wire.unready),
         retired: lenient_server_slots(&wire.retired),
-        engine: kv_core::EngineStats {
-            durable: wire.durable,
-            batches: wire.engine_batches,
-            changes: wire.engine_changes,
-            syncs: wire.engine_syncs,
-        },
+        engine: engine_stats_from_wire(wire),
+    }
+}
+
+/// What a server's engine has written, from its status on the wire.
+pub fn engine_stats_from_wire(wire: &v1::StatusResponse) -> kv_core::EngineStats {
+    kv_core::EngineStats {
+        durable: wire.durable,
+        batches: wire.engine_batches,
+        changes: wire.engine_changes,
+        syncs: wire.engine_syncs,
     }
 }
 

@@ -9,7 +9,7 @@ mod shard;
 mod stored;
 
 pub use master::{
-    checked_slots, hand_off_copy_from_wire, hand_off_copy_to_wire, install_from_wire,
+    checked_slots, engine_stats_from_wire, hand_off_copy_from_wire, hand_off_copy_to_wire, install_from_wire,
     install_report_from_wire, install_report_to_wire, install_to_wire, pong_from_wire, pong_to_wire,
     server_status_from_wire, server_status_to_wire,
 };

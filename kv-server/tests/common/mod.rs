@@ -67,6 +67,17 @@ pub(crate) fn server_command() -> Command {
     command
 }
 
+/// Runs `command`, reads the first two lines it prints (its address, and where it keeps its
+/// data), then kills and reaps it.
+pub(crate) fn first_two_lines(mut command: Command) -> (String, String) {
+    let mut child = ChildGuard(command.spawn().expect("cannot spawn kv-server"));
+    let mut stdout = BufReader::new(child.0.stdout.take().unwrap());
+    let (mut first, mut second) = (String::new(), String::new());
+    stdout.read_line(&mut first).unwrap();
+    stdout.read_line(&mut second).unwrap();
+    (first, second)
+}
+
 /// Kills and reaps its child on drop.
 struct ChildGuard(Child);
 
