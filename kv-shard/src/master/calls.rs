@@ -235,13 +235,15 @@ impl Calls {
         answers.iter().filter(|answer| answer.is_some()).count() * 2 >= servers.len()
     }
 
-    /// Returns once none of `servers` that answers has a copy still catching up, or at
-    /// `deadline` (with a warning: the change is then over with copies still catching up).
+    /// Returns once every one of `servers` has answered, in one round, that it has no copy still
+    /// catching up, or at `deadline` (with a warning: the change is then over with copies still
+    /// catching up). A server whose answer is lost may be the one catching up: the round is
+    /// asked again (one that stops answering is the caller's to watch).
     pub(crate) async fn until_caught_up(&self, servers: &[&str], deadline: Instant) {
         loop {
             let statuses = join_all(servers.iter().map(|server| self.status_of(server))).await;
             let syncing: u32 = statuses.iter().flatten().map(|status| status.syncing_slots).sum();
-            if syncing == 0 {
+            if syncing == 0 && statuses.iter().all(Result::is_ok) {
                 return;
             }
             if self.now() >= deadline {
