@@ -29,6 +29,19 @@ fn failures(reports: &[RunReport]) -> Vec<String> {
 /// Seeds that found a bug, with the setting they found it in: each must pass from now on.
 const REGRESSIONS: &[(u64, &str, &str)] = &[
     (
+        25,
+        "strong-r2",
+        "the shard master took a lost Status answer for a server with no copy catching up, ended a \
+         leave's change while the new secondary of 2048 slots was still catching up (their \
+         snapshots stalled), and the crash of their primary that followed lost \"a0\" whole",
+    ),
+    (
+        47,
+        "strong-r2",
+        "as seed 25: a change ended on a lost Status answer with copies catching up, and a crash \
+         after it lost \"a0\"",
+    ),
+    (
         7,
         "strong-r1",
         "a client used up its redirects while the shard master was down, then retried the server \

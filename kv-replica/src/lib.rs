@@ -72,9 +72,10 @@
 //! a read at the primary. The checker in `kv-eval` tests this over real histories.
 //!
 //! A prepare that fails leaves the write unapplied at the primary (the client gets an error and
-//! may retry), and so does a write whose handler is dropped while its prepare is on its way (the
-//! client gave up: a cancelled gRPC call drops its handler); the secondaries that prepared it keep the key dirty, and reads ask the primary,
-//! until a later write of the key commits. The primary remembers such an *aborted* write, and
+//! may retry). (A write runs on a task of its own, to its end, even if its client gives up and
+//! the call is dropped: a durable engine yields while it applies.) The secondaries that
+//! prepared it keep the key dirty, and reads ask the primary, until a later write of the key
+//! commits. The primary remembers such an *aborted* write, and
 //! the next prepare of the same key names it: every secondary that takes that prepare drops it.
 //! Otherwise a takeover, which commits every prepared write in order, could commit it (with its
 //! exactly-once record, which would answer its client's retry "done") under a later write that

@@ -15,6 +15,7 @@
 //! memory, or in a simulator.
 
 mod batches;
+mod caller;
 mod calls;
 mod copies;
 mod handoffs;
@@ -39,6 +40,7 @@ use kv_shard::messages::{HandOffCopy, Install, InstallReport, Pong, ServerStatus
 use kv_shard::{Consistency, SLOTS, Slot};
 use tracing::{info, warn};
 
+use self::caller::Caller;
 use self::copies::Copies;
 use self::handoffs::Handoffs;
 use self::install::Installer;
@@ -197,37 +199,54 @@ impl Node {
     }
 
     /// Applies `mutation`; if it carries an id, at most once (see [`kv_core::session`]).
-    pub async fn write(&self, id: Option<RequestId>, mutation: Mutation) -> Result<Output, Error> {
+    ///
+    /// A write that carries an id, or is replicated, runs on a task of its own: it runs to its
+    /// end even if this call is dropped (its client gave up). A durable engine yields in
+    /// `apply`, and a write cut off there could be applied while its exactly-once record is
+    /// forgotten (a retry would apply it again), or, at a primary, applied here after its
+    /// secondaries were told it was aborted.
+    pub async fn write(self: &Arc<Self>, id: Option<RequestId>, mutation: Mutation) -> Result<Output, Error> {
         self.storage.limits().check_key(&mutation.key)?;
-        let (_admitted, slot) = self.routing.admit(&mutation.key).await?;
+        if id.is_none() && self.view.get().replication().factor <= 1 {
+            let _admitted = self.routing.admit(&mutation.key).await?;
+            return self.storage.apply(mutation).await;
+        }
+        let node = Arc::clone(self);
+        let (_waiting, caller) = Caller::new();
+        let write = tokio::spawn(async move { node.write_to_end(id, mutation, caller).await });
+        write.await.unwrap_or_else(|err| Err(Error::Storage(format!("the write's task failed: {err}"))))
+    }
+
+    /// [`Node::write`]'s body, on a task of its own: admits the write (holding the routing guard
+    /// to its end, as an install expects), then applies it at the primary of a replicated slot,
+    /// or here. It stops if its caller gives up before it begins (see [`caller`]).
+    async fn write_to_end(
+        &self,
+        id: Option<RequestId>,
+        mutation: Mutation,
+        mut caller: Caller,
+    ) -> Result<Output, Error> {
+        let (_admitted, slot) = caller.unless_gone(self.routing.admit(&mutation.key)).await??;
         let view = self.view.get();
         if view.replication().factor > 1 {
             let targets: Vec<String> = secondaries(&view, slot).into_iter().map(str::to_owned).collect();
             if !targets.is_empty() {
-                return self.primary.write(&view, targets, slot, id, mutation).await;
+                return self.primary.write(&view, targets, slot, id, mutation, caller).await;
             }
             // No secondary left, but the servers that lost the slot may still read it.
-            self.leases.wait_fence(slot).await;
+            caller.unless_gone(self.leases.wait_fence(slot)).await?;
         }
         let Some(id) = id else {
             return self.storage.apply(mutation).await;
         };
-        let (sessions, storage, now) =
-            (Arc::clone(&self.sessions), Arc::clone(&self.storage), self.clock.now());
-        // On a task of its own, so that it runs to its end even if this call is dropped (its
-        // client gave up): a durable engine yields in `apply`, and a write applied whose record
-        // was then forgotten would be applied again by the client's retry.
-        let write = tokio::spawn(async move {
-            match sessions.begin(id, mutation.fingerprint(), slot, now)? {
-                Begin::Answered(output) => Ok(output),
-                Begin::Apply(ticket) => {
-                    let output = storage.apply(mutation).await?;
-                    ticket.finish(&output);
-                    Ok(output)
-                }
+        match self.sessions.begin(id, mutation.fingerprint(), slot, self.clock.now())? {
+            Begin::Answered(output) => Ok(output),
+            Begin::Apply(ticket) => {
+                let output = self.storage.apply(mutation).await?;
+                ticket.finish(&output);
+                Ok(output)
             }
-        });
-        write.await.unwrap_or_else(|err| Err(Error::Storage(format!("the write's task failed: {err}"))))
+        }
     }
 
     /// Switches to the configuration `install` carries, then hands off what this server owes

@@ -7,11 +7,14 @@
 //!   numbering a write to knowing whether it was applied;
 //! - strong mode applies a write here (its linearization point) only once every secondary
 //!   holds it prepared; a write prepared and not applied is named as aborted to the secondaries
-//!   with the next prepare of its key, whether it failed or its handler was dropped (the client
-//!   cancelled the call) while its prepare was on its way;
+//!   with the next prepare of its key, whether it failed or its task was stopped (the node
+//!   shut down) while its prepare was on its way;
 //! - eventual mode applies a write here first, then waits for the synchronous secondaries; the
 //!   others are owed the key in the background, and so is a synchronous one that missed it,
-//!   whether the write failed there or its handler was dropped first;
+//!   whether the write failed there or its task was stopped first;
+//! - a write runs on a task of its own (`Node::write`): a client that gives up does not cut it
+//!   off between applying it and recording what that means (its exactly-once record, its abort,
+//!   the keys owed), since a durable engine yields while it applies;
 //! - a write still waiting for a secondary when an install comes gives up soon: the install
 //!   waits for it, and may be the one that removes that secondary (it died).
 
@@ -30,6 +33,7 @@ use kv_shard::{Config, Consistency, SLOTS, Slot};
 use tokio::sync::Mutex;
 
 use super::batches::slot_write;
+use super::caller::Caller;
 use super::calls::replicate_until;
 use super::leases::Leases;
 use super::links::Links;
@@ -110,7 +114,8 @@ impl Primary {
     }
 
     /// Applies a write at the primary of a replicated slot, and replicates it to `targets`, its
-    /// secondaries in `view`; the caller holds the routing read guard.
+    /// secondaries in `view`; the caller holds the routing read guard. It waits for its turn and
+    /// its lease only while `caller` still waits for it.
     pub(crate) async fn write(
         &self,
         view: &Config,
@@ -118,9 +123,11 @@ impl Primary {
         slot: Slot,
         id: Option<RequestId>,
         mutation: Mutation,
+        mut caller: Caller,
     ) -> Result<Output, Error> {
-        let mut seq = self.seqs[usize::from(slot)].lock().await;
-        self.leases.primary_lease(view, slot).await?;
+        let mut seq = caller.unless_gone(self.seqs[usize::from(slot)].lock()).await?;
+        caller.unless_gone(self.leases.primary_lease(view, slot)).await??;
+        // From here the write runs to its end, whether or not its caller still waits.
         let fingerprint = mutation.fingerprint();
         let ticket = match id {
             None => None,
@@ -153,7 +160,7 @@ impl Primary {
                 let mut write = slot_write(slot, number, &key, value.clone(), session);
                 write.aborted = seq.aborted(&key);
                 // From here its prepare may reach the secondaries: unless it is applied here, it
-                // is aborted, even if this handler is dropped first (its caller gave up).
+                // is aborted, even if this task is stopped first.
                 let prepared = Prepared { seq: &mut seq, key: Some(key.clone()), number };
                 // Applying it is the linearization point: from then on, reads here see the write.
                 let applied = match self.replicate_now(view, &targets, vec![write], WriteKind::Prepare).await
@@ -173,7 +180,7 @@ impl Primary {
             Consistency::Eventual => {
                 let output = self.storage.apply(Mutation { key: key.clone(), op }).await?;
                 // Applied here, and answered to a retry: from now on the key is owed to every
-                // secondary that has not confirmed it, even if this handler is dropped first.
+                // secondary that has not confirmed it, even if this task is stopped first.
                 let mut unconfirmed = Unconfirmed { links: &self.links, targets: &targets, key: &key };
                 if let Some(ticket) = ticket {
                     ticket.finish(&output);
@@ -306,9 +313,8 @@ impl Primary {
 }
 
 /// A strong write whose prepare may be at the secondaries, not yet applied here: dropped before
-/// [`Prepared::applied`] (the write failed, or its handler was dropped because its caller gave
-/// up), it is recorded as aborted, so the next prepare of its key names it and no secondary
-/// commits it in a takeover.
+/// [`Prepared::applied`] (the write failed, or its task was stopped), it is recorded as
+/// aborted, so the next prepare of its key names it and no secondary commits it in a takeover.
 struct Prepared<'a> {
     seq: &'a mut SlotSequence,
     /// The write's key, until it is applied.
@@ -335,8 +341,8 @@ impl Drop for Prepared<'_> {
 }
 
 /// An eventual write applied here that the secondaries in `targets` have not confirmed: dropped
-/// before [`Unconfirmed::confirmed`] (their replication failed, or the handler was dropped
-/// because its caller gave up), the key is owed to them, and the background flush repairs them.
+/// before [`Unconfirmed::confirmed`] (their replication failed, or its task was stopped), the
+/// key is owed to them, and the background flush repairs them.
 struct Unconfirmed<'a> {
     links: &'a Links,
     targets: &'a [String],
