@@ -9,6 +9,9 @@
 //!   function the engine is opened with) followed by the key's UTF-8 bytes, so one slot's keys
 //!   are read in order without touching the others'; the stored value is the value's UTF-8
 //!   bytes.
+//! - `sessions`: the exactly-once records of the writes applied with
+//!   [`Storage::apply_recorded`], each written in the same atomic batch as its write (`records`
+//!   has their layout); [`Storage::sessions`] reads them back at start-up.
 //! - `meta`: `format`, the layout's version ([`FORMAT`]), and `slots`, the slots `slot_of` gives
 //!   a few fixed keys. A directory written by another format, or by another `slot_of` (its keys
 //!   would be looked for under other slots), is refused at open, before anything is written.
@@ -56,9 +59,9 @@ use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use tokio::sync::{OwnedRwLockWriteGuard, RwLock, oneshot};
 
-use self::committer::{Change, Committer, Request, Shared};
+use self::committer::{Change, Committer, Request, Shared, Space};
 
-use crate::{EngineStats, Error, Limits, Mutation, Output, Result, Storage};
+use crate::{EngineStats, Error, Limits, Mutation, Output, Recording, Result, SessionRecord, Storage};
 
 /// The layout's version, kept in the `meta` keyspace.
 pub const FORMAT: &str = "kv-disk 1";
@@ -137,6 +140,7 @@ pub enum OpenError {
 /// A durable engine: see the module's documentation.
 pub struct DiskStorage {
     values: Keyspace,
+    sessions: Keyspace,
     limits: Limits,
     slot_of: fn(&str) -> u16,
     locks: Vec<Arc<RwLock<()>>>,
@@ -184,11 +188,13 @@ impl DiskStorage {
             }
         }
         let values = db.keyspace("values", KeyspaceCreateOptions::default).map_err(fjall)?;
+        let sessions = db.keyspace("sessions", KeyspaceCreateOptions::default).map_err(fjall)?;
         let (queue, requests) = mpsc::channel();
         let shared = Arc::new(Shared::default());
         let committer = Committer {
             db,
             values: values.clone(),
+            sessions: sessions.clone(),
             durability: options.durability,
             shared: Arc::clone(&shared),
         };
@@ -198,6 +204,7 @@ impl DiskStorage {
             .map_err(|err| engine(err.to_string()))?;
         Ok(DiskStorage {
             values,
+            sessions,
             limits: options.limits,
             slot_of: options.slot_of,
             locks: (0..STRIPES).map(|_| Arc::new(RwLock::new(()))).collect(),
@@ -232,10 +239,11 @@ impl DiskStorage {
         if changes.is_empty() {
             return Ok(());
         }
-        if let Some((key, _)) = changes.iter().find(|(key, _)| key.len() > MAX_KEY_LEN + 2) {
+        let too_long = |change: &&Change| change.space == Space::Values && change.key.len() > MAX_KEY_LEN + 2;
+        if let Some(change) = changes.iter().find(too_long) {
             return Err(Error::Storage(format!(
                 "a key of {} bytes: the durable engine stores keys up to {MAX_KEY_LEN} bytes",
-                key.len() - 2
+                change.key.len() - 2
             )));
         }
         let (answer, answered) = oneshot::channel();
@@ -247,6 +255,32 @@ impl DiskStorage {
         answered
             .await
             .unwrap_or_else(|_| Err(Error::Storage("the engine's committer has stopped".to_owned())))
+    }
+
+    /// The changes that keep `record`'s answer `output`, and forget the client's answers and
+    /// floors below its new floor.
+    fn record_changes(&self, record: Recording, output: &Output) -> Result<Vec<Change>> {
+        let Recording { id, fingerprint, tag } = record;
+        let answer = records::encode_answer(fingerprint, tag, output);
+        let mut changes = vec![Change::record(records::answer_key(id.client, id.seq), Some(answer))];
+        let floor = id.first_unanswered;
+        if floor == 0 {
+            return Ok(changes);
+        }
+        changes.push(Change::record(records::floor_key(id.client, floor), Some(Vec::new())));
+        for (kind, below) in [
+            (records::ANSWER, records::answer_key(id.client, floor)),
+            (records::FLOOR, records::floor_key(id.client, floor)),
+        ] {
+            for guard in self.sessions.prefix(records::client_prefix(kind, id.client)) {
+                let key = guard.key().map_err(|err| storage_error("cannot read a record", err))?;
+                if *key >= *below {
+                    break;
+                }
+                changes.push(Change::record(key.to_vec(), None));
+            }
+        }
+        Ok(changes)
     }
 
     /// Every stored pair, decoded, that `select` picks by key.
@@ -320,6 +354,10 @@ impl Storage for DiskStorage {
     }
 
     async fn apply(&self, mutation: Mutation) -> Result<Output> {
+        self.apply_recorded(mutation, None).await
+    }
+
+    async fn apply_recorded(&self, mutation: Mutation, record: Option<Recording>) -> Result<Output> {
         let Mutation { key, op } = mutation;
         self.limits.check_key(&key)?;
         let locked = Arc::clone(self.lock_of(&key)).write_owned().await;
@@ -327,10 +365,36 @@ impl Storage for DiskStorage {
         let old = self.read(&key)?;
         let mut value = old.clone();
         let output = op.apply(&mut value, &self.limits)?;
+        let mut changes = Vec::new();
         if value != old {
-            self.commit(vec![(self.stored_key(&key), value)], vec![locked]).await?;
+            changes.push(Change::value(self.stored_key(&key), value));
         }
+        if let Some(record) = record {
+            changes.extend(self.record_changes(record, &output)?);
+        }
+        self.commit(changes, vec![locked]).await?;
         Ok(output)
+    }
+
+    async fn sessions(&self) -> Result<Vec<SessionRecord>> {
+        let mut gather = records::Gather::default();
+        for guard in self.sessions.iter() {
+            let (key, value) =
+                guard.into_inner().map_err(|err| storage_error("cannot read a record", err))?;
+            gather.take(&key, &value)?;
+        }
+        Ok(gather.records())
+    }
+
+    async fn forget_sessions(&self, clients: Vec<u64>) -> Result<()> {
+        let mut changes = Vec::new();
+        for prefix in clients.into_iter().flat_map(records::client_prefixes) {
+            for guard in self.sessions.prefix(prefix) {
+                let key = guard.key().map_err(|err| storage_error("cannot read a record", err))?;
+                changes.push(Change::record(key.to_vec(), None));
+            }
+        }
+        self.commit(changes, Vec::new()).await
     }
 
     async fn export(
@@ -344,13 +408,19 @@ impl Storage for DiskStorage {
     }
 
     async fn import(&self, entries: Vec<(String, String)>) -> Result<()> {
-        let changes = entries.into_iter().map(|(key, value)| (self.stored_key(&key), Some(value))).collect();
+        let changes = entries
+            .into_iter()
+            .map(|(key, value)| Change::value(self.stored_key(&key), Some(value)))
+            .collect();
         self.commit(changes, Vec::new()).await
     }
 
     async fn remove_where(&self, select: &(dyn for<'k> Fn(&'k str) -> bool + Sync)) -> Result<usize> {
-        let changes: Vec<Change> =
-            self.scan(select)?.into_iter().map(|(key, _)| (self.stored_key(&key), None)).collect();
+        let changes: Vec<Change> = self
+            .scan(select)?
+            .into_iter()
+            .map(|(key, _)| Change::value(self.stored_key(&key), None))
+            .collect();
         let removed = changes.len();
         self.commit(changes, Vec::new()).await?;
         Ok(removed)
@@ -377,5 +447,6 @@ impl Storage for DiskStorage {
 }
 
 mod committer;
+mod records;
 #[cfg(test)]
 mod tests;

@@ -22,6 +22,11 @@
 //! between the engine applying the write and the ticket recording its output (the in-memory
 //! engine applies without yielding, so a handler calling `finish` right after `apply` is safe).
 //!
+//! A durable engine keeps each answer with its write ([`crate::Storage::apply_recorded`]), and
+//! gives them back at start-up ([`crate::Storage::sessions`], for [`Sessions::import`]); the
+//! clients whose sessions expire are handed over by [`Sessions::take_expired`], for the engine
+//! to forget too.
+//!
 //! Sessions are plain data with an explicit clock, so that tests can drive time, and they can move
 //! with the keys they cover: every answer is tagged with the partition (the hash slot, in a
 //! sharded cluster) of the key it wrote, and [`Sessions::export`], [`Sessions::import`] and
@@ -31,6 +36,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use dashmap::DashMap;
 use std::time::{Duration, Instant};
@@ -166,6 +172,10 @@ pub struct Sessions {
     clients: DashMap<u64, Session>,
     expiry: Duration,
     last_sweep: Mutex<Option<Instant>>,
+    /// The clients whose sessions expired, until [`Sessions::take_expired`] takes them.
+    expired: Mutex<Vec<u64>>,
+    /// Whether `expired` holds any.
+    any_expired: AtomicBool,
 }
 
 impl Default for Sessions {
@@ -183,7 +193,13 @@ impl Sessions {
 
     /// Sessions that expire after `expiry` without a write.
     pub fn new(expiry: Duration) -> Self {
-        Sessions { clients: DashMap::new(), expiry, last_sweep: Mutex::new(None) }
+        Sessions {
+            clients: DashMap::new(),
+            expiry,
+            last_sweep: Mutex::new(None),
+            expired: Mutex::new(Vec::new()),
+            any_expired: AtomicBool::new(false),
+        }
     }
 
     /// Number of clients with a session.
@@ -296,7 +312,30 @@ impl Sessions {
                 _ => *last = Some(now),
             }
         }
-        self.clients.retain(|_, s| now.saturating_duration_since(s.last_seen) <= self.expiry);
+        let mut expired = Vec::new();
+        self.clients.retain(|&client, s| {
+            let keep = now.saturating_duration_since(s.last_seen) <= self.expiry;
+            if !keep {
+                expired.push(client);
+            }
+            keep
+        });
+        if !expired.is_empty() {
+            self.expired.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(expired);
+            self.any_expired.store(true, Ordering::Release);
+        }
+    }
+
+    /// The clients whose sessions expired since the last call (an engine that keeps their
+    /// records on disk forgets them too: [`crate::Storage::forget_sessions`]).
+    pub fn take_expired(&self) -> Vec<u64> {
+        if !self.any_expired.swap(false, Ordering::AcqRel) {
+            return Vec::new();
+        }
+        let mut expired =
+            std::mem::take(&mut *self.expired.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        expired.sort_unstable();
+        expired
     }
 
     fn with_session(&self, client: u64, f: impl FnOnce(&mut Session)) {
@@ -386,6 +425,8 @@ mod tests {
         ))
         .finish(&Output::Unit);
         assert_eq!(s.clients(), 1, "client 7 was idle for 12 s");
+        assert_eq!(s.take_expired(), vec![7], "the expired client is told, for the engine to forget");
+        assert_eq!(s.take_expired(), Vec::<u64>::new(), "once");
     }
 
     #[test]

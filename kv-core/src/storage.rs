@@ -1,8 +1,26 @@
 //! The storage engine interface.
+//!
+//! An engine keeps the values, and a durable one also the exactly-once records of the writes it
+//! applied ([`crate::session`]), each written atomically with its write: after a restart, a
+//! write is either there with its record (a retry is answered from it) or missing with it (a
+//! retry applies it afresh), never one without the other.
 
 use async_trait::async_trait;
 
-use crate::{Limits, Mutation, Output, Result};
+use crate::session::RequestId;
+use crate::{Limits, Mutation, Output, Result, SessionRecord};
+
+/// The exactly-once record a write leaves ([`Storage::apply_recorded`]): its answer is kept
+/// under `id`, and the client's answers below `id.first_unanswered` are forgotten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recording {
+    /// The write's id.
+    pub id: RequestId,
+    /// What it does ([`crate::Mutation::fingerprint`]).
+    pub fingerprint: u64,
+    /// The partition of its key.
+    pub tag: u16,
+}
 
 /// What an engine reports about its writes since it opened (all zero for an engine that keeps
 /// nothing on disk).
@@ -35,6 +53,26 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Applies one mutation atomically. On error nothing changed.
     async fn apply(&self, mutation: Mutation) -> Result<Output>;
+
+    /// Applies one mutation atomically, as [`Storage::apply`], and keeps its exactly-once record
+    /// with it, in the same atomic write, if the engine keeps anything across a restart (the
+    /// default keeps nothing: the caller's [`crate::Sessions`] remember the answer).
+    async fn apply_recorded(&self, mutation: Mutation, record: Option<Recording>) -> Result<Output> {
+        let _ = record;
+        self.apply(mutation).await
+    }
+
+    /// The exactly-once records kept across a restart (none by default), per client in client
+    /// order, for [`crate::Sessions::import`].
+    async fn sessions(&self) -> Result<Vec<SessionRecord>> {
+        Ok(Vec::new())
+    }
+
+    /// Forgets the kept records of `clients` (their sessions expired).
+    async fn forget_sessions(&self, clients: Vec<u64>) -> Result<()> {
+        let _ = clients;
+        Ok(())
+    }
 
     /// Every key `select` picks, with its value, in key order. Each pair is a value the key held;
     /// the pairs are not one atomic snapshot, so callers export keys no one is writing (a slot that has

@@ -178,6 +178,9 @@ pub enum ServeError {
     /// The storage server's data directory cannot be used.
     #[error("{0}")]
     Data(#[from] kv_core::disk::OpenError),
+    /// The exactly-once records kept in the data directory cannot be read.
+    #[error("cannot read the exactly-once records kept in the data directory: {0}")]
+    Records(String),
     /// A cluster member was given a data directory, which it cannot recover from yet.
     #[error(
         "a cluster member keeps its data in memory for now: it cannot yet recover from a data \
@@ -225,6 +228,10 @@ pub async fn run_storage(
     let peers =
         Arc::new(GrpcTransport::new(config.cluster_token.clone()).with_dial_via(config.dial_via.clone()));
     let node = Node::new(storage, settings, peers, Arc::new(TokioClock));
+    let clients = node.restore_sessions().await.map_err(|err| ServeError::Records(err.to_string()))?;
+    if clients > 0 {
+        info!(clients, "took back the exactly-once records kept on disk");
+    }
     let leaver = Arc::clone(&node);
     // Room for the largest request the limits allow, plus framing; larger messages are refused
     // by the transport (OUT_OF_RANGE) before they are read into memory.

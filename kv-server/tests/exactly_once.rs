@@ -98,3 +98,45 @@ async fn an_id_reused_for_another_write_is_refused() {
     })
     .await;
 }
+
+/// With a data directory, the exactly-once records survive `kill -9` with their writes: a retry
+/// after the restart is answered as the first attempt was, not applied again, and a retry of an
+/// answer the client had forgotten is still refused.
+#[tokio::test]
+async fn a_retry_after_kill_9_and_a_restart_is_answered_not_applied_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let flags = ["--data-dir", data.to_str().unwrap(), "--fsync", "always"];
+    let mut first = ServerProcess::start_with(&flags);
+    within("writes before the crash", async {
+        let mut kv = KeyValueClient::new(first.unary_channel().await);
+        kv.append(v1::AppendRequest { key: "k".into(), value: "x".into(), id: id(5, 1, 1) }).await.unwrap();
+        kv.put(v1::PutRequest { key: "p".into(), value: "abc".into(), id: id(5, 2, 2) }).await.unwrap();
+        let popped = kv.r_pop(v1::PopRequest { key: "p".into(), id: id(5, 3, 3) }).await.unwrap();
+        assert_eq!(popped.into_inner().value.as_deref(), Some("c"));
+    })
+    .await;
+    first.signal("KILL");
+    first.wait_exit().await;
+
+    let second = ServerProcess::start_with(&flags);
+    within("retries after the restart", async {
+        let mut kv = KeyValueClient::new(second.unary_channel().await);
+        for _ in 0..2 {
+            let popped = kv.r_pop(v1::PopRequest { key: "p".into(), id: id(5, 3, 3) }).await.unwrap();
+            assert_eq!(popped.into_inner().value.as_deref(), Some("c"), "answered as before the crash");
+        }
+        assert_eq!(get(&mut kv, "p").await.as_deref(), Some("ab"), "the pop was not applied again");
+        // The client had its answer to write 1 (its floor was 3): a late copy of it is refused.
+        let stale =
+            kv.append(v1::AppendRequest { key: "k".into(), value: "x".into(), id: id(5, 1, 1) }).await;
+        let refused = error_from_status(&stale.unwrap_err());
+        assert_eq!(refused, Some(kv_core::Error::StaleRetry { client: 5, seq: 1 }));
+        assert_eq!(get(&mut kv, "k").await.as_deref(), Some("x"));
+        // New writes go on.
+        kv.append(v1::AppendRequest { key: "k".into(), value: "y".into(), id: id(5, 4, 4) }).await.unwrap();
+        assert_eq!(get(&mut kv, "k").await.as_deref(), Some("xy"));
+    })
+    .await;
+    second.wait_for_log("exactly-once records kept on disk").await;
+}

@@ -4,6 +4,7 @@
 //! Invariants (with those of `kv_core::disk`):
 //! - a request's key locks are released only once its batch is answered: a writer whose future
 //!   was dropped while it waited still holds its keys until its change is written or refused;
+//! - a batch is atomic: a write and its exactly-once record (`records`) are written together;
 //! - a batch that fails (written or synced) taints its keys: the engine has made them visible,
 //!   and cannot say whether they are on disk, so reads of them fail until a restart, which reads
 //!   the journal back; after any failure the engine refuses every write;
@@ -25,8 +26,34 @@ use crate::{Error, Result};
 /// The most changes one batch takes: a longer queue is written as several batches.
 const MAX_BATCH: usize = 4096;
 
+/// The keyspace a change goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Space {
+    /// The values.
+    Values,
+    /// The exactly-once records (`records`).
+    Sessions,
+}
+
 /// One change of a batch: a stored key set to a value, or removed.
-pub(super) type Change = (Vec<u8>, Option<String>);
+#[derive(Debug, Clone)]
+pub(super) struct Change {
+    pub(super) space: Space,
+    pub(super) key: Vec<u8>,
+    pub(super) value: Option<Vec<u8>>,
+}
+
+impl Change {
+    /// A stored key of the values set to `value`, or removed.
+    pub(super) fn value(key: Vec<u8>, value: Option<String>) -> Self {
+        Change { space: Space::Values, key, value: value.map(String::into_bytes) }
+    }
+
+    /// A record of the sessions set to `value`, or removed.
+    pub(super) fn record(key: Vec<u8>, value: Option<Vec<u8>>) -> Self {
+        Change { space: Space::Sessions, key, value }
+    }
+}
 
 /// A batch of changes for the committer, the locks of their keys, and where its answer goes.
 pub(super) struct Request {
@@ -50,6 +77,9 @@ pub(super) struct Shared {
     /// Held by a test to keep the committer from starting its next batch.
     #[cfg(test)]
     pub(super) hold: Mutex<()>,
+    /// Set by a test: the next batch fails as an I/O error would (a full disk, say).
+    #[cfg(test)]
+    pub(super) fail_next: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -77,7 +107,8 @@ impl Shared {
 
     fn fail(&self, reason: &str, batch: &[Request]) {
         let mut tainted = self.tainted.lock().unwrap_or_else(PoisonError::into_inner);
-        tainted.extend(batch.iter().flat_map(|request| request.changes.iter().map(|(key, _)| key.clone())));
+        let values = batch.iter().flat_map(|request| &request.changes).filter(|c| c.space == Space::Values);
+        tainted.extend(values.map(|change| change.key.clone()));
         self.failed.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert_with(|| reason.to_owned());
     }
 }
@@ -86,6 +117,7 @@ impl Shared {
 pub(super) struct Committer {
     pub(super) db: Database,
     pub(super) values: Keyspace,
+    pub(super) sessions: Keyspace,
     pub(super) durability: Durability,
     pub(super) shared: Arc<Shared>,
 }
@@ -167,11 +199,21 @@ impl Committer {
 
     /// Writes `batch` as one atomic fjall batch, and makes it as durable as the policy says.
     fn write(&self, batch: &[Request]) -> Result<()> {
+        #[cfg(test)]
+        if self.shared.fail_next.swap(false, Ordering::Relaxed) {
+            return Err(Error::Storage(
+                "cannot write: injected I/O error (no space left on device)".to_owned(),
+            ));
+        }
         let mut writes = self.db.batch().durability(None);
-        for (key, value) in batch.iter().flat_map(|request| &request.changes) {
-            match value {
-                Some(value) => writes.insert(&self.values, key.as_slice(), value.as_str()),
-                None => writes.remove(&self.values, key.as_slice()),
+        for change in batch.iter().flat_map(|request| &request.changes) {
+            let space = match change.space {
+                Space::Values => &self.values,
+                Space::Sessions => &self.sessions,
+            };
+            match &change.value {
+                Some(value) => writes.insert(space, change.key.as_slice(), value.as_slice()),
+                None => writes.remove(space, change.key.as_slice()),
             }
         }
         writes.commit().map_err(|err| Error::Storage(format!("cannot write: {err}")))?;

@@ -239,3 +239,92 @@ async fn stored_records_this_layout_does_not_write_are_errors_not_panics() {
     engine.values.insert([7_u8].as_slice(), "x").unwrap();
     assert!(matches!(engine.export(&|_| true).await, Err(Error::Storage(_))));
 }
+
+fn recording(client: u64, seq: u64, first_unanswered: u64) -> Recording {
+    let id = crate::RequestId { client, seq, first_unanswered };
+    Recording { id, fingerprint: seq * 100, tag: 4 }
+}
+
+#[tokio::test]
+async fn exactly_once_records_survive_a_restart_with_their_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), Durability::Always);
+    engine.apply_recorded(Mutation::append("k", "ab"), Some(recording(9, 1, 1))).await.unwrap();
+    let popped = engine.apply_recorded(Mutation::rpop("k"), Some(recording(9, 2, 1))).await.unwrap();
+    assert_eq!(popped, Output::Popped(Some("b".to_owned())));
+    // A write that changes no value still leaves its record.
+    let deleted = engine.apply_recorded(Mutation::delete("none"), Some(recording(9, 3, 1))).await.unwrap();
+    assert_eq!(deleted, Output::Deleted(false));
+    engine.apply_recorded(Mutation::put("x", "1"), Some(recording(5, 1, 0))).await.unwrap();
+    drop(engine);
+
+    let engine = open(dir.path(), Durability::Always);
+    assert_eq!(engine.get("k").await.unwrap().as_deref(), Some("a"));
+    let records = engine.sessions().await.unwrap();
+    let clients: Vec<(u64, u64, Vec<u64>)> = records
+        .iter()
+        .map(|record| (record.client, record.floor, record.answers.iter().map(|a| a.seq).collect()))
+        .collect();
+    assert_eq!(clients, vec![(5, 0, vec![1]), (9, 1, vec![1, 2, 3])]);
+    // A retry after the restart is answered from them, not applied again.
+    let sessions = crate::Sessions::default();
+    sessions.import(records, std::time::Instant::now());
+    let retry = sessions.begin(recording(9, 2, 1).id, 200, 4, std::time::Instant::now()).unwrap();
+    assert!(
+        matches!(retry, crate::session::Begin::Answered(Output::Popped(Some(ref c))) if c == "b"),
+        "{retry:?}"
+    );
+
+    // A write that raises the floor forgets the answers below it, on disk too.
+    engine.apply_recorded(Mutation::put("k", "z"), Some(recording(9, 4, 3))).await.unwrap();
+    drop(engine);
+    let engine = open(dir.path(), Durability::Always);
+    let records = engine.sessions().await.unwrap();
+    assert_eq!(records[1].floor, 3);
+    assert_eq!(records[1].answers.iter().map(|a| a.seq).collect::<Vec<_>>(), vec![3, 4]);
+    // Stored: client 9's answers 3 and 4 and floor 3, client 5's answer 1: nothing below a floor.
+    assert_eq!(engine.sessions.len().unwrap(), 4);
+
+    // An expired client's records are forgotten.
+    engine.forget_sessions(vec![9]).await.unwrap();
+    drop(engine);
+    let engine = open(dir.path(), Durability::Always);
+    let clients: Vec<u64> = engine.sessions().await.unwrap().iter().map(|r| r.client).collect();
+    assert_eq!(clients, vec![5]);
+}
+
+#[tokio::test]
+async fn a_damaged_record_is_an_error_at_start_up_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), Durability::Always);
+    engine.apply_recorded(Mutation::put("k", "v"), Some(recording(9, 1, 1))).await.unwrap();
+    engine.sessions.insert(super::records::answer_key(9, 2), [1, 2, 3]).unwrap();
+    drop(engine);
+    let engine = open(dir.path(), Durability::Always);
+    let err = engine.sessions().await.unwrap_err();
+    assert!(err.to_string().contains("exactly-once record"), "{err}");
+}
+
+#[tokio::test]
+async fn a_write_that_cannot_be_made_durable_fails_and_reads_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), Durability::Always);
+    engine.put("kept".to_owned(), "1".to_owned()).await.unwrap();
+    engine.shared.fail_next.store(true, Ordering::Relaxed);
+    let failed = engine.append("lost".to_owned(), "2".to_owned()).await.unwrap_err();
+    assert!(failed.to_string().contains("injected I/O error"), "{failed}");
+    // Reads go on, but for the key whose write failed: its value is unknown.
+    assert_eq!(engine.get("kept").await.unwrap().as_deref(), Some("1"));
+    let unknown = engine.get("lost").await.unwrap_err();
+    assert!(unknown.to_string().contains("unknown"), "{unknown}");
+    // No write is acknowledged on a disk that failed.
+    let refused = engine.put("kept".to_owned(), "3".to_owned()).await.unwrap_err();
+    assert!(refused.to_string().contains("stopped taking writes"), "{refused}");
+    assert_eq!(engine.get("kept").await.unwrap().as_deref(), Some("1"));
+    drop(engine);
+    // A restart reads the journal back: what was acknowledged, and nothing that was refused.
+    let engine = open(dir.path(), Durability::Always);
+    assert_eq!(engine.get("kept").await.unwrap().as_deref(), Some("1"));
+    assert_eq!(engine.get("lost").await.unwrap(), None);
+    engine.put("kept".to_owned(), "4".to_owned()).await.unwrap();
+}

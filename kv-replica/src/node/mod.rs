@@ -34,7 +34,7 @@ use crate::messages::{LeaseGrant, LeaseRequest, Replicate, ReplicateAck};
 use crate::secondaries;
 use crate::transport::PeerCalls;
 use kv_core::session::Begin;
-use kv_core::{Error, Mutation, Output, RequestId, Sessions, Storage};
+use kv_core::{Error, Mutation, Output, Recording, RequestId, Sessions, Storage};
 use kv_shard::clock::Clock;
 use kv_shard::messages::{HandOffCopy, Install, InstallReport, Pong, ServerStatus, TransferBatch};
 use kv_shard::{Consistency, SLOTS, Slot};
@@ -239,14 +239,34 @@ impl Node {
         let Some(id) = id else {
             return self.storage.apply(mutation).await;
         };
-        match self.sessions.begin(id, mutation.fingerprint(), slot, self.clock.now())? {
-            Begin::Answered(output) => Ok(output),
+        let fingerprint = mutation.fingerprint();
+        let output = match self.sessions.begin(id, fingerprint, slot, self.clock.now())? {
+            Begin::Answered(output) => return Ok(output),
             Begin::Apply(ticket) => {
-                let output = self.storage.apply(mutation).await?;
+                // A durable engine keeps the record with the write, for a retry after a restart.
+                let record = Recording { id, fingerprint, tag: slot };
+                let output = self.storage.apply_recorded(mutation, Some(record)).await?;
                 ticket.finish(&output);
-                Ok(output)
+                output
             }
+        };
+        let expired = self.sessions.take_expired();
+        if !expired.is_empty()
+            && let Err(err) = self.storage.forget_sessions(expired).await
+        {
+            warn!(%err, "cannot forget the exactly-once records of expired clients");
         }
+        Ok(output)
+    }
+
+    /// Takes back the exactly-once records the engine kept across a restart (a durable one):
+    /// a retry of a write applied before the restart is answered from them, not applied again.
+    /// Called once, before the server serves. Returns the number of clients with records.
+    pub async fn restore_sessions(&self) -> Result<usize, Error> {
+        let records = self.storage.sessions().await?;
+        let clients = records.len();
+        self.sessions.import(records, self.clock.now());
+        Ok(clients)
     }
 
     /// Switches to the configuration `install` carries, then hands off what this server owes
