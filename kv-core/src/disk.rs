@@ -48,10 +48,11 @@
 //! layout writes is an [`Error::Storage`] naming it, and a directory fjall cannot read is an
 //! [`OpenError`] (a folder fjall would panic on is looked for before it reads the directory).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -141,6 +142,8 @@ pub enum OpenError {
 pub struct DiskStorage {
     values: Keyspace,
     sessions: Keyspace,
+    /// Per client, the floor below which its records are removed (or being removed).
+    swept: Mutex<HashMap<u64, u64>>,
     limits: Limits,
     slot_of: fn(&str) -> u16,
     locks: Vec<Arc<RwLock<()>>>,
@@ -205,6 +208,7 @@ impl DiskStorage {
         Ok(DiskStorage {
             values,
             sessions,
+            swept: Mutex::new(HashMap::new()),
             limits: options.limits,
             slot_of: options.slot_of,
             locks: (0..STRIPES).map(|_| Arc::new(RwLock::new(()))).collect(),
@@ -264,19 +268,26 @@ impl DiskStorage {
         let answer = records::encode_answer(fingerprint, tag, output);
         let mut changes = vec![Change::record(records::answer_key(id.client, id.seq), Some(answer))];
         let floor = id.first_unanswered;
-        if floor == 0 {
+        // Below `swept`, this client's answers and floors are removed already: the range read
+        // starts there, and does not walk their tombstones again.
+        let swept = {
+            let mut swept = self.swept.lock().unwrap_or_else(PoisonError::into_inner);
+            let entry = swept.entry(id.client).or_insert(0);
+            let before = *entry;
+            *entry = before.max(floor);
+            before
+        };
+        if floor <= swept {
             return Ok(changes);
         }
         changes.push(Change::record(records::floor_key(id.client, floor), Some(Vec::new())));
-        for (kind, below) in [
-            (records::ANSWER, records::answer_key(id.client, floor)),
-            (records::FLOOR, records::floor_key(id.client, floor)),
-        ] {
-            for guard in self.sessions.prefix(records::client_prefix(kind, id.client)) {
+        let ranges = [
+            records::answer_key(id.client, swept)..records::answer_key(id.client, floor),
+            records::floor_key(id.client, swept)..records::floor_key(id.client, floor),
+        ];
+        for range in ranges {
+            for guard in self.sessions.range(range) {
                 let key = guard.key().map_err(|err| storage_error("cannot read a record", err))?;
-                if *key >= *below {
-                    break;
-                }
                 changes.push(Change::record(key.to_vec(), None));
             }
         }
@@ -387,6 +398,12 @@ impl Storage for DiskStorage {
     }
 
     async fn forget_sessions(&self, clients: Vec<u64>) -> Result<()> {
+        {
+            let mut swept = self.swept.lock().unwrap_or_else(PoisonError::into_inner);
+            for client in &clients {
+                swept.remove(client);
+            }
+        }
         let mut changes = Vec::new();
         for prefix in clients.into_iter().flat_map(records::client_prefixes) {
             for guard in self.sessions.prefix(prefix) {
