@@ -261,15 +261,15 @@ impl DiskStorage {
             .unwrap_or_else(|_| Err(Error::Storage("the engine's committer has stopped".to_owned())))
     }
 
-    /// The changes that keep `record`'s answer `output`, and forget the client's answers and
-    /// floors below its new floor.
+    /// The changes that keep `record`'s answer `output` (with the client's floor), and forget
+    /// the client's answers below that floor.
     fn record_changes(&self, record: Recording, output: &Output) -> Result<Vec<Change>> {
         let Recording { id, fingerprint, tag } = record;
-        let answer = records::encode_answer(fingerprint, tag, output);
-        let mut changes = vec![Change::record(records::answer_key(id.client, id.seq), Some(answer))];
         let floor = id.first_unanswered;
-        // Below `swept`, this client's answers and floors are removed already: the range read
-        // starts there, and does not walk their tombstones again.
+        let answer = records::encode_answer(fingerprint, tag, floor, output);
+        let mut changes = vec![Change::record(records::answer_key(id.client, id.seq), Some(answer))];
+        // Below `swept`, this client's answers are removed already: the range read starts there,
+        // and does not walk their tombstones again.
         let swept = {
             let mut swept = self.swept.lock().unwrap_or_else(PoisonError::into_inner);
             let entry = swept.entry(id.client).or_insert(0);
@@ -277,16 +277,9 @@ impl DiskStorage {
             *entry = before.max(floor);
             before
         };
-        if floor <= swept {
-            return Ok(changes);
-        }
-        changes.push(Change::record(records::floor_key(id.client, floor), Some(Vec::new())));
-        let ranges = [
-            records::answer_key(id.client, swept)..records::answer_key(id.client, floor),
-            records::floor_key(id.client, swept)..records::floor_key(id.client, floor),
-        ];
-        for range in ranges {
-            for guard in self.sessions.range(range) {
+        if floor > swept {
+            let below = records::answer_key(id.client, swept)..records::answer_key(id.client, floor);
+            for guard in self.sessions.range(below) {
                 let key = guard.key().map_err(|err| storage_error("cannot read a record", err))?;
                 changes.push(Change::record(key.to_vec(), None));
             }
@@ -405,8 +398,8 @@ impl Storage for DiskStorage {
             }
         }
         let mut changes = Vec::new();
-        for prefix in clients.into_iter().flat_map(records::client_prefixes) {
-            for guard in self.sessions.prefix(prefix) {
+        for client in clients {
+            for guard in self.sessions.prefix(records::client_prefix(client)) {
                 let key = guard.key().map_err(|err| storage_error("cannot read a record", err))?;
                 changes.push(Change::record(key.to_vec(), None));
             }
@@ -457,7 +450,7 @@ impl Storage for DiskStorage {
         EngineStats {
             durable: true,
             batches: read(&self.shared.batches),
-            changes: read(&self.shared.changes),
+            writes: read(&self.shared.writes),
             syncs: read(&self.shared.syncs),
         }
     }

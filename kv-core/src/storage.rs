@@ -30,8 +30,9 @@ pub struct EngineStats {
     pub durable: bool,
     /// Batches written (a durable engine writes concurrent writes together).
     pub batches: u64,
-    /// Changes (keys set or removed) written.
-    pub changes: u64,
+    /// Writes committed: one per write, with its exactly-once record (an import of moved data
+    /// counts once).
+    pub writes: u64,
     /// Syncs to disk (`fsync`) made.
     pub syncs: u64,
 }

@@ -66,7 +66,7 @@ pub(super) struct Request {
 #[derive(Debug, Default)]
 pub(super) struct Shared {
     pub(super) batches: AtomicU64,
-    pub(super) changes: AtomicU64,
+    pub(super) writes: AtomicU64,
     pub(super) syncs: AtomicU64,
     /// Requests handed to the committer.
     pub(super) queued: AtomicU64,
@@ -218,8 +218,7 @@ impl Committer {
         }
         writes.commit().map_err(|err| Error::Storage(format!("cannot write: {err}")))?;
         self.shared.batches.fetch_add(1, Ordering::Relaxed);
-        let changes = batch.iter().map(|request| request.changes.len() as u64).sum();
-        self.shared.changes.fetch_add(changes, Ordering::Relaxed);
+        self.shared.writes.fetch_add(batch.len() as u64, Ordering::Relaxed);
         match self.durability {
             Durability::Always => self.sync(),
             Durability::Interval(_) | Durability::Never => self.db.persist(PersistMode::Buffer),

@@ -1,15 +1,18 @@
 //! How the durable engine keeps the exactly-once records, in its `sessions` keyspace.
 //!
-//! - `a` + client (8 bytes, big-endian) + seq (8 bytes, big-endian): one answer, as the
-//!   fingerprint (8 bytes), the tag (2 bytes) and the output (one byte saying which, then the
-//!   popped character's UTF-8 bytes for a pop that found one);
-//! - `f` + client + floor (8 bytes each, big-endian), empty: the client's floor. A write that
-//!   raises it writes a new one and removes those below it, so the largest is the floor
-//!   whichever order concurrent writes commit in.
+//! `a` + client (8 bytes, big-endian) + seq (8 bytes, big-endian): one answer, as the
+//! fingerprint (8 bytes), the tag (2 bytes), the client's floor when it was written (8 bytes),
+//! and the output (one byte saying which, then the popped character's UTF-8 bytes for a pop that
+//! found one).
 //!
-//! Invariants: big-endian numbers order a client's answers and floors by number, so its answers
-//! below a floor are one range; nothing a disk holds panics the decoder (a record this layout
-//! does not write is an [`Error::Storage`] naming it).
+//! Invariants:
+//! - a client's floor is the largest its answers carry: an answer's own number is at or above
+//!   the floor it carries, so the newest answer, which is never below the floor, keeps it,
+//!   whichever order concurrent writes commit in;
+//! - big-endian numbers order a client's answers by number, so its answers below a floor are one
+//!   range;
+//! - nothing a disk holds panics the decoder (a record this layout does not write is an
+//!   [`Error::Storage`] naming it).
 
 use std::collections::BTreeMap;
 
@@ -17,42 +20,29 @@ use crate::session::{Answer, SessionRecord};
 use crate::{Error, Output, Result};
 
 /// The first byte of an answer's key.
-pub(super) const ANSWER: u8 = b'a';
-/// The first byte of a floor's key.
-pub(super) const FLOOR: u8 = b'f';
+const ANSWER: u8 = b'a';
 
 /// The key of `client`'s answer to `seq`.
 pub(super) fn answer_key(client: u64, seq: u64) -> Vec<u8> {
-    let mut key = client_prefix(ANSWER, client);
+    let mut key = client_prefix(client);
     key.extend_from_slice(&seq.to_be_bytes());
     key
 }
 
-/// The key of `client`'s floor `floor`.
-pub(super) fn floor_key(client: u64, floor: u64) -> Vec<u8> {
-    let mut key = client_prefix(FLOOR, client);
-    key.extend_from_slice(&floor.to_be_bytes());
-    key
-}
-
-/// The prefix of `client`'s answers (`kind` [`ANSWER`]) or floors ([`FLOOR`]).
-pub(super) fn client_prefix(kind: u8, client: u64) -> Vec<u8> {
+/// The prefix of everything kept for `client`.
+pub(super) fn client_prefix(client: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(17);
-    key.push(kind);
+    key.push(ANSWER);
     key.extend_from_slice(&client.to_be_bytes());
     key
 }
 
-/// The prefixes of everything kept for `client`.
-pub(super) fn client_prefixes(client: u64) -> [Vec<u8>; 2] {
-    [client_prefix(ANSWER, client), client_prefix(FLOOR, client)]
-}
-
 /// The stored form of an answer.
-pub(super) fn encode_answer(fingerprint: u64, tag: u16, output: &Output) -> Vec<u8> {
-    let mut value = Vec::with_capacity(12);
+pub(super) fn encode_answer(fingerprint: u64, tag: u16, floor: u64, output: &Output) -> Vec<u8> {
+    let mut value = Vec::with_capacity(20);
     value.extend_from_slice(&fingerprint.to_be_bytes());
     value.extend_from_slice(&tag.to_be_bytes());
+    value.extend_from_slice(&floor.to_be_bytes());
     match output {
         Output::Unit => value.push(0),
         Output::Popped(None) => value.push(1),
@@ -78,14 +68,16 @@ fn number(bytes: &[u8], at: usize, key: &[u8]) -> Result<u64> {
     Ok(u64::from_be_bytes(array))
 }
 
-fn decode_answer(key: &[u8], value: &[u8]) -> Result<Answer> {
-    if key.len() != 17 || value.len() < 11 {
-        return Err(corrupt("wrong length", key));
+/// An answer, and the floor it carries.
+fn decode_answer(key: &[u8], value: &[u8]) -> Result<(Answer, u64)> {
+    if key.len() != 17 || key[0] != ANSWER || value.len() < 19 {
+        return Err(corrupt("wrong length or kind", key));
     }
     let fingerprint = number(value, 0, key)?;
     let tag = u16::from_be_bytes([value[8], value[9]]);
-    let rest = &value[11..];
-    let output = match (value[10], rest.is_empty()) {
+    let floor = number(value, 10, key)?;
+    let rest = &value[19..];
+    let output = match (value[18], rest.is_empty()) {
         (0, true) => Output::Unit,
         (1, true) => Output::Popped(None),
         (2, false) => {
@@ -96,7 +88,7 @@ fn decode_answer(key: &[u8], value: &[u8]) -> Result<Answer> {
         (4, true) => Output::Deleted(true),
         _ => return Err(corrupt("an unknown output", key)),
     };
-    Ok(Answer { seq: number(key, 9, key)?, fingerprint, output, tag })
+    Ok((Answer { seq: number(key, 9, key)?, fingerprint, output, tag }, floor))
 }
 
 /// Gathers stored records, read in key order, into one [`SessionRecord`] per client.
@@ -108,20 +100,15 @@ pub(super) struct Gather {
 impl Gather {
     /// Takes one stored record.
     pub(super) fn take(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        let (Some(&kind), true) = (key.first(), key.len() == 17) else {
-            return Err(corrupt("wrong length", key));
-        };
+        let (answer, floor) = decode_answer(key, value)?;
         let client = number(key, 1, key)?;
         let record = self.clients.entry(client).or_insert_with(|| SessionRecord {
             client,
             floor: 0,
             answers: Vec::new(),
         });
-        match kind {
-            ANSWER => record.answers.push(decode_answer(key, value)?),
-            FLOOR if value.is_empty() => record.floor = record.floor.max(number(key, 9, key)?),
-            _ => return Err(corrupt("an unknown kind", key)),
-        }
+        record.floor = record.floor.max(floor);
+        record.answers.push(answer);
         Ok(())
     }
 
@@ -154,11 +141,10 @@ mod tests {
         let mut gather = Gather::default();
         for (seq, output) in outputs.iter().enumerate() {
             let seq = seq as u64 + 3;
-            gather.take(&answer_key(7, seq), &encode_answer(seq * 11, 42, output)).expect("an answer");
+            let floor = if seq == 4 { 3 } else { 2 };
+            gather.take(&answer_key(7, seq), &encode_answer(seq * 11, 42, floor, output)).expect("an answer");
         }
-        gather.take(&answer_key(7, 1), &encode_answer(1, 42, &Output::Unit)).expect("an answer");
-        gather.take(&floor_key(7, 2), &[]).expect("a floor");
-        gather.take(&floor_key(7, 3), &[]).expect("a floor");
+        gather.take(&answer_key(7, 1), &encode_answer(1, 42, 1, &Output::Unit)).expect("an answer");
         let records = gather.records();
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].client, 7);
@@ -172,13 +158,20 @@ mod tests {
     #[test]
     fn records_this_layout_does_not_write_are_errors() {
         let good = answer_key(1, 1);
+        let unit = encode_answer(1, 1, 1, &Output::Unit);
+        let mut unknown = unit.clone();
+        unknown[18] = 9;
+        let mut not_utf8 = encode_answer(1, 1, 1, &Output::Popped(Some("x".into())));
+        *not_utf8.last_mut().unwrap() = 0xff;
+        let mut trailing = unit.clone();
+        trailing.push(b'?');
         let cases: [(&[u8], &[u8]); 6] = [
-            (b"a", b""),
+            (b"a", &unit),
             (&good, b"short"),
-            (&good, &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9]),
-            (&good, &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0xff]),
-            (&floor_key(1, 1), b"not empty"),
-            (&[b'x'; 17], b""),
+            (&good, &unknown),
+            (&good, &not_utf8),
+            (&good, &trailing),
+            (&[b'x'; 17], &unit),
         ];
         for (key, value) in cases {
             let mut gather = Gather::default();

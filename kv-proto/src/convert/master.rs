@@ -132,7 +132,7 @@ pub fn server_status_to_wire(status: &ServerStatus) -> v1::StatusResponse {
         retired: server_slots_to_wire(&status.retired),
         durable: status.engine.durable,
         engine_batches: status.engine.batches,
-        engine_changes: status.engine.changes,
+        engine_writes: status.engine.writes,
         engine_syncs: status.engine.syncs,
     }
 }
@@ -162,7 +162,7 @@ pub fn engine_stats_from_wire(wire: &v1::StatusResponse) -> kv_core::EngineStats
     kv_core::EngineStats {
         durable: wire.durable,
         batches: wire.engine_batches,
-        changes: wire.engine_changes,
+        writes: wire.engine_writes,
         syncs: wire.engine_syncs,
     }
 }
@@ -252,7 +252,7 @@ mod tests {
             owed: BTreeMap::from([("b:1".to_owned(), vec![1, 2])]),
             unready: vec![5],
             retired: BTreeMap::from([("c:1".to_owned(), vec![6])]),
-            engine: kv_core::EngineStats { durable: true, batches: 7, changes: 8, syncs: 9 },
+            engine: kv_core::EngineStats { durable: true, batches: 7, writes: 8, syncs: 9 },
         };
         assert_eq!(server_status_from_wire(&server_status_to_wire(&status)), status);
         let mut wire = server_status_to_wire(&status);
