@@ -3,6 +3,10 @@
 //! second, latency percentiles, and the writes each sync to disk carried (group commit), from the
 //! server's own counters (`kv.v1.Node/Status`) read before and after.
 //!
+//! Then the restart: a server with `--fsync never` is filled with `--restart-mib` MiB of values,
+//! killed with `kill -9`, and started again on its directory; the time until it answers a read,
+//! and a sample of the values checked.
+//!
 //! Every server gets a fresh temporary data directory, removed when its turn ends.
 
 use std::fmt::Write as _;
@@ -16,6 +20,8 @@ use serde::Serialize;
 use crate::harness::mix::Mix;
 use crate::harness::process::{self, ServerProcess};
 use crate::load::bench::{self, BenchConfig};
+
+mod restart;
 
 /// Where a server keeps its values, and when a write is on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -73,6 +79,8 @@ pub struct Options {
     /// The load of each measurement (its concurrency is set from `concurrencies`; its mix is
     /// puts only).
     pub bench: BenchConfig,
+    /// MiB of values to restart a server with (0: no restart measured).
+    pub restart_mib: u64,
 }
 
 /// One measurement.
@@ -99,7 +107,9 @@ pub struct Row {
 pub struct Report {
     /// One row per policy and concurrency.
     pub rows: Vec<Row>,
-    /// Whether no put failed.
+    /// The restart, if measured.
+    pub restart: Option<restart::Restart>,
+    /// Whether no put failed, and the restarted server had every value checked.
     pub passed: bool,
 }
 
@@ -146,8 +156,15 @@ pub fn run(options: &Options) -> Result<Report> {
             rows.push(row);
         }
     }
-    let passed = rows.iter().all(|row| row.errors == 0);
-    Ok(Report { rows, passed })
+    let restart = if options.restart_mib > 0 {
+        let restart = restart::run(&bin, options.restart_mib, &runtime)?;
+        println!("{}", restart.summary());
+        Some(restart)
+    } else {
+        None
+    };
+    let passed = rows.iter().all(|row| row.errors == 0) && restart.as_ref().is_none_or(|r| r.wrong == 0);
+    Ok(Report { rows, restart, passed })
 }
 
 async fn measure(endpoint: &str, policy: Policy, options: &Options) -> Result<Vec<Row>> {
@@ -174,7 +191,7 @@ async fn measure(endpoint: &str, policy: Policy, options: &Options) -> Result<Ve
             p50_us: report.total.p50_us,
             p99_us: report.total.p99_us,
             errors: report.total.errors,
-            writes_per_sync: (syncs > 0).then(|| (after.changes - before.changes) as f64 / syncs as f64),
+            writes_per_sync: (syncs > 0).then(|| (after.writes - before.writes) as f64 / syncs as f64),
         });
     }
     Ok(rows)

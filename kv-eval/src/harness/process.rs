@@ -229,6 +229,13 @@ impl ServerProcess {
         std::fs::read_to_string(&self.log_path).unwrap_or_else(|err| format!("(cannot read the log: {err})"))
     }
 
+    /// Kills the server with `kill -9` (no chance to sync or close anything) and waits for it.
+    pub fn crash(mut self) -> Result<()> {
+        signal(&self.child, Signal::SIGKILL)?;
+        self.child.wait().context("cannot wait for the killed server")?;
+        Ok(())
+    }
+
     /// Asks the server to shut down gracefully (SIGTERM) and waits up to `timeout` for it to exit;
     /// kills it if it does not. Returns how it exited, or an error if it had to be killed.
     pub fn stop(mut self, timeout: Duration) -> Result<ExitStatus> {

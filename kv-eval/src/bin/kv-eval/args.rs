@@ -121,6 +121,9 @@ pub(crate) struct DurableArgs {
     /// Bytes per value written.
     #[arg(long, default_value_t = BENCH_VALUE_SIZE)]
     pub(crate) value_size: usize,
+    /// MiB of values a server holds when it is killed and restarted (0: no restart measured).
+    #[arg(long, default_value_t = 1024)]
+    pub(crate) restart_mib: u64,
     /// Seed of every random choice.
     #[arg(long, default_value_t = 1)]
     pub(crate) seed: u64,
@@ -348,4 +351,32 @@ pub(crate) struct AllArgs {
     pub(crate) replicas_phases: Vec<ReplicasPhaseArg>,
     #[command(flatten)]
     pub(crate) replicas: ReplicasTuningArgs,
+    /// Policies of the durability measurement, comma-separated (`none`: skip it).
+    #[arg(long, value_delimiter = ',', default_value = "memory,always,interval,never")]
+    pub(crate) durable_policies: Vec<String>,
+    /// MiB of values the durability measurement restarts a server with (0: no restart).
+    #[arg(long, default_value_t = 1024)]
+    pub(crate) durable_restart_mib: u64,
+}
+
+impl AllArgs {
+    /// The durability measurement's flags, at their defaults but for those `all` takes.
+    pub(crate) fn durable(&self) -> DurableArgs {
+        DurableArgs {
+            server_bin: self.single.server_bin.clone(),
+            server_workers: 1,
+            client_workers: 1,
+            connections: 1,
+            policies: self.durable_policies.clone(),
+            fsync_interval_ms: 1000,
+            concurrency: vec![1, 16, 64, 256],
+            duration: 5.0,
+            warmup: 1.0,
+            keys: BENCH_KEYS,
+            value_size: BENCH_VALUE_SIZE,
+            restart_mib: self.durable_restart_mib,
+            seed: self.single.seed,
+            json: None,
+        }
+    }
 }

@@ -64,6 +64,7 @@ struct AllReport {
     single_node: single_node::Report,
     sharded: sharded::Report,
     replicas: replicas::Report,
+    durable: Option<kv_eval::durable::Report>,
     passed: bool,
 }
 
@@ -155,9 +156,19 @@ fn run(cli: Cli) -> Result<bool> {
             let sharded = sharded::run(&sharded_options)?;
             println!("\n== subtask 3: replicas ==");
             let replicas = replicas::run(&replicas_options)?;
-            let passed = single_node.passed && sharded.passed && replicas.passed;
+            let durable_args = args.durable();
+            let durable = if durable_args.policies.iter().any(|p| p.trim() == "none") {
+                None
+            } else {
+                println!("\n== durability ==");
+                Some(kv_eval::durable::run(&options::durable_options(&durable_args)?)?)
+            };
+            let passed = single_node.passed
+                && sharded.passed
+                && replicas.passed
+                && durable.as_ref().is_none_or(|report| report.passed);
             if let Some(path) = &single.json {
-                report::write_json(path, &AllReport { single_node, sharded, replicas, passed })?;
+                report::write_json(path, &AllReport { single_node, sharded, replicas, durable, passed })?;
             }
             Ok(passed)
         }

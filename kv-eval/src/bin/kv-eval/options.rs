@@ -234,5 +234,6 @@ pub(crate) fn durable_options(args: &DurableArgs) -> Result<durable::Options> {
             value_size: args.value_size,
             ..default_bench(args.seed)
         },
+        restart_mib: args.restart_mib,
     })
 }
