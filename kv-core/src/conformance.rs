@@ -177,6 +177,49 @@ async fn export_import_and_remove<S: Storage>(from: &S, to: &S) {
     assert_eq!(from.remove_where(&moving).await.expect(ok), 0);
 }
 
+/// Reading slots back in batches ([`Storage::export_slots`]) and removing them
+/// ([`Storage::remove_slots`]), for an engine that orders its keys by `slot_of` (any function
+/// for one that takes it as given): every batch is at most about `max_bytes` past its first
+/// pair, the batches together are the slots' pairs in slot then key order, each once, and
+/// removing slots removes exactly their keys.
+pub async fn export_slots_in_batches<S: Storage>(s: &S, slot_of: fn(&str) -> u16) {
+    let ok = "the engine refused a valid operation";
+    for i in 0..300 {
+        s.put(format!("key{i}"), "v".repeat(i % 40)).await.expect(ok);
+    }
+    let mut slots: Vec<u16> = (0..300).map(|i| slot_of(&format!("key{i}"))).collect();
+    slots.sort_unstable();
+    slots.dedup();
+    let wanted: Vec<u16> = slots.iter().copied().step_by(2).collect();
+    let mut expected: Vec<(u16, String, String)> = (0..300)
+        .map(|i| (format!("key{i}"), "v".repeat(i % 40)))
+        .filter(|(key, _)| wanted.contains(&slot_of(key)))
+        .map(|(key, value)| (slot_of(&key), key, value))
+        .collect();
+    expected.sort();
+    let (mut read, mut after, mut batches) = (Vec::new(), None, 0);
+    loop {
+        let (entries, next) = s.export_slots(slot_of, &wanted, after, 200).await.expect(ok);
+        batches += 1;
+        let first_bytes = entries.first().map_or(0, |(k, v)| k.len() + v.len() + 2);
+        let bytes: usize = entries.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+        assert!(next.is_none() || bytes <= 200 + 2 * first_bytes.max(60), "a batch of {bytes} bytes");
+        read.extend(entries.into_iter().map(|(key, value)| (slot_of(&key), key, value)));
+        let Some(next) = next else { break };
+        after = Some(next);
+        assert!(batches <= 300, "the batches never end");
+    }
+    assert_eq!(read, expected, "every pair of the slots, once, in slot then key order");
+    let removed = s.remove_slots(slot_of, &wanted).await.expect(ok);
+    assert_eq!(removed, expected.len());
+    assert_eq!(s.key_count().await.expect(ok), 300 - expected.len());
+    let (left, next) = s.export_slots(slot_of, &wanted, None, 1 << 20).await.expect(ok);
+    assert!(left.is_empty() && next.is_none(), "removed slots export nothing");
+    let others: Vec<u16> = slots.iter().copied().filter(|slot| !wanted.contains(slot)).collect();
+    let (kept, _) = s.export_slots(slot_of, &others, None, 1 << 20).await.expect(ok);
+    assert_eq!(kept.len(), 300 - expected.len(), "the other slots are untouched");
+}
+
 /// The course assignment's sequence test, plus delete.
 async fn sequence<S: Storage>(s: &S) {
     let ok = "the engine refused a valid operation";

@@ -49,6 +49,7 @@
 //! [`OpenError`] (a folder fjall would panic on is looked for before it reads the directory).
 
 use std::collections::HashMap;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
@@ -62,7 +63,9 @@ use tokio::sync::{OwnedRwLockWriteGuard, RwLock, oneshot};
 
 use self::committer::{Change, Committer, Request, Shared, Space};
 
-use crate::{EngineStats, Error, Limits, Mutation, Output, Recording, Result, SessionRecord, Storage};
+use crate::{
+    EngineStats, Error, ExportCursor, Limits, Mutation, Output, Recording, Result, SessionRecord, Storage,
+};
 
 /// The layout's version, kept in the `meta` keyspace.
 pub const FORMAT: &str = "kv-disk 1";
@@ -287,6 +290,30 @@ impl DiskStorage {
         Ok(changes)
     }
 
+    /// Refuses a key-to-slot function other than the one the engine orders its keys by.
+    fn check_slot_of(&self, slot_of: fn(&str) -> u16) -> Result<()> {
+        if SLOT_PROBES.iter().all(|probe| slot_of(probe) == (self.slot_of)(probe)) {
+            Ok(())
+        } else {
+            Err(Error::Storage(
+                "slots were asked for by another key-to-slot function than the engine's".to_owned(),
+            ))
+        }
+    }
+
+    /// The stored pairs of `slot`, after the stored key `after` if given, in order.
+    fn slot_range(&self, slot: u16, after: Option<Vec<u8>>) -> fjall::Iter {
+        let start = match after {
+            Some(key) => Bound::Excluded(key),
+            None => Bound::Included(slot.to_be_bytes().to_vec()),
+        };
+        let end = match slot.checked_add(1) {
+            Some(next) => Bound::Excluded(next.to_be_bytes().to_vec()),
+            None => Bound::Unbounded,
+        };
+        self.values.range((start, end))
+    }
+
     /// Every stored pair, decoded, that `select` picks by key.
     fn scan(&self, select: &(dyn for<'k> Fn(&'k str) -> bool + Sync)) -> Result<Vec<(String, String)>> {
         let mut entries = Vec::new();
@@ -415,6 +442,55 @@ impl Storage for DiskStorage {
         // On disk in slot order; the trait's order is the keys'.
         entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Ok(entries)
+    }
+
+    async fn export_slots(
+        &self,
+        slot_of: for<'k> fn(&'k str) -> u16,
+        slots: &[u16],
+        after: Option<ExportCursor>,
+        max_bytes: usize,
+    ) -> Result<(Vec<(String, String)>, Option<ExportCursor>)> {
+        self.check_slot_of(slot_of)?;
+        let first = after.as_ref().map_or(0, |(slot, _)| slots.partition_point(|s| s < slot));
+        let mut after = after.map(|(slot, key)| (slot, self.stored_key(&key)));
+        let (mut entries, mut bytes) = (Vec::new(), 0);
+        for &slot in &slots[first..] {
+            let from = after.take().and_then(|(at, key)| (at == slot).then_some(key));
+            for guard in self.slot_range(slot, from) {
+                let (stored, value) = guard.into_inner().map_err(|err| storage_error("cannot read", err))?;
+                let key = decode_key(&stored)?;
+                let value = decode_value(&key, &value)?;
+                bytes += stored.len() + value.len();
+                entries.push((key, value));
+                if bytes >= max_bytes {
+                    let last = entries.last().map(|(key, _)| (slot, key.clone()));
+                    return Ok((entries, last));
+                }
+            }
+        }
+        Ok((entries, None))
+    }
+
+    async fn remove_slots(&self, slot_of: for<'k> fn(&'k str) -> u16, slots: &[u16]) -> Result<usize> {
+        self.check_slot_of(slot_of)?;
+        let mut removed = 0;
+        for &slot in slots {
+            // In batches, so that a slot never has to fit in memory; each reads on from the last.
+            let mut last = None;
+            loop {
+                let mut changes = Vec::new();
+                for guard in self.slot_range(slot, last.take()).take(4096) {
+                    let stored = guard.key().map_err(|err| storage_error("cannot read", err))?;
+                    changes.push(Change::value(stored.to_vec(), None));
+                }
+                let Some(end) = changes.last() else { break };
+                last = Some(end.key.clone());
+                removed += changes.len();
+                self.commit(changes, Vec::new()).await?;
+            }
+        }
+        Ok(removed)
     }
 
     async fn import(&self, entries: Vec<(String, String)>) -> Result<()> {

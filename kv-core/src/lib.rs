@@ -43,4 +43,4 @@ pub use limits::Limits;
 pub use memory::MemoryStorage;
 pub use op::{Mutation, Op, Output};
 pub use session::{Answer, RequestId, SessionRecord, Sessions};
-pub use storage::{EngineStats, Recording, Storage};
+pub use storage::{EngineStats, ExportCursor, Recording, Storage};

@@ -120,6 +120,13 @@ mod tests {
         conformance::run_all(MemoryStorage::with_limits).await;
     }
 
+    #[tokio::test]
+    async fn exports_slots_in_key_order() {
+        let spread =
+            |key: &str| key.bytes().fold(0u16, |a, b| a.wrapping_mul(31).wrapping_add(u16::from(b))) % 13;
+        conformance::export_slots_in_batches(&MemoryStorage::new(), spread).await;
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
         #[test]

@@ -10,6 +10,9 @@ use async_trait::async_trait;
 use crate::session::RequestId;
 use crate::{Limits, Mutation, Output, Result, SessionRecord};
 
+/// Where a [`Storage::export_slots`] batch ended: its last pair's slot and key.
+pub type ExportCursor = (u16, String);
+
 /// The exactly-once record a write leaves ([`Storage::apply_recorded`]): its answer is kept
 /// under `id`, and the client's answers below `id.first_unanswered` are forgotten.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +85,38 @@ pub trait Storage: Send + Sync + 'static {
         &self,
         select: &(dyn for<'k> Fn(&'k str) -> bool + Sync),
     ) -> Result<Vec<(String, String)>>;
+
+    /// Up to about `max_bytes` (at least one pair, if any is left) of the pairs of the keys whose
+    /// slot (by `slot_of`) is one of `slots` (sorted, distinct), in slot order and each slot's
+    /// keys in key order, starting after `after` (the slot and key a previous batch ended with);
+    /// with where to go on from, or `None` once every pair was read. For a slot no one writes (as
+    /// [`Storage::export`]).
+    ///
+    /// The default reads through [`Storage::export`], all in one batch: for an engine that keeps
+    /// its data in memory anyway. A durable engine reads one batch at a time from its disk, so a
+    /// slot never has to fit in memory.
+    async fn export_slots(
+        &self,
+        slot_of: for<'k> fn(&'k str) -> u16,
+        slots: &[u16],
+        after: Option<ExportCursor>,
+        max_bytes: usize,
+    ) -> Result<(Vec<(String, String)>, Option<ExportCursor>)> {
+        let _ = max_bytes;
+        let picked = |key: &str| slots.binary_search(&slot_of(key)).is_ok();
+        let mut entries = self.export(&picked).await?;
+        entries.sort_by(|(a, _), (b, _)| (slot_of(a), a).cmp(&(slot_of(b), b)));
+        if let Some((slot, key)) = after {
+            entries.retain(|(k, _)| (slot_of(k), k.as_str()) > (slot, key.as_str()));
+        }
+        Ok((entries, None))
+    }
+
+    /// Removes every key whose slot (by `slot_of`) is one of `slots` (sorted, distinct); returns
+    /// how many there were. The default is [`Storage::remove_where`].
+    async fn remove_slots(&self, slot_of: for<'k> fn(&'k str) -> u16, slots: &[u16]) -> Result<usize> {
+        self.remove_where(&|key: &str| slots.binary_search(&slot_of(key)).is_ok()).await
+    }
 
     /// Sets every key of `entries` to its value, as they came from another server's
     /// [`Storage::export`] (so the size limits, checked when the values were written, are not

@@ -328,3 +328,17 @@ async fn a_write_that_cannot_be_made_durable_fails_and_reads_go_on() {
     assert_eq!(engine.get("lost").await.unwrap(), None);
     engine.put("kept".to_owned(), "4".to_owned()).await.unwrap();
 }
+
+#[tokio::test]
+async fn exports_slots_in_batches_from_disk() {
+    let spread =
+        |key: &str| key.bytes().fold(0u16, |a, b| a.wrapping_mul(31).wrapping_add(u16::from(b))) % 13;
+    let dir = tempfile::tempdir().unwrap();
+    let engine =
+        DiskStorage::open(dir.path(), DiskOptions { slot_of: spread, ..DiskOptions::default() }).unwrap();
+    conformance::export_slots_in_batches(&engine, spread).await;
+    // Slots asked for by another key-to-slot function than the engine's are refused.
+    let other = |key: &str| (key.len() % 3) as u16;
+    assert!(engine.export_slots(other, &[0], None, 100).await.is_err());
+    assert!(engine.remove_slots(other, &[0]).await.is_err());
+}
