@@ -197,16 +197,24 @@ pub async fn export_slots_in_batches<S: Storage>(s: &S, slot_of: fn(&str) -> u16
         .map(|(key, value)| (slot_of(&key), key, value))
         .collect();
     expected.sort();
-    let (mut read, mut after, mut batches) = (Vec::new(), None, 0);
+    let (mut read, mut from, mut batches) = (Vec::new(), None, 0);
     loop {
-        let (entries, next) = s.export_slots(slot_of, &wanted, after, 200).await.expect(ok);
+        let (entries, next) = s.export_slots(slot_of, &wanted, from.clone(), 200).await.expect(ok);
+        if let (Some(next), Some((last, _))) = (&next, entries.last()) {
+            // Every slot before the next batch's was read whole, and the batch's last key is
+            // before where the next starts.
+            assert!(slot_of(last) <= next.slot, "the next batch starts back in slot {}", next.slot);
+            if next.after.is_none() {
+                assert!(slot_of(last) < next.slot, "a slot said whole goes on");
+            }
+        }
         batches += 1;
         let first_bytes = entries.first().map_or(0, |(k, v)| k.len() + v.len() + 2);
         let bytes: usize = entries.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
         assert!(next.is_none() || bytes <= 200 + 2 * first_bytes.max(60), "a batch of {bytes} bytes");
         read.extend(entries.into_iter().map(|(key, value)| (slot_of(&key), key, value)));
         let Some(next) = next else { break };
-        after = Some(next);
+        from = Some(next);
         assert!(batches <= 300, "the batches never end");
     }
     assert_eq!(read, expected, "every pair of the slots, once, in slot then key order");

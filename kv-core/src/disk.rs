@@ -448,24 +448,30 @@ impl Storage for DiskStorage {
         &self,
         slot_of: for<'k> fn(&'k str) -> u16,
         slots: &[u16],
-        after: Option<ExportCursor>,
+        from: Option<ExportCursor>,
         max_bytes: usize,
     ) -> Result<(Vec<(String, String)>, Option<ExportCursor>)> {
         self.check_slot_of(slot_of)?;
-        let first = after.as_ref().map_or(0, |(slot, _)| slots.partition_point(|s| s < slot));
-        let mut after = after.map(|(slot, key)| (slot, self.stored_key(&key)));
+        let first = from.as_ref().map_or(0, |cursor| slots.partition_point(|&s| s < cursor.slot));
+        let mut after = from.and_then(|cursor| Some((cursor.slot, self.stored_key(&cursor.after?))));
         let (mut entries, mut bytes) = (Vec::new(), 0);
-        for &slot in &slots[first..] {
-            let from = after.take().and_then(|(at, key)| (at == slot).then_some(key));
-            for guard in self.slot_range(slot, from) {
+        for (i, &slot) in slots.iter().enumerate().skip(first) {
+            let start = after.take().and_then(|(at, key)| (at == slot).then_some(key));
+            let mut pairs = self.slot_range(slot, start).peekable();
+            while let Some(guard) = pairs.next() {
                 let (stored, value) = guard.into_inner().map_err(|err| storage_error("cannot read", err))?;
                 let key = decode_key(&stored)?;
                 let value = decode_value(&key, &value)?;
                 bytes += stored.len() + value.len();
                 entries.push((key, value));
                 if bytes >= max_bytes {
-                    let last = entries.last().map(|(key, _)| (slot, key.clone()));
-                    return Ok((entries, last));
+                    let next = if pairs.peek().is_some() {
+                        Some(ExportCursor { slot, after: entries.last().map(|(key, _)| key.clone()) })
+                    } else {
+                        // This slot is read whole: the next batch starts at the next one.
+                        slots.get(i + 1).map(|&slot| ExportCursor { slot, after: None })
+                    };
+                    return Ok((entries, next));
                 }
             }
         }

@@ -10,8 +10,15 @@ use async_trait::async_trait;
 use crate::session::RequestId;
 use crate::{Limits, Mutation, Output, Result, SessionRecord};
 
-/// Where a [`Storage::export_slots`] batch ended: its last pair's slot and key.
-pub type ExportCursor = (u16, String);
+/// Where the next [`Storage::export_slots`] batch starts: in `slot`, after the key `after` (from
+/// the slot's first key if `None`). Every slot before `slot` has been read whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportCursor {
+    /// The slot the next batch starts in.
+    pub slot: u16,
+    /// The key of `slot` it starts after.
+    pub after: Option<String>,
+}
 
 /// The exactly-once record a write leaves ([`Storage::apply_recorded`]): its answer is kept
 /// under `id`, and the client's answers below `id.first_unanswered` are forgotten.
@@ -86,11 +93,13 @@ pub trait Storage: Send + Sync + 'static {
         select: &(dyn for<'k> Fn(&'k str) -> bool + Sync),
     ) -> Result<Vec<(String, String)>>;
 
-    /// Up to about `max_bytes` (at least one pair, if any is left) of the pairs of the keys whose
+    /// Up to about `max_bytes` (an engine may end a batch sooner, at a slot's end) of the pairs of
+    /// the keys whose
     /// slot (by `slot_of`) is one of `slots` (sorted, distinct), in slot order and each slot's
-    /// keys in key order, starting after `after` (the slot and key a previous batch ended with);
-    /// with where to go on from, or `None` once every pair was read. For a slot no one writes (as
-    /// [`Storage::export`]).
+    /// keys in key order, starting at `from` (where the previous batch said to go on; `None`: at
+    /// the first slot); with where the next batch starts, or `None` once every pair was read. A
+    /// batch that ends with a slot's last key says so: the next starts at the next slot. For
+    /// slots no one writes (as [`Storage::export`]).
     ///
     /// The default reads through [`Storage::export`], all in one batch: for an engine that keeps
     /// its data in memory anyway. A durable engine reads one batch at a time from its disk, so a
@@ -99,15 +108,18 @@ pub trait Storage: Send + Sync + 'static {
         &self,
         slot_of: for<'k> fn(&'k str) -> u16,
         slots: &[u16],
-        after: Option<ExportCursor>,
+        from: Option<ExportCursor>,
         max_bytes: usize,
     ) -> Result<(Vec<(String, String)>, Option<ExportCursor>)> {
         let _ = max_bytes;
         let picked = |key: &str| slots.binary_search(&slot_of(key)).is_ok();
         let mut entries = self.export(&picked).await?;
         entries.sort_by(|(a, _), (b, _)| (slot_of(a), a).cmp(&(slot_of(b), b)));
-        if let Some((slot, key)) = after {
-            entries.retain(|(k, _)| (slot_of(k), k.as_str()) > (slot, key.as_str()));
+        if let Some(ExportCursor { slot, after }) = from {
+            entries.retain(|(k, _)| match &after {
+                Some(after) => (slot_of(k), k.as_str()) > (slot, after.as_str()),
+                None => slot_of(k) >= slot,
+            });
         }
         Ok((entries, None))
     }

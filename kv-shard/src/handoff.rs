@@ -1,10 +1,12 @@
 //! Cutting a hand-off into transfer batches, as a pure function of the data it moves (step 3 of
 //! the protocol in the crate docs).
 //!
-//! Invariants: every slot handed off is completed by exactly one batch, the one that carries its
+//! Invariants: every slot of `slots` is completed by exactly one batch, the one that carries its
 //! last key (empty slots by the first); a slot's keys never span a batch after the one completing
 //! it; the exactly-once records travel in the first batch; a batch holds about
-//! [`BATCH_BYTES`] of keys and values, and at least one key.
+//! [`BATCH_BYTES`] of keys and values, and at least one key. A hand-off read from the engine a
+//! part at a time cuts each part: keys of a slot not in `slots` (one whose keys go on in the
+//! next part) are sent and not completed.
 
 use std::collections::BTreeMap;
 
@@ -47,7 +49,9 @@ pub fn transfer_batches(
             bytes += key.len() + value.len();
             batch.entries.push((key, value));
         }
-        batch.complete.push(slot);
+        if slots.contains(&slot) {
+            batch.complete.push(slot);
+        }
     }
     batches.push(batch);
     batches
@@ -98,5 +102,21 @@ mod tests {
             prop_assert_eq!(sent, expected);
             prop_assert_eq!(completed.keys().copied().collect::<Vec<_>>(), slots);
         }
+    }
+
+    /// A part of a hand-off whose last slot goes on in the next part sends that slot's keys
+    /// without completing it.
+    #[test]
+    fn a_slot_that_goes_on_in_the_next_part_is_not_completed() {
+        let entries: Vec<(String, String)> = (0..50).map(|i| (format!("k{i}"), "v".to_owned())).collect();
+        let mut slots: Vec<Slot> = entries.iter().map(|(k, _)| slot_of(k)).collect();
+        slots.sort_unstable();
+        slots.dedup();
+        let open = slots.pop().expect("a slot");
+        let batches = transfer_batches("a:1", 3, &slots, entries.clone(), Vec::new());
+        let sent: usize = batches.iter().map(|b| b.entries.len()).sum();
+        assert_eq!(sent, entries.len(), "every key is sent, the open slot's too");
+        let completed: Vec<Slot> = batches.iter().flat_map(|b| b.complete.iter().copied()).collect();
+        assert_eq!(completed, slots, "the open slot {open} is not completed");
     }
 }

@@ -30,7 +30,7 @@ use kv_shard::signal::Signal;
 use kv_shard::{Accept, Consistency, SLOTS, Slot, slot_of};
 use tracing::{info, warn};
 
-use super::batches::snapshot_batches;
+use super::batches::{SlotReader, snapshot_batches};
 use super::calls::{ATTEMPT_TIMEOUT, replicate_until};
 use super::copies::Copies;
 use super::leases::Leases;
@@ -148,14 +148,10 @@ impl Handoffs {
             if let Some(until) = slots.iter().filter_map(|&slot| self.leases.fence(slot)).max() {
                 self.clock.sleep_until(until).await;
             }
-            let entries =
-                self.storage.export(&|key| set[usize::from(slot_of(key))]).await.map_err(Error::storage)?;
-            let keys = entries.len() as u64;
             let sessions = self.sessions.export(|slot| set[usize::from(slot)]);
-            let sent = self.send_slots(me, to, epoch, slots, entries, sessions).await?;
-            Ok::<_, Error>((keys, sent))
+            self.send_slots(me, to, epoch, slots, sessions).await
         };
-        let (keys, (batches, verbatim)) = tokio::select! {
+        let (keys, batches, verbatim) = tokio::select! {
             biased;
             sent = send => sent?,
             () = superseded => {
@@ -180,7 +176,8 @@ impl Handoffs {
             .collect();
         let kept_set = slot_set(&kept);
         let dropped = |slot: Slot| set[usize::from(slot)] && !kept_set[usize::from(slot)];
-        self.storage.remove_where(&|key| dropped(slot_of(key))).await.map_err(Error::storage)?;
+        let dropped_slots: Vec<Slot> = (0..SLOTS as Slot).filter(|&slot| dropped(slot)).collect();
+        self.storage.remove_slots(slot_of, &dropped_slots).await.map_err(Error::storage)?;
         self.sessions.forget(dropped);
         self.copies.handed_off(slots, &kept).await;
         info!(
@@ -197,9 +194,33 @@ impl Handoffs {
     }
 
     /// Sends the keys and exactly-once records of `slots` to `to` as `from` would at a move of
-    /// `epoch`, in batches; returns the number of batches, and the slots `to` took exactly as
-    /// sent.
+    /// `epoch`, in batches, read from the engine a part at a time; returns the number of keys
+    /// and of batches, and the slots `to` took exactly as sent.
     async fn send_slots(
+        &self,
+        from: &str,
+        to: &str,
+        epoch: u64,
+        slots: &[Slot],
+        sessions: Vec<SessionRecord>,
+    ) -> Result<(u64, usize, Vec<Slot>), Error> {
+        let mut reader = SlotReader::new(self.storage.as_ref(), slots);
+        let mut sessions = Some(sessions);
+        let (mut keys, mut count, mut verbatim) = (0, 0, Vec::new());
+        while let Some((entries, finished)) = reader.next().await.map_err(Error::storage)? {
+            keys += entries.len() as u64;
+            let records = sessions.take().unwrap_or_default();
+            let (batches, taken) = self.send_entries(from, to, epoch, &finished, entries, records).await?;
+            count += batches;
+            verbatim.extend(taken);
+        }
+        Ok((keys, count, verbatim))
+    }
+
+    /// Sends `entries` and `sessions` to `to` as `from` would at a move of `epoch`, completing
+    /// `slots`, in batches; returns the number of batches, and the slots `to` took exactly as
+    /// sent.
+    async fn send_entries(
         &self,
         from: &str,
         to: &str,
@@ -383,7 +404,7 @@ impl Handoffs {
             }
         } else {
             // What the new owner took as sent says nothing about this server's copies.
-            self.send_slots(&sender, &to, epoch, &slots, entries, sessions).await?;
+            self.send_entries(&sender, &to, epoch, &slots, entries, sessions).await?;
         }
         self.copies.forget_kept(&slots);
         warn!(to, epoch, sender, as_snapshot, slots = slots.len(), keys, took = ?self.clock.now() - started, "handed off the copies of a dead primary's slots");

@@ -28,7 +28,7 @@ use kv_shard::{Config, SLOTS, Slot, slot_of};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use super::batches::{BATCH_BYTES, slot_write, snapshot_batches};
+use super::batches::{BATCH_BYTES, SlotReader, slot_write, snapshot_batches};
 use super::calls::{ATTEMPT_TIMEOUT, replicate_until};
 use super::routing::Routing;
 use super::view::{View, lock, slot_set};
@@ -316,24 +316,29 @@ impl Links {
         }
         let view = self.view.get();
         let set = slot_set(&ready);
-        let Ok(entries) = self.storage.export(&|key| set[usize::from(slot_of(key))]).await else {
-            return false;
-        };
         let started = self.clock.now();
-        let keys = entries.len();
+        let mut keys = 0;
         let mut sessions = Some(self.sessions.export(|slot| set[usize::from(slot)]));
         // Slots the secondary could not take yet (it still hands them off itself): the others
         // go on, so that no two hand-offs wait on each other's catch-up; these go again later,
         // whole, and are never marked synced from a part.
         let mut refused = BTreeSet::new();
-        for (writes, mut done) in snapshot_batches(entries, &ready) {
-            done.retain(|slot| !refused.contains(slot));
-            let records = sessions.take().unwrap_or_default();
-            let Some(not_taken) = self.send(&view, link, writes, WriteKind::Snapshot, done, &records).await
-            else {
-                return false;
-            };
-            refused.extend(not_taken);
+        // Read from the engine a part at a time: a snapshot never has to fit in memory.
+        let mut reader = SlotReader::new(self.storage.as_ref(), &ready);
+        loop {
+            let Ok(part) = reader.next().await else { return false };
+            let Some((entries, finished)) = part else { break };
+            keys += entries.len();
+            for (writes, mut done) in snapshot_batches(entries, &finished) {
+                done.retain(|slot| !refused.contains(slot));
+                let records = sessions.take().unwrap_or_default();
+                let Some(not_taken) =
+                    self.send(&view, link, writes, WriteKind::Snapshot, done, &records).await
+                else {
+                    return false;
+                };
+                refused.extend(not_taken);
+            }
         }
         // Only the debts this send paid: an install meanwhile may have owed a slot anew.
         let paid: BTreeMap<Slot, u64> =

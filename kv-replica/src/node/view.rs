@@ -42,6 +42,11 @@ pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, 
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The slots a membership table holds, in order.
+pub(crate) fn slots_of(set: &[bool]) -> Vec<kv_shard::Slot> {
+    (0..kv_shard::SLOTS as kv_shard::Slot).filter(|&slot| set[usize::from(slot)]).collect()
+}
+
 /// A membership table over all slots.
 pub(crate) fn slot_set(slots: &[kv_shard::Slot]) -> Vec<bool> {
     let mut set = vec![false; kv_shard::SLOTS];
