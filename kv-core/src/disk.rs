@@ -4,7 +4,7 @@
 //!
 //! # Layout
 //!
-//! One fjall database per data directory, with two keyspaces:
+//! One fjall database per data directory, with three keyspaces:
 //! - `values`: the stored key is the key's slot (two bytes, big-endian, from the `slot_of`
 //!   function the engine is opened with) followed by the key's UTF-8 bytes, so one slot's keys
 //!   are read in order without touching the others'; the stored value is the value's UTF-8
@@ -41,19 +41,19 @@
 //!   acknowledged; from then on the engine refuses writes, and reads of the keys of the failed
 //!   batch (whose values it cannot vouch for) fail, while other reads go on (`committer`).
 //!
-//! `export`, `import` and `remove_where` take no key locks: they are for slots no one writes (a
-//! slot that has stopped being served, when data moves between servers).
+//! `export`, `export_slots`, `import`, `remove_where` and `remove_slots` take no key locks: they
+//! are for slots no one writes (a slot that has stopped being served, when data moves between
+//! servers).
 //!
 //! Nothing a disk holds can panic the engine: a stored key or value that is not what this
 //! layout writes is an [`Error::Storage`] naming it, and a directory fjall cannot read is an
 //! [`OpenError`] (a folder fjall would panic on is looked for before it reads the directory).
 
-use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -145,8 +145,6 @@ pub enum OpenError {
 pub struct DiskStorage {
     values: Keyspace,
     sessions: Keyspace,
-    /// Per client, the floor below which its records are removed (or being removed).
-    swept: Mutex<HashMap<u64, u64>>,
     limits: Limits,
     slot_of: fn(&str) -> u16,
     locks: Vec<Arc<RwLock<()>>>,
@@ -211,7 +209,6 @@ impl DiskStorage {
         Ok(DiskStorage {
             values,
             sessions,
-            swept: Mutex::new(HashMap::new()),
             limits: options.limits,
             slot_of: options.slot_of,
             locks: (0..STRIPES).map(|_| Arc::new(RwLock::new(()))).collect(),
@@ -265,29 +262,14 @@ impl DiskStorage {
     }
 
     /// The changes that keep `record`'s answer `output` (with the client's floor), and forget
-    /// the client's answers below that floor.
-    fn record_changes(&self, record: Recording, output: &Output) -> Result<Vec<Change>> {
-        let Recording { id, fingerprint, tag } = record;
-        let floor = id.first_unanswered;
-        let answer = records::encode_answer(fingerprint, tag, floor, output);
+    /// the client's answers it names.
+    fn record_changes(record: Recording, output: &Output) -> Vec<Change> {
+        let Recording { id, fingerprint, tag, forget } = record;
+        let answer = records::encode_answer(fingerprint, tag, id.first_unanswered, output);
         let mut changes = vec![Change::record(records::answer_key(id.client, id.seq), Some(answer))];
-        // Below `swept`, this client's answers are removed already: the range read starts there,
-        // and does not walk their tombstones again.
-        let swept = {
-            let mut swept = self.swept.lock().unwrap_or_else(PoisonError::into_inner);
-            let entry = swept.entry(id.client).or_insert(0);
-            let before = *entry;
-            *entry = before.max(floor);
-            before
-        };
-        if floor > swept {
-            let below = records::answer_key(id.client, swept)..records::answer_key(id.client, floor);
-            for guard in self.sessions.range(below) {
-                let key = guard.key().map_err(|err| storage_error("cannot read a record", err))?;
-                changes.push(Change::record(key.to_vec(), None));
-            }
-        }
-        Ok(changes)
+        changes
+            .extend(forget.into_iter().map(|seq| Change::record(records::answer_key(id.client, seq), None)));
+        changes
     }
 
     /// Refuses a key-to-slot function other than the one the engine orders its keys by.
@@ -401,7 +383,7 @@ impl Storage for DiskStorage {
             changes.push(Change::value(self.stored_key(&key), value));
         }
         if let Some(record) = record {
-            changes.extend(self.record_changes(record, &output)?);
+            changes.extend(Self::record_changes(record, &output));
         }
         self.commit(changes, vec![locked]).await?;
         Ok(output)
@@ -417,16 +399,11 @@ impl Storage for DiskStorage {
         Ok(gather.records())
     }
 
-    async fn forget_sessions(&self, clients: Vec<u64>) -> Result<()> {
-        {
-            let mut swept = self.swept.lock().unwrap_or_else(PoisonError::into_inner);
-            for client in &clients {
-                swept.remove(client);
-            }
-        }
+    async fn forget_sessions(&self, clients: Vec<(u64, u64)>) -> Result<()> {
         let mut changes = Vec::new();
-        for client in clients {
-            for guard in self.sessions.prefix(records::client_prefix(client)) {
+        for (client, through) in clients {
+            let upto = records::answer_key(client, 0)..=records::answer_key(client, through);
+            for guard in self.sessions.range(upto) {
                 let key = guard.key().map_err(|err| storage_error("cannot read a record", err))?;
                 changes.push(Change::record(key.to_vec(), None));
             }

@@ -104,19 +104,27 @@ struct Session {
 }
 
 impl Session {
-    /// Forgets every answer below `floor`, if it is above the current one.
-    fn raise_floor(&mut self, floor: u64) {
+    /// Forgets every answer below `floor`, if it is above the current one; returns the numbers
+    /// of the answers it forgot.
+    fn raise_floor(&mut self, floor: u64) -> Vec<u64> {
+        let mut forgotten = Vec::new();
         if floor > self.floor {
             self.floor = floor;
-            // One by one, not `split_off`: the floor usually moves by one, and this allocates
-            // nothing.
+            // One by one, not `split_off`: the floor usually moves by one.
             while let Some(oldest) = self.entries.first_entry() {
                 if *oldest.key() >= floor {
                     break;
                 }
+                forgotten.push(*oldest.key());
                 oldest.remove();
             }
         }
+        forgotten
+    }
+
+    /// The highest write number this session knows of: every answer kept for it is at or below.
+    fn highest(&self) -> u64 {
+        self.entries.last_key_value().map_or(0, |(&seq, _)| seq).max(self.floor)
     }
 }
 
@@ -138,9 +146,17 @@ pub struct Ticket<'s> {
     fingerprint: u64,
     tag: u16,
     finished: bool,
+    /// The client's answers `begin` forgot (below its new floor, or past the cap).
+    forgotten: Vec<u64>,
 }
 
 impl Ticket<'_> {
+    /// The numbers of the client's answers this write's `begin` forgot: an engine that keeps the
+    /// answers on disk forgets them with the write ([`crate::Recording::forget`]).
+    pub fn forgotten(&self) -> &[u64] {
+        &self.forgotten
+    }
+
     /// Records the write's output, for its retries.
     pub fn finish(mut self, output: &Output) {
         self.finished = true;
@@ -172,8 +188,9 @@ pub struct Sessions {
     clients: DashMap<u64, Session>,
     expiry: Duration,
     last_sweep: Mutex<Option<Instant>>,
-    /// The clients whose sessions expired, until [`Sessions::take_expired`] takes them.
-    expired: Mutex<Vec<u64>>,
+    /// The clients whose sessions expired, each with the highest write number it had, until
+    /// [`Sessions::take_expired`] takes them.
+    expired: Mutex<Vec<(u64, u64)>>,
     /// Whether `expired` holds any.
     any_expired: AtomicBool,
 }
@@ -216,7 +233,7 @@ impl Sessions {
         self.sweep(now);
         let mut session = self.touch(id.client, now);
         // Forget what the client has its answers for.
-        session.raise_floor(id.first_unanswered);
+        let mut forgotten = session.raise_floor(id.first_unanswered);
         if id.seq < session.floor {
             return Err(Error::StaleRetry { client: id.client, seq: id.seq });
         }
@@ -236,8 +253,9 @@ impl Sessions {
             let Some((&oldest, _)) = session.entries.first_key_value() else { break };
             session.entries.remove(&oldest);
             session.floor = oldest + 1;
+            forgotten.push(oldest);
         }
-        Ok(Begin::Apply(Ticket { sessions: self, id, fingerprint, tag, finished: false }))
+        Ok(Begin::Apply(Ticket { sessions: self, id, fingerprint, tag, finished: false, forgotten }))
     }
 
     /// The answers of the partitions `select` picks, per client (in client order), with the
@@ -271,7 +289,7 @@ impl Sessions {
     pub fn import(&self, records: Vec<SessionRecord>, now: Instant) {
         for record in records {
             let mut session = self.touch(record.client, now);
-            session.raise_floor(record.floor);
+            let _ = session.raise_floor(record.floor);
             for answer in record.answers {
                 if answer.seq < session.floor {
                     continue;
@@ -316,7 +334,7 @@ impl Sessions {
         self.clients.retain(|&client, s| {
             let keep = now.saturating_duration_since(s.last_seen) <= self.expiry;
             if !keep {
-                expired.push(client);
+                expired.push((client, s.highest()));
             }
             keep
         });
@@ -326,9 +344,11 @@ impl Sessions {
         }
     }
 
-    /// The clients whose sessions expired since the last call (an engine that keeps their
-    /// records on disk forgets them too: [`crate::Storage::forget_sessions`]).
-    pub fn take_expired(&self) -> Vec<u64> {
+    /// The clients whose sessions expired since the last call, each with the highest write
+    /// number its session had: an engine that keeps their records on disk forgets those up to
+    /// it ([`crate::Storage::forget_sessions`]). A client that comes back writes above it, so
+    /// its new records are kept.
+    pub fn take_expired(&self) -> Vec<(u64, u64)> {
         if !self.any_expired.swap(false, Ordering::AcqRel) {
             return Vec::new();
         }
@@ -410,6 +430,23 @@ mod tests {
     }
 
     #[test]
+    fn a_write_that_raises_the_floor_says_which_answers_it_forgot() {
+        let s = Sessions::default();
+        let now = Instant::now();
+        for seq in 1..=3 {
+            apply(s.begin(RequestId { client: 1, seq, first_unanswered: 1 }, seq, 0, now))
+                .finish(&Output::Unit);
+        }
+        let Begin::Apply(ticket) =
+            s.begin(RequestId { client: 1, seq: 4, first_unanswered: 3 }, 4, 0, now).unwrap()
+        else {
+            panic!("a new write");
+        };
+        assert_eq!(ticket.forgotten(), &[1, 2]);
+        ticket.finish(&Output::Unit);
+    }
+
+    #[test]
     fn idle_sessions_expire() {
         let s = Sessions::new(Duration::from_secs(10));
         let t0 = Instant::now();
@@ -425,8 +462,8 @@ mod tests {
         ))
         .finish(&Output::Unit);
         assert_eq!(s.clients(), 1, "client 7 was idle for 12 s");
-        assert_eq!(s.take_expired(), vec![7], "the expired client is told, for the engine to forget");
-        assert_eq!(s.take_expired(), Vec::<u64>::new(), "once");
+        assert_eq!(s.take_expired(), vec![(7, 1)], "the expired client is told, for the engine to forget");
+        assert_eq!(s.take_expired(), Vec::<(u64, u64)>::new(), "once");
     }
 
     #[test]

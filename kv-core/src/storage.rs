@@ -21,8 +21,8 @@ pub struct ExportCursor {
 }
 
 /// The exactly-once record a write leaves ([`Storage::apply_recorded`]): its answer is kept
-/// under `id`, and the client's answers below `id.first_unanswered` are forgotten.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// under `id`, and the client's answers numbered in `forget` are forgotten with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recording {
     /// The write's id.
     pub id: RequestId,
@@ -30,6 +30,9 @@ pub struct Recording {
     pub fingerprint: u64,
     /// The partition of its key.
     pub tag: u16,
+    /// The client's answers to forget ([`crate::session::Ticket::forgotten`]: below its new
+    /// floor, which the client has).
+    pub forget: Vec<u64>,
 }
 
 /// What an engine reports about its writes since it opened (all zero for an engine that keeps
@@ -40,8 +43,8 @@ pub struct EngineStats {
     pub durable: bool,
     /// Batches written (a durable engine writes concurrent writes together).
     pub batches: u64,
-    /// Writes committed: one per write, with its exactly-once record (an import of moved data
-    /// counts once).
+    /// Writes committed: one per write, with its exactly-once record (an import of moved data,
+    /// a part of a slot removal, or a forgetting of expired records counts once).
     pub writes: u64,
     /// Syncs to disk (`fsync`) made.
     pub syncs: u64,
@@ -79,8 +82,9 @@ pub trait Storage: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
-    /// Forgets the kept records of `clients` (their sessions expired).
-    async fn forget_sessions(&self, clients: Vec<u64>) -> Result<()> {
+    /// Forgets the kept records of each client of `clients` up to and including the write number
+    /// given with it (their sessions expired: [`crate::Sessions::take_expired`]).
+    async fn forget_sessions(&self, clients: Vec<(u64, u64)>) -> Result<()> {
         let _ = clients;
         Ok(())
     }

@@ -8,7 +8,7 @@
 //! part at a time cuts each part: keys of a slot not in `slots` (one whose keys go on in the
 //! next part) are sent and not completed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use kv_core::SessionRecord;
 
@@ -27,6 +27,7 @@ pub fn transfer_batches(
     entries: Vec<(String, String)>,
     sessions: Vec<SessionRecord>,
 ) -> Vec<TransferBatch> {
+    let completes: BTreeSet<Slot> = slots.iter().copied().collect();
     let mut by_slot: BTreeMap<Slot, Vec<(String, String)>> = BTreeMap::new();
     for (key, value) in entries {
         by_slot.entry(slot_of(&key)).or_default().push((key, value));
@@ -49,7 +50,7 @@ pub fn transfer_batches(
             bytes += key.len() + value.len();
             batch.entries.push((key, value));
         }
-        if slots.contains(&slot) {
+        if completes.contains(&slot) {
             batch.complete.push(slot);
         }
     }

@@ -9,8 +9,10 @@
 //! - a client's floor is the largest its answers carry: an answer's own number is at or above
 //!   the floor it carries, so the newest answer, which is never below the floor, keeps it,
 //!   whichever order concurrent writes commit in;
-//! - big-endian numbers order a client's answers by number, so its answers below a floor are one
-//!   range;
+//! - a write forgets the answers its client has (below its floor) by their numbers, which the
+//!   sessions in memory know; an expired client's answers up to its highest number are one
+//!   range, as big-endian numbers order a client's answers by number; an answer left below a
+//!   floor (its write was in flight when the floor passed it) is dropped when read back;
 //! - nothing a disk holds panics the decoder (a record this layout does not write is an
 //!   [`Error::Storage`] naming it).
 
@@ -24,16 +26,10 @@ const ANSWER: u8 = b'a';
 
 /// The key of `client`'s answer to `seq`.
 pub(super) fn answer_key(client: u64, seq: u64) -> Vec<u8> {
-    let mut key = client_prefix(client);
-    key.extend_from_slice(&seq.to_be_bytes());
-    key
-}
-
-/// The prefix of everything kept for `client`.
-pub(super) fn client_prefix(client: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(17);
     key.push(ANSWER);
     key.extend_from_slice(&client.to_be_bytes());
+    key.extend_from_slice(&seq.to_be_bytes());
     key
 }
 

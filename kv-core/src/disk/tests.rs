@@ -242,7 +242,7 @@ async fn stored_records_this_layout_does_not_write_are_errors_not_panics() {
 
 fn recording(client: u64, seq: u64, first_unanswered: u64) -> Recording {
     let id = crate::RequestId { client, seq, first_unanswered };
-    Recording { id, fingerprint: seq * 100, tag: 4 }
+    Recording { id, fingerprint: seq * 100, tag: 4, forget: Vec::new() }
 }
 
 #[tokio::test]
@@ -276,7 +276,8 @@ async fn exactly_once_records_survive_a_restart_with_their_writes() {
     );
 
     // A write that raises the floor forgets the answers below it, on disk too.
-    engine.apply_recorded(Mutation::put("k", "z"), Some(recording(9, 4, 3))).await.unwrap();
+    let raising = Recording { forget: vec![1, 2], ..recording(9, 4, 3) };
+    engine.apply_recorded(Mutation::put("k", "z"), Some(raising)).await.unwrap();
     drop(engine);
     let engine = open(dir.path(), Durability::Always);
     let records = engine.sessions().await.unwrap();
@@ -285,12 +286,20 @@ async fn exactly_once_records_survive_a_restart_with_their_writes() {
     // Stored: client 9's answers 3 and 4, client 5's answer 1: nothing below a floor.
     assert_eq!(engine.sessions.len().unwrap(), 3);
 
-    // An expired client's records are forgotten.
-    engine.forget_sessions(vec![9]).await.unwrap();
+    // An expired client's records are forgotten, up to the highest number its session had: a
+    // record it wrote since it came back is kept.
+    engine.apply_recorded(Mutation::put("k", "y"), Some(recording(9, 5, 5))).await.unwrap();
+    engine.forget_sessions(vec![(9, 4)]).await.unwrap();
     drop(engine);
     let engine = open(dir.path(), Durability::Always);
-    let clients: Vec<u64> = engine.sessions().await.unwrap().iter().map(|r| r.client).collect();
-    assert_eq!(clients, vec![5]);
+    let kept: Vec<(u64, Vec<u64>)> = engine
+        .sessions()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.client, r.answers.iter().map(|a| a.seq).collect()))
+        .collect();
+    assert_eq!(kept, vec![(5, vec![1]), (9, vec![5])]);
 }
 
 #[tokio::test]

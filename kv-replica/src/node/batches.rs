@@ -1,7 +1,7 @@
 //! Cutting what a primary sends into batches of a bounded size: catch-up snapshots, as pure
 //! functions of the keys they carry.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::ReplicatedWrite;
 use crate::messages::SlotWrite;
@@ -81,6 +81,7 @@ pub(crate) fn snapshot_batches(
     entries: Vec<(String, String)>,
     slots: &[Slot],
 ) -> Vec<(Vec<SlotWrite>, Vec<Slot>)> {
+    let completes: BTreeSet<Slot> = slots.iter().copied().collect();
     let mut by_slot: BTreeMap<Slot, Vec<(String, String)>> = slots.iter().map(|&s| (s, Vec::new())).collect();
     for (key, value) in entries {
         by_slot.entry(slot_of(&key)).or_default().push((key, value));
@@ -99,7 +100,7 @@ pub(crate) fn snapshot_batches(
             bytes += size;
             batch.push(slot_write(slot, 0, &key, Some(value), None));
         }
-        if slots.contains(&slot) {
+        if completes.contains(&slot) {
             complete.push(slot);
         }
     }

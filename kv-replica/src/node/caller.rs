@@ -1,6 +1,7 @@
 //! The caller of a write, who may give up on it: a write waits (for its slot to be served, for
 //! its turn in the slot, for a lease) only while its caller still wants it, and once it begins to
-//! change state, it runs to its end whether or not anyone still waits for the answer.
+//! change state (the engine's wait for the key's lock is part of that), it runs to its end
+//! whether or not anyone still waits for the answer.
 //!
 //! A write that began must end: a durable engine yields while it applies, and a write cut off
 //! there could be applied while its exactly-once record, its abort or the keys it leaves owed

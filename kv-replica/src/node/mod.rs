@@ -207,9 +207,12 @@ impl Node {
     /// secondaries were told it was aborted.
     pub async fn write(self: &Arc<Self>, id: Option<RequestId>, mutation: Mutation) -> Result<Output, Error> {
         self.storage.limits().check_key(&mutation.key)?;
-        if id.is_none() && self.view.get().replication().factor <= 1 {
+        if id.is_none() {
+            // The configuration is read once admitted: an install changes it under the guard.
             let _admitted = self.routing.admit(&mutation.key).await?;
-            return self.storage.apply(mutation).await;
+            if self.view.get().replication().factor <= 1 {
+                return self.storage.apply(mutation).await;
+            }
         }
         let node = Arc::clone(self);
         let (_waiting, caller) = Caller::new();
@@ -227,6 +230,7 @@ impl Node {
         mut caller: Caller,
     ) -> Result<Output, Error> {
         let (_admitted, slot) = caller.unless_gone(self.routing.admit(&mutation.key)).await??;
+        self.forget_expired();
         let view = self.view.get();
         if view.replication().factor > 1 {
             let targets: Vec<String> = secondaries(&view, slot).into_iter().map(str::to_owned).collect();
@@ -243,20 +247,31 @@ impl Node {
         let output = match self.sessions.begin(id, fingerprint, slot, self.clock.now())? {
             Begin::Answered(output) => return Ok(output),
             Begin::Apply(ticket) => {
-                // A durable engine keeps the record with the write, for a retry after a restart.
-                let record = Recording { id, fingerprint, tag: slot };
+                // A durable engine keeps the record with the write, for a retry after a restart,
+                // and forgets with it the answers the client has.
+                let forget = ticket.forgotten().to_vec();
+                let record = Recording { id, fingerprint, tag: slot, forget };
                 let output = self.storage.apply_recorded(mutation, Some(record)).await?;
                 ticket.finish(&output);
                 output
             }
         };
-        let expired = self.sessions.take_expired();
-        if !expired.is_empty()
-            && let Err(err) = self.storage.forget_sessions(expired).await
-        {
-            warn!(%err, "cannot forget the exactly-once records of expired clients");
-        }
         Ok(output)
+    }
+
+    /// Has the engine forget, in the background, the records of the clients whose sessions
+    /// expired (a durable engine keeps them on disk).
+    fn forget_expired(&self) {
+        let expired = self.sessions.take_expired();
+        if expired.is_empty() {
+            return;
+        }
+        let storage = Arc::clone(&self.storage);
+        tokio::spawn(async move {
+            if let Err(err) = storage.forget_sessions(expired).await {
+                warn!(%err, "cannot forget the exactly-once records of expired clients");
+            }
+        });
     }
 
     /// Takes back the exactly-once records the engine kept across a restart (a durable one):
