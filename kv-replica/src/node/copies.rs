@@ -30,7 +30,7 @@ use tracing::{debug, info};
 
 use super::leases::Leases;
 use super::plan::copy_resets;
-use super::view::{View, lock, slot_set, slots_of};
+use super::view::{View, lock, slot_set, slots_where};
 
 /// Longest a read at a secondary waits for the primary it has to ask.
 const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -380,8 +380,11 @@ impl Copies {
             info!(writes = committed, "committed the writes a failed primary had prepared");
         }
         if drop_data.iter().any(|&d| d) {
-            let dropped =
-                self.storage.remove_slots(slot_of, &slots_of(&drop_data)).await.map_err(Error::storage)?;
+            let dropped = self
+                .storage
+                .remove_slots(slot_of, &slots_where(|slot| drop_data[usize::from(slot)]))
+                .await
+                .map_err(Error::storage)?;
             self.sessions.forget(|slot| drop_data[usize::from(slot)]);
             if dropped > 0 {
                 info!(keys = dropped, "dropped copies this server no longer keeps");

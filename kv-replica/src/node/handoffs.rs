@@ -36,7 +36,7 @@ use super::copies::Copies;
 use super::leases::Leases;
 use super::links::Links;
 use super::routing::Routing;
-use super::view::{View, lock, slot_set};
+use super::view::{View, lock, slot_set, slots_where};
 
 /// Longest wait for one batch's acknowledgement before it is sent again.
 const BATCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -176,7 +176,7 @@ impl Handoffs {
             .collect();
         let kept_set = slot_set(&kept);
         let dropped = |slot: Slot| set[usize::from(slot)] && !kept_set[usize::from(slot)];
-        let dropped_slots: Vec<Slot> = (0..SLOTS as Slot).filter(|&slot| dropped(slot)).collect();
+        let dropped_slots = slots_where(dropped);
         self.storage.remove_slots(slot_of, &dropped_slots).await.map_err(Error::storage)?;
         self.sessions.forget(dropped);
         self.copies.handed_off(slots, &kept).await;

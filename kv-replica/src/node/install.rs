@@ -31,7 +31,7 @@ use super::links::Links;
 use super::plan::{CarryOver, carry_over};
 use super::primary::Primary;
 use super::routing::{Routing, Table};
-use super::view::{View, lock, slot_set, slots_of};
+use super::view::{View, lock, slot_set, slots_where};
 
 /// Runs its closure when dropped.
 struct Finally<F: FnMut()>(F);
@@ -125,7 +125,10 @@ impl Installer {
                 let incoming: Vec<Slot> =
                     abandoned.iter().copied().filter(|&slot| table.ownership.is_incoming(slot)).collect();
                 let partial = slot_set(&incoming);
-                self.storage.remove_slots(slot_of, &slots_of(&partial)).await.map_err(Error::storage)?;
+                self.storage
+                    .remove_slots(slot_of, &slots_where(|slot| partial[usize::from(slot)]))
+                    .await
+                    .map_err(Error::storage)?;
                 self.sessions.forget(|slot| partial[usize::from(slot)]);
                 warn!(slots = incoming.len(), "serving slots whose data was lost with their sender, empty");
                 for slot in incoming {
@@ -214,7 +217,10 @@ impl Installer {
         handoff.outgoing.retain(|_, slots| !slots.is_empty());
         if !stale.is_empty() {
             let stale_set = slot_set(&stale);
-            self.storage.remove_slots(slot_of, &slots_of(&stale_set)).await.map_err(Error::storage)?;
+            self.storage
+                .remove_slots(slot_of, &slots_where(|slot| stale_set[usize::from(slot)]))
+                .await
+                .map_err(Error::storage)?;
             self.sessions.forget(|slot| stale_set[usize::from(slot)]);
             warn!(slots = stale.len(), "this server was failed over: its slots are served elsewhere now");
         }
@@ -253,7 +259,7 @@ impl Installer {
             // still hands off stays, until sent.
             let keep = slot_set(&handing_off);
             self.storage
-                .remove_slots(slot_of, &slots_of(&keep.iter().map(|kept| !kept).collect::<Vec<_>>()))
+                .remove_slots(slot_of, &slots_where(|slot| !keep[usize::from(slot)]))
                 .await
                 .map_err(Error::storage)?;
             self.sessions.forget(|slot| !keep[usize::from(slot)]);

@@ -42,9 +42,9 @@ pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, 
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The slots a membership table holds, in order.
-pub(crate) fn slots_of(set: &[bool]) -> Vec<kv_shard::Slot> {
-    (0..kv_shard::SLOTS as kv_shard::Slot).filter(|&slot| set[usize::from(slot)]).collect()
+/// The slots `pick` picks, in order.
+pub(crate) fn slots_where(pick: impl Fn(kv_shard::Slot) -> bool) -> Vec<kv_shard::Slot> {
+    (0..kv_shard::SLOTS as kv_shard::Slot).filter(|&slot| pick(slot)).collect()
 }
 
 /// A membership table over all slots.
