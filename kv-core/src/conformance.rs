@@ -146,6 +146,21 @@ where
     concurrent_appends_are_atomic(Arc::new(make(Limits::default()))).await;
     concurrent_pops_return_each_character_once(Arc::new(make(Limits::default()))).await;
     export_import_and_remove(&make(Limits::default()), &make(Limits::default())).await;
+    states_are_kept_apart_from_the_values(&make(Limits::default())).await;
+}
+
+/// The server's own records: set, read back, replaced, removed; never values.
+async fn states_are_kept_apart_from_the_values<S: Storage>(s: &S) {
+    assert_eq!(s.state("member").await.expect("the engine answers"), None);
+    s.set_state("member", Some(b"one".to_vec())).await.expect("the engine answers");
+    s.set_state("other", Some(Vec::new())).await.expect("the engine answers");
+    s.set_state("member", Some(b"two".to_vec())).await.expect("the engine answers");
+    assert_eq!(s.state("member").await.expect("the engine answers").as_deref(), Some(&b"two"[..]));
+    assert_eq!(s.state("other").await.expect("the engine answers").as_deref(), Some(&b""[..]));
+    assert_eq!(s.key_count().await.expect("the engine answers"), 0, "records are not values");
+    assert_eq!(s.get("member").await.expect("the engine answers"), None);
+    s.set_state("member", None).await.expect("the engine answers");
+    assert_eq!(s.state("member").await.expect("the engine answers"), None);
 }
 
 /// Moving keys between engines: export what a predicate picks, import it elsewhere, remove it.

@@ -15,6 +15,8 @@
 //! - `meta`: `format`, the layout's version ([`FORMAT`]), and `slots`, the slots `slot_of` gives
 //!   a few fixed keys. A directory written by another format, or by another `slot_of` (its keys
 //!   would be looked for under other slots), is refused at open, before anything is written.
+//!   And the server's own records ([`Storage::set_state`]) under `state:` and their name, each
+//!   write of one synced whatever the policy.
 //!
 //! # Writes
 //!
@@ -141,10 +143,16 @@ pub enum OpenError {
     },
 }
 
+/// Where the server's record `name` is kept in `meta`.
+fn state_key(name: &str) -> Vec<u8> {
+    format!("state:{name}").into_bytes()
+}
+
 /// A durable engine: see the module's documentation.
 pub struct DiskStorage {
     values: Keyspace,
     sessions: Keyspace,
+    meta: Keyspace,
     limits: Limits,
     slot_of: fn(&str) -> u16,
     locks: Vec<Arc<RwLock<()>>>,
@@ -199,6 +207,7 @@ impl DiskStorage {
             db,
             values: values.clone(),
             sessions: sessions.clone(),
+            meta: meta.clone(),
             durability: options.durability,
             shared: Arc::clone(&shared),
         };
@@ -209,6 +218,7 @@ impl DiskStorage {
         Ok(DiskStorage {
             values,
             sessions,
+            meta,
             limits: options.limits,
             slot_of: options.slot_of,
             locks: (0..STRIPES).map(|_| Arc::new(RwLock::new(()))).collect(),
@@ -502,6 +512,17 @@ impl Storage for DiskStorage {
             .await
             .map_err(|err| storage_error("cannot count the keys", err))?
             .map_err(|err| storage_error("cannot count the keys", err))
+    }
+
+    async fn state(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let stored =
+            self.meta.get(state_key(name)).map_err(|err| storage_error("cannot read a record", err))?;
+        Ok(stored.map(|bytes| bytes.to_vec()))
+    }
+
+    async fn set_state(&self, name: &str, value: Option<Vec<u8>>) -> Result<()> {
+        self.shared.check_writable()?;
+        self.commit(vec![Change::meta(state_key(name), value)], Vec::new()).await
     }
 
     fn stats(&self) -> EngineStats {

@@ -4,15 +4,20 @@ use async_trait::async_trait;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
+use std::collections::BTreeMap;
+use std::sync::{Mutex, PoisonError};
+
 use crate::{Limits, Mutation, Output, Result, Storage};
 
 /// Keeps every value in memory, in a [`DashMap`]: the map is split into shards, each behind its
 /// own reader-writer lock, so operations on keys of different shards run in parallel and a
 /// mutation holds only its key's shard lock, for the few instructions [`crate::op::Op::apply`]
-/// takes. Nothing survives the process.
+/// takes. Nothing survives the process (what is kept, [`Storage::state`] records too, lasts as
+/// long as the value: a simulation that keeps it across a node's restart models a disk).
 #[derive(Debug, Default)]
 pub struct MemoryStorage {
     map: DashMap<String, String>,
+    states: Mutex<BTreeMap<String, Vec<u8>>>,
     limits: Limits,
 }
 
@@ -24,7 +29,7 @@ impl MemoryStorage {
 
     /// An empty store with the given limits.
     pub fn with_limits(limits: Limits) -> Self {
-        MemoryStorage { map: DashMap::new(), limits }
+        MemoryStorage { map: DashMap::new(), states: Mutex::default(), limits }
     }
 
     /// Number of keys held.
@@ -107,6 +112,19 @@ impl Storage for MemoryStorage {
 
     async fn key_count(&self) -> Result<usize> {
         Ok(self.map.len())
+    }
+
+    async fn state(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.states.lock().unwrap_or_else(PoisonError::into_inner).get(name).cloned())
+    }
+
+    async fn set_state(&self, name: &str, value: Option<Vec<u8>>) -> Result<()> {
+        let mut states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
+        match value {
+            Some(value) => states.insert(name.to_owned(), value),
+            None => states.remove(name),
+        };
+        Ok(())
     }
 }
 

@@ -150,6 +150,23 @@ pub trait Storage: Send + Sync + 'static {
         EngineStats::default()
     }
 
+    /// The small record kept under `name` beside the data ([`Storage::set_state`]), if any: what
+    /// a server must know about its own data after a restart (whose member it is, where its
+    /// copies stood). The default keeps none.
+    async fn state(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let _ = name;
+        Ok(None)
+    }
+
+    /// Keeps `value` under `name` (`None` removes it), made durable before this returns whatever
+    /// the engine's durability policy: such records are written rarely, and a server relies on
+    /// them after a crash. Writes made before this call are as durable once it returns. The
+    /// default keeps nothing.
+    async fn set_state(&self, name: &str, value: Option<Vec<u8>>) -> Result<()> {
+        let _ = (name, value);
+        Ok(())
+    }
+
     /// Sets `key` to `value`.
     async fn put(&self, key: String, value: String) -> Result<()> {
         self.apply(Mutation::put(key, value)).await.map(drop)

@@ -33,6 +33,9 @@ pub(super) enum Space {
     Values,
     /// The exactly-once records (`records`).
     Sessions,
+    /// The server's own records ([`crate::Storage::set_state`]): a batch holding one is synced
+    /// whatever the durability policy.
+    Meta,
 }
 
 /// One change of a batch: a stored key set to a value, or removed.
@@ -52,6 +55,11 @@ impl Change {
     /// A record of the sessions set to `value`, or removed.
     pub(super) fn record(key: Vec<u8>, value: Option<Vec<u8>>) -> Self {
         Change { space: Space::Sessions, key, value }
+    }
+
+    /// A record of the server's own set to `value`, or removed.
+    pub(super) fn meta(key: Vec<u8>, value: Option<Vec<u8>>) -> Self {
+        Change { space: Space::Meta, key, value }
     }
 }
 
@@ -118,6 +126,7 @@ pub(super) struct Committer {
     pub(super) db: Database,
     pub(super) values: Keyspace,
     pub(super) sessions: Keyspace,
+    pub(super) meta: Keyspace,
     pub(super) durability: Durability,
     pub(super) shared: Arc<Shared>,
 }
@@ -206,10 +215,15 @@ impl Committer {
             ));
         }
         let mut writes = self.db.batch().durability(None);
+        let mut synced = self.durability == Durability::Always;
         for change in batch.iter().flat_map(|request| &request.changes) {
             let space = match change.space {
                 Space::Values => &self.values,
                 Space::Sessions => &self.sessions,
+                Space::Meta => {
+                    synced = true;
+                    &self.meta
+                }
             };
             match &change.value {
                 Some(value) => writes.insert(space, change.key.as_slice(), value.as_slice()),
@@ -219,10 +233,7 @@ impl Committer {
         writes.commit().map_err(|err| Error::Storage(format!("cannot write: {err}")))?;
         self.shared.batches.fetch_add(1, Ordering::Relaxed);
         self.shared.writes.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        match self.durability {
-            Durability::Always => self.sync(),
-            Durability::Interval(_) | Durability::Never => self.db.persist(PersistMode::Buffer),
-        }
-        .map_err(|err| Error::Storage(format!("cannot sync: {err}")))
+        if synced { self.sync() } else { self.db.persist(PersistMode::Buffer) }
+            .map_err(|err| Error::Storage(format!("cannot sync: {err}")))
     }
 }

@@ -88,6 +88,21 @@ async fn what_it_acknowledged_is_there_after_a_restart_at_every_durability() {
 }
 
 #[tokio::test]
+async fn the_servers_records_survive_a_restart_at_every_durability() {
+    for durability in [Durability::Always, Durability::Interval(Duration::from_secs(60)), Durability::Never] {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = open(dir.path(), durability);
+        engine.set_state("member", Some(b"127.0.0.1:1 #3".to_vec())).await.unwrap();
+        let syncs = engine.stats().syncs;
+        assert!(syncs >= 1, "{durability:?}: a record is synced whatever the policy");
+        drop(engine);
+        let engine = open(dir.path(), durability);
+        assert_eq!(engine.state("member").await.unwrap().as_deref(), Some(&b"127.0.0.1:1 #3"[..]));
+        assert_eq!(engine.key_count().await.unwrap(), 0);
+    }
+}
+
+#[tokio::test]
 async fn imports_and_removals_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(dir.path(), Durability::Always);
