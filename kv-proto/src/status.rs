@@ -96,6 +96,10 @@ pub fn shard_error_from_status(status: &Status) -> kv_shard::Error {
         Code::NotFound => {
             E::NotMember(message.strip_suffix(" is not a member").unwrap_or(&message).to_owned())
         }
+        // A change made whose moves did not all finish comes back as such: its epoch is in place.
+        Code::Aborted | Code::DataLoss if let Some((epoch, reason)) = incomplete_change(&message) => {
+            E::Incomplete { epoch, reason, lost: status.code() == Code::DataLoss }
+        }
         Code::Unavailable => E::Unavailable(message),
         Code::Cancelled | Code::DeadlineExceeded | Code::Unknown => E::Interrupted(message),
         Code::Aborted => E::Aborted(message),
@@ -106,6 +110,13 @@ pub fn shard_error_from_status(status: &Status) -> kv_shard::Error {
             E::FailedPrecondition(message)
         }
     }
+}
+
+/// The epoch and reason of an [`kv_shard::Error::Incomplete`]'s message ("epoch N is in place,
+/// but REASON"), if it is one.
+fn incomplete_change(message: &str) -> Option<(u64, String)> {
+    let (epoch, reason) = message.strip_prefix("epoch ")?.split_once(" is in place, but ")?;
+    Some((epoch.parse().ok()?, reason.to_owned()))
 }
 
 /// The status for an error of the replication protocol (a storage server's answer to another).
@@ -231,6 +242,9 @@ mod tests {
             (status.code(), status.message()),
             (Code::DataLoss, "epoch 4 is in place, but a:1 is gone")
         );
+        assert_eq!(shard_error_from_status(&status), incomplete);
+        let moved = S::Incomplete { epoch: 9, reason: "b:1 did not install it".into(), lost: false };
+        assert_eq!(shard_error_from_status(&status_from_shard_error(&moved)), moved);
         assert!(shard_error_from_status(&Status::deadline_exceeded("slow")).is_retryable());
         assert!(shard_error_from_status(&Status::unknown("connection reset")).is_retryable());
         assert!(!shard_error_from_status(&Status::failed_precondition("no")).is_retryable());
