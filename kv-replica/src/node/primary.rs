@@ -26,7 +26,7 @@ use crate::messages::{Replicate, SlotWrite, WriteKind};
 use crate::transport::PeerCalls;
 use futures_util::future::join_all;
 use kv_core::session::Begin;
-use kv_core::{Answer, Error, Mutation, Output, RequestId, SessionRecord, Sessions, Storage};
+use kv_core::{Answer, Error, Mutation, Output, Recording, RequestId, SessionRecord, Sessions, Storage};
 use kv_shard::clock::Clock;
 use kv_shard::signal::Signal;
 use kv_shard::{Config, Consistency, SLOTS, Slot};
@@ -53,13 +53,16 @@ fn session_record(id: RequestId, fingerprint: u64, output: &Output, slot: Slot) 
     }
 }
 
-/// Sets `key` to `value` (or removes it) in `storage`.
-async fn store(storage: &dyn Storage, key: String, value: Option<String>) -> Result<(), Error> {
-    let mutation = match value {
-        Some(value) => Mutation::put(key, value),
-        None => Mutation::delete(key),
-    };
-    storage.apply(mutation).await.map(drop)
+/// What a durable engine keeps of a write's exactly-once record, with the write (see
+/// [`Storage::apply_recorded`]): none for a write without an id.
+fn recording(
+    id: Option<RequestId>,
+    fingerprint: u64,
+    slot: Slot,
+    ticket: Option<&kv_core::session::Ticket<'_>>,
+) -> Option<Recording> {
+    let (id, ticket) = (id?, ticket?);
+    Some(Recording { id, fingerprint, tag: slot, forget: ticket.forgotten().to_vec() })
 }
 
 /// Each slot's write lock, with the slot's write numbering: held by a write from before it is
@@ -154,7 +157,7 @@ impl Primary {
         match replication.consistency {
             Consistency::Strong => {
                 let mut value = self.storage.get(&key).await?;
-                let output = op.apply(&mut value, self.storage.limits())?;
+                let output = op.clone().apply(&mut value, self.storage.limits())?;
                 let number = seq.number();
                 let session = id.map(|id| session_record(id, fingerprint, &output, slot));
                 let mut write = slot_write(slot, number, &key, value.clone(), session);
@@ -163,9 +166,13 @@ impl Primary {
                 // is aborted, even if this task is stopped first.
                 let prepared = Prepared { seq: &mut seq, key: Some(key.clone()), number };
                 // Applying it is the linearization point: from then on, reads here see the write.
+                // The operation is applied again, with its exactly-once record (a durable engine
+                // keeps both in one atomic write): the slot's lock is held, so the key holds what
+                // it was computed from, and it makes the same value and answer.
+                let record = recording(id, fingerprint, slot, ticket.as_ref());
                 let applied = match self.replicate_now(view, &targets, vec![write], WriteKind::Prepare).await
                 {
-                    Ok(()) => store(self.storage.as_ref(), key, value).await,
+                    Ok(()) => self.storage.apply_recorded(Mutation { key, op }, record).await.map(drop),
                     Err(err) => Err(err),
                 };
                 // Not applied here: the secondaries that prepared it must not commit it.
@@ -178,7 +185,8 @@ impl Primary {
                 Ok(output)
             }
             Consistency::Eventual => {
-                let output = self.storage.apply(Mutation { key: key.clone(), op }).await?;
+                let record = recording(id, fingerprint, slot, ticket.as_ref());
+                let output = self.storage.apply_recorded(Mutation { key: key.clone(), op }, record).await?;
                 // Applied here, and answered to a retry: from now on the key is owed to every
                 // secondary that has not confirmed it, even if this task is stopped first.
                 let mut unconfirmed = Unconfirmed { links: &self.links, targets: &targets, key: &key };
