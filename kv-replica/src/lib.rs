@@ -256,8 +256,44 @@
 //!
 //! **Restarts.** A server draws a random *incarnation* when its process starts, and the shard
 //! master records it when the server joins. A member answering with another incarnation has
-//! restarted and lost what it held: it is failed over (never caught up as if it were its former
-//! self), installs meant for its former self are refused, and it joins again as a new member.
+//! restarted. One that kept nothing (in memory, or a new data directory) lost what it held: it is
+//! failed over (never caught up as if it were its former self), installs meant for its former
+//! self are refused, and it joins again as a new member.
+//!
+//! A durable server (one that keeps its data on disk) writes, with each configuration it
+//! installs, a *membership record* beside its data: its address, its member id, the epoch, and
+//! whether its data was *whole* then (every slot it owns had arrived, it owed no hand-off); it
+//! writes it again once its hand-offs end. Restarted over such a record, it serves nothing and
+//! says what it kept in its pings and status; the shard master does not fail it over for the
+//! restart, and its join asks to be **taken back in place**. The shard master does so only if it
+//! is still that member, its data was whole, and it has owned exactly the same slots in every
+//! configuration since its record's epoch (all kept): then no write of its slots was committed
+//! anywhere without it (a primary applies a strong or synchronous write before it is
+//! acknowledged, and the engine syncs it first with `--fsync always`; a killed process loses
+//! nothing the engine was handed, at any policy), so its disk holds every acknowledged write of
+//! its slots. The new configuration has the same members and slots, with the member marked as
+//! taken back at its epoch ([`kv_shard::Config::restarted_at`]); [`keeps_copy`] is false for
+//! every copy the member held, or fed as primary, across that mark. So, at the install:
+//! - the member serves its primary slots from its disk at once (the slots are its own in both
+//!   configurations), drops every other key it kept, and has its copies rebuilt by their
+//!   primaries' snapshots; its exactly-once records were read back from the disk at start-up;
+//! - the secondaries of its slots drop their copies (and whatever the old process left
+//!   prepared there, applied or not) and catch up from its data: a write the old process had
+//!   prepared but not applied was never acknowledged;
+//! - nothing is fenced: the old process's promises died with it, and the new one commits only
+//!   with prepares at the new epoch, which a secondary takes only once it has reset its copy.
+//!
+//! Otherwise (its slots changed meanwhile, it stopped in the middle of a hand-off, it is no longer
+//! a member), it is failed over if still a member, and joins as a new member: at that install it
+//! drops everything it kept, exactly-once records included.
+//!
+//! **A whole-cluster crash.** With every member down at once, no failover can run: a slot goes to
+//! a secondary only if one that answers is up to date, and when none is, and the members keep
+//! their data on disk, the failover waits for the member to come back rather than promote a copy
+//! that lacks what its disk holds. Each member that restarts is taken back in place; the copies
+//! catch up once their primaries are back. A server given a data directory written under another
+//! address refuses to start.
+//!
 //! A failed server that was only cut off learns it was failed from the next configuration it is
 //! given, drops its stale copies, and joins again too: the shard master keeps trying to bring it
 //! up to the epoch that failed it over until it answers there.
@@ -285,6 +321,14 @@
 //!   answering the failover's questions) can lose the slots concerned.
 //! - A storage error in the middle of an install (impossible with the in-memory engine) could
 //!   leave its replication state half switched.
+//! - A member taken back in place rebuilds its copies, and its secondaries theirs, from full
+//!   snapshots: catching up only what changed is not built yet. A durable member that never
+//!   comes back, when no up-to-date copy of some of its slots answers, holds those slots (and
+//!   every later change) until it does.
+//! - A strong write prepared at a secondary is held in memory there, not on its disk: a
+//!   secondary that restarts never counts on what it held (its copies are rebuilt from their
+//!   primaries), but a whole-cluster crash that also takes a primary's disk loses the writes only
+//!   its secondaries held prepared.
 //! - Eventual mode applies a key's background values in the order they arrive, not by a version:
 //!   a flush read before a synchronous write of the same key but arriving after it (at a
 //!   synchronous secondary that was owed the key: one that missed a write, or was background until

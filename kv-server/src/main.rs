@@ -225,14 +225,7 @@ async fn storage(args: StorageArgs) -> Result<()> {
         dial_via: args.dial_via,
         data: StorageData::Memory,
     };
-    let member = args.shardmaster.is_some();
-    if member && (args.data_dir.is_some() || args.fsync.is_some()) {
-        bail!(
-            "a cluster member keeps its data in memory for now: it cannot yet recover from a data \
-             directory (it would rejoin as a new, empty server); drop --data-dir and --fsync"
-        );
-    }
-    if !member && !args.in_memory && args.data_dir.is_none() && port_of(&args.listen) == Some(0) {
+    if !args.in_memory && args.data_dir.is_none() && port_of(&args.listen) == Some(0) {
         bail!(
             "with --listen port 0 the default data directory, named after the port, would change at \
              every start, and a restarted server would not find its data: give --data-dir DIR, or \
@@ -247,7 +240,7 @@ async fn storage(args: StorageArgs) -> Result<()> {
     let listener = bind(&args.listen).await?;
     let local = listener.local_addr().context("cannot read the bound address")?;
     let config = StorageConfig {
-        data: if args.in_memory || member {
+        data: if args.in_memory {
             StorageData::Memory
         } else {
             let dir = args.data_dir.unwrap_or_else(|| format!("kv-storage-{}", local.port()).into());
@@ -270,9 +263,6 @@ async fn storage(args: StorageArgs) -> Result<()> {
                 Durability::Never => "never".to_owned(),
             };
             println!("kv-server storage keeps its data in {} (fsync: {fsync})", dir.display());
-        }
-        StorageData::Memory if member => {
-            println!("kv-server storage keeps its data in memory only (a cluster member, for now)")
         }
         StorageData::Memory => println!("kv-server storage keeps its data in memory only (--in-memory)"),
     }

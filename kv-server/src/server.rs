@@ -56,8 +56,8 @@ pub enum StorageData {
     Memory,
     /// In the durable engine ([`kv_core::disk::DiskStorage`]) in `dir`: a standalone server
     /// restarted with the same directory has every write it acknowledged (with
-    /// [`Durability::Always`]). Standalone servers only, for now: a cluster member cannot yet
-    /// recover from its directory, and is refused one.
+    /// [`Durability::Always`]); a cluster member comes back as the member it was, with its data,
+    /// if the shard master can take it back in place (see `kv_replica`'s docs, "Restarts").
     Disk {
         /// The data directory.
         dir: PathBuf,
@@ -112,9 +112,6 @@ async fn open_storage(config: &StorageConfig) -> Result<Arc<dyn Storage>, ServeE
     let StorageData::Disk { dir, durability } = &config.data else {
         return Ok(Arc::new(MemoryStorage::with_limits(config.limits)));
     };
-    if config.cluster.is_some() {
-        return Err(ServeError::MemberDataDir);
-    }
     let options = DiskOptions { limits: config.limits, durability: *durability, slot_of: kv_shard::slot_of };
     let engine = DiskStorage::open(dir, options)?;
     let held = engine.key_count().await.unwrap_or_default();
@@ -181,12 +178,9 @@ pub enum ServeError {
     /// The exactly-once records kept in the data directory cannot be read.
     #[error("cannot read the exactly-once records kept in the data directory: {0}")]
     Records(String),
-    /// A cluster member was given a data directory, which it cannot recover from yet.
-    #[error(
-        "a cluster member keeps its data in memory for now: it cannot yet recover from a data \
-         directory (it would rejoin as a new, empty server); start it without --data-dir"
-    )]
-    MemberDataDir,
+    /// The membership kept in the data directory cannot be taken back.
+    #[error("cannot come back as the member whose data the data directory holds: {0}")]
+    Membership(String),
     /// The shard master's saved state cannot be used.
     #[error("cannot start from the shard master's state in {dir}: {reason}")]
     MasterState {
@@ -231,6 +225,17 @@ pub async fn run_storage(
     let clients = node.restore_sessions().await.map_err(|err| ServeError::Records(err.to_string()))?;
     if clients > 0 {
         info!(clients, "took back the exactly-once records kept on disk");
+    }
+    if cluster.is_some() {
+        let kept = node.restore_membership().await.map_err(|err| ServeError::Membership(err.to_string()))?;
+        if let Some(resume) = kept {
+            info!(
+                member = resume.member.0,
+                epoch = resume.epoch,
+                whole = resume.whole,
+                "restarted with the data of a member kept on disk: asking to be taken back as that member"
+            );
+        }
     }
     let leaver = Arc::clone(&node);
     // Room for the largest request the limits allow, plus framing; larger messages are refused

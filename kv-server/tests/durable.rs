@@ -1,6 +1,6 @@
-//! A standalone storage server with a data directory: what it acknowledged survives `kill -9`,
-//! it keeps its data under the working directory by default, and it refuses a directory it
-//! cannot read, with an error that says why.
+//! A storage server with a data directory: what it acknowledged survives `kill -9`, it keeps its
+//! data under the working directory by default, it refuses a directory it cannot read, with an
+//! error that says why, and a cluster member comes back as the member it was.
 
 #![allow(clippy::unwrap_used)]
 
@@ -116,18 +116,49 @@ async fn a_data_directory_it_cannot_read_is_refused() {
     assert!(stderr.contains(&data.display().to_string()), "{stderr}");
 }
 
-/// A cluster member cannot yet recover from a data directory: it is refused one, before it
-/// binds or joins, with an error that says why.
-#[test]
-fn a_cluster_member_is_refused_a_data_directory() {
+/// A cluster member with a data directory, killed with `kill -9` and started again on it at the
+/// same address, is taken back by the shard master as the member it was and serves its data
+/// again (with one copy of each slot, before this it could only exit: "a member already, its data
+/// lost"). The same directory under another address is refused at start-up, naming the member
+/// whose data it is.
+#[tokio::test]
+async fn a_cluster_member_comes_back_with_its_data_and_refuses_another_address() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut command = server_command();
-    command.args(["storage", "--listen", "127.0.0.1:0", "--shardmaster", "127.0.0.1:9", "--data-dir"]);
-    command.arg(&data);
-    let refused = run_to_exit(command);
-    assert!(!refused.status.success());
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(stderr.contains("cluster member keeps its data in memory"), "{stderr}");
-    assert!(!data.exists(), "a refused server made its data directory");
+    let data = data.to_str().unwrap();
+    let master = ServerProcess::start_shardmaster_with(&["--replication-factor", "1"]);
+    let master_addr = master.addr().to_string();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let flags = ["--shardmaster", master_addr.as_str(), "--data-dir", data];
+    let mut first = ServerProcess::start_at("storage", &listen, &flags);
+    first.wait_for_log("joined the cluster").await;
+    within("writes before the crash", async {
+        let client = first.native().await;
+        for i in 0..50 {
+            client.put(&format!("k{i}"), &format!("v{i}")).await;
+        }
+    })
+    .await;
+    first.signal("KILL");
+    first.wait_exit().await;
+
+    let mut second = ServerProcess::start_at("storage", &listen, &flags);
+    second.wait_for_log("taken back as the member this server was").await;
+    within("reads after the restart", async {
+        let client = second.native().await;
+        for i in 0..50 {
+            assert_eq!(client.get(&format!("k{i}")).await.as_deref(), Some(format!("v{i}").as_str()), "k{i}");
+        }
+        client.put("after", "restart").await;
+    })
+    .await;
+    second.signal("KILL");
+    second.wait_exit().await;
+
+    let mut other = ServerProcess::start_with(&flags);
+    let status = other.wait_exit().await;
+    assert!(!status.success(), "another address must not serve this member's data");
+    let stderr = other.stderr();
+    assert!(stderr.contains(&format!("the data kept here is that of the member at {listen}")), "{stderr}");
 }

@@ -60,6 +60,9 @@ pub struct Config {
     slots: Vec<Option<ServerId>>,
     next_id: u64,
     replication: Replication,
+    /// The members that came back with their data after a restart ([`Config::readmit`]), by the
+    /// epoch that took them back (the last time, if more than once).
+    restarts: BTreeMap<ServerId, u64>,
 }
 
 impl Default for Config {
@@ -77,6 +80,7 @@ impl Config {
             slots: vec![None; SLOTS],
             next_id: 0,
             replication: Replication::default(),
+            restarts: BTreeMap::new(),
         }
     }
 
@@ -195,7 +199,57 @@ impl Config {
         if members.keys().next_back().is_some_and(|id| id.0 >= next_id) {
             return invalid(format!("next member id {next_id} is taken"));
         }
-        Ok(Config { epoch, members, slots, next_id, replication: Replication::default() })
+        Ok(Config {
+            epoch,
+            members,
+            slots,
+            next_id,
+            replication: Replication::default(),
+            restarts: BTreeMap::new(),
+        })
+    }
+
+    /// This configuration with the members' readmissions ([`Config::restarted_at`]) as given
+    /// (received over the wire, say), checked: each is of a member, at an epoch from 1 to this
+    /// one.
+    pub fn with_restarts(mut self, restarts: BTreeMap<ServerId, u64>) -> Result<Config> {
+        if let Some((id, epoch)) = restarts
+            .iter()
+            .find(|(id, epoch)| !self.members.contains_key(id) || **epoch == 0 || **epoch > self.epoch)
+        {
+            return Err(Error::InvalidConfig(format!(
+                "member {} cannot have been taken back at epoch {epoch} of {}",
+                id.0, self.epoch
+            )));
+        }
+        self.restarts = restarts;
+        Ok(self)
+    }
+
+    /// The epoch that last took member `id` back after a restart with its data (0: none did).
+    /// A copy of a slot whose primary, or whose holder, was taken back since is rebuilt from the
+    /// primary's data ([`crate::roles::keeps_copy`]): the process that fed it, or held it, is
+    /// gone, and with it what it had in flight.
+    pub fn restarted_at(&self, id: ServerId) -> u64 {
+        self.restarts.get(&id).copied().unwrap_or(0)
+    }
+
+    /// Every readmission of a member, by member.
+    pub fn restarts(&self) -> &BTreeMap<ServerId, u64> {
+        &self.restarts
+    }
+
+    /// The configuration after member `addr` restarted and came back with its data: the next
+    /// epoch, the same members and slots, and `addr` marked as taken back at it
+    /// ([`Config::restarted_at`]).
+    pub fn readmit(&self, addr: &str) -> Result<Config> {
+        let Some(id) = self.id_of(addr) else {
+            return Err(Error::NotMember(addr.to_owned()));
+        };
+        let mut next = self.clone();
+        next.epoch += 1;
+        next.restarts.insert(id, next.epoch);
+        Ok(next)
     }
 
     /// The id the next member to join will get.
@@ -269,6 +323,7 @@ impl Config {
         let mut next = self.clone();
         next.epoch += 1;
         next.members.remove(&id);
+        next.restarts.remove(&id);
         let mut promoted = Vec::new();
         for (slot, owner) in next.slots.iter_mut().enumerate() {
             if *owner == Some(id) {
@@ -289,6 +344,7 @@ impl Config {
         let mut next = self.clone();
         next.epoch += 1;
         next.members.remove(&id);
+        next.restarts.remove(&id);
         let mut owned = self.owned_slots();
         let leaving = owned.remove(&id).unwrap_or_default();
         let mut counts: BTreeMap<ServerId, usize> = owned.iter().map(|(m, s)| (*m, s.len())).collect();

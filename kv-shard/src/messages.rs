@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use kv_core::SessionRecord;
 
-use crate::{Config, Slot};
+use crate::{Config, ServerId, Slot};
 
 /// A configuration to switch to (`Node.Install`), as the shard master pushes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +76,22 @@ pub struct ServerStatus {
     pub retired: BTreeMap<String, Vec<Slot>>,
     /// What its engine has written since it started.
     pub engine: kv_core::EngineStats,
+    /// Set while it waits to be taken back as the member it was, with the data it kept.
+    pub resume: Option<Resume>,
+}
+
+/// What a server restarted with its data kept says of it: the member it was, and where it
+/// stood when it stopped. The shard master takes it back in place ([`Config::readmit`]) if its
+/// slots are still where they were then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    /// The member id it had.
+    pub member: ServerId,
+    /// The epoch of the last configuration it installed.
+    pub epoch: u64,
+    /// Whether, at that epoch, every slot it owned had arrived and it owed no hand-off: only
+    /// then is its data that of its slots, whole.
+    pub whole: bool,
 }
 
 /// A storage server's answer to a ping.
@@ -91,6 +107,8 @@ pub struct Pong {
     /// Its peers that answered it lately (an answer or a refusal from the process), and how
     /// long ago: a member that does not answer the shard master may still be alive.
     pub heard: Vec<HeardPeer>,
+    /// Set while it waits to be taken back as the member it was ([`ServerStatus::resume`]).
+    pub resume: Option<Resume>,
 }
 
 /// A peer a storage server heard from lately.

@@ -33,9 +33,13 @@ pub fn role(config: &Config, address: &str, slot: Slot) -> Role {
 /// counts on for every acknowledged write). Otherwise its copy is rebuilt from a snapshot of the
 /// (new) primary.
 ///
-/// Members are compared by id, so a server that left and joined again starts over.
+/// Members are compared by id, so a server that left and joined again starts over; and by
+/// readmission ([`Config::restarted_at`]), so a copy held by, or fed by, a member that came back
+/// after a restart starts over too.
 pub fn keeps_copy(previous: &Config, next: &Config, address: &str, slot: Slot) -> bool {
-    let same_member = |a: Option<ServerId>, b: Option<ServerId>| a.is_some() && a == b;
+    let same_member = |a: Option<ServerId>, b: Option<ServerId>| {
+        a.is_some() && a == b && a.is_some_and(|id| previous.restarted_at(id) == next.restarted_at(id))
+    };
     let me = next.id_of(address);
     same_member(previous.id_of(address), me)
         && same_member(previous.owner_of_slot(slot), next.owner_of_slot(slot))
@@ -210,6 +214,35 @@ mod tests {
         }
         assert!(kept > SLOTS, "most secondaries keep their copies: {kept}");
         assert!(!keeps_copy(&before, &before.leave("10.0.0.1:1").unwrap(), "10.0.0.1:1", 0));
+    }
+
+    /// A member taken back after a restart keeps none of its copies, and the secondaries of its
+    /// slots none of theirs; every other copy stays.
+    #[test]
+    fn a_readmission_rebuilds_the_copies_the_member_held_or_fed() {
+        let before = cluster(4);
+        let back = "10.0.0.1:1";
+        let after = before.readmit(back).unwrap();
+        assert_eq!((after.epoch(), after.slots()), (before.epoch() + 1, before.slots()));
+        let id = after.id_of(back).unwrap();
+        assert_eq!((before.restarted_at(id), after.restarted_at(id)), (0, after.epoch()));
+        for slot in 0..SLOTS as Slot {
+            let fed_by_it = after.owner_of_slot(slot) == Some(id);
+            for i in 0..4 {
+                let address = format!("10.0.0.{i}:1");
+                if role(&after, &address, slot) != Role::Secondary {
+                    continue;
+                }
+                let kept = keeps_copy(&before, &after, &address, slot);
+                assert_eq!(kept, !fed_by_it && address != back, "slot {slot} at {address}");
+            }
+        }
+        // Taken back again later: again rebuilt; after that, kept as before.
+        let again = after.readmit(back).unwrap();
+        assert!(secondaries(&again, 0).iter().all(|s| !keeps_copy(&after, &again, s, 0) || *s != back));
+        let later = again.readmit("10.0.0.2:1").unwrap();
+        assert_eq!(later.restarted_at(id), again.epoch(), "a mark stays until the member leaves");
+        assert!(before.readmit("10.9.9.9:1").is_err(), "not a member");
     }
 
     /// In eventual mode, a background secondary that a change makes synchronous takes a fresh

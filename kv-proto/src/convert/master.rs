@@ -9,8 +9,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use kv_shard::Slot;
-use kv_shard::messages::{HandOffCopy, HeardPeer, Install, InstallReport, Pong, ServerStatus, UnheardPeer};
+use kv_shard::messages::{
+    HandOffCopy, HeardPeer, Install, InstallReport, Pong, Resume, ServerStatus, UnheardPeer,
+};
+use kv_shard::{ServerId, Slot};
 use tonic::Status;
 
 use super::{config_from_wire, config_to_wire, slot_from_wire, slots_from_wire};
@@ -134,7 +136,16 @@ pub fn server_status_to_wire(status: &ServerStatus) -> v1::StatusResponse {
         engine_batches: status.engine.batches,
         engine_writes: status.engine.writes,
         engine_syncs: status.engine.syncs,
+        resume: status.resume.map(resume_to_wire),
     }
+}
+
+fn resume_to_wire(resume: Resume) -> v1::Resume {
+    v1::Resume { member: resume.member.0, epoch: resume.epoch, whole: resume.whole }
+}
+
+fn resume_from_wire(wire: &v1::Resume) -> Resume {
+    Resume { member: ServerId(wire.member), epoch: wire.epoch, whole: wire.whole }
 }
 
 /// A server's status from the wire.
@@ -154,6 +165,7 @@ pub fn server_status_from_wire(wire: &v1::StatusResponse) -> ServerStatus {
         unready: lenient_slots(&wire.unready),
         retired: lenient_server_slots(&wire.retired),
         engine: engine_stats_from_wire(wire),
+        resume: wire.resume.as_ref().map(resume_from_wire),
     }
 }
 
@@ -185,7 +197,13 @@ pub fn pong_to_wire(pong: Pong) -> v1::PingResponse {
             ago_ms: u64::try_from(heard.ago.as_millis()).unwrap_or(u64::MAX),
         })
         .collect();
-    v1::PingResponse { epoch: pong.epoch, incarnation: pong.incarnation, unheard, heard }
+    v1::PingResponse {
+        epoch: pong.epoch,
+        incarnation: pong.incarnation,
+        unheard,
+        heard,
+        resume: pong.resume.map(resume_to_wire),
+    }
 }
 
 /// A ping's answer from the wire.
@@ -203,7 +221,13 @@ pub fn pong_from_wire(wire: &v1::PingResponse) -> Pong {
         .iter()
         .map(|heard| HeardPeer { peer: heard.peer.clone(), ago: Duration::from_millis(heard.ago_ms) })
         .collect();
-    Pong { epoch: wire.epoch, incarnation: wire.incarnation, unheard, heard }
+    Pong {
+        epoch: wire.epoch,
+        incarnation: wire.incarnation,
+        unheard,
+        heard,
+        resume: wire.resume.as_ref().map(resume_from_wire),
+    }
 }
 
 #[cfg(test)]
@@ -253,6 +277,7 @@ mod tests {
             unready: vec![5],
             retired: BTreeMap::from([("c:1".to_owned(), vec![6])]),
             engine: kv_core::EngineStats { durable: true, batches: 7, writes: 8, syncs: 9 },
+            resume: Some(Resume { member: ServerId(4), epoch: 12, whole: true }),
         };
         assert_eq!(server_status_from_wire(&server_status_to_wire(&status)), status);
         let mut wire = server_status_to_wire(&status);
@@ -273,7 +298,8 @@ mod tests {
         assert_eq!(install_report_from_wire(&install_report_to_wire(&report)), report);
         let unheard = vec![UnheardPeer { peer: "c:1".into(), unheard_for: Duration::from_millis(900) }];
         let heard = vec![HeardPeer { peer: "b:1".into(), ago: Duration::from_millis(120) }];
-        let pong = Pong { epoch: 1, incarnation: 2, unheard, heard };
+        let resume = Some(Resume { member: ServerId(1), epoch: 2, whole: false });
+        let pong = Pong { epoch: 1, incarnation: 2, unheard, heard, resume };
         assert_eq!(pong_from_wire(&pong_to_wire(pong.clone())), pong);
     }
 }

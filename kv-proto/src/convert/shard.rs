@@ -25,7 +25,11 @@ pub fn config_to_wire(config: &Config) -> v1::ClusterConfig {
         slots: SLOTS as u32,
         members: config
             .members()
-            .map(|(id, address)| v1::Member { id: id.0, address: address.to_owned() })
+            .map(|(id, address)| v1::Member {
+                id: id.0,
+                address: address.to_owned(),
+                restarted_at: config.restarted_at(id),
+            })
             .collect(),
         ranges,
         next_member_id: config.next_id(),
@@ -93,8 +97,11 @@ pub fn config_from_wire(wire: &v1::ClusterConfig) -> kv_shard::Result<Config> {
         }
     }
     let members = wire.members.iter().map(|m| (ServerId(m.id), m.address.clone()));
+    let restarts =
+        wire.members.iter().filter(|m| m.restarted_at > 0).map(|m| (ServerId(m.id), m.restarted_at));
     Config::from_parts(wire.epoch, members, slots, wire.next_member_id)?
-        .with_replication(replication_from_wire(wire.replication.as_ref())?)
+        .with_replication(replication_from_wire(wire.replication.as_ref())?)?
+        .with_restarts(restarts.collect())
 }
 
 #[cfg(test)]
@@ -121,6 +128,11 @@ mod tests {
         };
         config = config.with_replication(eventual).unwrap();
         assert_eq!(config_from_wire(&config_to_wire(&config)).unwrap(), config);
+        config = config.readmit("127.0.0.1:7001").unwrap();
+        assert_eq!(config_from_wire(&config_to_wire(&config)).unwrap(), config);
+        let mut wire = config_to_wire(&config);
+        wire.members[0].restarted_at = config.epoch() + 1;
+        assert!(config_from_wire(&wire).is_err(), "taken back at an epoch to come");
     }
 
     #[test]

@@ -28,6 +28,7 @@ use tracing::{debug, error, info, warn};
 use super::copies::Copies;
 use super::handoffs::{Handoffs, Outgoing};
 use super::links::Links;
+use super::membership::Membership;
 use super::plan::{CarryOver, carry_over};
 use super::primary::Primary;
 use super::routing::{Routing, Table};
@@ -52,6 +53,7 @@ pub(crate) struct Installer {
     pub(crate) links: Arc<Links>,
     pub(crate) primary: Arc<Primary>,
     pub(crate) handoffs: Arc<Handoffs>,
+    pub(crate) membership: Arc<Membership>,
     /// Told when a configuration shows this server was failed over and is no longer a member.
     pub(crate) evicted: Notify,
 }
@@ -68,6 +70,8 @@ impl Installer {
     /// to their owners in it.
     pub(crate) async fn install(&self, install: Install) -> Result<InstallReport, Error> {
         let Install { next, previous, abandoned, promoted, carried, incarnation: _ } = install;
+        // The first install after a restart over kept data decides what becomes of it.
+        self.membership.settle(&next, &self.sessions).await.map_err(Error::storage)?;
         let carried: BTreeMap<Slot, String> = carried
             .into_iter()
             .flat_map(|(server, slots)| slots.into_iter().map(move |slot| (slot, server.clone())))
@@ -138,7 +142,15 @@ impl Installer {
             }
         }
         let epoch = outgoing.epoch;
-        let me = self.routing.read().await.ownership.me().to_owned();
+        let (me, config, arriving) = {
+            let table = self.routing.read().await;
+            (
+                table.ownership.me().to_owned(),
+                table.ownership.config().clone(),
+                !table.ownership.incoming().is_empty(),
+            )
+        };
+        self.membership.record(&config, !arriving && outgoing.to.is_empty()).await.map_err(Error::storage)?;
         let sends = outgoing.to.iter().map(|(to, slots)| {
             let me = me.as_str();
             async move { (to.clone(), slots.len(), handoffs.hand_off(me, to, epoch, slots).await) }
@@ -156,6 +168,8 @@ impl Installer {
             }
         }
         if failures.is_empty() {
+            drop(outgoing);
+            self.record_if_whole().await?;
             Ok(report)
         } else {
             Err(Error::Unavailable(format!(
@@ -163,6 +177,26 @@ impl Installer {
                 failures.join("; ")
             )))
         }
+    }
+
+    /// Records that this server's data is whole at its epoch, once no slot of its is arriving
+    /// and it owes no hand-off (see `membership`).
+    pub(crate) async fn record_if_whole(&self) -> Result<(), Error> {
+        if self.membership.recorded_whole().await {
+            return Ok(());
+        }
+        let Ok(outgoing) = self.handoffs.outgoing.try_lock() else {
+            // An install or a hand-off runs: it records where it ends.
+            return Ok(());
+        };
+        let (config, arriving) = {
+            let table = self.routing.read().await;
+            (table.ownership.config().clone(), !table.ownership.incoming().is_empty())
+        };
+        if arriving || !outgoing.to.is_empty() {
+            return Ok(());
+        }
+        self.membership.record(&config, true).await.map_err(Error::storage)
     }
 
     /// The switch of an install to a new epoch, under the routing write lock and the hand-offs'

@@ -22,6 +22,7 @@ mod handoffs;
 mod install;
 mod leases;
 mod links;
+mod membership;
 mod plan;
 mod primary;
 mod routing;
@@ -36,7 +37,7 @@ use crate::transport::PeerCalls;
 use kv_core::session::Begin;
 use kv_core::{Error, Mutation, Output, Recording, RequestId, Sessions, Storage};
 use kv_shard::clock::Clock;
-use kv_shard::messages::{HandOffCopy, Install, InstallReport, Pong, ServerStatus, TransferBatch};
+use kv_shard::messages::{HandOffCopy, Install, InstallReport, Pong, Resume, ServerStatus, TransferBatch};
 use kv_shard::{Consistency, SLOTS, Slot};
 use tracing::{info, warn};
 
@@ -46,6 +47,7 @@ use self::handoffs::Handoffs;
 use self::install::Installer;
 use self::leases::Leases;
 use self::links::Links;
+use self::membership::Membership;
 use self::primary::Primary;
 use self::routing::Routing;
 use self::view::{View, lock};
@@ -76,6 +78,7 @@ pub struct Node {
     primary: Arc<Primary>,
     handoffs: Arc<Handoffs>,
     installer: Installer,
+    membership: Arc<Membership>,
     clock: Arc<dyn Clock>,
     incarnation: u64,
 }
@@ -98,6 +101,7 @@ impl Node {
         clock: Arc<dyn Clock>,
     ) -> Arc<Self> {
         let sessions = Arc::new(Sessions::default());
+        let membership = Arc::new(Membership::new(Arc::clone(&storage), settings.me.clone()));
         let view = Arc::new(View::new(settings.me.clone()));
         let routing = Arc::new(Routing::new(settings.me, settings.joining));
         let leases = Leases::new(Arc::clone(&view), Arc::clone(&peers), Arc::clone(&clock));
@@ -149,6 +153,7 @@ impl Node {
             links,
             primary: Arc::clone(&primary),
             handoffs: Arc::clone(&handoffs),
+            membership: Arc::clone(&membership),
             evicted: tokio::sync::Notify::new(),
         };
         Arc::new(Node {
@@ -161,6 +166,7 @@ impl Node {
             primary,
             handoffs,
             installer,
+            membership,
             clock,
             incarnation: settings.incarnation,
         })
@@ -284,6 +290,14 @@ impl Node {
         Ok(clients)
     }
 
+    /// Reads the membership the engine kept across a restart (a durable one), if any: the server
+    /// then waits to be taken back as that member, with its data (see the crate docs,
+    /// "Restarts"), and says so in its pings and status. Called once, before the server serves.
+    /// Refused if the data is another address's, or the record is damaged.
+    pub async fn restore_membership(&self) -> Result<Option<Resume>, Error> {
+        self.membership.restore().await
+    }
+
     /// Switches to the configuration `install` carries, then hands off what this server owes
     /// (see [`kv_shard::messages::Install`]). Refused if it is meant for another process.
     pub async fn install(&self, install: Install) -> Result<InstallReport, crate::Error> {
@@ -298,7 +312,9 @@ impl Node {
     /// Takes one batch of a slot hand-off from the slots' previous owner; returns the slots it
     /// completed that were taken exactly as sent.
     pub async fn transfer(&self, batch: TransferBatch) -> Result<Vec<Slot>, crate::Error> {
-        self.handoffs.transfer(batch).await
+        let taken = self.handoffs.transfer(batch).await?;
+        self.installer.record_if_whole().await?;
+        Ok(taken)
     }
 
     /// Takes one replication batch from a primary.
@@ -325,6 +341,7 @@ impl Node {
             incarnation: self.incarnation,
             unheard: self.leases.unheard(),
             heard: self.leases.heard(),
+            resume: self.membership.resume(),
         }
     }
 
@@ -351,6 +368,7 @@ impl Node {
             keys,
             standalone: table.standalone,
             engine: self.storage.stats(),
+            resume: self.membership.resume(),
         })
     }
 

@@ -202,8 +202,14 @@ impl ServerProcess {
     /// Starts `kv-server <role> --listen 127.0.0.1:0 <flags>` (in memory, unless `flags` give it a
     /// data directory).
     fn start_role(role: &str, flags: &[&str]) -> Self {
+        Self::start_at(role, "127.0.0.1:0", flags)
+    }
+
+    /// Starts `kv-server <role> --listen <listen> <flags>` (in memory, unless `flags` give it a
+    /// data directory).
+    pub(crate) fn start_at(role: &str, listen: &str, flags: &[&str]) -> Self {
         let mut command = server_command();
-        command.args([role, "--listen", "127.0.0.1:0"]).args(flags);
+        command.args([role, "--listen", listen]).args(flags);
         if !flags.contains(&"--data-dir") {
             command.arg("--in-memory");
         }

@@ -23,6 +23,7 @@ use super::failover::fail_locked;
 use super::plan::checks;
 use super::plan::failover::{moves_between, moves_from};
 use super::plan::moves::install_order;
+use super::readmit::readmit_locked;
 use super::shared::Shared;
 
 /// A membership change a server asks for.
@@ -57,12 +58,28 @@ pub(crate) async fn change(shared: &Shared, change: Change) -> Result<Arc<Config
         )));
     }
     let mut before = records.current();
-    // A member that restarted empty before it was failed over: fail its old self now.
+    // A member that restarted with its data kept, before it was failed over: taken back in
+    // place if its slots are still where they were.
+    let mut restarted = None;
     if let Change::Join(server) = &change
         && before.id_of(server).is_some()
-        && before.replication().factor > 1
         && let Ok(status) = calls.status_after_restart(server).await
         && records.restarted(server, status.incarnation)
+    {
+        if let Some(resume) = &status.resume {
+            match readmit_locked(shared, server, status.incarnation, resume).await {
+                Err(Error::FailedPrecondition(why)) => {
+                    warn!(server, why, "a member restarted with its data, which cannot be taken back");
+                }
+                taken => return taken,
+            }
+        }
+        restarted = Some(status);
+    }
+    // A member that restarted empty before it was failed over: fail its old self now.
+    if let Change::Join(server) = &change
+        && before.replication().factor > 1
+        && restarted.is_some()
     {
         warn!(server, "a member restarted empty: failing its old incarnation over");
         // That failover's outcome is not this join's: an incomplete one still removed the old

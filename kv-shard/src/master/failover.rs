@@ -107,6 +107,31 @@ pub(crate) async fn fail_locked(shared: &Shared, server: &str) -> Result<Arc<Con
             "{to}, which would take slots of {server}, does not answer either: not failing {server} over now"
         )));
     }
+    // A durable member may come back with its data (it keeps it on disk: the members that
+    // answer do, and it would too): a copy that is not up to date would lose what that data
+    // holds for good. Not now: it is taken back when it restarts, or the detector asks again.
+    let durable = answers.iter().any(|(_, status)| status.as_ref().is_some_and(|s| s.engine.durable));
+    let uncovered = plan
+        .behind
+        .iter()
+        .find(|(_, slots)| slots.iter().any(|slot| !plan.retired.values().any(|kept| kept.contains(slot))));
+    // (Unless it came back without it: then what the copies hold is all there is.)
+    let came_back_empty = async {
+        calls
+            .pong(server)
+            .await
+            .is_some_and(|pong| records.restarted(server, pong.incarnation) && pong.resume.is_none())
+    };
+    if durable
+        && let Some((to, slots)) = uncovered
+        && !came_back_empty.await
+    {
+        return Err(Error::Unavailable(format!(
+            "no up-to-date copy of {} slots of {server} answers ({to}'s is catching up), and {server} keeps \
+             its data on disk: not failing it over now, waiting for it to come back",
+            slots.len()
+        )));
+    }
     // Eventual mode: promoting a background copy while a synchronous secondary is silent would
     // lose the writes acknowledged since the last flush if that secondary is only slow (or the
     // failed member only unheard). Not now: once that secondary is known failed, or answers,

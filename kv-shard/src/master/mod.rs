@@ -22,6 +22,7 @@ mod change;
 mod copies;
 mod failover;
 pub(crate) mod plan;
+mod readmit;
 mod reconcile;
 mod saved;
 mod shared;

@@ -39,7 +39,12 @@ pub(crate) async fn watch(shared: &Shared) {
             .zip(answers)
             .map(|(address, answer)| {
                 let heard = match answer {
-                    Some(pong) if records.restarted(&address, pong.incarnation) => Heard::Restarted,
+                    // One that kept its data and waits to be taken back as this member is
+                    // not failed over: its join does that, or fails its old self first.
+                    Some(pong) if records.restarted(&address, pong.incarnation) => match pong.resume {
+                        Some(resume) if config.id_of(&address) == Some(resume.member) => Heard::Alive,
+                        _ => Heard::Restarted,
+                    },
                     Some(pong) => {
                         reports.extend(pong.unheard.into_iter().map(|report| (address.clone(), report)));
                         let fresh =

@@ -23,7 +23,9 @@ pub(crate) fn joiner_address(server: &str, status: &ServerStatus) -> Result<(), 
 /// Whether the joiner at `server` may bring the data it holds into `before`: only the first
 /// member may (the cluster adopts it).
 pub(crate) fn joiner_data(server: &str, status: &ServerStatus, before: &Config) -> Result<(), Error> {
-    if status.keys > 0 && !before.is_empty() {
+    // A server that kept the data of an earlier membership drops it when it joins as a new
+    // member (it was not taken back in place).
+    if status.keys > 0 && !before.is_empty() && status.resume.is_none() {
         return Err(Error::FailedPrecondition(format!(
             "{server} holds {} keys of its own; only the first member of a cluster may bring data",
             status.keys

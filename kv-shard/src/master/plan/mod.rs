@@ -7,3 +7,4 @@ pub(crate) mod checks;
 pub(crate) mod detector;
 pub(crate) mod failover;
 pub(crate) mod moves;
+pub(crate) mod readmit;

@@ -1,0 +1,190 @@
+//! What a storage server keeps on disk of its membership, and how it comes back with its data
+//! after a restart (the protocol is in the crate docs, "Restarts").
+//!
+//! Invariants:
+//! - the record (`member`, one of the engine's own records) names the server's address, its
+//!   member id, the epoch of the last configuration it installed, and whether its data was
+//!   *whole* at that epoch (no slot of its still arriving, no hand-off owed); it is written after
+//!   each install's switch, and again once the data the hand-offs moved is in the engine and
+//!   none is owed; a server that is not a member keeps none;
+//! - a server started over the record of another address refuses to start: the data is another
+//!   member's;
+//! - until the shard master takes it back, a server restarted over a record serves nothing, and
+//!   says what it kept in its pings and status ([`Resume`]);
+//! - the first configuration it installs decides: taken back as the member it was, it keeps
+//!   the data of the slots it is the primary of and drops the rest (the copies it held are
+//!   rebuilt from their primaries); made a new member, or none, it drops everything it kept,
+//!   exactly-once records included.
+
+use std::sync::{Arc, Mutex};
+
+use kv_core::{Error, Sessions, Storage};
+use kv_shard::messages::Resume;
+use kv_shard::{Config, ServerId, slot_of};
+use tracing::{info, warn};
+
+use super::view::lock;
+use crate::{Role, role};
+
+/// The name of the record in the engine.
+const RECORD: &str = "member";
+
+/// The first line of a record: its layout's version.
+const LAYOUT: &str = "kv-member 1";
+
+/// What a server keeps of its membership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MemberRecord {
+    pub(crate) address: String,
+    pub(crate) member: u64,
+    pub(crate) epoch: u64,
+    pub(crate) whole: bool,
+}
+
+impl MemberRecord {
+    fn encode(&self) -> Vec<u8> {
+        format!("{LAYOUT}\n{}\n{}\n{}\n{}", self.address, self.member, self.epoch, self.whole).into_bytes()
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, String> {
+        let text = std::str::from_utf8(bytes).map_err(|_| "it is not text".to_owned())?;
+        let lines: Vec<&str> = text.split('\n').collect();
+        let [layout, address, member, epoch, whole] = lines.as_slice() else {
+            return Err(format!("{} lines, expected 5", lines.len()));
+        };
+        if *layout != LAYOUT {
+            return Err(format!("layout {layout:?}, this server reads {LAYOUT:?}"));
+        }
+        let number = |what: &str, text: &str| text.parse::<u64>().map_err(|_| format!("{what} {text:?}"));
+        Ok(MemberRecord {
+            address: (*address).to_owned(),
+            member: number("member id", member)?,
+            epoch: number("epoch", epoch)?,
+            whole: whole.parse::<bool>().map_err(|_| format!("whole {whole:?}"))?,
+        })
+    }
+}
+
+/// A server's membership as kept on disk, and what it came back with.
+pub(crate) struct Membership {
+    storage: Arc<dyn Storage>,
+    me: String,
+    /// What it kept, until the first install decides what becomes of it.
+    resume: Mutex<Option<Resume>>,
+    /// The record last written (or read), so that an unchanged one is not written again.
+    written: tokio::sync::Mutex<Option<MemberRecord>>,
+}
+
+impl std::fmt::Debug for Membership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Membership")
+            .field("me", &self.me)
+            .field("resume", &self.resume())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Membership {
+    pub(crate) fn new(storage: Arc<dyn Storage>, me: String) -> Self {
+        Membership { storage, me, resume: Mutex::new(None), written: tokio::sync::Mutex::new(None) }
+    }
+
+    /// Reads the record the engine kept, if any: the server waits to be taken back as that
+    /// member. A record of another address, or one that cannot be read, is an error.
+    pub(crate) async fn restore(&self) -> Result<Option<Resume>, Error> {
+        let Some(bytes) = self.storage.state(RECORD).await? else { return Ok(None) };
+        let record = MemberRecord::decode(&bytes).map_err(|why| {
+            Error::Storage(format!("the membership record kept with the data is damaged: {why}"))
+        })?;
+        if record.address != self.me {
+            return Err(Error::InvalidArgument(format!(
+                "the data kept here is that of the member at {}, not {}: start it as {} (--listen or \
+                 --advertise), or give this server another data directory",
+                record.address, self.me, record.address
+            )));
+        }
+        let resume = Resume { member: ServerId(record.member), epoch: record.epoch, whole: record.whole };
+        *lock(&self.resume) = Some(resume);
+        *self.written.lock().await = Some(record);
+        Ok(Some(resume))
+    }
+
+    /// What it kept, while it waits to be taken back.
+    pub(crate) fn resume(&self) -> Option<Resume> {
+        *lock(&self.resume)
+    }
+
+    /// Before the first install after a restart over a record: keeps the data of the slots it is
+    /// the primary of in `next` if `next` takes it back as the member it was, and drops
+    /// everything else (everything, if it joined as a new member or is none).
+    pub(crate) async fn settle(&self, next: &Config, sessions: &Sessions) -> Result<(), Error> {
+        let Some(resume) = self.resume() else { return Ok(()) };
+        let me = self.me.as_str();
+        if next.id_of(me) == Some(resume.member) {
+            let dropped =
+                self.storage.remove_where(&|key| role(next, me, slot_of(key)) != Role::Primary).await?;
+            sessions.forget(|slot| role(next, me, slot) != Role::Primary);
+            info!(
+                epoch = next.epoch(),
+                dropped_keys = dropped,
+                "taken back as the member this server was: serving its slots from the data it kept"
+            );
+        } else {
+            let dropped = self.storage.remove_where(&|_| true).await?;
+            let clients: Vec<(u64, u64)> =
+                self.storage.sessions().await?.iter().map(|record| (record.client, u64::MAX)).collect();
+            self.storage.forget_sessions(clients).await?;
+            sessions.forget(|_| true);
+            warn!(
+                epoch = next.epoch(),
+                dropped_keys = dropped,
+                "not taken back as the member this server was: dropped the data it kept"
+            );
+        }
+        *lock(&self.resume) = None;
+        Ok(())
+    }
+
+    /// Keeps where this server stands after installing `config`: its member id there, the
+    /// epoch, and whether its data is whole. Not written again if unchanged.
+    pub(crate) async fn record(&self, config: &Config, whole: bool) -> Result<(), Error> {
+        let record = config.id_of(&self.me).map(|id| MemberRecord {
+            address: self.me.clone(),
+            member: id.0,
+            epoch: config.epoch(),
+            whole,
+        });
+        let mut written = self.written.lock().await;
+        if *written == record {
+            return Ok(());
+        }
+        self.storage.set_state(RECORD, record.as_ref().map(MemberRecord::encode)).await?;
+        *written = record;
+        Ok(())
+    }
+
+    /// Whether the record last written says the data is whole.
+    pub(crate) async fn recorded_whole(&self) -> bool {
+        self.written.lock().await.as_ref().is_some_and(|record| record.whole)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_read_back_and_damaged_ones_are_errors() {
+        let record = MemberRecord { address: "127.0.0.1:5".into(), member: 3, epoch: 17, whole: true };
+        assert_eq!(MemberRecord::decode(&record.encode()), Ok(record));
+        for bad in [
+            &b"\xff"[..],
+            b"",
+            b"kv-member 2\na\n1\n2\ntrue",
+            b"kv-member 1\na\nx\n2\ntrue",
+            b"kv-member 1\na\n1\n2\nyes",
+        ] {
+            assert!(MemberRecord::decode(bad).is_err(), "{bad:?}");
+        }
+    }
+}
