@@ -77,6 +77,9 @@ pub struct ClusterConfig {
     pub route_links: bool,
     /// Seed of the port choice and of the proxies' randomness.
     pub seed: u64,
+    /// Storage servers keep their data on disk, in their folder (`--data-dir`, synced before
+    /// each write is acknowledged), so a restarted one comes back with it; otherwise in memory.
+    pub durable: bool,
 }
 
 impl ClusterConfig {
@@ -93,6 +96,7 @@ impl ClusterConfig {
             shardmaster_args: Vec::new(),
             route_links: false,
             seed: 0,
+            durable: false,
         })
     }
 }
@@ -371,7 +375,7 @@ fn new_node(
     };
     std::fs::create_dir_all(dir.join("data")).context("cannot create a node folder")?;
     let args = match role {
-        "storage" => config.server_args.clone(),
+        "storage" => storage_args(config, &dir),
         _ => {
             let mut args: Vec<String> = vec!["--log".into(), "info".into(), "--workers".into(), "1".into()];
             args.extend(["--replication-factor".into(), config.replication_factor.to_string()]);
@@ -398,6 +402,16 @@ fn new_node(
     Ok(node)
 }
 
+/// A storage node's own arguments, its folder being `dir`.
+fn storage_args(config: &ClusterConfig, dir: &Path) -> Vec<String> {
+    let mut args = config.server_args.clone();
+    if config.durable {
+        let engine = dir.join("data").join("engine");
+        args.extend(["--data-dir".into(), engine.display().to_string(), "--fsync".into(), "always".into()]);
+    }
+    args
+}
+
 /// Puts a proxy in front of `node`'s port, if the cluster has proxies.
 fn make_proxy(node: &mut Node, config: &ClusterConfig) -> Result<()> {
     if config.proxies {
@@ -412,7 +426,7 @@ fn make_proxy(node: &mut Node, config: &ClusterConfig) -> Result<()> {
 
 /// A storage node's arguments to join the shard master at `master`, known by its client path.
 fn join_args(node: &mut Node, config: &ClusterConfig, master: SocketAddr) {
-    node.args = config.server_args.clone();
+    node.args = storage_args(config, node.dir());
     node.args.extend([
         "--shardmaster".to_owned(),
         master.to_string(),

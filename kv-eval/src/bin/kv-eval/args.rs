@@ -59,6 +59,10 @@ pub(crate) struct ChaosArgs {
     /// acknowledged.
     #[arg(long, default_value_t = 0)]
     pub(crate) sync_replicas: usize,
+    /// With `--servers`: the storage servers keep their data on disk (`--data-dir` in their
+    /// folders, `--fsync always`), so a killed one comes back with it; `crash-all` needs it.
+    #[arg(long)]
+    pub(crate) durable: bool,
     /// With `--servers`: seconds the clients go on after the last fault.
     #[arg(long, default_value_t = 5.0)]
     pub(crate) tail: f64,

@@ -227,7 +227,7 @@ fn chaos_cluster(args: &ChaosArgs, servers: usize) -> Result<bool> {
     let faults = match args.faults.as_deref().map(str::trim) {
         None => ClusterFault::DEFAULT
             .into_iter()
-            .filter(|f| args.replication_factor >= 2 || !f.kills_a_server())
+            .filter(|f| args.durable || args.replication_factor >= 2 || !f.kills_a_server())
             .collect(),
         Some("none" | "") => Vec::new(),
         Some(list) => list.split(',').map(str::parse).collect::<Result<Vec<ClusterFault>>>()?,
@@ -252,6 +252,7 @@ fn chaos_cluster(args: &ChaosArgs, servers: usize) -> Result<bool> {
         liveness_bound: seconds(args.liveness_bound, "liveness-bound")?,
         check_budget: seconds(args.check_budget, "check-budget")?,
         seed: args.seed,
+        durable: args.durable,
         ..ClusterChaosConfig::default()
     };
     let mut base = ClusterConfig::new(servers)?;
@@ -261,8 +262,9 @@ fn chaos_cluster(args: &ChaosArgs, servers: usize) -> Result<bool> {
     }
     let names: Vec<&str> = config.faults.iter().map(|f| f.name()).collect();
     println!(
-        "chaos: {servers} storage servers and a shard master, R = {} {}{}, {} clients on {} keys, \
+        "chaos: {servers} {}storage servers and a shard master, R = {} {}{}, {} clients on {} keys, \
          {:.1} s of faults: {}",
+        if config.durable { "durable " } else { "" },
         config.replication_factor,
         config.consistency,
         if config.sync_replicas > 0 { format!(" (sync {})", config.sync_replicas) } else { String::new() },

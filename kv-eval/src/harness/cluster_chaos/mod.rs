@@ -91,6 +91,9 @@ pub struct ClusterChaosConfig {
     pub check_budget: Duration,
     /// Seed of the workload and the nemesis.
     pub seed: u64,
+    /// The storage servers keep their data on disk (fsync always): a killed one comes back
+    /// with it.
+    pub durable: bool,
 }
 
 impl Default for ClusterChaosConfig {
@@ -113,6 +116,7 @@ impl Default for ClusterChaosConfig {
             settle_bound: Duration::from_secs(30),
             check_budget: CHECK_BUDGET,
             seed: 1,
+            durable: false,
         }
     }
 }
@@ -218,9 +222,9 @@ impl fmt::Display for ClusterChaosReport {
 
 /// The cluster `config` runs on: `base` (the binary, the seed, the servers' arguments) with
 /// its servers, a shard master of its replication settings, and routed links. Refuses kills
-/// of servers with one copy of each slot (its data is rightly lost with its server).
+/// of in-memory servers with one copy of each slot (its data is rightly lost with its server).
 pub fn cluster_config(base: &ClusterConfig, config: &ClusterChaosConfig) -> Result<ClusterConfig> {
-    if config.replication_factor < 2 && config.faults.iter().any(|f| f.kills_a_server()) {
+    if !config.durable && config.replication_factor < 2 && config.faults.iter().any(|f| f.kills_a_server()) {
         bail!(
             "killing servers needs --replication-factor 2 or more: a slot with one copy is lost with its server"
         );
@@ -233,6 +237,7 @@ pub fn cluster_config(base: &ClusterConfig, config: &ClusterChaosConfig) -> Resu
     cluster.proxies = true;
     cluster.shardmaster = true;
     cluster.route_links = true;
+    cluster.durable = config.durable;
     cluster.replication_factor = config.replication_factor;
     cluster.shardmaster_args.extend(["--consistency".to_owned(), config.consistency.to_string()]);
     cluster.shardmaster_args.extend(["--sync-replicas".to_owned(), config.sync_replicas.to_string()]);

@@ -2,7 +2,8 @@
 //!
 //! Faults come one at a time (the store's guarantees are for one failure at a time): `interval`
 //! after the previous one ended, the next fault of a seeded round over the configured kinds
-//! begins (every kind once per round, in a seeded order), and it ends `fault_duration` later (a killed process is started again, empty; a paused one resumed; a
+//! begins (every kind once per round, in a seeded order), and it ends `fault_duration` later (a
+//! killed process is started again, empty or, durable, with its data; a paused one resumed; a
 //! cut healed). Joins and leaves are events that end when the server has joined or left. Each
 //! fault is recorded with its start and end on the history's clock, so that liveness is
 //! measured from the end of each fault, never during one.
@@ -32,9 +33,11 @@ const LEAVE_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ClusterFault {
-    /// SIGKILL the primary of a workload key; start it again (empty) when the fault ends.
+    /// SIGKILL the primary of a workload key; start it again when the fault ends (empty, unless
+    /// the servers are durable).
     KillPrimary,
-    /// SIGKILL a secondary of a workload key; start it again (empty) when the fault ends.
+    /// SIGKILL a secondary of a workload key; start it again when the fault ends (empty, unless
+    /// the servers are durable).
     KillSecondary,
     /// SIGKILL the shard master; start it again when the fault ends. Opt-in: the shard master
     /// keeps its state in memory, so a restarted one forgets the cluster (expected to fail).
@@ -54,11 +57,15 @@ pub enum ClusterFault {
     /// Stop a server gracefully: it leaves, handing its data off (only while more than the
     /// replication factor are running).
     Leave,
+    /// SIGKILL every storage server at once, while the clients write; start them all again
+    /// when the fault ends. Opt-in: durable servers (`--durable`) come back with their data and
+    /// are taken back as the members they were; in-memory ones lose everything.
+    CrashAll,
 }
 
 impl ClusterFault {
     /// Every kind, in the order of their names.
-    pub const ALL: [ClusterFault; 9] = [
+    pub const ALL: [ClusterFault; 10] = [
         ClusterFault::KillPrimary,
         ClusterFault::KillSecondary,
         ClusterFault::KillMaster,
@@ -68,6 +75,7 @@ impl ClusterFault {
         ClusterFault::MasterLink,
         ClusterFault::Join,
         ClusterFault::Leave,
+        ClusterFault::CrashAll,
     ];
 
     /// The default set: everything a cluster can survive.
@@ -95,12 +103,13 @@ impl ClusterFault {
             ClusterFault::MasterLink => "master-link",
             ClusterFault::Join => "join",
             ClusterFault::Leave => "leave",
+            ClusterFault::CrashAll => "crash-all",
         }
     }
 
     /// Whether it kills a storage server (and so loses the data of slots with one copy).
     pub fn kills_a_server(self) -> bool {
-        matches!(self, ClusterFault::KillPrimary | ClusterFault::KillSecondary)
+        matches!(self, ClusterFault::KillPrimary | ClusterFault::KillSecondary | ClusterFault::CrashAll)
     }
 }
 
@@ -238,7 +247,19 @@ fn inject(
             cluster.node_mut(id).kill()?;
             hold_on();
             cluster.node_mut(id).restart().with_context(|| format!("node {id} did not rejoin"))?;
-            format!("kill -9 node {id} ({role}), restarted empty, rejoined")
+            format!("kill -9 node {id} ({role}), restarted, rejoined")
+        }
+        ClusterFault::CrashAll => {
+            let all: Vec<usize> =
+                (0..cluster.nodes().len()).filter(|&id| !cluster.nodes()[id].is_stopped()).collect();
+            for &id in &all {
+                cluster.node_mut(id).kill()?;
+            }
+            hold_on();
+            for &id in &all {
+                cluster.node_mut(id).restart().with_context(|| format!("node {id} did not come back"))?;
+            }
+            format!("kill -9 every storage server ({} of them) at once, all restarted", all.len())
         }
         ClusterFault::KillMaster | ClusterFault::PauseMaster => {
             let Some(master) = cluster.shardmaster_mut() else { return Ok(None) };
