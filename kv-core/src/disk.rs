@@ -409,6 +409,20 @@ impl Storage for DiskStorage {
         Ok(gather.records())
     }
 
+    async fn keep_sessions(&self, records: Vec<SessionRecord>) -> Result<()> {
+        let changes = records
+            .into_iter()
+            .flat_map(|record| {
+                let (client, floor) = (record.client, record.floor);
+                record.answers.into_iter().map(move |answer| {
+                    let value = records::encode_answer(answer.fingerprint, answer.tag, floor, &answer.output);
+                    Change::record(records::answer_key(client, answer.seq), Some(value))
+                })
+            })
+            .collect();
+        self.commit(changes, Vec::new()).await
+    }
+
     async fn forget_sessions(&self, clients: Vec<(u64, u64)>) -> Result<()> {
         let mut changes = Vec::new();
         for (client, through) in clients {

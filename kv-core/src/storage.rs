@@ -82,6 +82,14 @@ pub trait Storage: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
+    /// Keeps `records` across a restart as they are (none by default): the exactly-once records
+    /// of writes applied elsewhere, which came with their values (a slot handed over, or the copy
+    /// of a slot this server now serves as its primary).
+    async fn keep_sessions(&self, records: Vec<SessionRecord>) -> Result<()> {
+        let _ = records;
+        Ok(())
+    }
+
     /// Forgets the kept records of each client of `clients` up to and including the write number
     /// given with it (their sessions expired: [`crate::Sessions::take_expired`]).
     async fn forget_sessions(&self, clients: Vec<(u64, u64)>) -> Result<()> {

@@ -317,6 +317,26 @@ async fn exactly_once_records_survive_a_restart_with_their_writes() {
     assert_eq!(kept, vec![(5, vec![1]), (9, vec![5])]);
 }
 
+/// Records of writes applied elsewhere (a slot handed over) are kept as given, and read back.
+#[tokio::test]
+async fn records_kept_as_given_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), Durability::Never);
+    let answer = |seq: u64, output: Output| crate::Answer { seq, fingerprint: 70 + seq, output, tag: 3 };
+    let given = vec![
+        SessionRecord { client: 4, floor: 2, answers: vec![answer(2, Output::Popped(Some("é".into())))] },
+        SessionRecord {
+            client: 6,
+            floor: 0,
+            answers: vec![answer(1, Output::Unit), answer(5, Output::Deleted(true))],
+        },
+    ];
+    engine.keep_sessions(given.clone()).await.unwrap();
+    drop(engine);
+    let engine = open(dir.path(), Durability::Never);
+    assert_eq!(engine.sessions().await.unwrap(), given);
+}
+
 #[tokio::test]
 async fn a_damaged_record_is_an_error_at_start_up_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();

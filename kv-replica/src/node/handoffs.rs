@@ -294,13 +294,16 @@ impl Handoffs {
                 .collect()
         };
         self.storage.import(entries).await.map_err(Error::storage)?;
-        let sessions = sessions
+        let sessions: Vec<kv_core::SessionRecord> = sessions
             .into_iter()
             .map(|mut record| {
                 record.answers.retain(|a| take[usize::from(a.tag)]);
                 record
             })
             .collect();
+        // Kept on disk too (a durable engine): this server answers the slots' retries from now
+        // on, after a restart as well.
+        self.storage.keep_sessions(sessions.clone()).await.map_err(Error::storage)?;
         self.sessions.import(sessions, self.clock.now());
         let mut table = self.routing.write().await;
         for &slot in &complete {

@@ -288,6 +288,13 @@ impl Installer {
             .collect();
         let previous_view = self.view.get();
         let (taken, resets) = self.copies.switch(&next, &handing_off, &takeovers).await?;
+        // The exactly-once records of the slots taken over came with the copy, in memory: kept on
+        // disk now (a durable engine), for the retries this server answers after a restart.
+        if !takeovers.is_empty() {
+            let taking = slot_set(&takeovers);
+            let records = self.sessions.export(|slot| taking[usize::from(slot)]);
+            self.storage.keep_sessions(records).await.map_err(Error::storage)?;
+        }
         if failed_me {
             // Nothing here is anyone's copy now: the writes went on without it. Only what it
             // still hands off stays, until sent.
