@@ -6,7 +6,9 @@
 //!   member id, the epoch of the last configuration it installed, and whether its data was
 //!   *whole* at that epoch (no slot of its still arriving, no hand-off owed); it is written after
 //!   each install's switch, and again once the data the hand-offs moved is in the engine and
-//!   none is owed; a server that is not a member keeps none;
+//!   none is owed; a server that stopped being a member (it left, or was failed over) keeps a
+//!   record without a member id, and restarted over it drops what it kept at once: its slots are
+//!   served elsewhere, and what it still owed was sent from copies;
 //! - a server started over the record of another address refuses to start: the data is another
 //!   member's;
 //! - until the shard master takes it back, a server restarted over a record serves nothing, and
@@ -36,14 +38,16 @@ const LAYOUT: &str = "kv-member 1";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct MemberRecord {
     pub(crate) address: String,
-    pub(crate) member: u64,
+    /// None once it is no longer a member.
+    pub(crate) member: Option<u64>,
     pub(crate) epoch: u64,
     pub(crate) whole: bool,
 }
 
 impl MemberRecord {
     fn encode(&self) -> Vec<u8> {
-        format!("{LAYOUT}\n{}\n{}\n{}\n{}", self.address, self.member, self.epoch, self.whole).into_bytes()
+        let member = self.member.map_or_else(|| "-".to_owned(), |id| id.to_string());
+        format!("{LAYOUT}\n{}\n{member}\n{}\n{}", self.address, self.epoch, self.whole).into_bytes()
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, String> {
@@ -58,7 +62,7 @@ impl MemberRecord {
         let number = |what: &str, text: &str| text.parse::<u64>().map_err(|_| format!("{what} {text:?}"));
         Ok(MemberRecord {
             address: (*address).to_owned(),
-            member: number("member id", member)?,
+            member: if *member == "-" { None } else { Some(number("member id", member)?) },
             epoch: number("epoch", epoch)?,
             whole: whole.parse::<bool>().map_err(|_| format!("whole {whole:?}"))?,
         })
@@ -90,8 +94,10 @@ impl Membership {
     }
 
     /// Reads the record the engine kept, if any: the server waits to be taken back as that
-    /// member. A record of another address, or one that cannot be read, is an error.
-    pub(crate) async fn restore(&self) -> Result<Option<Resume>, Error> {
+    /// member. A record of a server that was no longer a member has what it kept dropped at once
+    /// (from `sessions` too). A record of another address, or one that cannot be read, is an
+    /// error.
+    pub(crate) async fn restore(&self, sessions: &Sessions) -> Result<Option<Resume>, Error> {
         let Some(bytes) = self.storage.state(RECORD).await? else { return Ok(None) };
         let record = MemberRecord::decode(&bytes).map_err(|why| {
             Error::Storage(format!("the membership record kept with the data is damaged: {why}"))
@@ -103,10 +109,26 @@ impl Membership {
                 record.address, self.me, record.address
             )));
         }
-        let resume = Resume { member: ServerId(record.member), epoch: record.epoch, whole: record.whole };
+        let Some(member) = record.member else {
+            let dropped = self.drop_everything(sessions).await?;
+            self.storage.set_state(RECORD, None).await?;
+            info!(dropped_keys = dropped, "this server had stopped being a member: dropped the data it kept");
+            return Ok(None);
+        };
+        let resume = Resume { member: ServerId(member), epoch: record.epoch, whole: record.whole };
         *lock(&self.resume) = Some(resume);
         *self.written.lock().await = Some(record);
         Ok(Some(resume))
+    }
+
+    /// Drops every key and exactly-once record kept; returns how many keys there were.
+    async fn drop_everything(&self, sessions: &Sessions) -> Result<usize, Error> {
+        let dropped = self.storage.remove_where(&|_| true).await?;
+        let clients: Vec<(u64, u64)> =
+            self.storage.sessions().await?.iter().map(|record| (record.client, u64::MAX)).collect();
+        self.storage.forget_sessions(clients).await?;
+        sessions.forget(|_| true);
+        Ok(dropped)
     }
 
     /// What it kept, while it waits to be taken back.
@@ -130,11 +152,7 @@ impl Membership {
                 "taken back as the member this server was: serving its slots from the data it kept"
             );
         } else {
-            let dropped = self.storage.remove_where(&|_| true).await?;
-            let clients: Vec<(u64, u64)> =
-                self.storage.sessions().await?.iter().map(|record| (record.client, u64::MAX)).collect();
-            self.storage.forget_sessions(clients).await?;
-            sessions.forget(|_| true);
+            let dropped = self.drop_everything(sessions).await?;
             warn!(
                 epoch = next.epoch(),
                 dropped_keys = dropped,
@@ -148,9 +166,9 @@ impl Membership {
     /// Keeps where this server stands after installing `config`: its member id there, the
     /// epoch, and whether its data is whole. Not written again if unchanged.
     pub(crate) async fn record(&self, config: &Config, whole: bool) -> Result<(), Error> {
-        let record = config.id_of(&self.me).map(|id| MemberRecord {
+        let record = Some(MemberRecord {
             address: self.me.clone(),
-            member: id.0,
+            member: config.id_of(&self.me).map(|id| id.0),
             epoch: config.epoch(),
             whole,
         });
@@ -163,9 +181,9 @@ impl Membership {
         Ok(())
     }
 
-    /// Whether the record last written says the data is whole.
+    /// Whether the record last written says the data is whole (or this server is no member).
     pub(crate) async fn recorded_whole(&self) -> bool {
-        self.written.lock().await.as_ref().is_some_and(|record| record.whole)
+        self.written.lock().await.as_ref().is_some_and(|record| record.whole || record.member.is_none())
     }
 }
 
@@ -175,8 +193,10 @@ mod tests {
 
     #[test]
     fn records_read_back_and_damaged_ones_are_errors() {
-        let record = MemberRecord { address: "127.0.0.1:5".into(), member: 3, epoch: 17, whole: true };
+        let record = MemberRecord { address: "127.0.0.1:5".into(), member: Some(3), epoch: 17, whole: true };
         assert_eq!(MemberRecord::decode(&record.encode()), Ok(record));
+        let left = MemberRecord { address: "127.0.0.1:5".into(), member: None, epoch: 18, whole: false };
+        assert_eq!(MemberRecord::decode(&left.encode()), Ok(left));
         for bad in [
             &b"\xff"[..],
             b"",

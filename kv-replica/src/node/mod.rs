@@ -295,7 +295,7 @@ impl Node {
     /// "Restarts"), and says so in its pings and status. Called once, before the server serves.
     /// Refused if the data is another address's, or the record is damaged.
     pub async fn restore_membership(&self) -> Result<Option<Resume>, Error> {
-        self.membership.restore().await
+        self.membership.restore(&self.sessions).await
     }
 
     /// Switches to the configuration `install` carries, then hands off what this server owes

@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::messages::InstallReport;
+use crate::messages::{InstallReport, ServerStatus};
 use crate::{Config, Error, Slot};
 use futures_util::future::join_all;
 use tracing::{info, warn};
@@ -106,9 +106,18 @@ pub(crate) async fn change(shared: &Shared, change: Change) -> Result<Arc<Config
         Change::Leave(server) => before.leave(server)?,
     };
     // An earlier change whose data has not settled would be overtaken, its hand-offs lost.
-    if let Some(why) = unsettled(shared, &before).await {
+    let answers = statuses(shared, &before).await;
+    if let Some(why) = checks::unsettled(&before, &answers) {
         return Err(Error::Unavailable(format!(
             "an earlier change is still settling ({why}); retry shortly"
+        )));
+    }
+    // Nor does it start while a durable member whose slots it moves is down: it comes back with
+    // its data, and is taken back only if its slots stayed where they were.
+    if let Some(silent) = checks::silent_mover(&before, &next, &answers) {
+        return Err(Error::Unavailable(format!(
+            "{silent}, whose slots this change moves, does not answer, and keeps its data on disk: retry \
+             once it is back, or failed over"
         )));
     }
     match &change {
@@ -145,11 +154,10 @@ pub(crate) async fn change(shared: &Shared, change: Change) -> Result<Arc<Config
 
 /// Why the last change has not settled, if it has not, from what the servers involved in it
 /// answer (those that do not are not waited for: a dead one would block every change).
-async fn unsettled(shared: &Shared, current: &Config) -> Option<String> {
+async fn statuses(shared: &Shared, current: &Config) -> Vec<(String, Option<ServerStatus>)> {
     let involved = shared.records.involved(current);
     let statuses = join_all(involved.iter().map(|address| shared.calls.status_of(address))).await;
-    let answers: Vec<_> = involved.into_iter().zip(statuses.into_iter().map(Result::ok)).collect();
-    checks::unsettled(current, &answers)
+    involved.into_iter().zip(statuses.into_iter().map(Result::ok)).collect()
 }
 
 /// Installs `next` everywhere: first at the servers that send nothing (so every receiver

@@ -68,6 +68,29 @@ pub(crate) fn unsettled(current: &Config, answers: &[(String, Option<ServerStatu
     None
 }
 
+/// A member that would hand slots off or receive them in the change from `before` to `next`
+/// and did not answer (`answers`, as for [`unsettled`]), unless the cluster keeps its data in
+/// memory (a member that answered says so): kept on disk, it may come back with that data, and
+/// is taken back only if its slots stayed where they were (see [`super::readmit`]).
+pub(crate) fn silent_mover(
+    before: &Config,
+    next: &Config,
+    answers: &[(String, Option<ServerStatus>)],
+) -> Option<String> {
+    let in_memory = answers.iter().any(|(_, status)| status.as_ref().is_some_and(|s| !s.engine.durable));
+    if in_memory {
+        return None;
+    }
+    let silent = |address: &str| answers.iter().any(|(a, status)| a == address && status.is_none());
+    before
+        .moves_to(next)
+        .into_iter()
+        .flat_map(|m| [m.from.and_then(|id| before.address(id)), m.to.and_then(|id| next.address(id))])
+        .flatten()
+        .find(|mover| silent(mover))
+        .map(str::to_owned)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,6 +109,30 @@ mod tests {
         let cluster = Config::new().join("b:1").unwrap();
         assert!(matches!(joiner_data("a:1", &full, &cluster), Err(Error::FailedPrecondition(_))));
         assert!(joiner_data("a:1", &status("a:1", 0), &cluster).is_ok());
+    }
+
+    #[test]
+    fn a_durable_cluster_waits_for_a_silent_sender_or_receiver() {
+        let before = Config::new().join("a:1").unwrap().join("b:1").unwrap();
+        let next = before.join("c:1").unwrap();
+        let durable = |address: &str| ServerStatus {
+            engine: kv_core::EngineStats { durable: true, ..Default::default() },
+            ..status(address, 2)
+        };
+        let answers = vec![("a:1".to_owned(), Some(durable("a:1"))), ("b:1".to_owned(), None)];
+        assert_eq!(silent_mover(&before, &next, &answers).as_deref(), Some("b:1"));
+        let leave = before.leave("a:1").unwrap();
+        assert_eq!(silent_mover(&before, &leave, &answers).as_deref(), Some("b:1"), "b:1 would receive");
+        let in_memory = vec![("a:1".to_owned(), Some(status("a:1", 2))), ("b:1".to_owned(), None)];
+        assert_eq!(silent_mover(&before, &next, &in_memory), None, "in memory, it comes back empty");
+        let all = vec![("a:1".to_owned(), Some(durable("a:1"))), ("b:1".to_owned(), Some(durable("b:1")))];
+        assert_eq!(silent_mover(&before, &next, &all), None);
+        let none = vec![("a:1".to_owned(), None), ("b:1".to_owned(), None)];
+        assert_eq!(
+            silent_mover(&before, &next, &none).as_deref(),
+            Some("a:1"),
+            "no one to say it is in memory"
+        );
     }
 
     #[test]
