@@ -222,6 +222,41 @@ const REGRESSIONS: &[(u64, &str, &str)] = &[
     ),
 ];
 
+/// Seeds that found a bug with durable servers (`kv-eval sim --durable`), as above.
+const DURABLE_REGRESSIONS: &[(u64, &str, &str)] = &[
+    (
+        11,
+        "strong-r2",
+        "a primary promoted by a failover kept the exactly-once records of the writes it had received \
+         as a secondary in memory only; after a whole-cluster crash it applied a client's retry again",
+    ),
+    (
+        12,
+        "eventual-r3-sync1",
+        "as 11, in eventual mode: an append applied twice across a whole-cluster crash",
+    ),
+    (
+        4,
+        "strong-r1",
+        "a join moved slots of a crashed member; restarted with its data, it could not be taken back \
+         (its slots had changed) and, with one copy of each slot, never rejoined: its slots were lost",
+    ),
+    (2, "strong-r1", "as 4, with a leave moving slots to the crashed member"),
+    (
+        44,
+        "strong-r1",
+        "as 4, with a join while every member was down: no member answered to say the cluster was \
+         durable, and the join went ahead",
+    ),
+    (
+        61,
+        "strong-r2",
+        "a leaver crashed and restarted with the data it had not handed off yet but no membership: its \
+         join was refused for holding keys, and the repairs replayed old epochs at it, which made it \
+         owe 2048 slots no one expected: the cluster never settled",
+    ),
+];
+
 #[test]
 fn regression_seeds_pass() {
     let runs: Vec<(u64, Setting)> =
@@ -229,6 +264,11 @@ fn regression_seeds_pass() {
     let reports = sim::run_many(&runs, RunOptions::default(), 1, &|_| {});
     let failed = failures(&reports);
     assert!(failed.is_empty(), "regressions:\n{}", failed.join("\n"));
+    let runs: Vec<(u64, Setting)> =
+        DURABLE_REGRESSIONS.iter().map(|&(seed, name, _)| (seed, setting(name))).collect();
+    let reports = sim::run_many(&runs, RunOptions { durable: true, ..RunOptions::default() }, 1, &|_| {});
+    let failed = failures(&reports);
+    assert!(failed.is_empty(), "durable regressions (replay with --durable):\n{}", failed.join("\n"));
 }
 
 #[test]
@@ -245,6 +285,30 @@ fn a_seed_replays_exactly() {
         let other = sim::run(43, setting(name), RunOptions::default());
         assert_ne!(first.trace_hash, other.trace_hash, "{name}: another seed, another run");
     }
+}
+
+/// Durable servers (`kv-eval sim --durable`): crashes keep the disks, whole-cluster crashes join
+/// the faults. `KV_SIM_DURABLE_SEEDS` sets the seeds per setting (default 30: 180 runs).
+#[test]
+fn durable_servers_pass_their_seed_budget() {
+    let per_setting: u64 =
+        std::env::var("KV_SIM_DURABLE_SEEDS").ok().and_then(|n| n.parse().ok()).unwrap_or(30);
+    let runs: Vec<(u64, Setting)> = Setting::all()
+        .into_iter()
+        .flat_map(|setting| (1..=per_setting).map(move |seed| (seed, setting)))
+        .collect();
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let reports =
+        sim::run_many(&runs, RunOptions { durable: true, ..RunOptions::default() }, threads, &|_| {});
+    assert_eq!(reports.len(), runs.len());
+    let failed = failures(&reports);
+    assert!(
+        failed.is_empty(),
+        "{} of {} durable runs failed (replay with --durable):\n{}",
+        failed.len(),
+        reports.len(),
+        failed.join("\n")
+    );
 }
 
 #[test]

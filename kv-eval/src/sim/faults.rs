@@ -342,6 +342,20 @@ pub(crate) fn apply(
                         world.start_server(server);
                     }
                 }
+                Fault::CrashAll => {
+                    if on {
+                        let running: Vec<String> =
+                            world.running().map(|(address, _)| address.clone()).collect();
+                        for server in running {
+                            world.crash(&server);
+                            crashed.insert(server);
+                        }
+                    } else {
+                        for server in std::mem::take(crashed) {
+                            world.start_server(&server);
+                        }
+                    }
+                }
                 Fault::CrashAmidLoss { loss, .. } | Fault::CrashAfterAbort { loss, .. } => {
                     // The crash itself, and the restart, are the episode loop's.
                     net.set_conditions(if on { Conditions { loss: *loss, ..QUIET } } else { QUIET });

@@ -86,7 +86,7 @@ pub(crate) fn replicas_agree(world: &World, keys: &[String]) -> Option<String> {
             let Some(server) = servers.get(&address.to_owned()) else {
                 return Some(format!("{key}: replica {address} does not run"));
             };
-            values.push((address.to_owned(), peek(&server.storage, key)));
+            values.push((address.to_owned(), peek(server.storage.values(), key)));
         }
         if values.windows(2).any(|pair| pair[0].1 != pair[1].1) {
             let shown: Vec<String> = values

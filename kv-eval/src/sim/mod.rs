@@ -73,6 +73,13 @@
 //! must route around (it fails one end over) rather than wait out. Then every fault heals, and
 //! the workload goes on for the liveness window.
 //!
+//! **Durable runs** (`--durable`, and a budget of their own in CI): every server keeps a
+//! [`disk`] that outlives its crashes (values, exactly-once records and its membership record,
+//! each write on it once its call returns, as with `--fsync always`), and a restarted one reads it
+//! back and asks to be taken back as the member it was. A crash is then a fault one replica
+//! survives too, and three runs in four add a crash of every server at once while the clients
+//! write: the checks are the same, across it.
+//!
 //! # Checks
 //!
 //! See [`checks`]: strong mode linearizable; appends exactly once, and none acknowledged lost
@@ -86,6 +93,7 @@ mod calls;
 pub mod checks;
 mod client;
 mod clock;
+mod disk;
 mod faults;
 mod health;
 mod net;

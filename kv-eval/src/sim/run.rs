@@ -36,6 +36,9 @@ pub struct RunOptions {
     pub trace: bool,
     /// Let the shard master crash among the faults too (it restarts from the state it saved).
     pub master_crashes: bool,
+    /// The servers keep their disks across crashes ([`super::disk`]): a restarted one comes back
+    /// with its data, and a whole-cluster crash joins the faults.
+    pub durable: bool,
 }
 
 /// What a run found.
@@ -131,8 +134,9 @@ pub fn run(seed: u64, setting: Setting, options: RunOptions) -> RunReport {
 
 async fn simulate(seed: u64, setting: Setting, options: RunOptions, trace: Arc<Trace>) -> RunReport {
     let net = Net::new(seed, QUIET, Arc::clone(&trace));
-    let plan = Plan::draw(seed, setting, PlanOptions { master_crashes: options.master_crashes });
-    let mut world = World::new(Arc::clone(&net), setting.replication(), plan.rates.clone());
+    let plan_options = PlanOptions { master_crashes: options.master_crashes, durable: options.durable };
+    let plan = Plan::draw(seed, setting, plan_options);
+    let mut world = World::new(Arc::clone(&net), setting.replication(), plan.rates.clone(), options.durable);
     let recorder = Arc::new(Recorder::default());
     let mut problems = Vec::new();
 

@@ -124,6 +124,9 @@ pub(crate) enum Fault {
     Pause { server: String },
     /// A server's process crashes (its memory is gone); it is started again at the end.
     Crash { server: String },
+    /// Every server's process crashes at once (durable runs: their disks stay); they are all
+    /// started again at the end.
+    CrashAll,
     /// The shard master's process is stopped.
     PauseMaster,
     /// The shard master crashes, and restarts from the state it saved.
@@ -216,6 +219,9 @@ pub(crate) struct PlanOptions {
     /// Whether the shard master may crash among the faults too (it crashes in a third of the
     /// runs anyway, around a membership change).
     pub(crate) master_crashes: bool,
+    /// Whether the servers keep their disks across crashes: then a crash is a fault a single
+    /// replica survives too, and three runs in four add a crash of every server at once.
+    pub(crate) durable: bool,
 }
 
 /// Faults per run.
@@ -247,7 +253,7 @@ impl Plan {
             }
             // A crash loses the only copy with one replica: not a fault that setting survives.
             let mut kinds: Vec<u8> = (0..8).collect();
-            if setting.factor > 1 {
+            if setting.factor > 1 || options.durable {
                 kinds.extend([8, 8]);
             }
             if options.master_crashes {
@@ -377,6 +383,16 @@ impl Plan {
                 hold: Duration::from_millis(minority.random_range(2_000..4_000)),
             });
         }
+        // Durable runs: every server crashes at once, while the clients write, and all start
+        // again with their disks. From a stream of its own, last.
+        let mut durable = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0xd15c_0a11);
+        if options.durable && durable.random_bool(0.75) {
+            episodes.push(Episode {
+                gap: Duration::from_millis(durable.random_range(100..1_000)),
+                fault: Fault::CrashAll,
+                hold: Duration::from_millis(durable.random_range(200..2_500)),
+            });
+        }
         Plan { initial, rates, episodes, membership, lasting_cut }
     }
 
@@ -423,7 +439,7 @@ mod tests {
     #[test]
     fn a_plan_is_a_function_of_its_seed() {
         let setting: Setting = "strong-r3".parse().expect("a setting");
-        let options = PlanOptions { master_crashes: false };
+        let options = PlanOptions { master_crashes: false, durable: false };
         let a = Plan::draw(7, setting, options);
         let b = Plan::draw(7, setting, options);
         assert_eq!((&a.episodes, &a.membership, &a.initial), (&b.episodes, &b.membership, &b.initial));

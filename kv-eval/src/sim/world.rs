@@ -6,7 +6,9 @@
 //! at start-up (patiently, `kv_shard::member::join`), joins again when a configuration shows it
 //! was failed over, and a leaving one asks to leave and stops once it has. A crash takes its
 //! process off the network and drops its memory; a restart is a new process (a new life and
-//! incarnation) at the same address, empty, that joins again. The shard master runs its failure
+//! incarnation) at the same address that joins again: empty, or in a durable run with the disk
+//! its crashed predecessor left ([`super::disk`]), reading back its exactly-once records and its
+//! membership first, as `kv-server storage --data-dir` does. The shard master runs its failure
 //! detector and its repairs, as `kv-server shardmaster` does, and saves its state in a store that
 //! outlives its crashes, as `kv-server shardmaster --data-dir` does on disk: a restarted shard
 //! master goes on from what it saved. One that came back at an epoch behind one it had shown
@@ -16,7 +18,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kv_core::MemoryStorage;
 use kv_replica::{Node, NodeSettings};
 use kv_shard::clock::Clock;
 use kv_shard::{
@@ -25,6 +26,7 @@ use kv_shard::{
 use tokio::task::JoinHandle;
 
 use super::clock::{Gate, SimClock};
+use super::disk::SimDisk;
 use super::net::{Endpoint, MASTER, Net, Service};
 
 /// How long a server keeps asking to join (the real server's default).
@@ -64,7 +66,7 @@ impl MasterStore for MasterDisk {
 /// A running storage server.
 pub(crate) struct Server {
     pub(crate) node: Arc<Node>,
-    pub(crate) storage: Arc<MemoryStorage>,
+    pub(crate) storage: Arc<SimDisk>,
     endpoint: Endpoint,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -92,6 +94,18 @@ pub(crate) struct World {
     rates: BTreeMap<String, f64>,
     /// Servers that asked to leave: they need not be members.
     leavers: BTreeSet<String>,
+    /// In a durable run, each address's disk, which outlives its processes.
+    disks: Option<BTreeMap<String, Arc<SimDisk>>>,
+}
+
+/// What `future` gives if it is ready at its first poll (the simulated disk's calls are).
+fn at_once<F: std::future::Future>(future: F) -> Option<F::Output> {
+    use std::task::{Context, Poll, Waker};
+    let mut future = std::pin::pin!(future);
+    match future.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(output) => Some(output),
+        Poll::Pending => None,
+    }
 }
 
 fn abort_all(tasks: &[JoinHandle<()>]) {
@@ -101,8 +115,14 @@ fn abort_all(tasks: &[JoinHandle<()>]) {
 }
 
 impl World {
-    /// No process yet; servers will be started at these clock rates (1.0 for others).
-    pub(crate) fn new(net: Arc<Net>, replication: Replication, rates: BTreeMap<String, f64>) -> Self {
+    /// No process yet; servers will be started at these clock rates (1.0 for others), and keep
+    /// their disks across crashes if `durable`.
+    pub(crate) fn new(
+        net: Arc<Net>,
+        replication: Replication,
+        rates: BTreeMap<String, f64>,
+        durable: bool,
+    ) -> Self {
         let settings = MasterSettings {
             move_timeout: Duration::from_secs(30),
             failure_timeout: Duration::from_millis(800),
@@ -119,6 +139,7 @@ impl World {
             next_life: 1,
             rates,
             leavers: BTreeSet::new(),
+            disks: durable.then(BTreeMap::new),
         }
     }
 
@@ -205,7 +226,12 @@ impl World {
     /// Starts a storage server at `address` (a new process, empty) that joins the cluster.
     pub(crate) fn start_server(&mut self, address: &str) {
         let endpoint = self.endpoint(address);
-        let storage = Arc::new(MemoryStorage::new());
+        let storage = match &mut self.disks {
+            Some(disks) => {
+                Arc::clone(disks.entry(address.to_owned()).or_insert_with(|| Arc::new(SimDisk::new(true))))
+            }
+            None => Arc::new(SimDisk::new(false)),
+        };
         let settings = NodeSettings {
             me: address.to_owned(),
             joining: true,
@@ -218,8 +244,26 @@ impl World {
             Arc::new(endpoint.clone()),
             Arc::clone(&endpoint.clock),
         );
+        // What it kept, read back before it serves (the simulated disk answers at once).
+        let restored = at_once(async {
+            node.restore_sessions().await?;
+            node.restore_membership().await
+        });
+        let kept = match restored {
+            Some(Ok(kept)) => kept,
+            other => {
+                self.problems.push(format!("{address} could not read back its disk: {other:?}"));
+                None
+            }
+        };
         self.net.attach(address, endpoint.life, endpoint.gate.clone(), Service::Node(Arc::clone(&node)));
-        self.net.trace(format_args!("{address} starts (life {})", endpoint.life));
+        match kept {
+            Some(kept) => self.net.trace(format_args!(
+                "{address} starts (life {}) with the data of member {} at epoch {} (whole: {})",
+                endpoint.life, kept.member.0, kept.epoch, kept.whole
+            )),
+            None => self.net.trace(format_args!("{address} starts (life {})", endpoint.life)),
+        }
         let joiner = tokio::spawn({
             let node = Arc::downgrade(&node);
             let endpoint = endpoint.clone();

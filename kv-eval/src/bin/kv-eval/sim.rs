@@ -30,6 +30,11 @@ pub(crate) struct SimArgs {
     /// it crashes around a membership change in a third of the runs anyway.
     #[arg(long)]
     master_crashes: bool,
+    /// The servers keep their disks across crashes: a restarted one comes back with its data
+    /// (taken back in place by the shard master), and three runs in four add a crash of every
+    /// server at once.
+    #[arg(long)]
+    durable: bool,
     /// Threads to run seeds on (default: the machine's cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -37,7 +42,8 @@ pub(crate) struct SimArgs {
 
 pub(crate) fn main(args: &SimArgs) -> Result<bool> {
     let settings = if args.settings.is_empty() { Setting::all() } else { args.settings.clone() };
-    let options = RunOptions { trace: args.trace, master_crashes: args.master_crashes };
+    let options =
+        RunOptions { trace: args.trace, master_crashes: args.master_crashes, durable: args.durable };
     if let Some(seed) = args.seed {
         let mut passed = true;
         for &setting in &settings {
