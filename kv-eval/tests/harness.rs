@@ -323,6 +323,22 @@ fn chaos_flags_the_data_loss_of_restarting_an_in_memory_server() {
     }
 }
 
+/// The same kills with a durable server (`--data-dir`, `--fsync always`): it comes back with
+/// every write it acknowledged, and the history stays linearizable across the kills.
+#[test]
+fn chaos_with_a_durable_server_stays_linearizable_across_kills() {
+    let config = ChaosConfig {
+        mix: "get=60,put=40".parse().unwrap(),
+        keys: 8,
+        ..chaos_config(vec![FaultKind::Kill], 11)
+    };
+    let cluster = ClusterConfig { durable: true, ..ClusterConfig::new(1).unwrap() };
+    let report = chaos::run(&cluster, &config).unwrap();
+    assert!(report.schedule.iter().any(|e| e.event.starts_with("kill")), "{report}");
+    assert!(report.ok > 100, "too little happened to judge: {report}");
+    assert!(report.passed, "a durable server lost what it acknowledged:\n{report}");
+}
+
 /// Faults that lose nothing (a pause, a partition, a flaky path) leave a single server's history
 /// linearizable, with the unknown outcomes they cause.
 #[test]

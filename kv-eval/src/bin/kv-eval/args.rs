@@ -42,7 +42,8 @@ pub(crate) struct ChaosArgs {
     /// Faults to draw from, comma-separated; `none` for none. One server: kill, pause,
     /// partition, flaky (default pause,partition,flaky). A cluster (`--servers`): kill-primary,
     /// kill-secondary, kill-master, pause, pause-master, link, master-link, join, leave (default:
-    /// all of them; the harness's shard master keeps its state in a data directory).
+    /// all of them; the harness's shard master keeps its state in a data directory), and
+    /// crash-all (with `--durable`: every storage server killed at once).
     #[arg(long)]
     pub(crate) faults: Option<String>,
     /// Break a replicated cluster of this many storage servers and a shard master, instead of
@@ -59,8 +60,9 @@ pub(crate) struct ChaosArgs {
     /// acknowledged.
     #[arg(long, default_value_t = 0)]
     pub(crate) sync_replicas: usize,
-    /// With `--servers`: the storage servers keep their data on disk (`--data-dir` in their
-    /// folders, `--fsync always`), so a killed one comes back with it; `crash-all` needs it.
+    /// The storage servers keep their data on disk (`--data-dir` in their folders, `--fsync
+    /// always`), so a killed one comes back with it (otherwise `--in-memory`); with `--servers`,
+    /// `crash-all` needs it.
     #[arg(long)]
     pub(crate) durable: bool,
     /// With `--servers`: seconds the clients go on after the last fault.

@@ -200,11 +200,13 @@ fn chaos(args: &ChaosArgs) -> Result<bool> {
     };
     let mut cluster = ClusterConfig::new(1)?;
     cluster.seed = args.seed;
+    cluster.durable = args.durable;
     if let Some(bin) = &args.server_bin {
         cluster.server_bin = bin.clone();
     }
     println!(
-        "chaos: 1 storage server, {} clients on {} keys for {:.1} s, faults: {}",
+        "chaos: 1 {}storage server, {} clients on {} keys for {:.1} s, faults: {}",
+        if args.durable { "durable " } else { "" },
         config.clients,
         config.keys,
         config.duration.as_secs_f64(),
