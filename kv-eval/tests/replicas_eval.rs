@@ -25,6 +25,7 @@ fn short_run(charts: &Path) -> Options {
         server_bin: None,
         phases: vec![Phase::Levels, Phase::Throughput, Phase::Staleness, Phase::Failover],
         servers: 6,
+        durable: false,
         // Short, so that convergence is quick to wait for; still far longer than a put-then-get.
         sync_interval: Duration::from_secs(1),
         levels: LevelsConfig {

@@ -73,6 +73,8 @@ pub struct Options {
     pub phases: Vec<Phase>,
     /// Storage servers of every cluster (at least the largest replication factor).
     pub servers: usize,
+    /// The storage servers keep their data on disk (`--fsync always`) rather than in memory.
+    pub durable: bool,
     /// The eventual levels' sync interval (`--sync-interval-ms` of the shard master).
     pub sync_interval: Duration,
     /// The `levels` phase.

@@ -30,6 +30,7 @@ pub(super) fn start_cluster(options: &Options, setting: Setting, rt: &Runtime) -
     config.replication_factor = setting.factor();
     config.shardmaster_args = setting.shardmaster_args(options.sync_interval);
     config.seed = options.seed;
+    config.durable = options.durable;
     let cluster = Cluster::start(&config).with_context(|| {
         format!("cannot start a cluster of {} storage servers at {setting}", options.servers)
     })?;
@@ -37,9 +38,10 @@ pub(super) fn start_cluster(options: &Options, setting: Setting, rt: &Runtime) -
         format!("the cluster at {setting} did not settle within {} s", SETTLE_TIMEOUT.as_secs())
     })?;
     println!(
-        "  {setting} ({}): a shard master and {} storage servers, settled at epoch {epoch} in {:.2} s",
+        "  {setting} ({}): a shard master and {} {}storage servers, settled at epoch {epoch} in {:.2} s",
         setting.describe(),
         options.servers,
+        if options.durable { "durable " } else { "" },
         started.elapsed().as_secs_f64()
     );
     Ok(cluster)

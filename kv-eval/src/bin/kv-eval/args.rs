@@ -279,6 +279,10 @@ pub(crate) struct ReplicasTuningArgs {
     /// Storage servers of every replicated cluster (at least the largest replication factor).
     #[arg(long, default_value_t = 6)]
     pub(crate) replica_servers: usize,
+    /// The replicated clusters' storage servers keep their data on disk (`--data-dir`, `--fsync
+    /// always`) rather than in memory.
+    #[arg(long)]
+    pub(crate) durable_replicas: bool,
     /// Levels of the assignment's experiment (at R=3; 2 is strong, 0 and 1 eventual).
     #[arg(long, value_delimiter = ',', default_value = "0,1,2")]
     pub(crate) levels: Vec<usize>,

@@ -129,6 +129,7 @@ pub(crate) fn replicas_options(
         server_bin,
         phases,
         servers: args.replica_servers,
+        durable: args.durable_replicas,
         sync_interval: seconds(args.sync_interval, "sync-interval", false)?,
         levels: LevelsConfig {
             levels: args.levels.clone(),
