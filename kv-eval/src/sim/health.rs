@@ -112,11 +112,5 @@ fn summary(value: Option<&str>) -> String {
 
 /// The value an in-memory engine holds, read without waiting.
 fn peek(storage: &kv_core::MemoryStorage, key: &str) -> Option<String> {
-    use std::future::Future;
-    use std::task::{Context, Poll, Waker};
-    let mut read = std::pin::pin!(storage.get(key));
-    match read.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(Ok(value)) => value,
-        _ => None,
-    }
+    super::world::at_once(storage.get(key)).and_then(Result::ok).flatten()
 }

@@ -99,7 +99,7 @@ pub(crate) struct World {
 }
 
 /// What `future` gives if it is ready at its first poll (the simulated disk's calls are).
-fn at_once<F: std::future::Future>(future: F) -> Option<F::Output> {
+pub(crate) fn at_once<F: std::future::Future>(future: F) -> Option<F::Output> {
     use std::task::{Context, Poll, Waker};
     let mut future = std::pin::pin!(future);
     match future.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
