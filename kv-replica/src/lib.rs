@@ -322,7 +322,14 @@
 //! - A storage error in the middle of an install (impossible with the in-memory engine) could
 //!   leave its replication state half switched.
 //! - A member taken back in place rebuilds its copies, and its secondaries theirs, from full
-//!   snapshots: catching up only what changed is not built yet. A durable member that never
+//!   snapshots: catching up only what changed is not built yet.
+//! - Taking a member back trusts its disk: with `--fsync interval` or `never`, a crash of its
+//!   machine (not of its process) may have lost its last acknowledged writes, which its
+//!   secondaries, reset from its data, then lose too. `always` (the default) has no such window.
+//! - A member taken back while a hand-off elsewhere is unfinished ends the copies kept for that
+//!   hand-off's sender (the next configuration ends them), and the failover that follows plans
+//!   from the moves of the taking back, which are none: if that sender then dies, the slots it
+//!   still owed are lost (two failures at once, as below). A durable member that never
 //!   comes back, when no up-to-date copy of some of its slots answers, holds those slots (and
 //!   every later change) until it does.
 //! - A strong write prepared at a secondary is held in memory there, not on its disk: a

@@ -142,8 +142,8 @@ struct StorageArgs {
     /// Directory to keep the values in, durably: a standalone server restarted with the same
     /// directory has every write it acknowledged (with `--fsync always`). Default:
     /// `kv-storage-PORT` in the working directory, PORT the port of `--listen` (printed at
-    /// start-up; a port of 0 then is refused). Standalone servers only for now: a cluster
-    /// member (`--shardmaster`) keeps its data in memory, as it cannot yet recover from disk.
+    /// start-up; a port of 0 then is refused). A cluster member (`--shardmaster`) restarted on
+    /// it comes back as the member it was, if the shard master can take it back in place.
     #[arg(long, env = "KV_DATA_DIR")]
     data_dir: Option<std::path::PathBuf>,
 

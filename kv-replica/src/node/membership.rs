@@ -137,12 +137,25 @@ impl Membership {
     }
 
     /// Before the first install after a restart over a record: keeps the data of the slots it is
-    /// the primary of in `next` if `next` takes it back as the member it was, and drops
-    /// everything else (everything, if it joined as a new member or is none).
+    /// the primary of in `next` if `next` takes it back as the member it was (it marks it taken
+    /// back since the record's epoch), and drops everything else (everything, if it joined as a
+    /// new member or is none). Another configuration of the member it was is refused, and
+    /// changes nothing.
     pub(crate) async fn settle(&self, next: &Config, sessions: &Sessions) -> Result<(), Error> {
         let Some(resume) = self.resume() else { return Ok(()) };
         let me = self.me.as_str();
-        if next.id_of(me) == Some(resume.member) {
+        let member = next.id_of(me);
+        if member == Some(resume.member) && next.restarted_at(resume.member) <= resume.epoch {
+            // The member it was, but not taken back (an older configuration, say): nothing is
+            // decided, nothing dropped.
+            return Err(Error::InvalidArgument(format!(
+                "this server waits to be taken back as member {} with its data; epoch {} does not \
+                 take it back",
+                resume.member.0,
+                next.epoch()
+            )));
+        }
+        if member == Some(resume.member) {
             let dropped =
                 self.storage.remove_where(&|key| role(next, me, slot_of(key)) != Role::Primary).await?;
             sessions.forget(|slot| role(next, me, slot) != Role::Primary);

@@ -15,6 +15,7 @@ use tracing::info;
 use super::calls::HEARTBEAT;
 use super::copies::{hand_off_copies, snapshot_from_copy};
 use super::plan::failover::{handoffs_between, moves_from, plan_failover};
+use super::plan::readmit::refusal;
 use super::shared::Shared;
 use super::state::Failover;
 
@@ -115,12 +116,15 @@ pub(crate) async fn fail_locked(shared: &Shared, server: &str) -> Result<Arc<Con
         .behind
         .iter()
         .find(|(_, slots)| slots.iter().any(|slot| !plan.retired.values().any(|kept| kept.contains(slot))));
-    // (Unless it came back without it: then what the copies hold is all there is.)
+    // (Unless it came back without it, or with data that cannot be taken back: then what the
+    // copies hold is all there is.)
     let came_back_empty = async {
-        calls
-            .pong(server)
-            .await
-            .is_some_and(|pong| records.restarted(server, pong.incarnation) && pong.resume.is_none())
+        calls.pong(server).await.is_some_and(|pong| {
+            records.restarted(server, pong.incarnation)
+                && pong
+                    .resume
+                    .is_none_or(|resume| refusal(&records.history(), &before, server, &resume).is_some())
+        })
     };
     if durable
         && let Some((to, slots)) = uncovered

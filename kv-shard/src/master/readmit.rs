@@ -29,8 +29,11 @@ pub(crate) async fn readmit_locked(
         return Err(Error::FailedPrecondition(why));
     }
     let next = Arc::new(before.readmit(server)?);
-    records.joined(server, incarnation);
+    // The new process is recorded with the change, and only if it is saved: otherwise installs
+    // of other configurations could reach it as the member it was.
     let mut state = records.state();
+    state.incarnations.insert(server.to_owned(), incarnation);
+    state.evicted.remove(server);
     state.commit(&next);
     shared.keep(state).await?;
     info!(

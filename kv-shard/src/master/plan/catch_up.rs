@@ -3,7 +3,8 @@
 //!
 //! Invariants: a server installs only the epoch after its own (so no slot's history is
 //! skipped), except one that holds no slot (it never installed anything, or was failed over),
-//! which may start at the epoch it (last) joined at; a server behind the oldest configuration kept cannot be caught up this way.
+//! which may start at the epoch it (last) joined at, or was taken back at after a restart; a
+//! server behind the oldest configuration kept cannot be caught up this way.
 
 use std::sync::Arc;
 
@@ -20,10 +21,14 @@ pub(crate) fn catch_up_steps(history: &[Arc<Config>], address: &str, epoch: u64)
         .filter(|pair| pair[1].epoch() > epoch)
         .map(|pair| (Arc::clone(&pair[0]), Arc::clone(&pair[1])))
         .collect();
-    // A server that never installed anything starts with the epoch it (last) joined at.
+    // A server that never installed anything starts with the epoch it (last) joined at, or was
+    // (last) taken back at after a restart with its data.
+    let joined_or_taken_back = |(from, to): &Step| match to.id_of(address) {
+        Some(id) => from.id_of(address).is_none() || to.restarted_at(id) == to.epoch(),
+        None => false,
+    };
     if epoch == 0
-        && let Some(joined) =
-            steps.iter().rposition(|(from, to)| from.id_of(address).is_none() && to.id_of(address).is_some())
+        && let Some(joined) = steps.iter().rposition(joined_or_taken_back)
     {
         steps.drain(..joined);
     }
@@ -50,6 +55,16 @@ mod tests {
 
     fn epochs(steps: &[Step]) -> Vec<(u64, u64)> {
         steps.iter().map(|(from, to)| (from.epoch(), to.epoch())).collect()
+    }
+
+    #[test]
+    fn a_member_taken_back_starts_at_the_epoch_that_took_it_back() {
+        let mut history = history();
+        let back = history.last().unwrap().readmit("b:1").unwrap();
+        history.push(Arc::new(back.clone()));
+        history.push(Arc::new(back.join("c:1").unwrap()));
+        assert_eq!(epochs(&catch_up_steps(&history, "b:1", 0).unwrap()), [(4, 5), (5, 6)]);
+        assert_eq!(epochs(&catch_up_steps(&history, "a:1", 0).unwrap()), [(3, 4), (4, 5), (5, 6)]);
     }
 
     #[test]
