@@ -68,6 +68,14 @@ pub(crate) async fn change(shared: &Shared, change: Change) -> Result<Arc<Config
     {
         if let Some(resume) = &status.resume {
             match readmit_locked(shared, server, status.incarnation, resume).await {
+                // With one copy of each slot, no one else holds its slots: said as it is, not
+                // as the join of a member that lost its data.
+                Err(Error::FailedPrecondition(why)) if before.replication().factor <= 1 => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "{server} restarted with its data, which cannot be taken back ({why}), and with one \
+                         copy of each slot no other server holds its slots: they wait for it"
+                    )));
+                }
                 Err(Error::FailedPrecondition(why)) => {
                     warn!(server, why, "a member restarted with its data, which cannot be taken back");
                 }
@@ -76,12 +84,16 @@ pub(crate) async fn change(shared: &Shared, change: Change) -> Result<Arc<Config
         }
         restarted = Some(status);
     }
-    // A member that restarted empty before it was failed over: fail its old self now.
+    // A member that restarted before it was failed over, empty or with data that cannot be taken
+    // back: fail its old self now.
     if let Change::Join(server) = &change
         && before.replication().factor > 1
         && restarted.is_some()
     {
-        warn!(server, "a member restarted empty: failing its old incarnation over");
+        warn!(
+            server,
+            "a member restarted without data it can be taken back with: failing its old incarnation over"
+        );
         // That failover's outcome is not this join's: an incomplete one still removed the old
         // incarnation (the join goes on, or waits for it to settle), and any other failure is
         // worth a retry. Returned as is, it would read as an incomplete *join*, a member.
