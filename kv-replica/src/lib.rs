@@ -109,17 +109,40 @@
 //!
 //! # Catching up
 //!
-//! When a configuration makes a server the secondary of a slot whose copy it cannot keep (it
-//! is new to the slot, the slot has a new primary, or in eventual mode it becomes a synchronous
-//! secondary from a background one: [`keeps_copy`]), the server drops
-//! what it held of the slot and starts **syncing** it, and the primary owes it a snapshot:
+//! When a configuration makes a server the secondary of a slot whose copy it cannot keep up to
+//! date (it is new to the slot, the slot has a new primary, the server was restarted, or in
+//! eventual mode it becomes a synchronous secondary from a background one: [`keeps_copy`]), the
+//! server starts **syncing** the slot, and the primary owes it a catch-up. What the server held
+//! of the slot stays as the copy's *base*: it serves no reads, and only what differs from the
+//! primary's data is sent (a server that held nothing gets everything).
 //! 1. From the moment the primary installs the configuration, the syncing secondary receives
-//!    every write of the slot, as any secondary does, and applies the committed ones.
+//!    every write of the slot, as any secondary does, and applies the committed ones. A key
+//!    such a write reaches is *touched*: its value here is the primary's from then on.
 //! 2. Once the primary serves the slot (after a resharding move, once the slot's data has
-//!    arrived), it reads the slot's keys and sends them as *snapshot* entries, in batches;
-//!    writes are never paused. A syncing secondary applies a snapshot entry only if no write has
-//!    reached that key since the syncing began (the write is newer than the entry, or as new).
-//! 3. The last batch marks the slot *synced*: the secondary is ready, and serves reads.
+//!    arrived), it asks the secondary for a **digest** of its copy ([`digest`]): the copy's keys
+//!    are spread over `B` buckets by a hash of the key (`B` grows with the number of keys, about
+//!    eight per bucket), and each bucket is summed by SHA-256 over its keys and values in key
+//!    order. The primary sums its own data of the slot in the same buckets.
+//! 3. It sends, as *snapshot* entries in batches, every key of each bucket whose sums differ
+//!    (a slot without a digest: every key), reading them from its engine then; writes are never
+//!    paused. A syncing secondary applies a snapshot entry only if its key is untouched (the
+//!    write is newer than the entry, or as new), and notes the key as *received*.
+//! 4. The last batch marks the slot *synced*, with the buckets it sent whole (its *scope*). The
+//!    secondary deletes every key of those buckets it holds that is neither touched nor
+//!    received (the primary did not have it), and is ready: it serves reads.
+//!
+//! Why the copy then equals the primary's data: take a key no write has reached since the
+//! catch-up began. Its value at the primary has not changed since then either (every write of
+//! the slot since reaches this secondary). If its bucket's sums were equal, the secondary's
+//! bucket held exactly the primary's keys and values (SHA-256 does not collide), so its value
+//! here, which nothing changed since (snapshot entries of it are the same value), is the
+//! primary's, or both lack the key. If they differed, the entry sent is the primary's value, or,
+//! if the primary did not have the key, it is deleted at step 4. A touched key holds the value of
+//! the last write that reached it, which is the primary's (each key's writes arrive in the
+//! primary's order). A key received from an earlier, interrupted send, and missing from a later
+//! one, was deleted at the primary since: that was a write, so the key is touched. The
+//! exactly-once records of the slot are sent whole with the first batch: the base's own are
+//! dropped when the copy starts syncing.
 //!
 //! A slot this server is handing off (it was the primary and now is a secondary) is *awaiting*
 //! until the hand-off has dropped its old copy, and syncing after.
@@ -275,11 +298,12 @@
 //! taken back at its epoch ([`kv_shard::Config::restarted_at`]); [`keeps_copy`] is false for
 //! every copy the member held, or fed as primary, across that mark. So, at the install:
 //! - the member serves its primary slots from its disk at once (the slots are its own in both
-//!   configurations), drops every other key it kept, and has its copies rebuilt by their
-//!   primaries' snapshots; its exactly-once records were read back from the disk at start-up;
-//! - the secondaries of its slots drop their copies (and whatever the old process left
-//!   prepared there, applied or not) and catch up from its data: a write the old process had
-//!   prepared but not applied was never acknowledged;
+//!   configurations), drops the keys of slots it has no role in, and catches its copies up from
+//!   their primaries (only what they changed while it was down is sent); its exactly-once
+//!   records were read back from the disk at start-up;
+//! - the secondaries of its slots catch up from its data (dropping whatever the old process left
+//!   prepared there, applied or not: a write the old process had prepared but not applied was
+//!   never acknowledged), and are sent only what differs;
 //! - nothing is fenced: the old process's promises died with it, and the new one commits only
 //!   with prepares at the new epoch, which a secondary takes only once it has reset its copy.
 //!
@@ -321,8 +345,6 @@
 //!   answering the failover's questions) can lose the slots concerned.
 //! - A storage error in the middle of an install (impossible with the in-memory engine) could
 //!   leave its replication state half switched.
-//! - A member taken back in place rebuilds its copies, and its secondaries theirs, from full
-//!   snapshots: catching up only what changed is not built yet.
 //! - Taking a member back trusts its disk: with `--fsync interval` or `never`, a crash of its
 //!   machine (not of its process) may have lost its last acknowledged writes, which its
 //!   secondaries, reset from its data, then lose too. `always` (the default) has no such window.
@@ -352,6 +374,7 @@
 //! While the shard master is down, reads and writes go on with the maps clients and servers
 //! hold (leases are between the servers); membership changes and failovers wait for it.
 
+pub mod digest;
 mod error;
 pub mod messages;
 mod node;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use kv_core::SessionRecord;
 use kv_shard::Slot;
 
+use crate::digest::{SlotDigest, SnapshotScope};
 use crate::secondary::ReplicatedWrite;
 
 /// How a secondary takes the writes of a [`Replicate`] batch.
@@ -63,6 +64,11 @@ pub struct Replicate {
     pub synced: Vec<Slot>,
     /// Catch-up: the exactly-once records of the slots of the snapshot (in its first batch).
     pub sessions: Vec<SessionRecord>,
+    /// Catch-up: slots whose copy's digest the primary asks for, before it sends what differs.
+    pub digest: Vec<Slot>,
+    /// Catch-up: what the snapshot of each slot in `synced` sent whole (a slot without one:
+    /// every key, [`SnapshotScope::whole`]).
+    pub scopes: Vec<SnapshotScope>,
 }
 
 /// What a secondary answers a [`Replicate`] batch.
@@ -71,6 +77,9 @@ pub struct ReplicateAck {
     /// Snapshot batches: the slots it did not take, because it still hands them off; the
     /// primary sends their snapshot again later, whole.
     pub refused: Vec<Slot>,
+    /// The digests asked for (`Replicate::digest`) of the copies catching up that take the
+    /// sender's snapshot; a slot left out gets every key.
+    pub digests: Vec<SlotDigest>,
 }
 
 /// A request for a lease (`Node.Lease`).

@@ -20,6 +20,8 @@ struct Cluster {
     network: Arc<MemoryNetwork>,
     master: ShardMaster,
     nodes: Vec<(String, Arc<Node>)>,
+    /// Each server's engine, by its index.
+    storages: Vec<Arc<MemoryStorage>>,
 }
 
 impl Cluster {
@@ -34,7 +36,7 @@ impl Cluster {
         };
         let master =
             ShardMaster::new(settings, network.caller("master"), Arc::clone(&clock)).expect("settings");
-        let mut cluster = Cluster { clock, network, master, nodes: Vec::new() };
+        let mut cluster = Cluster { clock, network, master, nodes: Vec::new(), storages: Vec::new() };
         for i in 0..n {
             cluster.add(i).await;
         }
@@ -44,21 +46,40 @@ impl Cluster {
     /// Starts server `i` and has it join.
     async fn add(&mut self, i: usize) {
         let address = format!("10.0.0.{i}:7000");
-        let settings = NodeSettings {
-            me: address.clone(),
-            joining: true,
-            handoff_timeout: Duration::from_secs(30),
-            incarnation: i as u64 + 1,
-        };
-        let node = Node::new(
-            Arc::new(MemoryStorage::new()),
-            settings,
-            self.network.caller(&address),
-            Arc::clone(&self.clock),
-        );
+        let storage = Arc::new(MemoryStorage::new());
+        let node = self.node_over(&address, Arc::clone(&storage), i as u64 + 1);
         self.network.attach(&address, &node);
         self.nodes.push((address.clone(), node));
+        self.storages.push(storage);
         self.master.join(&address).await.expect("join");
+    }
+
+    fn node_over(&self, address: &str, storage: Arc<MemoryStorage>, incarnation: u64) -> Arc<Node> {
+        let settings = NodeSettings {
+            me: address.to_owned(),
+            joining: true,
+            handoff_timeout: Duration::from_secs(30),
+            incarnation,
+        };
+        Node::new(storage, settings, self.network.caller(address), Arc::clone(&self.clock))
+    }
+
+    /// Starts server `i` again, as a new process over `storage` (what it kept), not joined yet.
+    async fn restart(&mut self, i: usize, storage: Arc<MemoryStorage>) {
+        let address = self.nodes[i].0.clone();
+        let node = self.node_over(&address, storage, 100 + i as u64);
+        node.restore_membership().await.expect("its membership record reads back");
+        self.network.attach(&address, &node);
+        self.nodes[i].1 = node;
+    }
+
+    /// Keys the servers have sent in catch-ups, in all.
+    async fn catch_up_keys(&self) -> u64 {
+        let mut keys = 0;
+        for (_, node) in &self.nodes {
+            keys += node.status().await.map(|s| s.catch_up.keys).unwrap_or(0);
+        }
+        keys
     }
 
     fn node(&self, address: &str) -> &Arc<Node> {
@@ -89,6 +110,11 @@ impl Cluster {
     async fn sleep(&self, duration: Duration) {
         self.clock.sleep(duration).await;
     }
+}
+
+/// The value of `key` in server `i`'s engine.
+async fn storage_value(cluster: &Cluster, i: usize, key: &str) -> Option<String> {
+    kv_core::Storage::get(cluster.storages[i].as_ref(), key).await.expect("an engine read")
 }
 
 fn strong(factor: usize) -> Replication {
@@ -285,4 +311,54 @@ async fn an_aborted_write_is_not_committed_by_a_takeover() {
     let value = cluster.get_at(first, "k").await.unwrap().unwrap_or_default();
     assert!(value.contains("b;"), "an acknowledged append is in the value: {value:?}");
     assert_eq!(value.matches("b;").count(), 1, "once: {value:?}");
+}
+
+/// A member failed over while it was down, restarted over the data it kept, joins again as a
+/// new member: its new copies start from what it kept, and are sent only the buckets that
+/// differ from their primaries' (the keys written while it was down, a key deleted meanwhile
+/// included), not the whole of their data; and they end up equal to their primaries'.
+#[tokio::test(start_paused = true)]
+async fn a_member_back_from_a_failover_is_sent_only_what_changed_while_it_was_down() {
+    let mut cluster = Cluster::start(3, strong(3)).await;
+    let keys: Vec<String> = (0..600).map(|i| format!("key-{i}")).collect();
+    for key in &keys {
+        cluster.put(key, "before").await.expect("a healthy write");
+    }
+    cluster.sleep(Duration::from_millis(300)).await;
+    let down = cluster.nodes[2].0.clone();
+    let storage = Arc::clone(&cluster.storages[2]);
+    cluster.network.detach(&down);
+    cluster.master.fail(&down).await.expect("failover");
+    cluster.sleep(Duration::from_millis(600)).await;
+    // While it is down: some keys rewritten, some deleted, one added.
+    for key in keys.iter().step_by(20) {
+        cluster.put(key, "while down").await.expect("a write after the failover");
+    }
+    for key in keys.iter().skip(7).step_by(50) {
+        let (primary, _) = cluster.replicas(key);
+        cluster.node(&primary).write(None, Mutation::delete(key.clone())).await.expect("a delete");
+    }
+    cluster.put("new-key", "while down").await.expect("a new key");
+
+    let before: u64 = cluster.catch_up_keys().await;
+    cluster.restart(2, storage).await;
+    cluster.master.join(&down).await.expect("joins again");
+    let deadline = cluster.clock.now() + Duration::from_secs(20);
+    while !cluster.node(&down).status().await.unwrap().unready.is_empty() {
+        assert!(cluster.clock.now() < deadline, "its copies never caught up");
+        cluster.sleep(Duration::from_millis(100)).await;
+    }
+    let sent = cluster.catch_up_keys().await - before;
+    let config = cluster.config();
+    let held: usize = keys.iter().filter(|key| role(&config, &down, slot_of(key)) == Role::Secondary).count();
+    assert!(held > 300, "it is a secondary of {held} of the keys");
+    assert!(sent > 0 && sent * 4 < held as u64, "{sent} keys sent to copies of {held}");
+    for key in keys.iter().chain([&"new-key".to_owned()]) {
+        if role(&config, &down, slot_of(key)) != Role::Secondary {
+            continue;
+        }
+        let (primary, _) = cluster.replicas(key);
+        let expected = cluster.get_at(&primary, key).await.unwrap();
+        assert_eq!(storage_value(&cluster, 2, key).await, expected, "{key} at the copy");
+    }
 }

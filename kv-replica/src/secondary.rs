@@ -9,6 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use kv_core::SessionRecord;
 
+use crate::digest::SnapshotScope;
+
 /// One write as the primary sent it: the key's value after the write (absent: the key is gone),
 /// so applying it twice, or after a snapshot of the same value, changes nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +79,8 @@ pub struct SlotReplica {
     /// primary's: it comes late from an earlier process there (one that crashed, and was
     /// restarted), whose numbers are not this primary's.
     writes_since: u64,
+    /// Keys a snapshot entry was applied to since the catch-up began: the primary had them.
+    received: BTreeSet<String>,
 }
 
 impl SlotReplica {
@@ -116,6 +120,7 @@ impl SlotReplica {
         self.pending.clear();
         self.dirty.clear();
         self.last_prepared = 0;
+        self.received.clear();
     }
 
     /// Starts catching up at `epoch`, if the slot was awaiting its hand-off.
@@ -123,6 +128,7 @@ impl SlotReplica {
         if self.state == SlotState::Awaiting {
             self.state = SlotState::Syncing { touched: BTreeSet::new(), since: epoch };
             self.writes_since = epoch;
+            self.received.clear();
         }
     }
 
@@ -207,6 +213,34 @@ impl SlotReplica {
     pub fn takes_snapshot_of(&self, key: &str, epoch: u64) -> bool {
         self.takes_snapshot(epoch)
             && matches!(&self.state, SlotState::Syncing { touched, .. } if !touched.contains(key))
+    }
+
+    /// A snapshot entry of `key` was applied.
+    pub fn received(&mut self, key: &str) {
+        if matches!(self.state, SlotState::Syncing { .. }) {
+            self.received.insert(key.to_owned());
+        }
+    }
+
+    /// Whether `key`, held in this copy's engine, is left over from before the catch-up and
+    /// gone at the primary: the copy is catching up, the snapshot that completes it sent `key`'s
+    /// bucket whole (`scope`) without it, and no write has reached it since the catch-up began.
+    pub fn is_stale(&self, key: &str, scope: &SnapshotScope) -> bool {
+        match &self.state {
+            SlotState::Syncing { touched, .. } => {
+                scope.covers(key) && !touched.contains(key) && !self.received.contains(key)
+            }
+            _ => false,
+        }
+    }
+
+    /// While catching up: the keys this copy holds as the primary's (touched, received, or
+    /// prepared); the others are left over from before the catch-up.
+    pub fn caught_up_keys(&self) -> Option<BTreeSet<String>> {
+        let SlotState::Syncing { touched, .. } = &self.state else { return None };
+        let mut keys: BTreeSet<String> = touched.union(&self.received).cloned().collect();
+        keys.extend(self.dirty.keys().cloned());
+        Some(keys)
     }
 
     /// Takes every prepared write, oldest first, to commit them all: this server takes over
@@ -420,6 +454,28 @@ mod tests {
         assert!(slot.takes_snapshot_of("k", 3) && slot.takes_snapshot_of("k", 4));
         slot.synced(4);
         assert!(slot.is_ready());
+    }
+
+    #[test]
+    fn keys_left_from_before_the_catch_up_are_stale_only_in_buckets_sent_whole() {
+        let whole = SnapshotScope::whole(0);
+        let mut slot = syncing();
+        slot.touch("written");
+        slot.received("sent");
+        slot.prepare_(write(1, "prepared", "x"));
+        assert!(slot.is_stale("left over", &whole));
+        assert!(!slot.is_stale("written", &whole), "a write reached it: the primary's value");
+        assert!(!slot.is_stale("sent", &whole), "the primary had it");
+        let none = SnapshotScope { slot: 0, buckets: 1, sent: Vec::new() };
+        assert!(!slot.is_stale("left over", &none), "its bucket was equal at the primary");
+        let kept = slot.caught_up_keys().unwrap();
+        assert_eq!(kept, BTreeSet::from(["written".to_owned(), "sent".to_owned(), "prepared".to_owned()]));
+
+        slot.synced(3);
+        assert!(!slot.is_stale("left over", &whole), "a ready copy has nothing left over");
+        assert_eq!(slot.caught_up_keys(), None);
+        slot.reset(SlotState::Syncing { touched: BTreeSet::new(), since: 4 });
+        assert!(slot.is_stale("sent", &whole), "a new catch-up forgets what the last one received");
     }
 
     #[test]

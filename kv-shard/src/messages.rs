@@ -78,6 +78,35 @@ pub struct ServerStatus {
     pub engine: kv_core::EngineStats,
     /// Set while it waits to be taken back as the member it was, with the data it kept.
     pub resume: Option<Resume>,
+    /// What the catch-ups it sent its secondaries came to, since it started.
+    pub catch_up: CatchUpStats,
+}
+
+/// What the catch-ups a primary sent its secondaries came to (see `kv_replica`'s docs,
+/// "Catching up").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CatchUpStats {
+    /// Slots caught up.
+    pub slots: u64,
+    /// Of those, slots whose copy was equal to the primary's data: nothing was sent.
+    pub slots_equal: u64,
+    /// Keys sent.
+    pub keys: u64,
+    /// Bytes of the keys and values sent.
+    pub bytes: u64,
+    /// Bytes of the digests the secondaries answered.
+    pub digest_bytes: u64,
+}
+
+impl CatchUpStats {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &CatchUpStats) {
+        self.slots += other.slots;
+        self.slots_equal += other.slots_equal;
+        self.keys += other.keys;
+        self.bytes += other.bytes;
+        self.digest_bytes += other.digest_bytes;
+    }
 }
 
 /// What a server restarted with its data kept says of it: the member it was, and where it

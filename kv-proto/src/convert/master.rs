@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kv_shard::messages::{
-    HandOffCopy, HeardPeer, Install, InstallReport, Pong, Resume, ServerStatus, UnheardPeer,
+    CatchUpStats, HandOffCopy, HeardPeer, Install, InstallReport, Pong, Resume, ServerStatus, UnheardPeer,
 };
 use kv_shard::{ServerId, Slot};
 use tonic::Status;
@@ -137,6 +137,13 @@ pub fn server_status_to_wire(status: &ServerStatus) -> v1::StatusResponse {
         engine_writes: status.engine.writes,
         engine_syncs: status.engine.syncs,
         resume: status.resume.map(resume_to_wire),
+        catch_up: Some(v1::CatchUpStats {
+            slots: status.catch_up.slots,
+            slots_equal: status.catch_up.slots_equal,
+            keys: status.catch_up.keys,
+            bytes: status.catch_up.bytes,
+            digest_bytes: status.catch_up.digest_bytes,
+        }),
     }
 }
 
@@ -166,6 +173,17 @@ pub fn server_status_from_wire(wire: &v1::StatusResponse) -> ServerStatus {
         retired: lenient_server_slots(&wire.retired),
         engine: engine_stats_from_wire(wire),
         resume: wire.resume.as_ref().map(resume_from_wire),
+        catch_up: wire
+            .catch_up
+            .as_ref()
+            .map(|c| CatchUpStats {
+                slots: c.slots,
+                slots_equal: c.slots_equal,
+                keys: c.keys,
+                bytes: c.bytes,
+                digest_bytes: c.digest_bytes,
+            })
+            .unwrap_or_default(),
     }
 }
 
@@ -278,6 +296,7 @@ mod tests {
             retired: BTreeMap::from([("c:1".to_owned(), vec![6])]),
             engine: kv_core::EngineStats { durable: true, batches: 7, writes: 8, syncs: 9 },
             resume: Some(Resume { member: ServerId(4), epoch: 12, whole: true }),
+            catch_up: CatchUpStats { slots: 5, slots_equal: 3, keys: 40, bytes: 900, digest_bytes: 120 },
         };
         assert_eq!(server_status_from_wire(&server_status_to_wire(&status)), status);
         let mut wire = server_status_to_wire(&status);

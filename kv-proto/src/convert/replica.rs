@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use kv_replica::ReplicatedWrite;
+use kv_replica::digest::{SUM_BYTES, SlotDigest, SnapshotScope, Sum};
 use kv_replica::messages::{
     Committed, LeaseGrant, LeaseRequest, Replicate, ReplicateAck, SlotWrite, WriteKind,
 };
@@ -70,7 +71,44 @@ pub fn replicate_to_wire(batch: &Replicate) -> v1::ReplicateRequest {
             .collect(),
         synced: batch.synced.iter().map(|&slot| u32::from(slot)).collect(),
         sessions: batch.sessions.iter().map(session_to_wire).collect(),
+        digest: batch.digest.iter().map(|&slot| u32::from(slot)).collect(),
+        scopes: batch
+            .scopes
+            .iter()
+            .map(|s| v1::SnapshotScope { slot: u32::from(s.slot), buckets: s.buckets, sent: s.sent.clone() })
+            .collect(),
     }
+}
+
+fn scope_from_wire(wire: v1::SnapshotScope) -> Result<SnapshotScope, Status> {
+    let slot = slot_from_wire(wire.slot).ok_or_else(|| Status::invalid_argument("no such slot"))?;
+    let mut sent = wire.sent;
+    sent.sort_unstable();
+    sent.dedup();
+    let scope = SnapshotScope { slot, buckets: wire.buckets, sent };
+    if !scope.is_well_formed() {
+        return Err(Status::invalid_argument(format!(
+            "the snapshot scope of slot {slot} is malformed: {} buckets",
+            wire.buckets
+        )));
+    }
+    Ok(scope)
+}
+
+fn digest_to_wire(digest: &SlotDigest) -> v1::SlotDigest {
+    v1::SlotDigest { slot: u32::from(digest.slot), buckets: digest.buckets, sums: digest.sums.concat() }
+}
+
+/// A digest from the wire, if well formed.
+fn digest_from_wire(wire: &v1::SlotDigest) -> Option<SlotDigest> {
+    let slot = slot_from_wire(wire.slot)?;
+    if !wire.sums.len().is_multiple_of(SUM_BYTES) {
+        return None;
+    }
+    let sums =
+        wire.sums.chunks_exact(SUM_BYTES).map(|c| Sum::try_from(c).ok()).collect::<Option<Vec<_>>>()?;
+    let digest = SlotDigest { slot, buckets: wire.buckets, sums };
+    digest.is_well_formed().then_some(digest)
 }
 
 /// A replication batch from the wire, checked.
@@ -83,6 +121,9 @@ pub fn replicate_from_wire(wire: v1::ReplicateRequest) -> Result<Replicate, Stat
     };
     let synced =
         slots_from_wire(wire.synced).map_err(|slot| Status::invalid_argument(format!("no slot {slot}")))?;
+    let digest =
+        slots_from_wire(wire.digest).map_err(|slot| Status::invalid_argument(format!("no slot {slot}")))?;
+    let scopes = wire.scopes.into_iter().map(scope_from_wire).collect::<Result<_, _>>()?;
     let writes = wire.writes.into_iter().map(write_from_wire).collect::<Result<_, _>>()?;
     let commits = wire
         .commits
@@ -101,17 +142,26 @@ pub fn replicate_from_wire(wire: v1::ReplicateRequest) -> Result<Replicate, Stat
         synced,
         // Only a snapshot's records are taken; other batches carry none.
         sessions: if kind == WriteKind::Snapshot { checked_sessions(wire.sessions)? } else { Vec::new() },
+        digest,
+        scopes,
     })
 }
 
 /// The wire form of a secondary's answer to a batch.
 pub fn replicate_ack_to_wire(ack: &ReplicateAck) -> v1::ReplicateResponse {
-    v1::ReplicateResponse { refused: ack.refused.iter().map(|&slot| u32::from(slot)).collect() }
+    v1::ReplicateResponse {
+        refused: ack.refused.iter().map(|&slot| u32::from(slot)).collect(),
+        digests: ack.digests.iter().map(digest_to_wire).collect(),
+    }
 }
 
 /// A secondary's answer to a batch, from the wire.
 pub fn replicate_ack_from_wire(wire: &v1::ReplicateResponse) -> ReplicateAck {
-    ReplicateAck { refused: wire.refused.iter().filter_map(|&slot| slot_from_wire(slot)).collect() }
+    ReplicateAck {
+        refused: wire.refused.iter().filter_map(|&slot| slot_from_wire(slot)).collect(),
+        // A malformed digest is left out: its slot is sent whole.
+        digests: wire.digests.iter().filter_map(digest_from_wire).collect(),
+    }
 }
 
 /// The wire form of a lease request.
@@ -161,14 +211,24 @@ mod tests {
             commits: vec![Committed { slot: 4095, seq: 9 }],
             synced: vec![0],
             sessions: Vec::new(),
+            digest: vec![7, 4095],
+            scopes: vec![SnapshotScope { slot: 0, buckets: 8, sent: vec![1, 5] }],
         }
     }
 
     #[test]
     fn batches_and_leases_survive_the_round_trip() {
         assert_eq!(replicate_from_wire(replicate_to_wire(&batch())).unwrap(), batch());
-        let ack = ReplicateAck { refused: vec![1, 2] };
+        let digest = SlotDigest { slot: 3, buckets: 2, sums: vec![[1; SUM_BYTES], [2; SUM_BYTES]] };
+        let ack = ReplicateAck { refused: vec![1, 2], digests: vec![digest] };
         assert_eq!(replicate_ack_from_wire(&replicate_ack_to_wire(&ack)), ack);
+        // A malformed digest is left out (its slot is sent whole); the rest of the answer holds.
+        let mut wire = replicate_ack_to_wire(&ack);
+        wire.digests[0].sums.pop();
+        assert_eq!(replicate_ack_from_wire(&wire), ReplicateAck { refused: vec![1, 2], digests: Vec::new() });
+        let mut wire = replicate_ack_to_wire(&ack);
+        wire.digests[0].buckets = 3;
+        assert!(replicate_ack_from_wire(&wire).digests.is_empty());
         let request = LeaseRequest { from: "a:1".into(), epoch: 2 };
         assert_eq!(lease_request_from_wire(lease_request_to_wire(&request)), request);
         let grant = LeaseGrant { epoch: 2, lease: Duration::from_millis(500) };
@@ -195,5 +255,14 @@ mod tests {
         let mut wire = replicate_to_wire(&batch());
         wire.writes[0].slot = (wire.writes[0].slot + 1) % 4096;
         assert!(replicate_from_wire(wire).unwrap_err().message().contains("is not in slot"));
+        let mut wire = replicate_to_wire(&batch());
+        wire.scopes[0].sent.push(8);
+        assert!(replicate_from_wire(wire).unwrap_err().message().contains("scope of slot 0 is malformed"));
+        let mut wire = replicate_to_wire(&batch());
+        wire.scopes[0].buckets = 2048;
+        assert!(replicate_from_wire(wire).is_err());
+        let mut wire = replicate_to_wire(&batch());
+        wire.digest.push(4096);
+        assert_eq!(replicate_from_wire(wire).unwrap_err().message(), "no slot 4096");
     }
 }

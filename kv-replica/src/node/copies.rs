@@ -19,6 +19,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
+use crate::digest::SnapshotScope;
 use crate::messages::{Replicate, ReplicateAck, SlotWrite, WriteKind};
 use crate::transport::PeerCalls;
 use crate::{Error, ReplicatedWrite, Role, SlotReplica, SlotState, Takeover, role};
@@ -28,6 +29,7 @@ use kv_shard::{Config, Consistency, SLOTS, Slot, slot_of};
 use tokio::sync::MutexGuard;
 use tracing::{debug, info};
 
+use super::catchup;
 use super::leases::Leases;
 use super::plan::copy_resets;
 use super::view::{View, lock, slot_set, slots_where};
@@ -158,7 +160,7 @@ impl Copies {
     /// Takes one replication batch from a primary; answers the slots of a snapshot batch not
     /// taken, because this server still hands them off (it was their primary).
     pub(crate) async fn replicate(&self, batch: Replicate) -> Result<ReplicateAck, Error> {
-        let Replicate { epoch, from, writes, kind, commits, synced, sessions } = batch;
+        let Replicate { epoch, from, writes, kind, commits, synced, sessions, digest, scopes } = batch;
         let view = self.view.get();
         if epoch > view.epoch() {
             return Err(Error::Unavailable(format!(
@@ -167,6 +169,23 @@ impl Copies {
             )));
         }
         let mut refused = BTreeSet::new();
+        let digests = if kind == WriteKind::Snapshot && !digest.is_empty() {
+            let mut taking = Vec::new();
+            for slot in digest {
+                match self.snapshot_copy(&from, slot, epoch).await? {
+                    None => {
+                        refused.insert(slot);
+                    }
+                    Some(copy) if copy.takes_snapshot(epoch) => taking.push(slot),
+                    Some(_) => {}
+                }
+            }
+            // Read without the copies' locks: a write that reaches a key meanwhile touches it,
+            // and a touched key's value is the primary's whatever its bucket's sums say.
+            catchup::digests(self.storage.as_ref(), &taking).await.map_err(Error::storage)?
+        } else {
+            Vec::new()
+        };
         for SlotWrite { slot, write, aborted } in writes {
             if slot_of(&write.key) != slot {
                 return Err(Error::InvalidArgument(format!("key {:?} is not in slot {slot}", write.key)));
@@ -196,6 +215,7 @@ impl Copies {
                 }
                 WriteKind::Snapshot => {
                     if copy.takes_snapshot_of(&write.key, epoch) {
+                        copy.received(&write.key);
                         self.apply(write).await?;
                     }
                 }
@@ -227,10 +247,33 @@ impl Copies {
                 refused.insert(slot);
                 continue;
             };
+            if copy.takes_snapshot(epoch) {
+                let scope = scopes.iter().find(|s| s.slot == slot).cloned();
+                self.drop_stale(&copy, slot, &scope.unwrap_or_else(|| SnapshotScope::whole(slot))).await?;
+            }
             copy.synced(epoch);
             debug!(slot, from, "caught up");
         }
-        Ok(ReplicateAck { refused: refused.into_iter().collect() })
+        Ok(ReplicateAck { refused: refused.into_iter().collect(), digests })
+    }
+
+    /// Deletes the keys of `slot` the copy kept from before its catch-up that the primary does
+    /// not have: those of the buckets its snapshot sent whole (`scope`) that no write and no
+    /// snapshot entry reached. The copy's lock is held: no write of the slot lands meanwhile.
+    async fn drop_stale(&self, copy: &SlotReplica, slot: Slot, scope: &SnapshotScope) -> Result<(), Error> {
+        if scope.sent.is_empty() {
+            return Ok(());
+        }
+        let keys = catchup::slot_keys(self.storage.as_ref(), slot).await.map_err(Error::storage)?;
+        let mut dropped = 0;
+        for key in keys.into_iter().filter(|key| copy.is_stale(key, scope)) {
+            store(self.storage.as_ref(), key, None).await.map_err(Error::storage)?;
+            dropped += 1;
+        }
+        if dropped > 0 {
+            debug!(slot, keys = dropped, "dropped keys the primary no longer has");
+        }
+        Ok(())
     }
 
     /// Takes the exactly-once records of a snapshot from `from`, read at `epoch`: the answers of
@@ -350,6 +393,7 @@ impl Copies {
         let mut committed = 0;
         let mut taken = BTreeMap::new();
         let mut retiring: BTreeMap<Slot, Vec<ReplicatedWrite>> = BTreeMap::new();
+        let mut catching_up = vec![false; SLOTS];
         for (&slot, state) in &plan.resets {
             let mut copy = self.slots[usize::from(slot)].lock().await;
             // A copy that was never reset to anything holds no data to drop.
@@ -358,10 +402,20 @@ impl Copies {
             }
             if taken_set[usize::from(slot)] {
                 // Each prepared write may have been acknowledged by the failed primary.
+                let caught_up = copy.caught_up_keys();
                 let (takeover, pending) = copy.take_over();
                 for write in pending {
                     self.apply(write).await?;
                     committed += 1;
+                }
+                if let Some(caught_up) = caught_up {
+                    // What the copy kept from before its catch-up is not the primary's: only the
+                    // keys it caught up hold (the rest comes from another copy, or is lost).
+                    let keys =
+                        catchup::slot_keys(self.storage.as_ref(), slot).await.map_err(Error::storage)?;
+                    for key in keys.into_iter().filter(|key| !caught_up.contains(key)) {
+                        store(self.storage.as_ref(), key, None).await.map_err(Error::storage)?;
+                    }
                 }
                 taken.insert(slot, takeover);
             } else if copy.is_ready() {
@@ -371,8 +425,14 @@ impl Copies {
                 retiring.insert(slot, copy.take_pending());
             }
             copy.reset(state.clone());
+            if matches!(state, SlotState::Syncing { .. }) {
+                catching_up[usize::from(slot)] = true;
+            }
             guards.push(copy);
         }
+        // A copy catching up keeps its data as its base, but not its exactly-once records: the
+        // primary sends the slot's whole with the catch-up.
+        self.sessions.forget(|slot| catching_up[usize::from(slot)]);
         if !retiring.is_empty() {
             self.retire(&previous, next.epoch(), retiring).await?;
         }

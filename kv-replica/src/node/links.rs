@@ -17,21 +17,28 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use crate::messages::{Committed, Replicate, SlotWrite, WriteKind};
+use crate::digest::{SlotDigest, SnapshotScope};
+use crate::messages::{Committed, Replicate, ReplicateAck, SlotWrite, WriteKind};
 use crate::transport::PeerCalls;
 use crate::{Role, keeps_copy, role, secondaries};
 use kv_core::{SessionRecord, Sessions, Storage};
 
 use super::primary::SlotLocks;
 use kv_shard::clock::{Clock, timeout};
+use kv_shard::messages::CatchUpStats;
 use kv_shard::{Config, SLOTS, Slot, slot_of};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use super::batches::{BATCH_BYTES, SlotReader, slot_write, snapshot_batches};
 use super::calls::{ATTEMPT_TIMEOUT, replicate_until};
+use super::catchup;
 use super::routing::Routing;
 use super::view::{View, lock, slot_set};
+
+/// Slots whose digests one request asks (at most [`crate::digest::MAX_BUCKETS`] sums of 16
+/// bytes each: 1 MiB).
+const DIGEST_SLOTS: usize = 64;
 
 /// How often a link retries what it could not send.
 const RETRY_INTERVAL: Duration = Duration::from_millis(100);
@@ -73,6 +80,8 @@ pub(crate) struct Links {
     peers: Arc<dyn PeerCalls>,
     clock: Arc<dyn Clock>,
     links: Mutex<BTreeMap<String, Arc<Link>>>,
+    /// What the catch-ups sent came to.
+    caught_up: Mutex<CatchUpStats>,
 }
 
 impl std::fmt::Debug for Links {
@@ -103,6 +112,7 @@ impl Links {
             peers,
             clock,
             links: Mutex::new(BTreeMap::new()),
+            caught_up: Mutex::new(CatchUpStats::default()),
         })
     }
 
@@ -284,7 +294,13 @@ impl Links {
                 let sent_records = std::mem::take(&mut records);
                 bytes = 0;
                 let keys: Vec<String> = sent.iter().map(|w| w.write.key.clone()).collect();
-                if self.send(&view, link, sent, WriteKind::Apply, Vec::new(), &sent_records).await.is_none() {
+                let batch = Replicate {
+                    writes: sent,
+                    kind: WriteKind::Apply,
+                    sessions: sent_records,
+                    ..Replicate::default()
+                };
+                if self.send(&view, link, batch).await.is_none() {
                     // Sent again later, with the values (and records) of then.
                     unsent.extend(keys);
                     unsent.extend(
@@ -301,7 +317,9 @@ impl Links {
         ok
     }
 
-    /// Sends the snapshots `link` is owed, of the slots this server serves now.
+    /// Sends the snapshots `link` is owed, of the slots this server serves now, a group of
+    /// slots at a time: asks the secondary's digests of its copies, then sends the keys of the
+    /// buckets that differ (see the crate's docs, "Catching up").
     async fn send_snapshots(&self, link: &Link) -> bool {
         let owed: Vec<(Slot, u64)> = lock(&link.snapshots).iter().map(|(&s, &e)| (s, e)).collect();
         if owed.is_empty() {
@@ -317,27 +335,77 @@ impl Links {
         let view = self.view.get();
         let set = slot_set(&ready);
         let started = self.clock.now();
-        let mut keys = 0;
+        let mut sent = CatchUpStats::default();
         let mut sessions = Some(self.sessions.export(|slot| set[usize::from(slot)]));
         // Slots the secondary could not take yet (it still hands them off itself): the others
         // go on, so that no two hand-offs wait on each other's catch-up; these go again later,
         // whole, and are never marked synced from a part.
         let mut refused = BTreeSet::new();
-        // Read from the engine a part at a time: a snapshot never has to fit in memory.
-        let mut reader = SlotReader::new(self.storage.as_ref(), &ready);
-        loop {
-            let Ok(part) = reader.next().await else { return false };
-            let Some((entries, finished)) = part else { break };
-            keys += entries.len();
-            for (writes, mut done) in snapshot_batches(entries, &finished) {
-                done.retain(|slot| !refused.contains(slot));
+        for group in ready.chunks(DIGEST_SLOTS) {
+            let ask = Replicate { kind: WriteKind::Snapshot, digest: group.to_vec(), ..Replicate::default() };
+            let Some(ack) = self.send(&view, link, ask).await else { return false };
+            refused.extend(ack.refused);
+            let digests: Vec<SlotDigest> = ack
+                .digests
+                .into_iter()
+                .filter(|d| d.is_well_formed() && group.contains(&d.slot) && !refused.contains(&d.slot))
+                .collect();
+            sent.digest_bytes += digests.iter().map(|d| d.bytes() as u64).sum::<u64>();
+            let Ok(differing) = catchup::differing(self.storage.as_ref(), &digests).await else {
+                return false;
+            };
+            // Per slot with a digest: its buckets, and those to send whole.
+            let scopes: BTreeMap<Slot, SnapshotScope> = digests
+                .iter()
+                .map(|d| {
+                    let buckets = differing.get(&d.slot).cloned().unwrap_or_default();
+                    (
+                        d.slot,
+                        SnapshotScope {
+                            slot: d.slot,
+                            buckets: d.buckets,
+                            sent: buckets.into_iter().collect(),
+                        },
+                    )
+                })
+                .collect();
+            let equal: Vec<Slot> = scopes.values().filter(|s| s.sent.is_empty()).map(|s| s.slot).collect();
+            let reading: Vec<Slot> = group
+                .iter()
+                .copied()
+                .filter(|slot| !refused.contains(slot) && !equal.contains(slot))
+                .collect();
+            sent.slots += (group.len() - group.iter().filter(|s| refused.contains(s)).count()) as u64;
+            sent.slots_equal += equal.len() as u64;
+            // Equal copies are up to date as they are: one batch marks them so.
+            if !equal.is_empty() {
                 let records = sessions.take().unwrap_or_default();
-                let Some(not_taken) =
-                    self.send(&view, link, writes, WriteKind::Snapshot, done, &records).await
-                else {
+                let synced = equal.iter().map(|&slot| scopes[&slot].clone()).collect();
+                let Some(ack) = self.send(&view, link, snapshot(Vec::new(), synced, records)).await else {
                     return false;
                 };
-                refused.extend(not_taken);
+                refused.extend(ack.refused);
+            }
+            // Read from the engine a part at a time: a snapshot never has to fit in memory.
+            let mut reader = SlotReader::new(self.storage.as_ref(), &reading);
+            loop {
+                let Ok(part) = reader.next().await else { return false };
+                let Some((mut entries, finished)) = part else { break };
+                entries.retain(|(key, _)| scopes.get(&slot_of(key)).is_none_or(|scope| scope.covers(key)));
+                sent.keys += entries.len() as u64;
+                sent.bytes += entries.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum::<u64>();
+                for (writes, mut done) in snapshot_batches(entries, &finished) {
+                    done.retain(|slot| !refused.contains(slot));
+                    let synced = done
+                        .iter()
+                        .map(|&slot| scopes.get(&slot).cloned().unwrap_or_else(|| SnapshotScope::whole(slot)))
+                        .collect();
+                    let records = sessions.take().unwrap_or_default();
+                    let Some(ack) = self.send(&view, link, snapshot(writes, synced, records)).await else {
+                        return false;
+                    };
+                    refused.extend(ack.refused);
+                }
             }
         }
         // Only the debts this send paid: an install meanwhile may have owed a slot anew.
@@ -348,46 +416,52 @@ impl Links {
         info!(
             to = link.to,
             slots = ready.len() - refused.len(),
+            equal = sent.slots_equal,
             later = refused.len(),
-            keys,
+            keys = sent.keys,
+            bytes = sent.bytes,
+            digest_bytes = sent.digest_bytes,
             took = ?self.clock.now() - started,
             "secondary caught up"
         );
+        lock(&self.caught_up).add(&sent);
         refused.is_empty()
     }
 
-    /// Sends `writes` (and `synced`, and exactly-once records) to `link` in one batch; returns
-    /// the slots of a snapshot it did not take (to send again later), or nothing if the batch
-    /// failed.
-    async fn send(
-        &self,
-        view: &Config,
-        link: &Link,
-        writes: Vec<SlotWrite>,
-        kind: WriteKind,
-        synced: Vec<Slot>,
-        sessions: &[SessionRecord],
-    ) -> Option<Vec<Slot>> {
-        if writes.is_empty() && synced.is_empty() {
-            return Some(Vec::new());
+    /// What the catch-ups this server sent as a primary came to, since it started.
+    pub(crate) fn catch_up_stats(&self) -> CatchUpStats {
+        *lock(&self.caught_up)
+    }
+
+    /// Sends `batch` to `link` at the epoch of `view`, from this server; returns the
+    /// secondary's answer (the slots of a snapshot it did not take, to send again later, and
+    /// the digests asked), or nothing if the batch failed.
+    async fn send(&self, view: &Config, link: &Link, batch: Replicate) -> Option<ReplicateAck> {
+        if batch.writes.is_empty() && batch.synced.is_empty() && batch.digest.is_empty() {
+            return Some(ReplicateAck::default());
         }
-        let batch = Replicate {
-            epoch: view.epoch(),
-            from: self.view.me().to_owned(),
-            writes,
-            kind,
-            synced,
-            sessions: sessions.to_vec(),
-            ..Replicate::default()
-        };
+        let batch = Replicate { epoch: view.epoch(), from: self.view.me().to_owned(), ..batch };
         let deadline = self.clock.now() + ATTEMPT_TIMEOUT * 5;
         match replicate_until(self.peers.as_ref(), self.clock.as_ref(), &link.to, &batch, deadline).await {
-            Ok(ack) => Some(ack.refused),
+            Ok(ack) => Some(ack),
             Err(err) => {
                 debug!(to = link.to, reason = %err, "replication batch not taken");
                 None
             }
         }
+    }
+}
+
+/// A catch-up snapshot batch: `writes`, the slots it completes with what was sent of them
+/// (`synced`), and exactly-once records.
+fn snapshot(writes: Vec<SlotWrite>, synced: Vec<SnapshotScope>, sessions: Vec<SessionRecord>) -> Replicate {
+    Replicate {
+        writes,
+        kind: WriteKind::Snapshot,
+        synced: synced.iter().map(|scope| scope.slot).collect(),
+        scopes: synced,
+        sessions,
+        ..Replicate::default()
     }
 }
 

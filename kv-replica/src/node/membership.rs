@@ -123,7 +123,17 @@ impl Membership {
 
     /// Drops every key and exactly-once record kept; returns how many keys there were.
     async fn drop_everything(&self, sessions: &Sessions) -> Result<usize, Error> {
-        let dropped = self.storage.remove_where(&|_| true).await?;
+        self.drop_everything_but(sessions, |_| false).await
+    }
+
+    /// Drops every key but those `keep` picks, and every exactly-once record; returns how many
+    /// keys were dropped.
+    async fn drop_everything_but(
+        &self,
+        sessions: &Sessions,
+        keep: impl Fn(&str) -> bool + Sync,
+    ) -> Result<usize, Error> {
+        let dropped = self.storage.remove_where(&|key| !keep(key)).await?;
         let clients: Vec<(u64, u64)> =
             self.storage.sessions().await?.iter().map(|record| (record.client, u64::MAX)).collect();
         self.storage.forget_sessions(clients).await?;
@@ -136,11 +146,12 @@ impl Membership {
         *lock(&self.resume)
     }
 
-    /// Before the first install after a restart over a record: keeps the data of the slots it is
-    /// the primary of in `next` if `next` takes it back as the member it was (it marks it taken
-    /// back since the record's epoch), and drops everything else (everything, if it joined as a
-    /// new member or is none). Another configuration of the member it was is refused, and
-    /// changes nothing.
+    /// Before the first install after a restart over a record: if `next` takes it back as the
+    /// member it was (it marks it taken back since the record's epoch), keeps the data of the
+    /// slots it is a replica of there (its copies catch up from theirs); otherwise (it joined as a
+    /// new member, or is none) keeps only the data of the slots it is a secondary of there, as
+    /// their copies' base, and no exactly-once record. Drops everything else. Another
+    /// configuration of the member it was is refused, and changes nothing.
     pub(crate) async fn settle(&self, next: &Config, sessions: &Sessions) -> Result<(), Error> {
         let Some(resume) = self.resume() else { return Ok(()) };
         let me = self.me.as_str();
@@ -156,8 +167,10 @@ impl Membership {
             )));
         }
         if member == Some(resume.member) {
+            // Its copies keep their data as the base they catch up from: only what their
+            // primaries changed meanwhile is sent.
             let dropped =
-                self.storage.remove_where(&|key| role(next, me, slot_of(key)) != Role::Primary).await?;
+                self.storage.remove_where(&|key| role(next, me, slot_of(key)) == Role::None).await?;
             sessions.forget(|slot| role(next, me, slot) != Role::Primary);
             info!(
                 epoch = next.epoch(),
@@ -165,11 +178,16 @@ impl Membership {
                 "taken back as the member this server was: serving its slots from the data it kept"
             );
         } else {
-            let dropped = self.drop_everything(sessions).await?;
+            // Nothing it kept is its own any more, but what it kept of the slots it is a
+            // secondary of now is the base those copies catch up from (only what differs is
+            // sent); the rest goes, and every exactly-once record.
+            let dropped = self
+                .drop_everything_but(sessions, |key| role(next, me, slot_of(key)) == Role::Secondary)
+                .await?;
             warn!(
                 epoch = next.epoch(),
                 dropped_keys = dropped,
-                "not taken back as the member this server was: dropped the data it kept"
+                "not taken back as the member this server was: dropped the data it kept but its new copies' base"
             );
         }
         *lock(&self.resume) = None;

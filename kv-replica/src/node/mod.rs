@@ -17,6 +17,7 @@
 mod batches;
 mod caller;
 mod calls;
+mod catchup;
 mod copies;
 mod handoffs;
 mod install;
@@ -369,6 +370,7 @@ impl Node {
             standalone: table.standalone,
             engine: self.storage.stats(),
             resume: self.membership.resume(),
+            catch_up: self.installer.links.catch_up_stats(),
         })
     }
 

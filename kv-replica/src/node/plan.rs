@@ -6,8 +6,8 @@
 //!   is its secondary in both ([`keeps_copy`]);
 //! - a slot this server hands off (it was the primary) and stays a secondary of *awaits* the
 //!   hand-off, and its data is never dropped here;
-//! - any other new secondary role starts *syncing* from nothing (its data is dropped), at the
-//!   new epoch;
+//! - any other new secondary role starts *syncing* at the new epoch, from what this server
+//!   holds of the slot (its base: only what differs from the primary's is sent);
 //! - a slot taken over from a failed primary, or one this server stops being a secondary of,
 //!   goes idle (the latter's data is dropped unless it is being handed off);
 //! - a slot whose old secondaries (or old primary) may still serve reads under a lease this
@@ -58,7 +58,6 @@ pub(crate) fn copy_resets(
             Role::Secondary => {
                 plan.resets
                     .insert(slot, SlotState::Syncing { touched: BTreeSet::new(), since: next.epoch() });
-                plan.drop_data[usize::from(slot)] = true;
             }
             Role::Primary if taken[usize::from(slot)] => {
                 plan.resets.insert(slot, SlotState::Idle);
@@ -162,7 +161,7 @@ mod tests {
     }
 
     #[test]
-    fn a_joiner_syncs_every_secondary_slot_from_nothing() {
+    fn a_joiner_syncs_every_secondary_slot_from_what_it_holds() {
         let before = cluster(4);
         let next = before.join("10.0.0.9:1").unwrap();
         let plan = copy_resets(&before, &next, "10.0.0.9:1", &[], &[]);
@@ -170,7 +169,7 @@ mod tests {
             let expected = (role(&next, "10.0.0.9:1", slot) == Role::Secondary)
                 .then(|| SlotState::Syncing { touched: BTreeSet::new(), since: next.epoch() });
             assert_eq!(plan.resets.get(&slot), expected.as_ref(), "slot {slot}");
-            assert_eq!(plan.drop_data[usize::from(slot)], expected.is_some());
+            assert!(!plan.drop_data[usize::from(slot)], "a copy catching up starts from its base");
         }
     }
 
