@@ -220,6 +220,23 @@ const REGRESSIONS: &[(u64, &str, &str)] = &[
         "a write the primary applied but could not confirm at its synchronous secondary was reported \
          to the client as a definite failure, though it was there",
     ),
+    (
+        11,
+        "strong-r2",
+        "a catch-up that asked the secondary's digests first never got an answer over a link that \
+         held every request past its timeout (a one-way snapshot still landed there): the copy never \
+         caught up, and the crash of its primary lost \"a2\" whole",
+    ),
+    (36, "strong-r2", "as 11"),
+    (48, "strong-r2", "as 11"),
+    (
+        89,
+        "eventual-r3-sync1",
+        "a copy that kept its data to catch up from forgot its exactly-once records before the copy \
+         kept of its slot for a move took them: the move's new owner applied a retry twice",
+    ),
+    (76, "eventual-r3-sync1", "as 89"),
+    (76, "strong-r3", "as 89, in strong mode"),
 ];
 
 /// Seeds that found a bug with durable servers (`kv-eval sim --durable`), as above.

@@ -430,12 +430,13 @@ impl Copies {
             }
             guards.push(copy);
         }
-        // A copy catching up keeps its data as its base, but not its exactly-once records: the
-        // primary sends the slot's whole with the catch-up.
-        self.sessions.forget(|slot| catching_up[usize::from(slot)]);
         if !retiring.is_empty() {
             self.retire(&previous, next.epoch(), retiring).await?;
         }
+        // A copy catching up keeps its data as its base, but not its exactly-once records: the
+        // primary sends the slot's whole with the catch-up. (Only once the copies kept of slots
+        // moving away have taken theirs.)
+        self.sessions.forget(|slot| catching_up[usize::from(slot)]);
         if committed > 0 {
             info!(writes = committed, "committed the writes a failed primary had prepared");
         }

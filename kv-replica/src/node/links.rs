@@ -341,9 +341,14 @@ impl Links {
         // go on, so that no two hand-offs wait on each other's catch-up; these go again later,
         // whole, and are never marked synced from a part.
         let mut refused = BTreeSet::new();
+        // Digests are asked once per group; a secondary that does not answer in time is sent
+        // its slots whole for the rest of this round: snapshot batches land even when their
+        // answers come too late, a question's answer does not.
+        let mut asking = true;
         for group in ready.chunks(DIGEST_SLOTS) {
-            let ask = Replicate { kind: WriteKind::Snapshot, digest: group.to_vec(), ..Replicate::default() };
-            let Some(ack) = self.send(&view, link, ask).await else { return false };
+            let ack = if asking { self.ask_digests(&view, link, group).await } else { None };
+            asking = ack.is_some();
+            let ack = ack.unwrap_or_default();
             refused.extend(ack.refused);
             let digests: Vec<SlotDigest> = ack
                 .digests
@@ -426,6 +431,24 @@ impl Links {
         );
         lock(&self.caught_up).add(&sent);
         refused.is_empty()
+    }
+
+    /// The digests of `link`'s copies of `group`, asked once (see `send_snapshots`).
+    async fn ask_digests(&self, view: &Config, link: &Link, group: &[Slot]) -> Option<ReplicateAck> {
+        let ask = Replicate {
+            epoch: view.epoch(),
+            from: self.view.me().to_owned(),
+            kind: WriteKind::Snapshot,
+            digest: group.to_vec(),
+            ..Replicate::default()
+        };
+        match self.peers.replicate(&link.to, &ask, ATTEMPT_TIMEOUT).await {
+            Ok(ack) => Some(ack),
+            Err(err) => {
+                debug!(to = link.to, reason = %err, "no digests: the slots go whole");
+                None
+            }
+        }
     }
 
     /// What the catch-ups this server sent as a primary came to, since it started.
