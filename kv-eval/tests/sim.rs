@@ -230,6 +230,20 @@ const REGRESSIONS: &[(u64, &str, &str)] = &[
     (36, "strong-r2", "as 11"),
     (48, "strong-r2", "as 11"),
     (
+        21,
+        "strong-r2",
+        "as 11, after the fix that sent a silent secondary its slots whole: only the first group of \
+         64 slots was, the send stopped at its unanswered batch, and the others never caught up",
+    ),
+    (6, "strong-r2", "as 21"),
+    (
+        52,
+        "eventual-r3-sync1",
+        "a copy still handing its slot off refused the new primary's writes; the catch-up that \
+         followed sent the slot's records before the digest round trip and its values after, so a \
+         value held a write whose record was missing: the copy, promoted, applied its retry twice",
+    ),
+    (
         89,
         "eventual-r3-sync1",
         "a copy that kept its data to catch up from forgot its exactly-once records before the copy \

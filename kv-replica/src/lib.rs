@@ -124,9 +124,11 @@
 //!    eight per bucket), and each bucket is summed by SHA-256 over its keys and values in key
 //!    order. The primary sums its own data of the slot in the same buckets.
 //! 3. It sends, as *snapshot* entries in batches, every key of each bucket whose sums differ
-//!    (a slot without a digest: every key), reading them from its engine then; writes are never
-//!    paused. A syncing secondary applies a snapshot entry only if its key is untouched (the
-//!    write is newer than the entry, or as new), and notes the key as *received*.
+//!    (a slot without a digest, or when the secondary did not answer in time: every key), with
+//!    the slot's exactly-once records, read together from its engine under the slot's write
+//!    lock: that slot's writes wait for the read, no other's. A syncing secondary applies a
+//!    snapshot entry only if its key is untouched (the write is newer than the entry, or as
+//!    new), and notes the key as *received*.
 //! 4. The last batch marks the slot *synced*, with the buckets it sent whole (its *scope*). The
 //!    secondary deletes every key of those buckets it holds that is neither touched nor
 //!    received (the primary did not have it), and is ready: it serves reads.
@@ -140,9 +142,13 @@
 //! if the primary did not have the key, it is deleted at step 4. A touched key holds the value of
 //! the last write that reached it, which is the primary's (each key's writes arrive in the
 //! primary's order). A key received from an earlier, interrupted send, and missing from a later
-//! one, was deleted at the primary since: that was a write, so the key is touched. The
-//! exactly-once records of the slot are sent whole with the first batch: the base's own are
-//! dropped when the copy starts syncing.
+//! one, was deleted at the primary since: that was a write, so the key is touched.
+//!
+//! The copy's own exactly-once records are dropped when it starts syncing; the slot's come with
+//! the first batch of its snapshot, read with its values under its write lock, so that they
+//! match: every write a value holds has its record (a copy that was still handing the slot off
+//! refused the slot's writes until then, and gets them only this way), and every record its
+//! write's value. A slot whose first batch is refused is not sent further.
 //!
 //! A slot this server is handing off (it was the primary and now is a secondary) is *awaiting*
 //! until the hand-off has dropped its old copy, and syncing after.

@@ -7,10 +7,10 @@ use crate::digest::{SlotDigest, SnapshotScope};
 use crate::messages::{Replicate, ReplicateAck, SlotWrite, WriteKind};
 use kv_core::SessionRecord;
 use kv_shard::messages::CatchUpStats;
-use kv_shard::{Config, Slot, slot_of};
+use kv_shard::{Config, Slot};
 use tracing::{debug, info};
 
-use super::super::batches::{SlotReader, snapshot_batches};
+use super::super::batches::{BATCH_BYTES, SlotReader, snapshot_batches};
 use super::super::calls::ATTEMPT_TIMEOUT;
 use super::super::catchup;
 use super::super::view::{lock, slot_set};
@@ -36,7 +36,6 @@ impl Links {
         let set = slot_set(&ready);
         let started = self.clock.now();
         let mut sent = CatchUpStats::default();
-        let mut sessions = Some(self.sessions.export(|slot| set[usize::from(slot)]));
         // Slots the secondary could not take yet (it still hands them off itself): the others
         // go on, so that no two hand-offs wait on each other's catch-up; these go again later,
         // whole, and are never marked synced from a part.
@@ -76,43 +75,49 @@ impl Links {
                     )
                 })
                 .collect();
-            let equal: Vec<Slot> = scopes.values().filter(|s| s.sent.is_empty()).map(|s| s.slot).collect();
-            let reading: Vec<Slot> = group
-                .iter()
-                .copied()
-                .filter(|slot| !refused.contains(slot) && !equal.contains(slot))
-                .collect();
-            sent.slots += (group.len() - group.iter().filter(|s| refused.contains(s)).count()) as u64;
-            sent.slots_equal += equal.len() as u64;
-            // Equal copies are up to date as they are: one batch marks them so.
-            if !equal.is_empty() {
-                let records = sessions.take().unwrap_or_default();
-                let synced = equal.iter().map(|&slot| scopes[&slot].clone()).collect();
-                let Some(ack) = self.send(&view, link, snapshot(Vec::new(), synced, records)).await else {
-                    return false;
-                };
-                refused.extend(ack.refused);
-            }
-            // Read from the engine a part at a time: a snapshot never has to fit in memory.
-            let mut reader = SlotReader::new(self.storage.as_ref(), &reading);
-            loop {
-                let Ok(part) = reader.next().await else { return false };
-                let Some((mut entries, finished)) = part else { break };
-                entries.retain(|(key, _)| scopes.get(&slot_of(key)).is_none_or(|scope| scope.covers(key)));
+            let equal = scopes.values().filter(|s| s.sent.is_empty()).count();
+            sent.slots += group.iter().filter(|s| !refused.contains(s)).count() as u64;
+            sent.slots_equal += equal as u64;
+            let mut batch = snapshot(Vec::new(), Vec::new(), Vec::new());
+            let mut bytes = 0;
+            for &slot in group {
+                if refused.contains(&slot) {
+                    continue;
+                }
+                let scope = scopes.get(&slot).cloned().unwrap_or_else(|| SnapshotScope::whole(slot));
+                let Ok((entries, records)) = self.read_slot(slot, &scope).await else { return false };
                 sent.keys += entries.len() as u64;
                 sent.bytes += entries.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum::<u64>();
-                for (writes, mut done) in snapshot_batches(entries, &finished) {
-                    done.retain(|slot| !refused.contains(slot));
-                    let synced = done
+                let mut records = Some(records);
+                let mut parts = snapshot_batches(entries, &[slot]).into_iter().peekable();
+                while let Some((writes, done)) = parts.next() {
+                    bytes += writes
                         .iter()
-                        .map(|&slot| scopes.get(&slot).cloned().unwrap_or_else(|| SnapshotScope::whole(slot)))
-                        .collect();
-                    let records = sessions.take().unwrap_or_default();
-                    let Some(ack) = self.send(&view, link, snapshot(writes, synced, records)).await else {
-                        return false;
-                    };
-                    refused.extend(ack.refused);
+                        .map(|w| w.write.key.len() + w.write.value.as_ref().map_or(0, String::len))
+                        .sum::<usize>();
+                    batch.writes.extend(writes);
+                    batch.sessions.extend(records.take().unwrap_or_default());
+                    if !done.is_empty() {
+                        batch.synced.push(slot);
+                        batch.scopes.push(scope.clone());
+                    }
+                    // A slot's first part, with its records, is taken before the next goes: if
+                    // it was refused, the rest is not sent.
+                    if bytes >= BATCH_BYTES || parts.peek().is_some() {
+                        let full =
+                            std::mem::replace(&mut batch, snapshot(Vec::new(), Vec::new(), Vec::new()));
+                        bytes = 0;
+                        let Some(ack) = self.send(&view, link, full).await else { return false };
+                        refused.extend(ack.refused);
+                        if refused.contains(&slot) {
+                            break;
+                        }
+                    }
                 }
+            }
+            if !batch.synced.is_empty() || !batch.writes.is_empty() {
+                let Some(ack) = self.send(&view, link, batch).await else { return false };
+                refused.extend(ack.refused);
             }
         }
         // Only the debts this send paid: an install meanwhile may have owed a slot anew.
@@ -133,6 +138,30 @@ impl Links {
         );
         lock(&self.caught_up).add(&sent);
         refused.is_empty()
+    }
+
+    /// What a snapshot of `slot` sends: the keys of the buckets `scope` sent whole, with their
+    /// values, and the slot's exactly-once records, read together under the slot's write lock
+    /// ([`super::super::primary::SlotLocks`], as a flush does): no write of the slot is half done
+    /// then, so every write a value holds has its record, and every record its write's value (a
+    /// write this copy refused while it awaited its own hand-off reaches it only this way). The
+    /// part of one slot that differs is read whole into memory.
+    async fn read_slot(
+        &self,
+        slot: Slot,
+        scope: &SnapshotScope,
+    ) -> kv_core::Result<(Vec<(String, String)>, Vec<SessionRecord>)> {
+        let _writes_held = self.slot_locks[usize::from(slot)].lock().await;
+        let records = self.sessions.export(|tag| tag == slot);
+        let mut entries = Vec::new();
+        if scope.sent.is_empty() {
+            return Ok((entries, records));
+        }
+        let mut reader = SlotReader::new(self.storage.as_ref(), &[slot]);
+        while let Some((part, _)) = reader.next().await? {
+            entries.extend(part.into_iter().filter(|(key, _)| scope.covers(key)));
+        }
+        Ok((entries, records))
     }
 
     /// The digests of `link`'s copies of `group`, asked once (see `send_snapshots`).
