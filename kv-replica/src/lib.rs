@@ -120,8 +120,8 @@
 //!    such a write reaches is *touched*: its value here is the primary's from then on.
 //! 2. Once the primary serves the slot (after a resharding move, once the slot's data has
 //!    arrived), it asks the secondary for a **digest** of its copy ([`digest`]): the copy's keys
-//!    are spread over `B` buckets by a hash of the key (`B` grows with the number of keys, about
-//!    eight per bucket), and each bucket is summed by SHA-256 over its keys and values in key
+//!    are spread over `B` buckets by a hash of the key (`B` grows with the copy's size, about
+//!    a KiB of keys and values per bucket, up to 1024), and each bucket is summed by SHA-256 over its keys and values in key
 //!    order. The primary sums its own data of the slot in the same buckets.
 //! 3. It sends, as *snapshot* entries in batches, every key of each bucket whose sums differ
 //!    (a slot without a digest, or when the secondary did not answer in time: every key), with

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::Error;
 use crate::digest::{SlotDigest, SnapshotScope};
 use crate::messages::{Replicate, ReplicateAck, SlotWrite, WriteKind};
 use kv_core::SessionRecord;
@@ -11,7 +12,7 @@ use kv_shard::{Config, Slot};
 use tracing::{debug, info};
 
 use super::super::batches::{BATCH_BYTES, SlotReader, snapshot_batches};
-use super::super::calls::ATTEMPT_TIMEOUT;
+use super::super::calls::{ATTEMPT_TIMEOUT, replicate_until};
 use super::super::catchup;
 use super::super::view::{lock, slot_set};
 use super::{DIGEST_SLOTS, Link, Links};
@@ -46,7 +47,18 @@ impl Links {
         let mut start = 0;
         while start < ready.len() {
             let end = (start + DIGEST_SLOTS).min(ready.len());
-            let ack = self.ask_digests(&view, link, &ready[start..end]).await;
+            let ack = match self.ask_digests(&view, link, &ready[start..end]).await {
+                Ok(ack) => Some(ack),
+                // Asked, and no answer in time: the batches may still land.
+                Err(Error::Interrupted(why)) => {
+                    debug!(to = link.to, reason = why, "no digests in time: every slot left goes whole");
+                    None
+                }
+                Err(err) => {
+                    debug!(to = link.to, reason = %err, "no digests");
+                    return false;
+                }
+            };
             let group = if ack.is_some() { &ready[start..end] } else { &ready[start..] };
             start += group.len();
             let ack = ack.unwrap_or_default();
@@ -164,8 +176,9 @@ impl Links {
         Ok((entries, records))
     }
 
-    /// The digests of `link`'s copies of `group`, asked once (see `send_snapshots`).
-    async fn ask_digests(&self, view: &Config, link: &Link, group: &[Slot]) -> Option<ReplicateAck> {
+    /// The digests of `link`'s copies of `group`: asked again while the secondary is unreachable
+    /// or behind, for at most two attempts' time (see `send_snapshots`).
+    async fn ask_digests(&self, view: &Config, link: &Link, group: &[Slot]) -> Result<ReplicateAck, Error> {
         let ask = Replicate {
             epoch: view.epoch(),
             from: self.view.me().to_owned(),
@@ -173,13 +186,8 @@ impl Links {
             digest: group.to_vec(),
             ..Replicate::default()
         };
-        match self.peers.replicate(&link.to, &ask, ATTEMPT_TIMEOUT).await {
-            Ok(ack) => Some(ack),
-            Err(err) => {
-                debug!(to = link.to, reason = %err, "no digests: the slots go whole");
-                None
-            }
-        }
+        let deadline = self.clock.now() + ATTEMPT_TIMEOUT * 2;
+        replicate_until(self.peers.as_ref(), self.clock.as_ref(), &link.to, &ask, deadline).await
     }
 }
 
