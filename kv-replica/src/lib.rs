@@ -123,15 +123,19 @@
 //!    are spread over `B` buckets by a hash of the key (`B` grows with the copy's size, about
 //!    a KiB of keys and values per bucket, up to 1024), and each bucket is summed by SHA-256 over its keys and values in key
 //!    order. The primary sums its own data of the slot in the same buckets.
-//! 3. It sends, as *snapshot* entries in batches, every key of each bucket whose sums differ
+//! 3. Under the slot's write lock (that slot's writes wait, no other's), it sums its own data
+//!    of the slot in the copy's buckets, and reads every key of each bucket whose sums differ
 //!    (a slot without a digest, or when the secondary did not answer in time: every key), with
-//!    the slot's exactly-once records, read together from its engine under the slot's write
-//!    lock: that slot's writes wait for the read, no other's. A syncing secondary applies a
+//!    the slot's exactly-once records. It sends them as *snapshot* entries, in batches, the
+//!    slot's first one with its records and its *scope* (the buckets sent whole; the copy's
+//!    keys in the others are the primary's from then on). A syncing secondary applies a
 //!    snapshot entry only if its key is untouched (the write is newer than the entry, or as
 //!    new), and notes the key as *received*.
-//! 4. The last batch marks the slot *synced*, with the buckets it sent whole (its *scope*). The
-//!    secondary deletes every key of those buckets it holds that is neither touched nor
-//!    received (the primary did not have it), and is ready: it serves reads.
+//! 4. The last batch marks the slot *synced*. The secondary deletes every key of the buckets of
+//!    the scope it holds that is neither touched nor received (the primary did not have it),
+//!    and is ready: it serves reads. A copy taken over before that (its primary failed) keeps
+//!    only the keys it holds as the primary had them: touched, received, prepared, or in a
+//!    bucket found equal.
 //!
 //! Why the copy then equals the primary's data: take a key no write has reached since the
 //! catch-up began. Its value at the primary has not changed since then either (every write of
@@ -145,10 +149,11 @@
 //! one, was deleted at the primary since: that was a write, so the key is touched.
 //!
 //! The copy's own exactly-once records are dropped when it starts syncing; the slot's come with
-//! the first batch of its snapshot, read with its values under its write lock, so that they
-//! match: every write a value holds has its record (a copy that was still handing the slot off
-//! refused the slot's writes until then, and gets them only this way), and every record its
-//! write's value. A slot whose first batch is refused is not sent further.
+//! the first batch of its snapshot, read with its values (and the sums that decide what is sent)
+//! under its write lock, so that they match: every write a value holds has its record (a copy
+//! that was still handing the slot off refused the slot's writes until then, and gets them only
+//! this way), and every record its write's value, sent or found equal. A slot whose first batch
+//! is refused is not sent further. The keys of a slot that are sent are read into memory whole.
 //!
 //! A slot this server is handing off (it was the primary and now is a secondary) is *awaiting*
 //! until the hand-off has dropped its old copy, and syncing after.

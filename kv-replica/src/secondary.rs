@@ -81,6 +81,9 @@ pub struct SlotReplica {
     writes_since: u64,
     /// Keys a snapshot entry was applied to since the catch-up began: the primary had them.
     received: BTreeSet<String>,
+    /// What the snapshot under way sends whole: the keys of the other buckets were equal to the
+    /// primary's when it compared them.
+    scope: Option<SnapshotScope>,
 }
 
 impl SlotReplica {
@@ -121,6 +124,7 @@ impl SlotReplica {
         self.dirty.clear();
         self.last_prepared = 0;
         self.received.clear();
+        self.scope = None;
     }
 
     /// Starts catching up at `epoch`, if the slot was awaiting its hand-off.
@@ -129,6 +133,7 @@ impl SlotReplica {
             self.state = SlotState::Syncing { touched: BTreeSet::new(), since: epoch };
             self.writes_since = epoch;
             self.received.clear();
+            self.scope = None;
         }
     }
 
@@ -150,6 +155,8 @@ impl SlotReplica {
     pub fn synced(&mut self, epoch: u64) {
         if matches!(self.state, SlotState::Syncing { since, .. } if epoch >= since) {
             self.state = SlotState::Ready;
+            self.received.clear();
+            self.scope = None;
         }
     }
 
@@ -215,6 +222,19 @@ impl SlotReplica {
             && matches!(&self.state, SlotState::Syncing { touched, .. } if !touched.contains(key))
     }
 
+    /// The snapshot under way sends `scope` whole (the keys of its other buckets were found
+    /// equal to the primary's).
+    pub fn set_scope(&mut self, scope: SnapshotScope) {
+        if matches!(self.state, SlotState::Syncing { .. }) {
+            self.scope = Some(scope);
+        }
+    }
+
+    /// What the snapshot under way sends whole, if it said.
+    pub fn scope(&self) -> Option<&SnapshotScope> {
+        self.scope.as_ref()
+    }
+
     /// A snapshot entry of `key` was applied.
     pub fn received(&mut self, key: &str) {
         if matches!(self.state, SlotState::Syncing { .. }) {
@@ -234,13 +254,16 @@ impl SlotReplica {
         }
     }
 
-    /// While catching up: the keys this copy holds as the primary's (touched, received, or
-    /// prepared); the others are left over from before the catch-up.
-    pub fn caught_up_keys(&self) -> Option<BTreeSet<String>> {
-        let SlotState::Syncing { touched, .. } = &self.state else { return None };
-        let mut keys: BTreeSet<String> = touched.union(&self.received).cloned().collect();
-        keys.extend(self.dirty.keys().cloned());
-        Some(keys)
+    /// Whether this copy, catching up, holds `key` as the primary has it (or both lack it): a
+    /// write or a snapshot entry reached it, a write of it is prepared, or its bucket was found
+    /// equal to the primary's. A key that is not may be left over from before the catch-up, or
+    /// stale. A copy not catching up answers `true`.
+    pub fn is_caught_up(&self, key: &str) -> bool {
+        let SlotState::Syncing { touched, .. } = &self.state else { return true };
+        touched.contains(key)
+            || self.received.contains(key)
+            || self.dirty.contains_key(key)
+            || self.scope.as_ref().is_some_and(|scope| !scope.covers(key))
     }
 
     /// Takes every prepared write, oldest first, to commit them all: this server takes over
@@ -468,12 +491,20 @@ mod tests {
         assert!(!slot.is_stale("sent", &whole), "the primary had it");
         let none = SnapshotScope { slot: 0, buckets: 1, sent: Vec::new() };
         assert!(!slot.is_stale("left over", &none), "its bucket was equal at the primary");
-        let kept = slot.caught_up_keys().unwrap();
-        assert_eq!(kept, BTreeSet::from(["written".to_owned(), "sent".to_owned(), "prepared".to_owned()]));
+        for key in ["written", "sent", "prepared"] {
+            assert!(slot.is_caught_up(key), "{key}");
+        }
+        assert!(!slot.is_caught_up("left over"));
+        slot.set_scope(none.clone());
+        assert!(slot.is_caught_up("left over"), "its bucket was found equal");
+        slot.set_scope(whole.clone());
+        assert!(!slot.is_caught_up("left over"));
 
         slot.synced(3);
         assert!(!slot.is_stale("left over", &whole), "a ready copy has nothing left over");
-        assert_eq!(slot.caught_up_keys(), None);
+        assert!(slot.is_caught_up("left over"));
+        slot.set_scope(none);
+        assert_eq!(slot.scope(), None, "only a copy catching up keeps a scope");
         slot.reset(SlotState::Syncing { touched: BTreeSet::new(), since: 4 });
         assert!(slot.is_stale("sent", &whole), "a new catch-up forgets what the last one received");
     }

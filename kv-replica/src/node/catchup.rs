@@ -1,20 +1,25 @@
-//! Reading a slot's data for a catch-up ([`crate::digest`]): a copy's digests (at a secondary),
-//! the buckets that differ from a secondary's digest (at its primary), and a copy's keys, for
-//! deleting the ones left over. Each reads the engine a part at a time, in slot and key order.
+//! Reading a slot's data for a catch-up ([`crate::digest`]): its entries hashed (for a copy's
+//! digest, or its primary's sums to compare), and a copy's keys, for deleting the ones left
+//! over. Each reads the engine a part at a time, in slot and key order.
 //!
 //! Invariant: the entries of a slot are fed to the digest in key order, as every engine's
 //! `export_slots` gives them, so two copies with the same contents have the same digest.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
-use crate::digest::{self, Entry, SlotDigest};
-use kv_core::Storage;
+use crate::SlotReplica;
+use crate::digest::{self, Entry, SlotDigest, SnapshotScope};
+use kv_core::{Mutation, Storage};
 use kv_shard::{Slot, slot_of};
+use tracing::debug;
 
 use super::batches::SlotReader;
 
 /// Every entry of `slots`, hashed, by slot (an empty slot has none).
-async fn entries(storage: &dyn Storage, slots: &[Slot]) -> kv_core::Result<BTreeMap<Slot, Vec<Entry>>> {
+pub(crate) async fn entries(
+    storage: &dyn Storage,
+    slots: &[Slot],
+) -> kv_core::Result<BTreeMap<Slot, Vec<Entry>>> {
     let mut by_slot: BTreeMap<Slot, Vec<Entry>> = slots.iter().map(|&slot| (slot, Vec::new())).collect();
     let mut reader = SlotReader::new(storage, slots);
     while let Some((part, _)) = reader.next().await? {
@@ -31,20 +36,6 @@ pub(crate) async fn digests(storage: &dyn Storage, slots: &[Slot]) -> kv_core::R
     Ok(by_slot.iter().map(|(&slot, entries)| digest::digest(slot, entries)).collect())
 }
 
-/// Of each slot of `theirs` (a secondary's digests), the buckets whose sums differ from this
-/// server's data.
-pub(crate) async fn differing(
-    storage: &dyn Storage,
-    theirs: &[SlotDigest],
-) -> kv_core::Result<BTreeMap<Slot, BTreeSet<u32>>> {
-    let slots: Vec<Slot> = theirs.iter().map(|d| d.slot).collect();
-    let ours = entries(storage, &slots).await?;
-    Ok(theirs
-        .iter()
-        .map(|d| (d.slot, digest::differing(d, ours.get(&d.slot).map_or(&[][..], Vec::as_slice))))
-        .collect())
-}
-
 /// The keys this server holds of `slot`.
 pub(crate) async fn slot_keys(storage: &dyn Storage, slot: Slot) -> kv_core::Result<Vec<String>> {
     let mut keys = Vec::new();
@@ -53,4 +44,40 @@ pub(crate) async fn slot_keys(storage: &dyn Storage, slot: Slot) -> kv_core::Res
         keys.extend(part.into_iter().map(|(key, _)| key));
     }
     Ok(keys)
+}
+
+/// The keys of `slot` that `copy`, catching up, holds from before its catch-up and not as the
+/// primary has them ([`SlotReplica::is_caught_up`]).
+pub(crate) async fn left_over(
+    storage: &dyn Storage,
+    copy: &SlotReplica,
+    slot: Slot,
+) -> kv_core::Result<Vec<String>> {
+    if !matches!(copy.state(), crate::SlotState::Syncing { .. }) {
+        return Ok(Vec::new());
+    }
+    Ok(slot_keys(storage, slot).await?.into_iter().filter(|key| !copy.is_caught_up(key)).collect())
+}
+
+/// Deletes the keys of `slot` that `copy` kept from before its catch-up and the primary does not
+/// have: those of the buckets its snapshot sent whole (`scope`) that no write and no snapshot
+/// entry reached. The caller holds the copy's lock: no write of the slot lands meanwhile.
+pub(crate) async fn drop_stale(
+    storage: &dyn Storage,
+    copy: &SlotReplica,
+    slot: Slot,
+    scope: &SnapshotScope,
+) -> kv_core::Result<()> {
+    if scope.sent.is_empty() {
+        return Ok(());
+    }
+    let mut dropped = 0;
+    for key in slot_keys(storage, slot).await?.into_iter().filter(|key| copy.is_stale(key, scope)) {
+        storage.apply(Mutation::delete(key)).await?;
+        dropped += 1;
+    }
+    if dropped > 0 {
+        debug!(slot, keys = dropped, "dropped keys the primary no longer has");
+    }
+    Ok(())
 }

@@ -176,7 +176,9 @@ impl Copies {
                     None => {
                         refused.insert(slot);
                     }
-                    Some(copy) if copy.takes_snapshot(epoch) => taking.push(slot),
+                    // A ready copy answers too: the primary then sends what differs (nothing, mostly)
+                    // rather than everything, if it missed that this copy caught up.
+                    Some(copy) if copy.takes_snapshot(epoch) || copy.is_ready() => taking.push(slot),
                     Some(_) => {}
                 }
             }
@@ -186,6 +188,15 @@ impl Copies {
         } else {
             Vec::new()
         };
+        if kind == WriteKind::Snapshot {
+            for scope in &scopes {
+                if let Some(mut copy) = self.snapshot_copy(&from, scope.slot, epoch).await?
+                    && copy.takes_snapshot(epoch)
+                {
+                    copy.set_scope(scope.clone());
+                }
+            }
+        }
         for SlotWrite { slot, write, aborted } in writes {
             if slot_of(&write.key) != slot {
                 return Err(Error::InvalidArgument(format!("key {:?} is not in slot {slot}", write.key)));
@@ -248,32 +259,18 @@ impl Copies {
                 continue;
             };
             if copy.takes_snapshot(epoch) {
-                let scope = scopes.iter().find(|s| s.slot == slot).cloned();
-                self.drop_stale(&copy, slot, &scope.unwrap_or_else(|| SnapshotScope::whole(slot))).await?;
+                // What the snapshot that completes it sent whole: said in this batch, or in its
+                // first; a snapshot that says nothing (a kept copy's) sent every key.
+                let scope = scopes.iter().find(|s| s.slot == slot).or(copy.scope()).cloned();
+                let scope = scope.unwrap_or_else(|| SnapshotScope::whole(slot));
+                catchup::drop_stale(self.storage.as_ref(), &copy, slot, &scope)
+                    .await
+                    .map_err(Error::storage)?;
             }
             copy.synced(epoch);
             debug!(slot, from, "caught up");
         }
         Ok(ReplicateAck { refused: refused.into_iter().collect(), digests })
-    }
-
-    /// Deletes the keys of `slot` the copy kept from before its catch-up that the primary does
-    /// not have: those of the buckets its snapshot sent whole (`scope`) that no write and no
-    /// snapshot entry reached. The copy's lock is held: no write of the slot lands meanwhile.
-    async fn drop_stale(&self, copy: &SlotReplica, slot: Slot, scope: &SnapshotScope) -> Result<(), Error> {
-        if scope.sent.is_empty() {
-            return Ok(());
-        }
-        let keys = catchup::slot_keys(self.storage.as_ref(), slot).await.map_err(Error::storage)?;
-        let mut dropped = 0;
-        for key in keys.into_iter().filter(|key| copy.is_stale(key, scope)) {
-            store(self.storage.as_ref(), key, None).await.map_err(Error::storage)?;
-            dropped += 1;
-        }
-        if dropped > 0 {
-            debug!(slot, keys = dropped, "dropped keys the primary no longer has");
-        }
-        Ok(())
     }
 
     /// Takes the exactly-once records of a snapshot from `from`, read at `epoch`: the answers of
@@ -402,20 +399,17 @@ impl Copies {
             }
             if taken_set[usize::from(slot)] {
                 // Each prepared write may have been acknowledged by the failed primary.
-                let caught_up = copy.caught_up_keys();
+                // What a copy catching up kept from before is not the primary's but where it
+                // caught up: the rest comes from another copy, or is lost.
+                let left_over =
+                    catchup::left_over(self.storage.as_ref(), &copy, slot).await.map_err(Error::storage)?;
                 let (takeover, pending) = copy.take_over();
                 for write in pending {
                     self.apply(write).await?;
                     committed += 1;
                 }
-                if let Some(caught_up) = caught_up {
-                    // What the copy kept from before its catch-up is not the primary's: only the
-                    // keys it caught up hold (the rest comes from another copy, or is lost).
-                    let keys =
-                        catchup::slot_keys(self.storage.as_ref(), slot).await.map_err(Error::storage)?;
-                    for key in keys.into_iter().filter(|key| !caught_up.contains(key)) {
-                        store(self.storage.as_ref(), key, None).await.map_err(Error::storage)?;
-                    }
+                for key in left_over {
+                    store(self.storage.as_ref(), key, None).await.map_err(Error::storage)?;
                 }
                 taken.insert(slot, takeover);
             } else if copy.is_ready() {

@@ -63,43 +63,29 @@ impl Links {
             start += group.len();
             let ack = ack.unwrap_or_default();
             refused.extend(ack.refused);
-            let digests: Vec<SlotDigest> = ack
+            let digests: BTreeMap<Slot, SlotDigest> = ack
                 .digests
                 .into_iter()
                 .filter(|d| d.is_well_formed() && group.contains(&d.slot) && !refused.contains(&d.slot))
+                .map(|d| (d.slot, d))
                 .collect();
-            sent.digest_bytes += digests.iter().map(|d| d.bytes() as u64).sum::<u64>();
-            let Ok(differing) = catchup::differing(self.storage.as_ref(), &digests).await else {
-                return false;
-            };
-            // Per slot with a digest: its buckets, and those to send whole.
-            let scopes: BTreeMap<Slot, SnapshotScope> = digests
-                .iter()
-                .map(|d| {
-                    let buckets = differing.get(&d.slot).cloned().unwrap_or_default();
-                    (
-                        d.slot,
-                        SnapshotScope {
-                            slot: d.slot,
-                            buckets: d.buckets,
-                            sent: buckets.into_iter().collect(),
-                        },
-                    )
-                })
-                .collect();
-            let equal = scopes.values().filter(|s| s.sent.is_empty()).count();
-            sent.slots += group.iter().filter(|s| !refused.contains(s)).count() as u64;
-            sent.slots_equal += equal as u64;
+            sent.digest_bytes += digests.values().map(|d| d.bytes() as u64).sum::<u64>();
             let mut batch = snapshot(Vec::new(), Vec::new(), Vec::new());
             let mut bytes = 0;
             for &slot in group {
                 if refused.contains(&slot) {
                     continue;
                 }
-                let scope = scopes.get(&slot).cloned().unwrap_or_else(|| SnapshotScope::whole(slot));
-                let Ok((entries, records)) = self.read_slot(slot, &scope).await else { return false };
+                let Ok((entries, records, scope)) = self.read_slot(slot, digests.get(&slot)).await else {
+                    return false;
+                };
+                sent.slots += 1;
+                sent.slots_equal += u64::from(scope.sent.is_empty());
                 sent.keys += entries.len() as u64;
                 sent.bytes += entries.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum::<u64>();
+                // The scope goes with the first part (the copy keeps it: its keys in the buckets
+                // not sent are the primary's from then on), and counts at the last.
+                let mut scope = Some(scope);
                 let mut records = Some(records);
                 let mut parts = snapshot_batches(entries, &[slot]).into_iter().peekable();
                 while let Some((writes, done)) = parts.next() {
@@ -109,9 +95,9 @@ impl Links {
                         .sum::<usize>();
                     batch.writes.extend(writes);
                     batch.sessions.extend(records.take().unwrap_or_default());
+                    batch.scopes.extend(scope.take());
                     if !done.is_empty() {
                         batch.synced.push(slot);
-                        batch.scopes.push(scope.clone());
                     }
                     // A slot's first part, with its records, is taken before the next goes: if
                     // it was refused, the rest is not sent.
@@ -152,28 +138,40 @@ impl Links {
         refused.is_empty()
     }
 
-    /// What a snapshot of `slot` sends: the keys of the buckets `scope` sent whole, with their
-    /// values, and the slot's exactly-once records, read together under the slot's write lock
-    /// ([`super::super::primary::SlotLocks`], as a flush does): no write of the slot is half done
-    /// then, so every write a value holds has its record, and every record its write's value (a
-    /// write this copy refused while it awaited its own hand-off reaches it only this way). The
-    /// part of one slot that differs is read whole into memory.
+    /// What a snapshot of `slot` sends: the keys of the buckets whose sums differ from the
+    /// secondary's `digest` (all of them without one), with their values, the slot's
+    /// exactly-once records, and what was sent (the scope). All read together under the slot's
+    /// write lock ([`super::super::primary::SlotLocks`], as a flush does): no write of the slot
+    /// is half done then, so every write a value holds has its record (a write this copy refused
+    /// while it awaited its own hand-off reaches it only this way), and every record its write's
+    /// value, including those of the buckets not sent, whose sums were equal to the copy's. The
+    /// slot is read a part at a time, twice with a digest (its sums, then the keys to send); the
+    /// keys to send are held in memory.
     async fn read_slot(
         &self,
         slot: Slot,
-        scope: &SnapshotScope,
-    ) -> kv_core::Result<(Vec<(String, String)>, Vec<SessionRecord>)> {
+        digest: Option<&SlotDigest>,
+    ) -> kv_core::Result<(Vec<(String, String)>, Vec<SessionRecord>, SnapshotScope)> {
         let _writes_held = self.slot_locks[usize::from(slot)].lock().await;
         let records = self.sessions.export(|tag| tag == slot);
+        let scope = match digest {
+            Some(digest) => {
+                let ours = catchup::entries(self.storage.as_ref(), &[slot]).await?;
+                let ours = ours.get(&slot).map_or(&[][..], Vec::as_slice);
+                let sent = crate::digest::differing(digest, ours).into_iter().collect();
+                SnapshotScope { slot, buckets: digest.buckets, sent }
+            }
+            None => SnapshotScope::whole(slot),
+        };
         let mut entries = Vec::new();
         if scope.sent.is_empty() {
-            return Ok((entries, records));
+            return Ok((entries, records, scope));
         }
         let mut reader = SlotReader::new(self.storage.as_ref(), &[slot]);
         while let Some((part, _)) = reader.next().await? {
             entries.extend(part.into_iter().filter(|(key, _)| scope.covers(key)));
         }
-        Ok((entries, records))
+        Ok((entries, records, scope))
     }
 
     /// The digests of `link`'s copies of `group`: asked again while the secondary is unreachable
