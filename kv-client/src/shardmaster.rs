@@ -110,6 +110,8 @@ pub struct ServerStatus {
     pub syncing_slots: u32,
     /// Whether it keeps its values on disk, and what its engine has written since it started.
     pub engine: kv_core::EngineStats,
+    /// What the catch-ups and hand-offs it sent came to, since it started.
+    pub catch_up: kv_shard::messages::CatchUpStats,
 }
 
 /// Asks the storage server at `endpoint` what it holds, waiting at most `timeout`.
@@ -117,6 +119,7 @@ pub async fn server_status(endpoint: &str, timeout: Duration) -> Result<ServerSt
     let channel = dial(endpoint, timeout, timeout).await?;
     let status = v1::node_client::NodeClient::new(channel).status(v1::StatusRequest {}).await?.into_inner();
     let engine = engine_stats_from_wire(&status);
+    let catch_up = kv_proto::convert::server_status_from_wire(&status).catch_up;
     Ok(ServerStatus {
         address: status.address,
         epoch: status.epoch,
@@ -128,5 +131,6 @@ pub async fn server_status(endpoint: &str, timeout: Duration) -> Result<ServerSt
         replica_slots: status.replica_slots,
         syncing_slots: status.syncing_slots,
         engine,
+        catch_up,
     })
 }

@@ -7,6 +7,10 @@
 //! killed with `kill -9`, and started again on its directory; the time until it answers a read,
 //! and a sample of the values checked.
 //!
+//! Then the catch-up: a cluster of three durable servers, one killed under writes and started
+//! again, at once and after 5 s down; the bytes sent to bring it back against its data
+//! (`--catch-up-mib`).
+//!
 //! Every server gets a fresh temporary data directory, removed when its turn ends.
 
 use std::fmt::Write as _;
@@ -21,6 +25,7 @@ use crate::harness::mix::Mix;
 use crate::harness::process::{self, ServerProcess};
 use crate::load::bench::{self, BenchConfig};
 
+mod catchup;
 mod restart;
 
 /// Where a server keeps its values, and when a write is on disk.
@@ -81,6 +86,8 @@ pub struct Options {
     pub bench: BenchConfig,
     /// MiB of values to restart a server with (0: no restart measured).
     pub restart_mib: u64,
+    /// MiB of values in the cluster whose server is brought back (0: not measured).
+    pub catch_up_mib: u64,
 }
 
 /// One measurement.
@@ -109,6 +116,8 @@ pub struct Report {
     pub rows: Vec<Row>,
     /// The restart, if measured.
     pub restart: Option<restart::Restart>,
+    /// A cluster's server brought back at once, and after 5 s down, if measured.
+    pub catch_up: Vec<catchup::Return>,
     /// Whether no put failed, and the restarted server had every value checked.
     pub passed: bool,
 }
@@ -163,8 +172,23 @@ pub fn run(options: &Options) -> Result<Report> {
     } else {
         None
     };
+    let catch_up = if options.catch_up_mib > 0 {
+        println!(
+            "a cluster of 3 durable servers (strong, 3 copies) holding {} MiB; one killed with kill -9 under \
+             writes, then started again:",
+            options.catch_up_mib
+        );
+        let downs = [Duration::ZERO, Duration::from_secs(5)];
+        let returns = catchup::run(&bin, options.catch_up_mib, &downs, &runtime)?;
+        for r in &returns {
+            println!("  {}", r.summary());
+        }
+        returns
+    } else {
+        Vec::new()
+    };
     let passed = rows.iter().all(|row| row.errors == 0) && restart.as_ref().is_none_or(|r| r.wrong == 0);
-    Ok(Report { rows, restart, passed })
+    Ok(Report { rows, restart, catch_up, passed })
 }
 
 async fn measure(endpoint: &str, policy: Policy, options: &Options) -> Result<Vec<Row>> {

@@ -83,7 +83,7 @@ pub struct ServerStatus {
 }
 
 /// What the catch-ups a primary sent its secondaries came to (see `kv_replica`'s docs,
-/// "Catching up").
+/// "Catching up"), and the hand-offs it sent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CatchUpStats {
     /// Slots caught up.
@@ -96,6 +96,10 @@ pub struct CatchUpStats {
     pub bytes: u64,
     /// Bytes of the digests the secondaries answered.
     pub digest_bytes: u64,
+    /// Keys it handed off to slots' new owners (moves, and kept copies sent for a dead primary).
+    pub handoff_keys: u64,
+    /// Bytes of those keys and values.
+    pub handoff_bytes: u64,
 }
 
 impl CatchUpStats {
@@ -106,6 +110,8 @@ impl CatchUpStats {
         self.keys += other.keys;
         self.bytes += other.bytes;
         self.digest_bytes += other.digest_bytes;
+        self.handoff_keys += other.handoff_keys;
+        self.handoff_bytes += other.handoff_bytes;
     }
 }
 

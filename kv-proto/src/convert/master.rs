@@ -143,6 +143,8 @@ pub fn server_status_to_wire(status: &ServerStatus) -> v1::StatusResponse {
             keys: status.catch_up.keys,
             bytes: status.catch_up.bytes,
             digest_bytes: status.catch_up.digest_bytes,
+            handoff_keys: status.catch_up.handoff_keys,
+            handoff_bytes: status.catch_up.handoff_bytes,
         }),
     }
 }
@@ -182,6 +184,8 @@ pub fn server_status_from_wire(wire: &v1::StatusResponse) -> ServerStatus {
                 keys: c.keys,
                 bytes: c.bytes,
                 digest_bytes: c.digest_bytes,
+                handoff_keys: c.handoff_keys,
+                handoff_bytes: c.handoff_bytes,
             })
             .unwrap_or_default(),
     }
@@ -296,7 +300,15 @@ mod tests {
             retired: BTreeMap::from([("c:1".to_owned(), vec![6])]),
             engine: kv_core::EngineStats { durable: true, batches: 7, writes: 8, syncs: 9 },
             resume: Some(Resume { member: ServerId(4), epoch: 12, whole: true }),
-            catch_up: CatchUpStats { slots: 5, slots_equal: 3, keys: 40, bytes: 900, digest_bytes: 120 },
+            catch_up: CatchUpStats {
+                slots: 5,
+                slots_equal: 3,
+                keys: 40,
+                bytes: 900,
+                digest_bytes: 120,
+                handoff_keys: 7,
+                handoff_bytes: 300,
+            },
         };
         assert_eq!(server_status_from_wire(&server_status_to_wire(&status)), status);
         let mut wire = server_status_to_wire(&status);

@@ -24,7 +24,7 @@ use crate::{Error, secondaries};
 use kv_core::{SessionRecord, Sessions, Storage};
 use kv_shard::clock::Clock;
 use kv_shard::handoff::transfer_batches;
-use kv_shard::messages::{HandOffCopy, TransferBatch};
+use kv_shard::messages::{CatchUpStats, HandOffCopy, TransferBatch};
 use kv_shard::retry::retry_until;
 use kv_shard::signal::Signal;
 use kv_shard::{Accept, Consistency, SLOTS, Slot, slot_of};
@@ -229,12 +229,19 @@ impl Handoffs {
         entries: Vec<(String, String)>,
         sessions: Vec<SessionRecord>,
     ) -> Result<(usize, Vec<Slot>), Error> {
+        let keys = entries.len() as u64;
+        let bytes = entries.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum::<u64>();
         let batches = transfer_batches(from, epoch, slots, entries, sessions);
         let count = batches.len();
         let mut verbatim = Vec::new();
         for batch in batches {
             verbatim.extend(self.send(to, &batch).await?);
         }
+        self.links.count(&CatchUpStats {
+            handoff_keys: keys,
+            handoff_bytes: bytes,
+            ..CatchUpStats::default()
+        });
         Ok((count, verbatim))
     }
 

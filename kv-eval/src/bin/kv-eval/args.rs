@@ -130,6 +130,9 @@ pub(crate) struct DurableArgs {
     /// MiB of values a server holds when it is killed and restarted (0: no restart measured).
     #[arg(long, default_value_t = 1024)]
     pub(crate) restart_mib: u64,
+    /// MiB of values in the cluster whose server is killed and brought back (0: not measured).
+    #[arg(long, default_value_t = 64)]
+    pub(crate) catch_up_mib: u64,
     /// Seed of every random choice.
     #[arg(long, default_value_t = 1)]
     pub(crate) seed: u64,
@@ -385,6 +388,7 @@ impl AllArgs {
             keys: BENCH_KEYS,
             value_size: BENCH_VALUE_SIZE,
             restart_mib: self.durable_restart_mib,
+            catch_up_mib: 64,
             seed: self.single.seed,
             json: None,
         }

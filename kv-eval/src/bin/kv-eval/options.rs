@@ -236,5 +236,6 @@ pub(crate) fn durable_options(args: &DurableArgs) -> Result<durable::Options> {
             ..default_bench(args.seed)
         },
         restart_mib: args.restart_mib,
+        catch_up_mib: args.catch_up_mib,
     })
 }

@@ -23,7 +23,7 @@
 //! one, so the cluster is only ever asked to survive one failure at a time.
 
 pub mod nemesis;
-mod settle;
+pub(crate) mod settle;
 
 use std::collections::BTreeMap;
 use std::fmt;

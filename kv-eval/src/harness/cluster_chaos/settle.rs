@@ -24,7 +24,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(1);
 /// Waits until the cluster is healthy (every server of `servers`, by client address, a member,
 /// all at the map's epoch, nothing moving or catching up), at most `bound`. Returns how long it
 /// took, or what was still wrong.
-pub(super) async fn wait_healthy(
+pub(crate) async fn wait_healthy(
     master: &str,
     servers: &[String],
     bound: Duration,

@@ -174,6 +174,11 @@ impl Links {
         Ok((entries, records, scope))
     }
 
+    /// Counts what a hand-off sent (see [`CatchUpStats`]).
+    pub(crate) fn count(&self, sent: &CatchUpStats) {
+        lock(&self.caught_up).add(sent);
+    }
+
     /// The digests of `link`'s copies of `group`: asked again while the secondary is unreachable
     /// or behind, for at most two attempts' time (see `send_snapshots`).
     async fn ask_digests(&self, view: &Config, link: &Link, group: &[Slot]) -> Result<ReplicateAck, Error> {
