@@ -179,7 +179,7 @@ pub fn run(options: &Options) -> Result<Report> {
             options.catch_up_mib
         );
         let downs = [Duration::ZERO, Duration::from_secs(5)];
-        let returns = catchup::run(&bin, options.catch_up_mib, &downs, &runtime)?;
+        let returns = catchup::run(&bin, options.catch_up_mib, &downs)?;
         for r in &returns {
             println!("  {}", r.summary());
         }
