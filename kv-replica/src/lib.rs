@@ -356,6 +356,13 @@
 //!   answering the failover's questions) can lose the slots concerned.
 //! - A storage error in the middle of an install (impossible with the in-memory engine) could
 //!   leave its replication state half switched.
+//! - A catch-up reads the keys of a slot it sends into memory, under the slot's write lock (the
+//!   slot's writes wait meanwhile); a slot is about 1/4096 of a server's data. A server that
+//!   joins again as a new member after a failover is sent the slots it owns whole (hand-offs
+//!   move whole slots); only its copies catch up by digest.
+//! - A copy catching up that also gets a former secondary's kept copy (sent whole, for a primary
+//!   that died during a move) takes its entries for keys no write has reached, in buckets the
+//!   primary found equal too.
 //! - Taking a member back trusts its disk: with `--fsync interval` or `never`, a crash of its
 //!   machine (not of its process) may have lost its last acknowledged writes, which its
 //!   secondaries, reset from its data, then lose too. `always` (the default) has no such window.
