@@ -46,17 +46,32 @@ pub(crate) async fn slot_keys(storage: &dyn Storage, slot: Slot) -> kv_core::Res
     Ok(keys)
 }
 
-/// The keys of `slot` that `copy`, catching up, holds from before its catch-up and not as the
-/// primary has them ([`SlotReplica::is_caught_up`]).
-pub(crate) async fn left_over(
+/// Deletes the keys of `slot` that `doomed` picks; returns how many there were.
+async fn drop_keys(
+    storage: &dyn Storage,
+    slot: Slot,
+    doomed: impl Fn(&str) -> bool,
+) -> kv_core::Result<usize> {
+    let mut dropped = 0;
+    for key in slot_keys(storage, slot).await?.into_iter().filter(|key| doomed(key)) {
+        storage.apply(Mutation::delete(key)).await?;
+        dropped += 1;
+    }
+    Ok(dropped)
+}
+
+/// Deletes the keys of `slot` that `copy`, catching up, holds from before its catch-up and not
+/// as the primary has them ([`SlotReplica::is_caught_up`]): it is taken over, and the rest comes
+/// from another copy, or is lost. The caller holds the copy's lock.
+pub(crate) async fn drop_left_over(
     storage: &dyn Storage,
     copy: &SlotReplica,
     slot: Slot,
-) -> kv_core::Result<Vec<String>> {
-    if !matches!(copy.state(), crate::SlotState::Syncing { .. }) {
-        return Ok(Vec::new());
+) -> kv_core::Result<()> {
+    if matches!(copy.state(), crate::SlotState::Syncing { .. }) {
+        drop_keys(storage, slot, |key| !copy.is_caught_up(key)).await?;
     }
-    Ok(slot_keys(storage, slot).await?.into_iter().filter(|key| !copy.is_caught_up(key)).collect())
+    Ok(())
 }
 
 /// Deletes the keys of `slot` that `copy` kept from before its catch-up and the primary does not
@@ -71,11 +86,7 @@ pub(crate) async fn drop_stale(
     if scope.sent.is_empty() {
         return Ok(());
     }
-    let mut dropped = 0;
-    for key in slot_keys(storage, slot).await?.into_iter().filter(|key| copy.is_stale(key, scope)) {
-        storage.apply(Mutation::delete(key)).await?;
-        dropped += 1;
-    }
+    let dropped = drop_keys(storage, slot, |key| copy.is_stale(key, scope)).await?;
     if dropped > 0 {
         debug!(slot, keys = dropped, "dropped keys the primary no longer has");
     }

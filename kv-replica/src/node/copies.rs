@@ -400,16 +400,12 @@ impl Copies {
             if taken_set[usize::from(slot)] {
                 // Each prepared write may have been acknowledged by the failed primary.
                 // What a copy catching up kept from before is not the primary's but where it
-                // caught up: the rest comes from another copy, or is lost.
-                let left_over =
-                    catchup::left_over(self.storage.as_ref(), &copy, slot).await.map_err(Error::storage)?;
+                // caught up (its prepared writes' keys included, committed below).
+                catchup::drop_left_over(self.storage.as_ref(), &copy, slot).await.map_err(Error::storage)?;
                 let (takeover, pending) = copy.take_over();
                 for write in pending {
                     self.apply(write).await?;
                     committed += 1;
-                }
-                for key in left_over {
-                    store(self.storage.as_ref(), key, None).await.map_err(Error::storage)?;
                 }
                 taken.insert(slot, takeover);
             } else if copy.is_ready() {
